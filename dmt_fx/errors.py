@@ -1,0 +1,56 @@
+"""User-facing errors.
+
+Every error says what was found, what was expected and how to fix it, in that order,
+ending with numbered remedies (the torchrec style). `assert` is kept for internal
+invariants only; anything a user can cause raises a `DMTError` subclass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class DMTError(ValueError):
+    """Base class of every error dmt_fx raises for bad input."""
+
+    def __init__(self, found: str, expected: str, fixes: Sequence[str] = ()) -> None:
+        self.found = found
+        self.expected = expected
+        self.fixes = tuple(fixes)
+        lines = [f"found: {found}", f"expected: {expected}"]
+        if self.fixes:
+            lines.append("Possible solutions:")
+            lines += [f"  {i}) {fix}" for i, fix in enumerate(self.fixes, 1)]
+        super().__init__("\n".join(lines))
+
+
+class TopologyError(DMTError):
+    """The topology is invalid or does not match the world."""
+
+
+class CaptureError(DMTError):
+    """The model could not be captured into a graph."""
+
+
+class NoEmbeddingError(DMTError):
+    """The model has no embedding lookup to put into towers."""
+
+
+class UnsupportedEmbeddingError(DMTError):
+    """The model uses an embedding module dmt_fx does not rewrite."""
+
+
+class NoInteractionError(DMTError):
+    """No node joins the embedding outputs with the dense path."""
+
+
+class PlanError(DMTError):
+    """A tower plan is malformed or does not fit this model and topology."""
+
+
+class ExampleInputsError(DMTError):
+    """The example inputs do not fit the model."""
+
+
+class PassError(DMTError):
+    """A graph pass failed; wraps the underlying error with the pass name."""

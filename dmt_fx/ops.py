@@ -1,0 +1,52 @@
+"""Functions the rewritten graph calls: the DMT vocabulary of the logical model.
+
+In one process the collectives are the identity: every sample keeps exactly the values it
+had, which is what makes the logical model equal to the original. `dmt_fx.distribute`
+lowers the same nodes to real peer all-to-alls; the graph carries group *names* only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+CROSS_HOST = "peer"  # ranks with the same local rank on every host
+INTRA_HOST = "intra_host"  # the ranks of one host
+
+
+def peer_input_exchange(values: tuple, *, tower: int, host: int, group: str = CROSS_HOST) -> tuple:
+    """SPTT step 2: send tower `tower`'s ids for the local batch to its host's peer.
+
+    Identity in one process."""
+    return tuple(values)
+
+
+def peer_output_exchange(values: tuple, *, tower: int, host: int, group: str = CROSS_HOST) -> tuple:
+    """SPTT step 5: return each peer its own rows of the tower's output. Identity in one process."""
+    return tuple(values)
+
+
+def select_features(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    """SPTT step 1: the features of one tower, in tower order (ids, lengths, weights)."""
+    if list(kjt.keys()) == list(keys):
+        return kjt
+    index = {k: i for i, k in enumerate(kjt.keys())}
+    return kjt.permute([index[k] for k in keys])
+
+
+def merge_keyed_tensors(parts: Sequence[KeyedTensor], keys: Sequence[str]) -> KeyedTensor:
+    """SPTT step 6: rebuild the collection's KeyedTensor in its original key order.
+
+    Slices and a concatenation only, so values and gradients are bit-for-bit the original's."""
+    if len(parts) == 1 and list(parts[0].keys()) == list(keys):
+        return parts[0]
+    pieces: dict[str, torch.Tensor] = {}
+    widths: dict[str, int] = {}
+    for part in parts:
+        for key, value, width in zip(part.keys(), part.values().split(part.length_per_key(), dim=1),
+                                     part.length_per_key()):
+            pieces[key], widths[key] = value, width
+    return KeyedTensor(keys=list(keys), length_per_key=[widths[k] for k in keys],
+                       values=torch.cat([pieces[k] for k in keys], dim=1))

@@ -1,0 +1,281 @@
+"""`transform(model, topology)`: the compiler's entry point.
+
+  1. check the topology and the example inputs (one eager run, which also measures each
+     feature's pooling factor for the cost model);
+  2. capture the model into a GraphModule (symbolic tracing, else torch.export);
+  3. analyse: embedding sites and the interaction site;
+  4. plan the towers (balanced partitioner, or a user plan, validated);
+  5. run the passes: SPTT rewrite, tower modules, cleanup;
+  6. install state_dict hooks so checkpoints use the original model's keys;
+  7. verify against the original on the example inputs, when given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.graph_module import _copy_attr
+from torch.utils import _pytree as pytree
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dmt_fx.analysis import ModelSites, analyze
+from dmt_fx.capture import capture
+from dmt_fx.errors import DMTError, ExampleInputsError, PassError, TopologyError
+from dmt_fx.partition import balanced_plan
+from dmt_fx.pass_runner import PassRecord, run_passes
+from dmt_fx.passes.cleanup import cleanup_pass
+from dmt_fx.passes.sptt import sptt_pass
+from dmt_fx.passes.tower_modules import tower_modules_pass
+from dmt_fx.plan import Tower, TowerPlan, validate_plan
+from dmt_fx.topology import Topology
+from dmt_fx.tower_module import IdentityTowerModule
+
+log = logging.getLogger("dmt_fx")
+TowerModuleFactory = Callable[[Tower], nn.Module]
+
+
+@dataclasses.dataclass(frozen=True)
+class DMTResult:
+    """What `transform` records in `gm.meta["dmt"]`: the typed hand-off to the runtime."""
+
+    plan: TowerPlan
+    sites: ModelSites
+    topology: Topology
+    route: str
+    passes: tuple[PassRecord, ...]
+    renames: Mapping[str, str]  # module path in the DMT model -> path in the original
+
+
+def transform(
+    model: nn.Module,
+    topology: Topology | str,
+    *,
+    example_inputs: Sequence[Any] | None = None,
+    plan: TowerPlan | Mapping | str | None = None,
+    partitioner: str = "balanced",
+    tower_module: str | TowerModuleFactory = "identity",
+    disable_passes: Sequence[str] = (),
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Rewrite a flat DLRM into DMT form. The result shares the model's parameters."""
+    if not isinstance(model, nn.Module):
+        raise DMTError(f"a {type(model).__name__}", "a torch.nn.Module", ["pass the model object itself"])
+    topology = _as_topology(topology)
+    inputs = None if example_inputs is None else _as_tuple(example_inputs)
+    pooling = _measure_pooling(model, inputs) if inputs is not None else {}
+    gm, route = capture(model, inputs)
+    _copy_unused_state(model, gm)
+    sites = analyze(gm, route)
+    pooling = _pooling_by_feature(sites, pooling)
+    tower_plan_ = _make_plan(plan, partitioner, sites, topology, pooling)
+    make_module, changes_model = _tower_module_factory(tower_module)
+    tower_plan_ = dataclasses.replace(tower_plan_, changes_model=changes_model)
+    records = run_passes(gm, [
+        ("sptt", functools.partial(sptt_pass, sites=sites, plan=tower_plan_), False),
+        ("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_, make_module=make_module),
+         changes_model),
+        ("cleanup", cleanup_pass, False),
+    ], disabled=disable_passes)
+    renames = dict(gm.meta.pop("dmt_renames", {}))
+    gm.meta["dmt"] = DMTResult(tower_plan_, sites, topology, route, tuple(records), renames)
+    _install_state_dict_hooks(gm, renames, list(model.state_dict().keys()))
+    if verify and inputs is not None and not changes_model:
+        _verify(model, gm, inputs)
+    log.info("transform: %d features in %d towers on %s (%s capture)",
+             len(sites.features), len(tower_plan_.towers), topology, route)
+    return gm
+
+
+def tower_plan(gm: nn.Module) -> TowerPlan:
+    """The tower plan of a model made by `transform`."""
+    return dmt_result(gm).plan
+
+
+def dmt_result(gm: nn.Module) -> DMTResult:
+    result = getattr(gm, "meta", {}).get("dmt") if isinstance(gm, fx.GraphModule) else None
+    if not isinstance(result, DMTResult):
+        raise DMTError(f"a {type(gm).__name__} not made by dmt_fx.transform",
+                       "the GraphModule returned by dmt_fx.transform(model, topology)",
+                       ["call dmt_fx.transform first"])
+    return result
+
+
+# ---------------------------------------------------------------- inputs and topology
+
+
+def _as_topology(topology: Topology | str) -> Topology:
+    if isinstance(topology, Topology):
+        return topology
+    if isinstance(topology, str):
+        return Topology.parse(topology)
+    raise TopologyError(f"topology of type {type(topology).__name__}",
+                        "a dmt_fx.Topology or a string like '2x4'", ["pass Topology.parse('2x4')"])
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+@contextlib.contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode for a check run (no dropout, no BatchNorm updates), then restore every flag."""
+    flags = [(m, m.training) for root in modules for m in root.modules()]
+    try:
+        for m, _ in flags:  # not .eval(): exported modules refuse it
+            m.training = False
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], float]:
+    """Run the model once on the example inputs; record ids per bag of each lookup."""
+    _check_signature(model, inputs)
+    stats: dict[tuple[str, str], float] = {}
+    calls: dict[str, int] = {}
+
+    def ebc_hook(fqn, module, args, kwargs):
+        kjt = args[0] if args else kwargs["features"]
+        for key, count in zip(kjt.keys(), kjt.length_per_key()):
+            stats[(fqn, key)] = count / max(kjt.stride(), 1)
+
+    def bag_hook(fqn, module, args, kwargs):
+        ids = args[0] if args else kwargs["input"]
+        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+        bags = ids.shape[0] if ids.dim() == 2 else max(offsets.numel() - int(module.include_last_offset), 1)
+        index = calls[fqn] = calls.get(fqn, -1) + 1
+        stats[(fqn, str(index))] = ids.numel() / max(bags, 1)
+
+    handles = []
+    for fqn, module in model.named_modules():
+        hook = ebc_hook if isinstance(module, EmbeddingBagCollection) else (
+            bag_hook if isinstance(module, nn.EmbeddingBag) else None)
+        if hook is not None:
+            handles.append(module.register_forward_pre_hook(functools.partial(hook, fqn), with_kwargs=True))
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            model(*inputs)
+    except DMTError:
+        raise
+    except Exception as exc:
+        raise ExampleInputsError(
+            f"the model fails on example_inputs: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "example_inputs = one batch the original model accepts, as a tuple of forward()'s positional arguments",
+            ["call model(*example_inputs) yourself to see the failure",
+             "check ids are within each table's num_embeddings and offsets/lengths match the ids"],
+        ) from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def _check_signature(model: nn.Module, inputs: tuple) -> None:
+    try:
+        inspect.signature(model.forward).bind(*inputs)
+    except TypeError as exc:
+        params = list(inspect.signature(model.forward).parameters)
+        raise ExampleInputsError(f"{len(inputs)} example inputs ({exc})",
+                                 f"positional arguments for forward({', '.join(params)})",
+                                 ["pass example_inputs as a tuple with one entry per forward() argument"]) from None
+
+
+def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    site_of = {s.node: s for s in sites.sites}
+    pooling = {}
+    for f in sites.features:
+        site = site_of[f.site]
+        if site.kind == "torchrec_ebc":
+            key = (site.module, f.key)
+        else:
+            key = (site.module, f.name.rpartition("@")[2] if "@" in f.name else "0")
+        pooling[f.name] = stats.get(key, 1.0)
+    return pooling
+
+
+# ---------------------------------------------------------------- plan and tower modules
+
+
+def _make_plan(plan, partitioner: str, sites: ModelSites, topology: Topology, pooling) -> TowerPlan:
+    if plan is not None:
+        return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
+    if partitioner != "balanced":
+        raise DMTError(f"partitioner={partitioner!r}", "partitioner='balanced' or plan=...",
+                       ["use the balanced partitioner", "or pass your own plan (TowerPlan, dict or JSON)"])
+    return balanced_plan(sites, topology, pooling)
+
+
+def _tower_module_factory(tower_module) -> tuple[TowerModuleFactory, bool]:
+    if tower_module == "identity":
+        return (lambda tower: IdentityTowerModule(tower.index, tower.features)), False
+    if callable(tower_module):
+        log.warning("tower_modules: a user tower module changes the model; outputs are not verified")
+        return tower_module, True
+    raise DMTError(f"tower_module={tower_module!r}", "'identity' or a callable (Tower) -> nn.Module",
+                   ["use the default identity tower module", "or pass a factory that builds one module per tower"])
+
+
+# ---------------------------------------------------------------- state and checks
+
+
+def _copy_unused_state(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Tracing drops parameters forward() never reads; keep them so checkpoints match."""
+    have = set(gm.state_dict().keys())
+    for fqn in model.state_dict().keys():
+        if fqn not in have:
+            _copy_attr(model, gm, fqn)
+
+
+class _KeyRenamer:
+    """State-dict hook: tower-module paths <-> the original model's paths.
+
+    As a post-hook of `state_dict` it writes original keys (in the original's order); as a
+    pre-hook of `load_state_dict` it reads them. A callable object, so torch can tag it."""
+
+    def __init__(self, table: Mapping[str, str], order: Sequence[str] = ()) -> None:
+        self.table = dict(table)
+        self.order = {k: i for i, k in enumerate(order)}
+
+    def rename(self, key: str, prefix: str) -> str:
+        if not key.startswith(prefix):
+            return key
+        path, _, leaf = key[len(prefix):].rpartition(".")
+        return f"{prefix}{self.table[path]}.{leaf}" if path in self.table else key
+
+    def __call__(self, module, state_dict, prefix, *rest) -> None:
+        items = [(self.rename(k, prefix), v) for k, v in state_dict.items()]
+        if self.order:
+            items.sort(key=lambda kv: self.order.get(kv[0][len(prefix):], len(self.order)))
+        state_dict.clear()
+        state_dict.update(items)
+
+
+def _install_state_dict_hooks(gm: fx.GraphModule, renames: Mapping[str, str], order: Sequence[str]) -> None:
+    gm.register_state_dict_post_hook(_KeyRenamer(renames, order))
+    gm.register_load_state_dict_pre_hook(_KeyRenamer({v: k for k, v in renames.items()}))
+
+
+def _verify(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
+    """A last guard against a silently wrong rewrite: equal outputs on the example inputs."""
+    with torch.no_grad(), _eval_mode(model, gm):
+        expected = pytree.tree_leaves(model(*inputs))
+        got = pytree.tree_leaves(gm(*inputs))
+    for e, g in zip(expected, got):
+        if isinstance(e, torch.Tensor) and not torch.allclose(e, g, rtol=0, atol=1e-6):
+            raise PassError(f"the rewritten model differs from the original on example_inputs "
+                            f"(max abs difference {(e - g).abs().max().item():.3g})",
+                            "identical outputs (the rewrite preserves numerics)",
+                            ["please report this with the model; transform(..., verify=False) skips the check"])
