@@ -7,6 +7,7 @@ objects, so a plan built from them survives copies of the graph.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import operator
 from typing import Iterable
@@ -78,13 +79,19 @@ class ModelSites:
     interaction: InteractionSite
 
     def feature(self, name: str) -> Feature:
-        return self._feature_index()[name]
+        return self._feature_index[name]
 
     def table(self, name: str) -> Table:
-        return {t.name: t for t in self.tables}[name]
+        return self._table_index[name]
 
+    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
+    @functools.cached_property
     def _feature_index(self) -> dict[str, Feature]:
         return {f.name: f for f in self.features}
+
+    @functools.cached_property
+    def _table_index(self) -> dict[str, Table]:
+        return {t.name: t for t in self.tables}
 
     @property
     def shared_tables(self) -> tuple[str, ...]:

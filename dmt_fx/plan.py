@@ -145,8 +145,8 @@ def validate_plan(plan: TowerPlan, sites: ModelSites, topology: Topology, poolin
                         f"a plan for this model on topology {topology} (fingerprint {plan_fingerprint(sites, topology)})",
                         ["make a new plan with `dmt-fx plan TARGET --topology "
                          f"{topology} --format json`", "or drop the plan's 'fingerprint' field to skip this check"])
-    _check_features(plan, sites)
     _check_hosts(plan, topology)
+    _check_features(plan, sites)
     _check_tables(plan, sites)
     groups = [list(t.features) for t in plan.towers]
     return build_plan(groups, sites, topology, pooling, partitioner=plan.partitioner,

@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import operator
 
-import torch
 import torch.fx as fx
 import torch.nn as nn
 from torchrec.modules.embedding_modules import get_embedding_names_by_table
@@ -38,15 +37,18 @@ TOWERS_ATTR = "dmt_towers"
 
 
 def _tower_collection(ebc: EmbeddingBagCollection, keys: list[str]) -> EmbeddingBagCollection:
-    """A collection over the tables of `keys`, sharing the original table modules."""
+    """A collection over the tables of `keys`, sharing the original table modules.
+
+    Built empty and filled with the original's fields: constructing it from configs would
+    allocate (and initialise) tables only to throw them away."""
     configs = ebc.embedding_bag_configs()
     names = dict(zip((c.name for c in configs), get_embedding_names_by_table(configs)))
     chosen = [c for c in configs if set(c.feature_names) & set(keys)]
-    # Built on the meta device (no allocation), then given the original tables.
-    tower = EmbeddingBagCollection([dataclasses.replace(c) for c in chosen],
-                                   is_weighted=ebc.is_weighted(), device=torch.device("meta"))
+    tower = EmbeddingBagCollection([], is_weighted=ebc.is_weighted(), device=ebc._device)
     tower.embedding_bags = nn.ModuleDict({c.name: ebc.embedding_bags[c.name] for c in chosen})
-    tower._device = ebc._device
+    tower._embedding_bag_configs = [dataclasses.replace(c) for c in chosen]
+    tower._feature_names = [list(c.feature_names) for c in chosen]
+    tower._lengths_per_embedding = [c.embedding_dim for c in chosen for _ in c.feature_names]
     # Keep the original output names (torchrec renames a key used by several tables).
     tower._embedding_names = [n for c in chosen for n in names[c.name]]
     return tower
