@@ -1,0 +1,198 @@
+"""`dmt-fx`: inspect what the compiler does to a model, from the shell.
+
+  dmt-fx diff TARGET --topology 2x4 [--format rich|json] [--plan FILE]
+  dmt-fx plan TARGET --topology 2x4 [--format rich|json] [--batch-size N] [--plan FILE]
+
+TARGET is `pkg.module:factory` or `path/to/file.py:factory`. User errors (bad target,
+topology, plan, model) print one `dmt-fx: error:` message and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from itertools import zip_longest
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from dmt_fx.errors import DMTError
+from dmt_fx.report import graph_diff, load_target, original_graph, plan_report
+from dmt_fx.topology import Topology
+from dmt_fx.transform import dmt_result, transform
+
+EXIT_USER_ERROR = 2
+_PIPE_WIDTH = 160  # rich's 80 columns squeeze the side-by-side diff when piped
+_STYLE = {"inserted": "green", "removed": "red strike", "kept": ""}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DMTError as err:
+        print(f"dmt-fx: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmt-fx", description="Inspect the DMT rewrite of a recommendation model.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+    diff = verbs.add_parser("diff", help="the original and rewritten graphs side by side")
+    _common(diff)
+    diff.set_defaults(run=_diff)
+    plan = verbs.add_parser("plan", help="the tower plan and its estimated cross-host traffic")
+    _common(plan)
+    plan.add_argument("--batch-size", type=_positive_int, default=512,
+                      help="local batch size per rank for the traffic estimate (default 512)")
+    plan.set_defaults(run=_plan)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="TARGET", help="pkg.module:factory or path/to/file.py:factory")
+    parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
+    parser.add_argument("--format", choices=("rich", "json"), default="rich", help="output format (default rich)")
+    parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _transform(args: argparse.Namespace, keep_original: bool = False):
+    topology = Topology.parse(args.topology)  # before the (slow) model build: fail fast
+    model, inputs = load_target(args.target)
+    original = original_graph(model, inputs) if keep_original else None
+    gm = transform(model, topology, example_inputs=inputs, plan=args.plan)
+    return original, gm
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=_PIPE_WIDTH)
+
+
+# ---------------------------------------------------------------- diff
+
+
+def _diff(args: argparse.Namespace) -> int:
+    original, gm = _transform(args, keep_original=True)
+    data = graph_diff(original, gm)
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+        return 0
+    console = _console()
+    result = dmt_result(gm)
+    console.print(f"[bold]{args.target}[/] on topology {result.topology} ({result.route} capture): "
+                  f"[green]{data['inserted']} nodes inserted[/], [red]{data['removed']} removed[/]")
+    console.print(_side_by_side(data["original"], data["rewritten"]))
+    rows = {r["name"]: r for r in data["rewritten"]}
+    hosts = {t.index: t.host for t in result.plan.towers}
+    for tower, names in data["towers"].items():
+        title = f"tower {tower} (host {hosts.get(int(tower), '?')})"
+        console.print(_node_table(title, [rows[n] for n in names]))
+    if data["shared"]:
+        console.print(_node_table("shared (all towers)", [rows[n] for n in data["shared"]]))
+    return 0
+
+
+def _side_by_side(original: list[dict], rewritten: list[dict]) -> Table:
+    table = Table(title="original | rewritten", title_justify="left")
+    for header in ("original", "rewritten", "tower / role"):
+        table.add_column(header, overflow="fold")
+    # Align on node names so kept nodes sit side by side between the changes.
+    matcher = difflib.SequenceMatcher(a=[r["name"] for r in original], b=[r["name"] for r in rewritten],
+                                      autojunk=False)
+    for _, a0, a1, b0, b1 in matcher.get_opcodes():
+        for left, right in zip_longest(original[a0:a1], rewritten[b0:b1]):
+            table.add_row(_name(left), _name(right), _role(right))
+    return table
+
+
+def _name(row: dict | None) -> Text:
+    return Text("") if row is None else Text(row["name"], style=_STYLE[row["status"]])
+
+
+def _role(row: dict | None) -> Text:
+    if row is None or row["role"] is None:
+        return Text("")
+    tower = "" if row["tower"] is None else f"tower {row['tower']}: "
+    return Text(f"{tower}{row['role']}", style=_STYLE[row["status"]])
+
+
+def _node_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header in ("node", "role", "target", "args"):
+        table.add_column(header, overflow="fold")
+    for r in rows:
+        table.add_row(Text(r["name"], style="green"), r["role"] or "", r["target"], r["args"])
+    return table
+
+
+# ---------------------------------------------------------------- plan
+
+
+def _plan(args: argparse.Namespace) -> int:
+    _, gm = _transform(args)
+    data = plan_report(gm, batch_size=args.batch_size)
+    if args.format == "json":
+        data["plan"] = dmt_result(gm).plan.to_dict()
+        print(json.dumps(data, indent=2))
+        return 0
+    console = _console()
+    console.print(f"[bold]{args.target}[/] on topology {data['topology']} ({data['route']} capture), "
+                  f"partitioner {data['partitioner']}, interaction {data['interaction']['node']} "
+                  f"({data['interaction']['kind']})")
+    console.print(_towers_table(data["towers"]))
+    console.print(_collectives_table(data["collectives"], data["batch_size"]))
+    bound = "none" if data["balance_bound"] is None else f"{data['balance_bound']:g}"
+    console.print(f"lookup imbalance {data['lookup_imbalance']:g}, memory imbalance "
+                  f"{data['memory_imbalance']:g} (max / mean; bound {bound}); fingerprint {data['fingerprint']}")
+    return 0
+
+
+def _towers_table(towers: list[dict[str, Any]]) -> Table:
+    table = Table(title="towers", title_justify="left")
+    for header in ("tower", "host", "features", "tables", "lookup cost (B/sample)", "memory"):
+        table.add_column(header, overflow="fold", justify="right" if header in ("tower", "host") else "left")
+    for t in towers:
+        tables = ", ".join(name.rpartition(".")[2] for name in t["tables"])
+        table.add_row(str(t["tower"]), str(t["host"]), ", ".join(t["features"]), tables,
+                      f"{t['lookup_cost']:g}", _human_bytes(t["memory_bytes"]))
+    return table
+
+
+def _collectives_table(collectives: list[dict[str, Any]], batch_size: int) -> Table:
+    table = Table(title=f"collectives (estimated bytes per step per rank, local batch {batch_size})",
+                  title_justify="left")
+    for header in ("node", "kind", "tower", "group", "direction", "bytes/step"):
+        table.add_column(header, overflow="fold")
+    for c in collectives:
+        table.add_row(c["name"], c["kind"], str(c["tower"]), c["group"], c["direction"],
+                      _human_bytes(c["bytes_per_step"]))
+    return table
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Batches for distributed runs: global synthetic batches and each rank's slice of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+
+def slice_kjt(kjt: KeyedJaggedTensor, start: int, stop: int) -> KeyedJaggedTensor:
+    """Samples [start, stop) of every feature (ids, lengths and weights)."""
+    jts = {}
+    for key, jt in kjt.to_dict().items():
+        offsets = jt.offsets()
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        weights = jt.weights_or_none()
+        jts[key] = JaggedTensor(values=jt.values()[lo:hi], lengths=jt.lengths()[start:stop],
+                                weights=None if weights is None else weights[lo:hi])
+    return KeyedJaggedTensor.from_jt_dict(jts)
+
+
+def slice_batch(inputs: Any, start: int, stop: int) -> Any:
+    """Rows [start, stop) of a batch: tensors along dim 0, KJTs per sample."""
+    def cut(x):
+        if isinstance(x, KeyedJaggedTensor):
+            return slice_kjt(x, start, stop)
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            return x[start:stop]
+        return x
+    return pytree.tree_map(cut, inputs, is_leaf=lambda x: isinstance(x, KeyedJaggedTensor))
+
+
+def labels(batch_size: int, seed: int) -> torch.Tensor:
+    """Click labels for a synthetic global batch (deterministic in the seed)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return torch.randint(0, 2, (batch_size, 1), generator=g).float()

@@ -1,0 +1,281 @@
+"""Data behind the `dmt-fx` commands: load a model target, diff graphs, summarise a plan.
+
+Everything here returns plain, JSON-able Python data; rendering (rich tables) lives in
+`dmt_fx.cli`, so scripts and tests can use these functions without a terminal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import _get_qualified_name
+
+from dmt_fx.capture import capture
+from dmt_fx.errors import DMTError
+from dmt_fx.transform import dmt_result
+
+EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")
+ID_BYTES = 8  # int64 ids
+LENGTH_BYTES = 4  # int32 lengths (one per sample and feature)
+EMBEDDING_BYTES = 4  # fp32 pooled embeddings
+_ARGS_WIDTH = 80
+
+
+class TargetError(DMTError):
+    """The TARGET given to the CLI does not name a model factory that works."""
+
+
+_TARGET_FORMS = "TARGET as pkg.module:factory or path/to/file.py:factory"
+
+
+# ---------------------------------------------------------------- loading a target
+
+
+def load_target(spec: str) -> tuple[nn.Module, tuple | None]:
+    """Import and call a model factory; return (model, example_inputs or None).
+
+    `spec` is `pkg.module:factory` or `path/to/file.py:factory`; the factory takes no
+    arguments and returns a module or `(module, example_inputs)`."""
+    where, sep, attr = spec.rpartition(":")  # rpartition: a Windows drive has a ':' too
+    if not sep or not where or not attr:
+        raise TargetError(f"target {spec!r} without a ':factory' part", _TARGET_FORMS,
+                          [f"name the factory, e.g. {spec or 'examples/torchrec_dlrm.py'}:build"])
+    module = _import_file(where) if _is_path(where) else _import_name(where)
+    factory = _attribute(module, attr, spec)
+    return _call_factory(factory, spec)
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def _import_name(name: str) -> Any:
+    # Like `python -m`: modules under the working directory are importable.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return _guarded_import(lambda: importlib.import_module(name), name)
+
+
+def _import_file(where: str) -> Any:
+    path = Path(where).resolve()
+    if not path.is_file():
+        raise TargetError(f"no file {where!r}", f"{_TARGET_FORMS}, with an existing file",
+                          ["check the path (relative paths start at the working directory)"])
+    package = _package_name(path)
+    if package is None:
+        return _guarded_import(lambda: _load_standalone(path), where)
+    # A file inside a package may use relative imports: import it by its dotted name.
+    root = str(path.parents[package.count(".")])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = _guarded_import(lambda: importlib.import_module(package), where)
+    if Path(getattr(module, "__file__", "") or "").resolve() != path:
+        raise TargetError(f"{package!r} imports {getattr(module, '__file__', None)!r}, not {str(path)!r}",
+                          f"the module in {where}",
+                          ["another installed package has the same name; rename yours or use pkg.module:factory"])
+    return module
+
+
+def _package_name(path: Path) -> str | None:
+    """`examples.torchrec_dlrm` for a file in a package directory, else None."""
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts) if len(parts) > 1 else None
+
+
+def _load_standalone(path: Path) -> Any:
+    # Sibling modules of a loose script are importable, as when running the script.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, f"no loader for {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses and pickling look modules up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def _guarded_import(load, what: str) -> Any:
+    try:
+        return load()
+    except Exception as exc:  # any import failure is a problem with the user's target
+        raise TargetError(f"importing {what!r} fails: {_one_line(exc)}", "an importable module",
+                          [f"run `python -c 'import ...'` on {what} to see the full error",
+                           "run dmt-fx from the directory the module's imports expect"]) from None
+
+
+def _attribute(module: Any, attr: str, spec: str) -> Any:
+    value = module
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                            and getattr(v, "__module__", None) == module.__name__)
+            raise TargetError(f"{module.__name__} has no attribute {attr!r}",
+                              "a factory function defined in the target module",
+                              [f"use one of: {', '.join(public[:8]) or '(none)'}"])
+        value = getattr(value, part)
+    if not callable(value):
+        raise TargetError(f"{spec} is a value of type {type(value).__name__}, not callable",
+                          "a factory called with no arguments", ["point TARGET at a function or class"])
+    return value
+
+
+def _call_factory(factory: Any, spec: str) -> tuple[nn.Module, tuple | None]:
+    try:
+        made = factory()
+    except Exception as exc:
+        raise TargetError(f"{spec}() raises {_one_line(exc)}", "a factory that runs with no arguments",
+                          ["give every factory argument a default", "call the factory yourself to debug it"]) from None
+    model, inputs = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    if not isinstance(model, nn.Module):
+        raise TargetError(f"{spec}() returns a value of type {type(made).__name__}",
+                          "an nn.Module or a tuple (nn.Module, example_inputs)",
+                          ["return the model (and optionally one batch of inputs) from the factory"])
+    if inputs is not None and not isinstance(inputs, tuple):
+        inputs = tuple(inputs) if isinstance(inputs, list) else (inputs,)
+    return model, inputs
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- graph diff
+
+
+def graph_diff(original_gm: fx.GraphModule, dmt_gm: fx.GraphModule) -> dict[str, Any]:
+    """Node-level diff of a captured model and its DMT rewrite (JSON-able).
+
+    A node is "inserted" when a pass tagged it (`meta["dmt"]`), "removed" when its name is
+    in the original graph only, else "kept". `towers` lists inserted nodes per tower;
+    `shared` the inserted nodes of no tower (the merges)."""
+    new_names = {n.name for n in dmt_gm.graph.nodes}
+    original = [_row(n, "kept" if n.name in new_names else "removed") for n in original_gm.graph.nodes]
+    rewritten = [_row(n, "inserted" if _is_inserted(n) else "kept") for n in dmt_gm.graph.nodes]
+    towers: dict[str, list[str]] = {}
+    shared: list[str] = []
+    for row in rewritten:
+        if row["status"] == "inserted":
+            if row["tower"] is None:
+                shared.append(row["name"])
+            else:
+                towers.setdefault(str(row["tower"]), []).append(row["name"])
+    return {
+        "original": original,
+        "rewritten": rewritten,
+        "inserted": sum(r["status"] == "inserted" for r in rewritten),
+        "removed": sum(r["status"] == "removed" for r in original),
+        "towers": dict(sorted(towers.items(), key=lambda kv: int(kv[0]))),
+        "shared": shared,
+    }
+
+
+def _is_inserted(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("dmt"), dict)
+
+
+def _row(node: fx.Node, status: str) -> dict[str, Any]:
+    meta = node.meta.get("dmt") if _is_inserted(node) else {}
+    return {"name": node.name, "op": node.op, "target": readable_target(node), "args": short_args(node),
+            "status": status, "tower": meta.get("tower"), "role": meta.get("role")}
+
+
+def readable_target(node: fx.Node) -> str:
+    target = node.target
+    if isinstance(target, str):
+        return target
+    try:
+        name = _get_qualified_name(target)  # torch.relu, not torch._VariableFunctionsClass.relu
+    except Exception:  # a callable torch cannot name (a lambda, a partial)
+        name = getattr(target, "__qualname__", None) or repr(target)
+    return name.replace("_operator.", "operator.", 1).replace("builtins.", "", 1)
+
+
+def short_args(node: fx.Node, width: int = _ARGS_WIDTH) -> str:
+    parts = [_fmt(a) for a in node.args] + [f"{k}={_fmt(v)}" for k, v in node.kwargs.items()]
+    text = ", ".join(parts)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, fx.Node):
+        return value.name
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_fmt(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_fmt(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+# ---------------------------------------------------------------- plan report
+
+
+def original_graph(model: nn.Module, example_inputs: tuple | None) -> fx.GraphModule:
+    """The model captured as transform captures it, before any pass."""
+    return capture(model, example_inputs)[0]
+
+
+def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
+    """The plan of a DMT model with estimated cross-host traffic (JSON-able).
+
+    Bytes per step per rank, for tower t with features F_t, local batch B and H hosts:
+      ids exchange    = B * (sum_f pooling_f * 8 + |F_t| * 4) * (H - 1) / H
+      output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H
+    8 bytes per int64 id, 4 per int32 length, fp32 outputs; (H - 1) / H is the share of a
+    rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
+    (sum_f pooling_f * dim_f * 4), so sum_f pooling_f is estimated as
+    lookup_cost / (4 * mean dim); exact when the tower's dims are equal, 1 per feature
+    when the cost is unknown."""
+    result = dmt_result(gm)
+    plan, sites, hosts = result.plan, result.sites, result.topology.num_hosts
+    exchanges = _exchange_nodes(gm)
+    collectives = []
+    for tower in plan.towers:
+        dims = [sites.feature(f).dim for f in tower.features]
+        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts)
+        for kind, size in zip(EXCHANGE_ROLES, (ids, outs)):
+            collectives.append({"name": exchanges.get((kind, tower.index), f"{kind}[{tower.index}]"),
+                                "kind": kind, "tower": tower.index, "group": "cross-host",
+                                "bytes_per_step": size, "direction": "forward"})
+    bound = None if plan.balance_bound == float("inf") else plan.balance_bound
+    return {
+        "topology": str(result.topology), "partitioner": plan.partitioner, "fingerprint": plan.fingerprint,
+        "lookup_imbalance": plan.lookup_imbalance, "memory_imbalance": plan.memory_imbalance,
+        "balance_bound": bound, "batch_size": batch_size,
+        "towers": [{"tower": t.index, "host": t.host, "features": list(t.features), "tables": list(t.tables),
+                    "lookup_cost": t.lookup_cost, "memory_bytes": t.memory_bytes} for t in plan.towers],
+        "collectives": collectives,
+        "interaction": {"node": sites.interaction.node, "kind": sites.interaction.kind},
+        "route": result.route,
+    }
+
+
+def _tower_bytes(lookup_cost: float, dims: list[int], batch: int, hosts: int) -> tuple[int, int]:
+    share = (hosts - 1) / hosts
+    mean_dim = sum(dims) / len(dims) if dims else 1.0
+    pooling = lookup_cost / (EMBEDDING_BYTES * mean_dim) if lookup_cost > 0 else float(len(dims))
+    ids = batch * (pooling * ID_BYTES + len(dims) * LENGTH_BYTES) * share
+    outs = batch * sum(dims) * EMBEDDING_BYTES * share
+    return round(ids), round(outs)
+
+
+def _exchange_nodes(gm: fx.GraphModule) -> dict[tuple[str, int], str]:
+    found = {}
+    for node in gm.graph.nodes:
+        meta = node.meta.get("dmt")
+        if isinstance(meta, dict) and meta.get("role") in EXCHANGE_ROLES:
+            found[(meta["role"], meta.get("tower"))] = node.name
+    return found
