@@ -2,6 +2,7 @@
 
 Compiler: `transform(model, topology)` captures the model with torch.fx, finds its
 embedding lookups and interaction, plans towers and rewrites the graph (SPTT).
+Runtime: `distribute(gm, ...)` runs that model on a (host x local) torch.distributed world.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from dmt_fx.errors import (
 from dmt_fx.plan import Tower, TowerPlan
 from dmt_fx.topology import Topology
 from dmt_fx.transform import DMTResult, dmt_result, tower_plan, transform
+from dmt_fx.distributed import distribute  # the runtime (isort: after transform)
 
 __all__ = [
     "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
-    "Topology", "UnsupportedEmbeddingError", "dmt_result", "tower_plan", "transform",
+    "Topology", "UnsupportedEmbeddingError", "distribute", "dmt_result", "tower_plan", "transform",
 ]
 __version__ = "0.1.0"

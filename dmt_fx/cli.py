@@ -2,6 +2,8 @@
 
   dmt-fx diff TARGET --topology 2x4 [--format rich|json] [--plan FILE]
   dmt-fx plan TARGET --topology 2x4 [--format rich|json] [--batch-size N] [--plan FILE]
+  dmt-fx run [TARGET] --topology 2x2 --steps N [--baseline NAME]     (see cli_run.py)
+  dmt-fx demo [TARGET] [--topology 2x2] [--steps 300]                (the main job)
 
 TARGET is `pkg.module:factory` or `path/to/file.py:factory`. User errors (bad target,
 topology, plan, model) print one `dmt-fx: error:` message and exit 2, never a traceback.
@@ -20,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dmt_fx.cli_run import add_parsers as add_run_parsers
 from dmt_fx.errors import DMTError
 from dmt_fx.report import graph_diff, load_target, original_graph, plan_report
 from dmt_fx.topology import Topology
@@ -52,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-size", type=_positive_int, default=512,
                       help="local batch size per rank for the traffic estimate (default 512)")
     plan.set_defaults(run=_plan)
+    add_run_parsers(verbs)
     return parser
 
 

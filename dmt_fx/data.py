@@ -36,3 +36,22 @@ def labels(batch_size: int, seed: int) -> torch.Tensor:
     """Click labels for a synthetic global batch (deterministic in the seed)."""
     g = torch.Generator().manual_seed(10_000 + seed)
     return torch.randint(0, 2, (batch_size, 1), generator=g).float()
+
+
+def synthetic_inputs(example_inputs: tuple, num_embeddings: dict[str, int], batch_size: int, seed: int) -> tuple:
+    """A random batch shaped like `example_inputs`: dense tensors with the same trailing
+    shape, KJTs with 0-3 ids per bag below each feature's table size."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(x):
+        if isinstance(x, KeyedJaggedTensor):
+            keys = x.keys()
+            lengths = torch.randint(0, 4, (len(keys) * batch_size,), generator=g)
+            ids = torch.cat([torch.randint(0, num_embeddings.get(k, 1), (int(n),), generator=g)
+                             for k, n in zip(keys, lengths.view(len(keys), batch_size).sum(1))])
+            weights = torch.rand(ids.numel(), generator=g) if x.weights_or_none() is not None else None
+            return KeyedJaggedTensor.from_lengths_sync(keys, ids, lengths, weights=weights)
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0:
+            return torch.randn((batch_size, *x.shape[1:]), generator=g, dtype=x.dtype)
+        return x
+    return pytree.tree_map(make, example_inputs, is_leaf=lambda x: isinstance(x, KeyedJaggedTensor))

@@ -33,6 +33,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.fx.graph_module import _copy_attr
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.dist_data import KJTAllToAll, PooledEmbeddingsAllToAll
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_row_wise, table_wise
 from torchrec.distributed.types import ShardingEnv, ShardingType
@@ -46,6 +47,9 @@ from dmt_fx.topology import Topology
 from dmt_fx.transform import DMTResult, _KeyRenamer, dmt_result
 
 DIST_ATTR = "dmt_dist"
+# TorchRec's default on GPU; asked for explicitly because the CPU default is the DENSE
+# kernel, whose tables would need the dense optimizer instead of a fused one.
+FUSED = EmbeddingComputeKernel.FUSED.value
 SHARDINGS = ("table_wise", "row_wise")
 DEFAULT_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("DMT_FX_TIMEOUT_S", "120")))
 
@@ -159,6 +163,7 @@ def _host_sharding_plan(ebc: EmbeddingBagCollection, me: RankInfo, sharding: str
     plan = construct_module_sharding_plan(ebc, per_table, sharder=sharder, local_size=topo.local_world_size,
                                           world_size=topo.world_size, device_type=_device().type)
     for parameter_sharding in plan.values():
+        parameter_sharding.compute_kernel = FUSED
         if parameter_sharding.sharding_type == ShardingType.TABLE_ROW_WISE.value:
             parameter_sharding.sharding_type = ShardingType.ROW_WISE.value
         parameter_sharding.ranks = [r % topo.local_world_size for r in parameter_sharding.ranks or []]
@@ -205,6 +210,10 @@ class HostTowerExchange(nn.Module):
         self.lookup = lookup
         self.output_dist = PooledEmbeddingsAllToAll(peer_group, [sum(s.widths) for s in slices],
                                                     device=_device())
+        # TorchRec's split-size buffers are runtime state, not part of the model: keep them
+        # out of state_dict so checkpoints match the original model's keys.
+        for dist_module in (self.input_dist, self.output_dist):
+            dist_module._non_persistent_buffers_set.update(name for name, _ in dist_module.named_buffers(recurse=False))
         self.keys = tuple(k for s in slices for k in s.keys)
         self.names = [n for s in slices for n in s.names]
         self.widths = [w for s in slices for w in s.widths]
@@ -269,15 +278,8 @@ def _lower(gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups, sharding
             delattr(physical, attr)
     physical.recompile()
     physical.register_state_dict_post_hook(_KeyRenamer(renames, list(gm.state_dict().keys())))
-    physical.register_state_dict_post_hook(_drop_runtime_buffers)
     physical.register_load_state_dict_pre_hook(_KeyRenamer({v: k for k, v in renames.items()}))
     return _Lowered(physical, optimizers, prefixes)
-
-
-def _drop_runtime_buffers(module, state_dict, prefix, local_metadata) -> None:
-    """TorchRec's all-to-all split buffers are runtime state, not part of the model."""
-    for key in [k for k in state_dict if k.startswith(f"{prefix}{DIST_ATTR}.")]:
-        del state_dict[key]
 
 
 def _copy_missing_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:

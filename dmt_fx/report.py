@@ -43,13 +43,18 @@ def load_target(spec: str) -> tuple[nn.Module, tuple | None]:
 
     `spec` is `pkg.module:factory` or `path/to/file.py:factory`; the factory takes no
     arguments and returns a module or `(module, example_inputs)`."""
+    module, attr = target_module(spec)
+    factory = _attribute(module, attr, spec)
+    return _call_factory(factory, spec)
+
+
+def target_module(spec: str) -> tuple[Any, str]:
+    """The imported Python module of a TARGET and the factory's attribute name."""
     where, sep, attr = spec.rpartition(":")  # rpartition: a Windows drive has a ':' too
     if not sep or not where or not attr:
         raise TargetError(f"target {spec!r} without a ':factory' part", _TARGET_FORMS,
                           [f"name the factory, e.g. {spec or 'examples/torchrec_dlrm.py'}:build"])
-    module = _import_file(where) if _is_path(where) else _import_name(where)
-    factory = _attribute(module, attr, spec)
-    return _call_factory(factory, spec)
+    return (_import_file(where) if _is_path(where) else _import_name(where)), attr
 
 
 def _is_path(where: str) -> bool:

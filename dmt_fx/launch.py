@@ -1,0 +1,95 @@
+"""Launch a `dmt_fx.worker` job through torchrun, one agent per emulated host.
+
+Each agent gets `--nnodes=H --node-rank=h --nproc-per-node=L`, so LOCAL_WORLD_SIZE and
+the intra-host / cross-host groups are real. The launcher never waits forever: when an
+agent fails, the others get `grace_s` to exit on their own (their workers see the broken
+collective), then everything is killed; the whole job has a deadline too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Sequence
+
+from dmt_fx.topology import Topology
+
+
+@dataclasses.dataclass
+class LaunchResult:
+    returncodes: list[int]
+    seconds: float
+    out_dir: str
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and all(code == 0 for code in self.returncodes)
+
+    def ranks(self) -> list[dict]:
+        files = sorted(glob.glob(os.path.join(self.out_dir, "rank*.json")),
+                       key=lambda p: int(os.path.basename(p)[4:-5]))
+        return [json.load(open(p)) for p in files]
+
+    def log_tail(self, lines: int = 40) -> str:
+        tails = []
+        for path in sorted(glob.glob(os.path.join(self.out_dir, "agent*.log"))):
+            with open(path, errors="replace") as handle:
+                tails.append(f"== {os.path.basename(path)}\n" + "".join(handle.readlines()[-lines:]))
+        return "\n".join(tails)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def agent_command(topology: Topology, host: int, port: int, worker_args: Sequence[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={topology.num_hosts}",
+            f"--nproc-per-node={topology.local_world_size}", f"--node-rank={host}",
+            "--master-addr=127.0.0.1", f"--master-port={port}", "--max-restarts=0",
+            "-m", "dmt_fx.worker", *worker_args]
+
+
+def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, deadline_s: float = 600,
+           grace_s: float = 60, on_poll: Callable[[], None] | None = None) -> LaunchResult:
+    """Start H agents, wait (bounded), return their exit codes. Logs: OUT/agent<h>.log."""
+    os.makedirs(out_dir, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    agents = []
+    for host in range(topology.num_hosts):
+        log = open(os.path.join(out_dir, f"agent{host}.log"), "w")
+        agents.append(subprocess.Popen(agent_command(topology, host, port, worker_args), stdout=log,
+                                       stderr=subprocess.STDOUT, env=env, start_new_session=True))
+    start, first_failure, timed_out = time.monotonic(), None, False
+    while any(a.poll() is None for a in agents):
+        now = time.monotonic()
+        if first_failure is None and any(a.poll() not in (None, 0) for a in agents):
+            first_failure = now
+        if now - start > deadline_s or (first_failure is not None and now - first_failure > grace_s):
+            timed_out = now - start > deadline_s
+            _kill_all(agents)
+            break
+        if on_poll is not None:
+            on_poll()
+        time.sleep(0.2)
+    codes = [a.wait() for a in agents]
+    return LaunchResult(codes, time.monotonic() - start, out_dir, timed_out)
+
+
+def _kill_all(agents: list[subprocess.Popen]) -> None:
+    for agent in agents:
+        if agent.poll() is None:
+            try:
+                os.killpg(agent.pid, signal.SIGKILL)  # the agent and its workers
+            except ProcessLookupError:
+                pass
