@@ -46,6 +46,17 @@ class TowerPlan:
     def tower_of(self) -> dict[str, int]:
         return {f: t.index for t in self.towers for f in t.features}
 
+    def __str__(self) -> str:
+        """A plain-text table (the CLI renders the same data with rich)."""
+        rows = [("tower", "host", "features", "lookup cost", "memory")]
+        rows += [(str(t.index), str(t.host), ", ".join(t.features), f"{t.lookup_cost:g}", f"{t.memory_bytes:,} B")
+                 for t in self.towers]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(f"topology {self.topology}, partitioner {self.partitioner}, lookup imbalance "
+                     f"{self.lookup_imbalance:g}, memory imbalance {self.memory_imbalance:g} (bound {self.balance_bound:g})")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["version"] = PLAN_VERSION

@@ -1,0 +1,320 @@
+"""TrafficMeter on a real 2 hosts x 2 ranks gloo world (4 spawned processes).
+
+The world runs a few SGD steps of examples/torchrec_dlrm.py (4 tables f0..f3 of dim 8:
+D = 32 pooled floats per sample) under DMT on 2x2 and under the flat table-wise
+baseline, then a fixed set of synthetic collectives. The parent process checks the
+measured traffic against /work/shared/DMT.md's formulas, computed from the topology,
+the plan and the batches, never from the measurement:
+
+* DMT: every collective that crosses hosts runs on the peer group: H-1 cross-host
+  messages per rank and no intra-host message; forward cross-host embedding bytes per
+  rank = B*D*(H-1)/H*4, backward mirrors it (2x per step); the ids cross hosts once.
+* flat table-wise: every all-to-all is on the world: N-1 messages per rank, N-L of them
+  cross-host. (With 4 equal-width tables on 4 ranks its cross-host embedding bytes equal
+  DMT's exactly, in L x as many messages, each L x smaller.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import dmt_fx
+from dmt_fx.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
+from examples import torchrec_dlrm as ex
+
+H, L = 2, 2
+N = H * L
+B = 8  # local batch
+STEPS = 3
+SKIP = 1  # warm-up steps left out of summary()
+D = ex.EMB_DIM * len(ex.KEYS)  # 32
+TOPOLOGY = dmt_fx.Topology(H, L)
+TIMEOUT_S = 80
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_world(fn, out_dir: Path) -> None:
+    """Spawn N ranks of `fn(rank, port, out_dir)` and wait, failing on error or timeout."""
+    ctx = mp.start_processes(fn, args=(_free_port(), str(out_dir)), nprocs=N, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"distributed world did not finish in {TIMEOUT_S} s")
+
+
+def _init_rank(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(N),
+                      LOCAL_RANK=str(rank % L), LOCAL_WORLD_SIZE=str(L), DMT_FX_TIMEOUT_S="60")
+    torch.set_num_threads(1)  # 4 ranks share the machine's cores (torchrun does the same)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.disable(logging.WARNING)
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))
+
+
+def _train(module, optimizer, meter: TrafficMeter, rank: int) -> None:
+    from dmt_fx.data import labels, slice_batch
+
+    for step in range(STEPS):
+        inputs = slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)
+        target = labels(B * N, step)[rank * B:(rank + 1) * B]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(module(*inputs), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        meter.step()
+
+
+def _synthetic(rank: int) -> list[dict]:
+    """Known collectives on the world and on a peer group; returns their records."""
+    import torch.distributed as dist
+    from torch.distributed import _functional_collectives as funcol
+
+    peers = [dist.new_group(TOPOLOGY.peer_ranks(local)) for local in range(L)]
+    peer = peers[rank % L]
+    f = torch.ones(12, dtype=torch.float32)  # 48 bytes
+    i = torch.ones(12, dtype=torch.int64)  # 96 bytes
+    original, original_funcol = dist.all_to_all_single, funcol.all_to_all_single
+    with TrafficMeter(TOPOLOGY, rank) as meter:
+        dist.all_reduce(f.clone())
+        dist.all_gather([torch.empty_like(f) for _ in range(N)], f)
+        dist.all_gather_into_tensor(torch.empty(N * 12), f)
+        dist.reduce_scatter_tensor(torch.empty(3), f)  # gloo: op=SUM on CPU
+        dist.broadcast(i.clone(), src=1)
+        # uneven rows: rank r sends (d + 1) rows of 2 int64 to group rank d
+        rows = torch.arange(2 * sum(range(1, N + 1)), dtype=torch.int64).reshape(-1, 2)
+        recv = torch.empty(N * (rank + 1), 2, dtype=torch.int64)
+        dist.all_to_all_single(recv, rows, output_split_sizes=[rank + 1] * N,
+                               input_split_sizes=list(range(1, N + 1)))
+        dist.all_to_all_single(torch.empty(H * 3, 4), torch.ones(H * 3, 4), group=peer)  # equal splits
+        funcol.all_to_all_single(torch.ones(H * 3, 4), None, None, peer).wait()
+        patched = dist.all_to_all_single is not original and funcol.all_to_all_single is not original_funcol
+    patched_back = dist.all_to_all_single is original and funcol.all_to_all_single is original_funcol
+    patched_back = patched_back and patched
+    return [dataclasses.asdict(r) for r in meter.records] + [{"patched_back": patched_back}]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    _init_rank(rank, port)
+    from dmt_fx.baselines import build_baseline
+    from dmt_fx.distributed import distribute
+
+    result = {}
+    for name in ("dmt", "flat-table_wise"):
+        model, _ = ex.build(0)
+        if name == "dmt":
+            module, optimizer = distribute(dmt_fx.transform(model, TOPOLOGY), optimizer_kwargs={"lr": 0.1})
+        else:
+            module, optimizer = build_baseline(name, model, topology=TOPOLOGY, optimizer_kwargs={"lr": 0.1})
+        with TrafficMeter(TOPOLOGY, rank) as meter:
+            _train(module, optimizer, meter, rank)
+        result[name] = {"summary": meter.summary(skip=SKIP), "per_step": meter.per_step(),
+                        "records": [dataclasses.asdict(r) for r in meter.records],
+                        "ddp_param_bytes": ddp_param_bytes(module)}
+    result["synthetic"] = _synthetic(rank)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- expectations
+
+
+def _local_kjt(rank: int, step: int):
+    from dmt_fx.data import slice_batch
+
+    return slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)[1]
+
+
+def _id_bytes(kjt, features) -> int:
+    """Bytes of the lengths and ids of `features` for the local batch."""
+    jts = kjt.to_dict()
+    return sum(jts[f].lengths().numel() * jts[f].lengths().element_size()
+               + jts[f].values().numel() * jts[f].values().element_size() for f in features)
+
+
+def _dmt_features_by_host() -> list[list[str]]:
+    model, _ = ex.build(0)
+    plan = dmt_fx.tower_plan(dmt_fx.transform(model, TOPOLOGY))
+    hosts: list[list[str]] = [[] for _ in range(H)]
+    for tower in plan.towers:
+        hosts[tower.host] += list(tower.features)
+    return hosts
+
+
+def _flat_features_by_rank() -> list[list[str]]:
+    from dmt_fx.baselines import flat_sharding_plan
+    from dmt_fx.distributed import fused_params
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    model, _ = ex.build(0)
+    sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(torch.optim.SGD, {"lr": 0.1}))
+    plan = flat_sharding_plan(model, "table_wise", TOPOLOGY, sharder).plan
+    ebc = model.sparse_arch.embedding_bag_collection
+    features_of = {c.name: list(c.feature_names) for c in ebc.embedding_bag_configs()}
+    ranks: list[list[str]] = [[] for _ in range(N)]
+    for table, sharding in plan["sparse_arch.embedding_bag_collection"].items():
+        (owner,) = sharding.ranks
+        ranks[owner] += features_of[table]
+    return ranks
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("traffic")
+    started = time.monotonic()
+    _run_world(_worker, out)
+    print(f"2x2 world: {time.monotonic() - started:.1f} s")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(N)]
+
+
+def _tiers(record: dict, rank: int) -> tuple[int, int]:
+    """(cross-host, intra-host) messages of one record."""
+    per_dst: dict[int, float] = {}
+    for dst, _, nbytes in record["sent"]:
+        per_dst[dst] = per_dst.get(dst, 0.0) + nbytes
+    cross = sum(1 for d, b in per_dst.items() if b > 0 and TOPOLOGY.host_of(d) != TOPOLOGY.host_of(rank))
+    intra = sum(1 for d, b in per_dst.items() if b > 0 and TOPOLOGY.host_of(d) == TOPOLOGY.host_of(rank))
+    return cross, intra
+
+
+# ---------------------------------------------------------------- DMT
+
+
+def test_dmt_cross_host_collectives_are_peer_messages(measured):
+    for rank, result in enumerate(measured):
+        records = result["dmt"]["records"]
+        crossing = [r for r in records if _tiers(r, rank)[0] > 0]
+        assert crossing, "DMT sent nothing across hosts"
+        for record in crossing:
+            assert _tiers(record, rank) == (H - 1, 0), record
+            assert sorted(record["group"]) == TOPOLOGY.peer_ranks(rank % L)
+        # per step (here 5 collectives: KJT splits, lengths, ids; pooled forward, backward)
+        for row in result["dmt"]["per_step"]:
+            assert row["cross_host_collectives"] > 0
+            assert row["cross_host_messages"] == row["cross_host_collectives"] * (H - 1)
+
+
+def test_dmt_cross_host_embedding_bytes_match_formula(measured):
+    forward = B * D * (H - 1) / H * 4  # DMT.md: B*D*(H-1)/H, fp32
+    for result in measured:
+        for row in result["dmt"]["per_step"]:
+            assert row["cross_host_embedding_bytes"] == 2 * forward  # backward mirrors forward
+        assert result["dmt"]["summary"]["cross_host_embedding_bytes"] == 2 * forward
+        assert result["dmt"]["summary"]["steps"] == STEPS - SKIP
+
+
+def test_dmt_ids_cross_hosts_once(measured):
+    hosts = _dmt_features_by_host()
+    overheads = set()
+    for rank, result in enumerate(measured):
+        me = TOPOLOGY.host_of(rank)
+        for step, row in enumerate(result["dmt"]["per_step"]):
+            kjt = _local_kjt(rank, step)
+            expected = sum(_id_bytes(kjt, hosts[h]) for h in range(H) if h != me)
+            overheads.add(row["cross_host_id_bytes"] - expected)
+    # What is left is KJTAllToAll's split-size exchange: a few int64 per peer, the same
+    # every step and on every rank (it does not depend on the data).
+    (overhead,) = overheads
+    assert overhead > 0 and overhead % (8 * (H - 1)) == 0 and overhead <= 8 * 8 * (H - 1)
+
+
+# ---------------------------------------------------------------- flat table-wise
+
+
+def test_flat_table_wise_all_to_alls_span_the_world(measured):
+    for rank, result in enumerate(measured):
+        records = result["flat-table_wise"]["records"]
+        assert records
+        for record in records:
+            assert record["op"] == "all_to_all_single"
+            assert record["group"] == list(range(N))
+            assert _tiers(record, rank) == (N - L, L - 1), record
+        for row in result["flat-table_wise"]["per_step"]:
+            assert row["cross_host_messages"] == row["collectives"] * (N - L)
+            assert row["intra_host_messages"] == row["collectives"] * (L - 1)
+
+
+def test_flat_table_wise_bytes(measured):
+    # One table of width D/N on every rank: each destination gets B*(D/N) floats, N-L of
+    # them on the other hosts: B*D*(N-L)/N = B*D*(H-1)/H, the same bytes as DMT.
+    forward = B * (D // N) * 4 * (N - L)
+    assert forward == B * D * (H - 1) / H * 4
+    features = _flat_features_by_rank()
+    for rank, result in enumerate(measured):
+        dmt_messages = result["dmt"]["summary"]["cross_host_messages"]
+        flat = result["flat-table_wise"]
+        for step, row in enumerate(flat["per_step"]):
+            assert row["cross_host_embedding_bytes"] == 2 * forward
+            kjt = _local_kjt(rank, step)
+            expected_ids = sum(_id_bytes(kjt, features[d]) for d in range(N)
+                               if TOPOLOGY.host_of(d) != TOPOLOGY.host_of(rank))
+            overhead = row["cross_host_id_bytes"] - expected_ids
+            assert overhead > 0 and overhead % (8 * (N - L)) == 0 and overhead <= 8 * 8 * (N - L)
+        # as many cross-host collectives as DMT, each with N-L messages instead of H-1:
+        # L x as many messages for the same bytes
+        assert flat["summary"]["cross_host_collectives"] == result["dmt"]["summary"]["cross_host_collectives"]
+        assert flat["summary"]["cross_host_messages"] == L * dmt_messages
+
+
+# ---------------------------------------------------------------- accounting rules
+
+
+def test_synthetic_collectives_are_counted_by_the_rules(measured):
+    for rank, result in enumerate(measured):
+        *records, flag = result["synthetic"]
+        assert flag == {"patched_back": True}
+        by_op = {}
+        for record in records:
+            by_op.setdefault(record["op"], []).append(record)
+        others = [d for d in range(N) if d != rank]
+        peer = [d for d in TOPOLOGY.peer_ranks(rank % L) if d != rank]
+
+        def sent(record):
+            return {d: (k, b) for d, k, b in record["sent"]}
+
+        (ar,) = by_op["all_reduce"]
+        assert sent(ar) == {d: ("embedding", 2 * 48 / N) for d in others}  # ring model
+        assert sum(b for _, _, b in ar["sent"]) == 2 * (N - 1) / N * 48
+        (ag,) = by_op["all_gather"]
+        assert sent(ag) == {d: ("embedding", 48) for d in others}
+        (agt,) = by_op["all_gather_into_tensor"]
+        assert sent(agt) == {d: ("embedding", 48) for d in others}
+        (rst,) = by_op["reduce_scatter_tensor"]
+        assert sent(rst) == {d: ("embedding", 48 / N) for d in others}
+        (bc,) = by_op["broadcast"]
+        assert sent(bc) == ({d: ("id", 96) for d in others} if rank == 1 else {})
+        uneven, equal = by_op["all_to_all_single"]
+        assert sent(uneven) == {d: ("id", (d + 1) * 2 * 8) for d in others}
+        assert sent(equal) == {d: ("embedding", 3 * 4 * 4) for d in peer}
+        (fc,) = by_op["funcol.all_to_all_single"]
+        assert sent(fc) == {d: ("embedding", 3 * 4 * 4) for d in peer}
+
+
+def test_ddp_allreduce_is_an_estimate_reported_apart(measured):
+    dense = sum(p.numel() * 4 for n, p in ex.build(0)[0].named_parameters() if "embedding_bags" not in n)
+    for result in measured:
+        for name in ("dmt", "flat-table_wise"):
+            assert result[name]["ddp_param_bytes"] == dense
+            assert "ddp" not in json.dumps(result[name]["summary"])
+    assert ddp_allreduce_bytes(dense, TOPOLOGY) == 2 * (N - 1) / N * dense
