@@ -42,13 +42,16 @@ def _common(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("--topology", default="2x2", help="HOSTSxRANKS_PER_HOST emulated on this machine")
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--optimizer", choices=("sgd", "adagrad", "adam"), default="adagrad",
+                        help="dense optimizer, fused into the tables by TorchRec (default adagrad)")
     parser.add_argument("--out", default="results/run", help="logs, per-rank JSON and summary.json")
     parser.add_argument("--format", choices=("rich", "json"), default="rich")
 
 
 def _spec(args: argparse.Namespace) -> RunSpec:
-    return RunSpec(args.target, Topology.parse(args.topology), args.steps, args.batch_size, args.lr, args.out)
+    return RunSpec(args.target, Topology.parse(args.topology), args.steps, args.batch_size, args.lr,
+                   args.optimizer, args.out)
 
 
 def _train(args: argparse.Namespace, variants: list[str], console: Console) -> list[dict]:
@@ -72,8 +75,13 @@ def _train(args: argparse.Namespace, variants: list[str], console: Console) -> l
     return rows
 
 
-def _run(args: argparse.Namespace) -> int:
+def _console() -> Console:
     console = Console()
+    return console if console.is_terminal else Console(width=140)  # piped: keep tables readable
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = _console()
     variants = ["dmt"] + ([] if args.baseline == "none" else [args.baseline])
     rows = _train(args, variants, console)
     if args.format == "json":
@@ -85,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    console = Console()
+    console = _console()
     topology = Topology.parse(args.topology)
     model, inputs = load_target(args.target)
     gm = transform(copy.deepcopy(model), topology, example_inputs=inputs)

@@ -32,6 +32,18 @@ def slice_batch(inputs: Any, start: int, stop: int) -> Any:
     return pytree.tree_map(cut, inputs, is_leaf=lambda x: isinstance(x, KeyedJaggedTensor))
 
 
+def clicks(inputs: Any, seed: int) -> torch.Tensor:
+    """Learnable synthetic labels: a noisy linear rule on the first dense tensor's first
+    features (random labels when the batch has no dense tensor)."""
+    dense = next((x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)
+                  and x.is_floating_point() and x.dim() == 2), None)
+    if dense is None:
+        return labels(len(pytree.tree_leaves(inputs)[0]), seed)
+    g = torch.Generator().manual_seed(20_000 + seed)
+    score = dense[:, 0] - 0.5 * dense[:, 1 % dense.shape[1]] + 0.5 * torch.randn(dense.shape[0], generator=g)
+    return (score > 0).float().unsqueeze(1)
+
+
 def labels(batch_size: int, seed: int) -> torch.Tensor:
     """Click labels for a synthetic global batch (deterministic in the seed)."""
     g = torch.Generator().manual_seed(10_000 + seed)

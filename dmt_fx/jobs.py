@@ -18,13 +18,15 @@ class RunSpec:
     topology: Topology
     steps: int
     batch_size: int = 32
-    lr: float = 0.1
+    lr: float = 0.05
+    optimizer: str = "adagrad"
     out: str = "results/run"
     extra: tuple[str, ...] = ()
 
     def worker_args(self, variant: str, out_dir: str) -> list[str]:
         return ["--target", self.target, "--topology", str(self.topology), "--variant", variant,
                 "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--lr", str(self.lr),
+                "--optimizer", self.optimizer,
                 "--out", out_dir, *self.extra]
 
 

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx.distributed import check_world
-from dmt_fx.data import labels, slice_batch, synthetic_inputs
+from dmt_fx.data import clicks, slice_batch, synthetic_inputs
 from dmt_fx.errors import DMTError
 from dmt_fx.report import load_target, target_module
 from dmt_fx.topology import Topology
+
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
+                   help="dense optimizer; TorchRec fuses the same one into the embedding tables")
     p.add_argument("--sharding", default="table_wise", help="DMT: sharding inside a host")
     p.add_argument("--out", required=True)
     p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
@@ -77,7 +82,7 @@ def build(args: argparse.Namespace, topology: Topology):
     broadcast_model(model)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs)
     make = batch_maker(args.target, example_inputs, gm)
-    optim = {"optimizer_class": torch.optim.SGD, "optimizer_kwargs": {"lr": args.lr}}
+    optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
     if args.variant == "dmt":
         module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding, **optim)
     else:
@@ -104,7 +109,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         args.current_step = step
         if rank == args.kill_rank and step == args.kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
-        inputs, y = make(B * world, step), labels(B * world, step)
+        inputs = make(B * world, step)
+        y = clicks(inputs, step)
         local = slice_batch(inputs, rank * B, (rank + 1) * B)
         start = time.perf_counter()
         with meter:

@@ -16,7 +16,7 @@ import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 
 from dmt_fx import Topology
-from dmt_fx.data import labels
+from dmt_fx.data import clicks
 from dmt_fx.launch import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +41,10 @@ def reference(name: str, world: int, steps: int = STEPS, model=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     outputs = []
     for step in range(steps):
-        out = model(*module.make_inputs(B * world, step))
+        inputs = module.make_inputs(B * world, step)
+        out = model(*inputs)
         outputs.append(out.detach())
-        loss = F.binary_cross_entropy_with_logits(out, labels(B * world, step))
+        loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
