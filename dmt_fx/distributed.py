@@ -35,7 +35,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.dist_data import KJTAllToAll, PooledEmbeddingsAllToAll
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_row_wise, table_wise
+from torchrec.distributed.sharding_plan import (column_wise, construct_module_sharding_plan, table_row_wise,
+                                                table_wise)
 from torchrec.distributed.types import ShardingEnv, ShardingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, get_embedding_names_by_table
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -50,7 +51,7 @@ DIST_ATTR = "dmt_dist"
 # TorchRec's default on GPU; asked for explicitly because the CPU default is the DENSE
 # kernel, whose tables would need the dense optimizer instead of a fused one.
 FUSED = EmbeddingComputeKernel.FUSED.value
-SHARDINGS = ("table_wise", "row_wise")
+SHARDINGS = ("table_wise", "row_wise", "column_wise")
 DEFAULT_TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("DMT_FX_TIMEOUT_S", "120")))
 
 
@@ -156,6 +157,11 @@ def _host_sharding_plan(ebc: EmbeddingBagCollection, me: RankInfo, sharding: str
     for config in tables:
         if sharding == "row_wise":
             per_table[config.name] = table_row_wise(host_index=me.host)
+        elif sharding == "column_wise":
+            # Columns split evenly over the host's ranks; a width L does not divide stays whole.
+            fits = config.embedding_dim % topo.local_world_size == 0
+            ranks = [first + r for r in range(topo.local_world_size)] if fits else [first]
+            per_table[config.name] = column_wise(ranks=ranks)
         else:  # table_wise: largest table first onto the least loaded rank of the host
             r = min(range(topo.local_world_size), key=lambda i: (load[i], i))
             load[r] += config.num_embeddings * config.embedding_dim

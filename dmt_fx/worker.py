@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="dense optimizer; TorchRec fuses the same one into the embedding tables")
-    p.add_argument("--sharding", default="table_wise", help="DMT: sharding inside a host")
+    p.add_argument("--sharding", default="table_wise", choices=("table_wise", "row_wise", "column_wise"),
+                   help="DMT: how TorchRec shards each host's tables over its ranks")
     p.add_argument("--out", required=True)
     p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
     p.add_argument("--load-checkpoint", default=None, help="DCP directory loaded before training")

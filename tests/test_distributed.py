@@ -65,17 +65,19 @@ def load_checkpoint_into_original(name: str, path: str):
     return model
 
 
-@pytest.mark.parametrize("name, topology", [
-    ("torchrec_dlrm", "2x2"),
-    ("torchrec_dlrm", "4x1"),
-    ("torchrec_dlrm", "1x4"),
-    ("two_collections", "2x2"),
-    ("weighted_shared", "2x2"),
+@pytest.mark.parametrize("name, topology, sharding", [
+    ("torchrec_dlrm", "2x2", "table_wise"),
+    ("torchrec_dlrm", "2x2", "row_wise"),
+    ("torchrec_dlrm", "2x2", "column_wise"),
+    ("torchrec_dlrm", "4x1", "table_wise"),
+    ("torchrec_dlrm", "1x4", "row_wise"),
+    ("two_collections", "2x2", "table_wise"),
+    ("weighted_shared", "2x2", "table_wise"),
 ])
-def test_dmt_training_equals_single_process(tmp_path, name: str, topology: str) -> None:
+def test_dmt_training_equals_single_process(tmp_path, name: str, topology: str, sharding: str) -> None:
     world = Topology.parse(topology).world_size
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--save-checkpoint", ckpt)
+    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--save-checkpoint", ckpt, "--sharding", sharding)
     assert result.ok, result.log_tail()
     expected, trained = reference(name, world)
     got = gathered_outputs(result.out_dir, world)
