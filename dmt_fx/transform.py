@@ -256,11 +256,14 @@ class _KeyRenamer:
         return f"{prefix}{self.table[path]}.{leaf}" if path in self.table else key
 
     def __call__(self, module, state_dict, prefix, *rest) -> None:
-        items = [(self.rename(k, prefix), v) for k, v in state_dict.items()]
+        # Only this module's keys (those under `prefix`) are renamed and reordered; a parent's
+        # other entries keep their places in front.
+        others = [(k, v) for k, v in state_dict.items() if not k.startswith(prefix)]
+        mine = [(self.rename(k, prefix), v) for k, v in state_dict.items() if k.startswith(prefix)]
         if self.order:
-            items.sort(key=lambda kv: self.order.get(kv[0][len(prefix):], len(self.order)))
+            mine.sort(key=lambda kv: self.order.get(kv[0][len(prefix):], len(self.order)))
         state_dict.clear()
-        state_dict.update(items)
+        state_dict.update(others + mine)
 
 
 def _install_state_dict_hooks(gm: fx.GraphModule, renames: Mapping[str, str], order: Sequence[str]) -> None:

@@ -36,14 +36,15 @@ PASS = "sptt"
 TOWERS_ATTR = "dmt_towers"
 
 
-def _tower_collection(ebc: EmbeddingBagCollection, keys: list[str]) -> EmbeddingBagCollection:
-    """A collection over the tables of `keys`, sharing the original table modules.
+def _tower_collection(ebc: EmbeddingBagCollection, tables: set[str]) -> EmbeddingBagCollection:
+    """A collection over the named tables of `ebc`, sharing the original table modules.
 
     Built empty and filled with the original's fields: constructing it from configs would
     allocate (and initialise) tables only to throw them away."""
     configs = ebc.embedding_bag_configs()
     names = dict(zip((c.name for c in configs), get_embedding_names_by_table(configs)))
-    chosen = [c for c in configs if set(c.feature_names) & set(keys)]
+    # By table, as the plan says: a KJT key may be read by tables of different towers.
+    chosen = [c for c in configs if c.name in tables]
     tower = EmbeddingBagCollection([], is_weighted=ebc.is_weighted(), device=ebc._device)
     tower.embedding_bags = nn.ModuleDict({c.name: ebc.embedding_bags[c.name] for c in chosen})
     tower._embedding_bag_configs = [dataclasses.replace(c) for c in chosen]
@@ -115,18 +116,21 @@ class _Rewriter:
         node = self.nodes[site.node]
         if site.kind == "torchrec_ebc":
             ebc = self.gm.get_submodule(site.module)
-            keys = [self.sites.feature(f).key for f in features]
+            tables = {self.sites.feature(f).table.rpartition(".")[2] for f in features}
             path = f"{TOWERS_ATTR}.tower_{tower.index}.{site.module.replace('.', '__')}"
-            self.gm.add_submodule(path, _tower_collection(ebc, keys))
+            self.gm.add_submodule(path, _tower_collection(ebc, tables))
             for name in self.gm.get_submodule(path).embedding_bags:
                 self.renames[f"{path}.embedding_bags.{name}"] = f"{site.module}.embedding_bags.{name}"
             new = self.graph.call_module(path, (ids[0],))
         else:
             remap = dict(zip(_id_inputs(node), ids))
             new = self.graph.node_copy(node, lambda n: remap.get(n, n))
+            tag(new, PASS, "tower_lookup", tower=tower.index, host=tower.host, origin=site.node,
+                features=tuple(features))
             if site.output != site.node:  # export route: the pooled output is item 0
-                tag(new, PASS, "tower_lookup", tower=tower.index, host=tower.host, origin=site.node)
-                new = self.graph.call_function(operator.getitem, (new, 0))
+                output = self.graph.call_function(operator.getitem, (new, 0))
+                return tag(output, PASS, "lookup_output", tower=tower.index, host=tower.host, origin=site.node)
+            return new
         return tag(new, PASS, "tower_lookup", tower=tower.index, host=tower.host, origin=site.node,
                    features=tuple(features))
 
