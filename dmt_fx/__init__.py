@@ -18,14 +18,16 @@ from dmt_fx.errors import (
     TopologyError,
     UnsupportedEmbeddingError,
 )
+from dmt_fx.interactions import register_interaction
 from dmt_fx.plan import Tower, TowerPlan
 from dmt_fx.topology import Topology
+from dmt_fx.tower_module import TowerSpec
 from dmt_fx.transform import DMTResult, dmt_result, tower_plan, transform
 from dmt_fx.distributed import distribute  # the runtime (isort: after transform)
 
 __all__ = [
     "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
-    "Topology", "UnsupportedEmbeddingError", "distribute", "dmt_result", "tower_plan", "transform",
+    "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "register_interaction", "dmt_result", "tower_plan", "transform",
 ]
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, Interactio
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.errors import NoEmbeddingError, NoInteractionError
+from dmt_fx.interactions import user_kind
 
 _POOLING = {0: "sum", 1: "mean", 2: "max"}
 _EXPORT_BAG_OPS = {
@@ -252,7 +253,9 @@ def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> In
             masks[node.name] |= masks.get(n.name, 0)
         is_dense[node.name] = node.name in dense or any(is_dense.get(n.name, False) for n in ins)
         if node.op != "output" and masks[node.name] == everything and is_dense[node.name]:
-            kind, module = _kind_of(gm, node)
+            registered = user_kind(gm, node)
+            kind, module = (registered, node.target if node.op == "call_module" else None) if registered \
+                else _kind_of(gm, node)
             return InteractionSite(node.name, kind, module)
     raise NoInteractionError(
         f"no node joins all {len(sites)} embedding lookups with a dense input "

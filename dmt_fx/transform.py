@@ -29,17 +29,18 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from dmt_fx.analysis import ModelSites, analyze
 from dmt_fx.capture import capture
 from dmt_fx.errors import DMTError, ExampleInputsError, PassError, TopologyError
-from dmt_fx.partition import balanced_plan
+from dmt_fx import partition as partitioners
 from dmt_fx.pass_runner import PassRecord, run_passes
 from dmt_fx.passes.cleanup import cleanup_pass
+from dmt_fx.passes.interaction import interaction_pass, needs_vectors
 from dmt_fx.passes.sptt import sptt_pass
 from dmt_fx.passes.tower_modules import tower_modules_pass
 from dmt_fx.plan import Tower, TowerPlan, validate_plan
 from dmt_fx.topology import Topology
-from dmt_fx.tower_module import IdentityTowerModule
+from dmt_fx.tower_module import IdentityTowerModule, TowerSpec, compressing_factory, out_width
 
 log = logging.getLogger("dmt_fx")
-TowerModuleFactory = Callable[[Tower], nn.Module]
+TowerModuleFactory = Callable[[TowerSpec], nn.Module]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +63,16 @@ def transform(
     plan: TowerPlan | Mapping | str | None = None,
     partitioner: str = "balanced",
     tower_module: str | TowerModuleFactory = "identity",
+    compression: int = 1,
+    seed: int = 0,
     disable_passes: Sequence[str] = (),
     verify: bool = True,
 ) -> fx.GraphModule:
-    """Rewrite a flat DLRM into DMT form. The result shares the model's parameters."""
+    """Rewrite a flat DLRM into DMT form. The result shares the model's parameters.
+
+    `tower_module` "identity" preserves numerics; "linear", "dot", "dcn" or a factory
+    `(TowerSpec) -> nn.Module` compress each tower's output by `compression` before the
+    cross-host hop and rebuild the interaction for it: that changes the model (opt-in)."""
     if not isinstance(model, nn.Module):
         raise DMTError(f"a {type(model).__name__}", "a torch.nn.Module", ["pass the model object itself"])
     topology = _as_topology(topology)
@@ -75,15 +82,26 @@ def transform(
     _copy_unused_state(model, gm)
     sites = analyze(gm, route)
     pooling = _pooling_by_feature(sites, pooling)
-    tower_plan_ = _make_plan(plan, partitioner, sites, topology, pooling)
-    make_module, changes_model = _tower_module_factory(tower_module)
+    tower_plan_ = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed)
+    changes_model = tower_module != "identity"
     tower_plan_ = dataclasses.replace(tower_plan_, changes_model=changes_model)
-    records = run_passes(gm, [
-        ("sptt", functools.partial(sptt_pass, sites=sites, plan=tower_plan_), False),
-        ("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_, make_module=make_module),
-         changes_model),
-        ("cleanup", cleanup_pass, False),
-    ], disabled=disable_passes)
+    passes = [("sptt", functools.partial(sptt_pass, sites=sites, plan=tower_plan_), False)]
+    if changes_model:
+        specs = _tower_specs(tower_plan_, sites, compression, inputs)
+        factory = compressing_factory(tower_module)
+        log.warning("transform: tower_module=%r with compression %d changes the model "
+                    "(tower modules and the interaction are rebuilt and must be trained)", tower_module, compression)
+        passes += [
+            ("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
+                                                make_module=lambda tower: factory(specs[tower.index])), True),
+            ("interaction", functools.partial(interaction_pass, sites=sites, specs=specs, example_inputs=inputs),
+             True),
+        ]
+    else:
+        passes.append(("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
+                                                          make_module=_identity_module), False))
+    passes.append(("cleanup", cleanup_pass, False))
+    records = run_passes(gm, passes, disabled=disable_passes)
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult(tower_plan_, sites, topology, route, tuple(records), renames)
     _install_state_dict_hooks(gm, renames, list(model.state_dict().keys()))
@@ -209,23 +227,42 @@ def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float
 # ---------------------------------------------------------------- plan and tower modules
 
 
-def _make_plan(plan, partitioner: str, sites: ModelSites, topology: Topology, pooling) -> TowerPlan:
+def _make_plan(plan, partitioner: str, sites: ModelSites, topology: Topology, pooling, model, inputs,
+               seed: int) -> TowerPlan:
     if plan is not None:
         return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
-    if partitioner != "balanced":
-        raise DMTError(f"partitioner={partitioner!r}", "partitioner='balanced' or plan=...",
-                       ["use the balanced partitioner", "or pass your own plan (TowerPlan, dict or JSON)"])
-    return balanced_plan(sites, topology, pooling)
+    return partitioners.make_partition(partitioner, sites, topology, pooling, model=model,
+                                       example_inputs=inputs, seed=seed)
 
 
-def _tower_module_factory(tower_module) -> tuple[TowerModuleFactory, bool]:
-    if tower_module == "identity":
-        return (lambda tower: IdentityTowerModule(tower.index, tower.features)), False
-    if callable(tower_module):
-        log.warning("tower_modules: a user tower module changes the model; outputs are not verified")
-        return tower_module, True
-    raise DMTError(f"tower_module={tower_module!r}", "'identity' or a callable (Tower) -> nn.Module",
-                   ["use the default identity tower module", "or pass a factory that builds one module per tower"])
+def _identity_module(tower: Tower) -> nn.Module:
+    return IdentityTowerModule(tower.index, tower.features)
+
+
+def _tower_specs(plan: TowerPlan, sites: ModelSites, compression: int, inputs: tuple | None) -> list[TowerSpec]:
+    """Per tower: its features in lookup order, their dims and the compressed width."""
+    if isinstance(compression, bool) or not isinstance(compression, int) or compression < 1:
+        raise DMTError(f"compression={compression!r}", "an int >= 1 dividing the width a tower sends across hosts",
+                       ["pass e.g. compression=4"])
+    if inputs is None:
+        raise DMTError("a compressing tower module without example_inputs",
+                       "example_inputs: one batch, used to size the rebuilt interaction and over-arch layers",
+                       ["pass example_inputs=(...) to transform"])
+    vector_dim = None
+    if needs_vectors(sites.interaction.kind):
+        dims = {f.dim for f in sites.features}
+        if len(dims) != 1:
+            raise DMTError(f"a {sites.interaction.kind} interaction over embedding dims {sorted(dims)}",
+                           "one embedding dim for an interaction of vectors", ["use equal embedding dims"])
+        vector_dim = dims.pop()
+    tower_of = plan.tower_of()
+    specs = []
+    for tower in plan.towers:
+        features = tuple(f for site in sites.sites for f in site.features if tower_of[f] == tower.index)
+        dims = tuple(sites.feature(f).dim for f in features)
+        specs.append(TowerSpec(tower.index, tower.host, features, dims, compression,
+                               out_width(dims, compression, vector_dim), vector_dim))
+    return specs
 
 
 # ---------------------------------------------------------------- state and checks
