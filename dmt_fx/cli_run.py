@@ -30,6 +30,9 @@ def add_parsers(verbs: Any) -> None:
     _common(run, steps=50)
     run.add_argument("--baseline", default="flat-table_wise",
                      help="flat-table_wise | flat-row_wise | flat-table_row_wise | torchrec-towers | none")
+    run.add_argument("--tower-module", default="identity", choices=("identity", "linear", "dot", "dcn"),
+                     help="DMT tower modules (anything but identity changes the model)")
+    run.add_argument("--compression", type=int, default=1, help="c: tower outputs are 1/c as wide")
     run.set_defaults(run=_run)
     demo = verbs.add_parser("demo", help="the main job: transform, verify, train DMT and every flat plan")
     _common(demo, steps=300)
@@ -50,8 +53,10 @@ def _common(parser: argparse.ArgumentParser, steps: int) -> None:
 
 
 def _spec(args: argparse.Namespace) -> RunSpec:
+    extra = ("--tower-module", args.tower_module, "--compression", str(args.compression)) \
+        if getattr(args, "tower_module", "identity") != "identity" else ()
     return RunSpec(args.target, Topology.parse(args.topology), args.steps, args.batch_size, args.lr,
-                   args.optimizer, args.out)
+                   args.optimizer, args.out, extra)
 
 
 def _train(args: argparse.Namespace, variants: list[str], console: Console) -> list[dict]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import itertools
+import operator
 import os
 from typing import Any, Mapping, Sequence
 
@@ -45,6 +46,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from dmt_fx import ops
 from dmt_fx.errors import DMTError, TopologyError
 from dmt_fx.topology import Topology
+from dmt_fx.graph_utils import stable_toposort as _toposort
 from dmt_fx.transform import DMTResult, _KeyRenamer, dmt_result
 
 DIST_ATTR = "dmt_dist"
@@ -205,38 +207,84 @@ def fused_params(optimizer_class: type, kwargs: Mapping[str, Any]) -> dict[str, 
                    ["use one of those optimizers"])
 
 
-class HostTowerExchange(nn.Module):
-    """SPTT steps 2-4 for one collection on this rank: peer ids in, host lookup, peer rows out."""
+def _non_persistent(module: nn.Module) -> None:
+    """TorchRec's split-size buffers are runtime state, not part of the model: keep them out
+    of state_dict so checkpoints match the original model's keys."""
+    module._non_persistent_buffers_set.update(name for name, _ in module.named_buffers(recurse=False))
+
+
+class HostLookup(nn.Module):
+    """SPTT steps 2-3 for one collection on this rank: peer ids in, host lookup.
+
+    Returns the host's pooled embeddings for H x B samples, in the host's canonical order."""
 
     def __init__(self, slices: list[HostSlice], lookup: nn.Module | None,
                  peer_group: dist.ProcessGroup, me: RankInfo) -> None:
         super().__init__()
         self.slices, self.me = slices, me
         self.input_dist = KJTAllToAll(peer_group, [len(s.keys) for s in slices])
+        _non_persistent(self.input_dist)
         self.lookup = lookup
-        self.output_dist = PooledEmbeddingsAllToAll(peer_group, [sum(s.widths) for s in slices],
-                                                    device=_device())
-        # TorchRec's split-size buffers are runtime state, not part of the model: keep them
-        # out of state_dict so checkpoints match the original model's keys.
-        for dist_module in (self.input_dist, self.output_dist):
-            dist_module._non_persistent_buffers_set.update(name for name, _ in dist_module.named_buffers(recurse=False))
         self.keys = tuple(k for s in slices for k in s.keys)
+
+    def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        local_batch = kjt.stride()
+        received = self.input_dist(ops.select_features(kjt, self.keys)).wait().wait()
+        if self.lookup is None:  # this host owns no table of the collection: empty rows
+            return torch.empty(local_batch * self.me.topology.num_hosts, 0, device=kjt.device())
+        pooled = self.lookup(received)
+        pooled = pooled.wait() if hasattr(pooled, "wait") else pooled
+        # The sharded lookup orders its output by shard placement; peers expect the host's
+        # canonical order.
+        return ops.merge_keyed_tensors((pooled,), self.slices[self.me.host].names).values()
+
+
+def _output_dist(peer_group: dist.ProcessGroup, widths: list[int]) -> PooledEmbeddingsAllToAll:
+    dist_module = PooledEmbeddingsAllToAll(peer_group, widths, device=_device())
+    _non_persistent(dist_module)
+    return dist_module
+
+
+class HostTowerExchange(nn.Module):
+    """Identity tower modules: one collection's host lookup, then its rows back to the peers
+    (SPTT step 5); returns the collection's KeyedTensor for the local batch."""
+
+    def __init__(self, host_lookup: HostLookup, peer_group: dist.ProcessGroup) -> None:
+        super().__init__()
+        slices = host_lookup.slices
+        self.host_lookup = host_lookup
+        self.output_dist = _output_dist(peer_group, [sum(s.widths) for s in slices])
         self.names = [n for s in slices for n in s.names]
         self.widths = [w for s in slices for w in s.widths]
 
     def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        local_batch = kjt.stride()
-        received = self.input_dist(ops.select_features(kjt, self.keys)).wait().wait()
-        if self.lookup is not None:
-            pooled = self.lookup(received)
-            pooled = pooled.wait() if hasattr(pooled, "wait") else pooled
-            # The sharded lookup orders its output by shard placement; peers expect the
-            # host's canonical order.
-            values = ops.merge_keyed_tensors((pooled,), self.slices[self.me.host].names).values()
-        else:  # this host owns no table of the collection: it sends empty rows
-            values = torch.empty(local_batch * self.me.topology.num_hosts, 0, device=kjt.device())
-        rows = self.output_dist(values).wait()
+        rows = self.output_dist(self.host_lookup(kjt)).wait()
         return KeyedTensor(keys=self.names, length_per_key=self.widths, values=rows)
+
+
+class HostTowerBlock(nn.Module):
+    """Compressing tower modules: every collection's host lookup, the host's tower module
+    (data-parallel inside the host), and only its output across hosts.
+
+    Returns one (B, out_width) tensor per host, in host order."""
+
+    def __init__(self, host_lookups: list[HostLookup], tower_module: nn.Module | None, out_widths: list[int],
+                 peer_group: dist.ProcessGroup, me: RankInfo) -> None:
+        super().__init__()
+        self.host_lookups = nn.ModuleList(host_lookups)
+        self.tower_module = tower_module
+        self.out_widths, self.me = out_widths, me
+        self.output_dist = _output_dist(peer_group, out_widths)
+
+    def forward(self, *kjts: KeyedJaggedTensor) -> tuple[torch.Tensor, ...]:
+        # Columns in tower order: collections in model order, features in table order.
+        x = torch.cat([lookup(kjt) for lookup, kjt in zip(self.host_lookups, kjts)], dim=1)
+        if self.tower_module is None:
+            y = torch.empty(x.shape[0], 0, device=x.device)
+        else:
+            y = self.tower_module(x)[0]
+        rows = self.output_dist(y).wait()
+        return tuple(rows.split(self.out_widths, dim=1))
 
 
 def _device() -> torch.device:
@@ -258,26 +306,16 @@ class _Lowered:
 def _lower(gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups, sharding: str, fused: dict) -> _Lowered:
     physical = fx.GraphModule(gm, _copy_graph(gm), class_name="DMTRankModule")
     _copy_missing_state(gm, physical)
-    renames, optimizers, prefixes = {}, [], []
-    for index, site in enumerate(result.sites.sites):
-        slices, towers_by_host = host_slices(gm, result, site.module)
-        mine = towers_by_host[me.host]
-        lookup = None
-        path = f"{DIST_ATTR}.collection_{index}"
-        if mine:
-            host_ebc = merged_collection(mine, mine[0].is_weighted())
-            sharder = EmbeddingBagCollectionSharder(fused_params=fused)
-            # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
-            # (its state_dict re-prefixes every key of a shared destination).
-            lookup = sharder.shard(host_ebc, _host_sharding_plan(host_ebc, me, sharding, sharder),
-                                   ShardingEnv.from_process_group(groups["local"]), _device())
-            _copy_into_shards(lookup.state_dict(), host_ebc.state_dict())
-            optimizers.append((f"collection_{index}", lookup.fused_optimizer))
-            for name in host_ebc.embedding_bags:
-                renames[f"{path}.lookup.embedding_bags.{name}"] = f"{site.module}.embedding_bags.{name}"
-        physical.add_submodule(path, HostTowerExchange(slices, lookup, groups["host"], me))
-        prefixes.append(path)
-        _rewire_site(physical.graph, site.node, path)
+    renames, optimizers = {}, []
+    lookups = [_host_lookup(gm, result, me, groups, sharding, fused, site, index, renames, optimizers)
+               for index, site in enumerate(result.sites.sites)]
+    if result.plan.changes_model:
+        _lower_tower_modules(gm, physical, result, me, groups, lookups, renames)
+    else:
+        for index, (site, lookup) in enumerate(zip(result.sites.sites, lookups)):
+            path = f"{DIST_ATTR}.collection_{index}"
+            physical.add_submodule(path, HostTowerExchange(lookup, groups["host"]))
+            _rewire_site(physical.graph, site.node, path)
     physical.graph.eliminate_dead_code()
     for attr in ("dmt_towers", "dmt_tower_modules"):
         if hasattr(physical, attr):
@@ -285,7 +323,71 @@ def _lower(gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups, sharding
     physical.recompile()
     physical.register_state_dict_post_hook(_KeyRenamer(renames, list(gm.state_dict().keys())))
     physical.register_load_state_dict_pre_hook(_KeyRenamer({v: k for k, v in renames.items()}))
-    return _Lowered(physical, optimizers, prefixes)
+    return _Lowered(physical, optimizers, [DIST_ATTR])
+
+
+def _host_lookup(gm, result, me, groups, sharding, fused, site, index, renames, optimizers) -> HostLookup:
+    """This host's slice of collection `site`, sharded over the host's ranks by TorchRec."""
+    slices, towers_by_host = host_slices(gm, result, site.module)
+    mine = towers_by_host[me.host]
+    lookup = None
+    if mine:
+        host_ebc = merged_collection(mine, mine[0].is_weighted())
+        sharder = EmbeddingBagCollectionSharder(fused_params=fused)
+        # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
+        # (its state_dict re-prefixes every key of a shared destination).
+        lookup = sharder.shard(host_ebc, _host_sharding_plan(host_ebc, me, sharding, sharder),
+                               ShardingEnv.from_process_group(groups["local"]), _device())
+        _copy_into_shards(lookup.state_dict(), host_ebc.state_dict())
+        optimizers.append((f"collection_{index}", lookup.fused_optimizer))
+        path = _lookup_path(index, result.plan.changes_model)
+        for name in host_ebc.embedding_bags:
+            renames[f"{path}.lookup.embedding_bags.{name}"] = f"{site.module}.embedding_bags.{name}"
+    return HostLookup(slices, lookup, groups["host"], me)
+
+
+def _lookup_path(index: int, compressing: bool) -> str:
+    return f"{DIST_ATTR}.towers.host_lookups.{index}" if compressing else f"{DIST_ATTR}.collection_{index}.host_lookup"
+
+
+def _lower_tower_modules(gm, physical, result, me, groups, lookups, renames) -> None:
+    """One HostTowerBlock for all collections; each tower output reads its slice."""
+    hosts = [t.host for t in result.plan.towers]
+    if len(set(hosts)) != len(hosts):
+        raise DMTError(f"towers on hosts {hosts}", "one tower per host for distributed tower modules",
+                       ["use the default plan (one tower per host)"])
+    tower_on = {t.host: t.index for t in result.plan.towers}
+    widths = [0] * result.topology.num_hosts
+    for name, module in gm.named_modules():
+        if name.startswith("dmt_tower_modules.tower_") and name.count(".") == 1:
+            tower = int(name.rpartition("_")[2])
+            widths[result.plan.towers[tower].host] = module.spec.out_width
+    module = None
+    if me.host in tower_on:
+        logical = f"dmt_tower_modules.tower_{tower_on[me.host]}"
+        module = gm.get_submodule(logical)
+        if any(p.requires_grad for p in module.parameters()):
+            # Data-parallel inside the host: the host's ranks see different rows.
+            module = DistributedDataParallel(module, process_group=groups["local"],
+                                             device_ids=None if _device().type == "cpu" else [_device()])
+            renames[f"{DIST_ATTR}.towers.tower_module.module"] = logical
+        else:
+            renames[f"{DIST_ATTR}.towers.tower_module"] = logical
+    physical.add_submodule(f"{DIST_ATTR}.towers", HostTowerBlock(lookups, module, widths, groups["host"], me))
+    graph = physical.graph
+    kjts = [next(n for n in graph.nodes if n.meta.get("dmt", {}).get("role") == "select_features"
+                 and n.meta["dmt"].get("origin") == site.node).args[0] for site in result.sites.sites]
+    outputs = [n for n in graph.nodes if n.meta.get("dmt", {}).get("role") == "tower_output"]
+    with graph.inserting_before(outputs[0]):
+        block = graph.call_module(f"{DIST_ATTR}.towers", tuple(kjts))
+        block.meta["dmt"] = {"pass": "distribute", "role": "host_tower_block"}
+    for out in outputs:
+        host = result.plan.towers[out.meta["dmt"]["tower"]].host
+        with graph.inserting_before(out):
+            item = graph.call_function(operator.getitem, (block, host))
+        item.meta["dmt"] = {**out.meta["dmt"], "pass": "distribute"}
+        out.replace_all_uses_with(item)
+    _toposort(graph)
 
 
 def _copy_missing_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:
@@ -373,7 +475,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(lowered.module, ignored)
     ddp = DistributedDataParallel(lowered.module, device_ids=None if _device().type == "cpu" else [_device()],
                                   broadcast_buffers=False)
-    dense = {n: p for n, p in lowered.module.named_parameters() if not n.startswith(DIST_ATTR + ".")}
+    # Everything but the sharded tables (updated by their fused optimizers): the dense layers
+    # and the tower modules.
+    dense = {n: p for n, p in lowered.module.named_parameters() if ".lookup." not in n and p.requires_grad}
     optimizers = [("dense", KeyedOptimizerWrapper(dense, lambda ps: optimizer_class(ps, **kwargs)))]
     optimizer = CombinedOptimizer(optimizers + lowered.fused)
     return DistributedDMT(ddp, me), optimizer

@@ -287,10 +287,15 @@ class _KeyRenamer:
         self.order = {k: i for i, k in enumerate(order)}
 
     def rename(self, key: str, prefix: str) -> str:
+        """The longest mapped module path wins (a tower module maps with its children)."""
         if not key.startswith(prefix):
             return key
-        path, _, leaf = key[len(prefix):].rpartition(".")
-        return f"{prefix}{self.table[path]}.{leaf}" if path in self.table else key
+        parts = key[len(prefix):].split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            path = ".".join(parts[:cut])
+            if path in self.table:
+                return prefix + ".".join([self.table[path], *parts[cut:]])
+        return key
 
     def __call__(self, module, state_dict, prefix, *rest) -> None:
         # Only this module's keys (those under `prefix`) are renamed and reordered; a parent's

@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
     p.add_argument("--load-checkpoint", default=None, help="DCP directory loaded before training")
+    p.add_argument("--tower-module", default="identity", help="identity | linear | dot | dcn")
+    p.add_argument("--compression", type=int, default=1)
     p.add_argument("--record-outputs", action="store_true")
     p.add_argument("--kill-rank", type=int, default=-1, help="failure injection: SIGKILL this rank ...")
     p.add_argument("--kill-step", type=int, default=-1, help="... at the start of this step")
@@ -81,10 +83,15 @@ def broadcast_model(model: torch.nn.Module) -> None:
 def build(args: argparse.Namespace, topology: Topology):
     model, example_inputs = load_target(args.target)
     broadcast_model(model)
-    gm = dmt_fx.transform(model, topology, example_inputs=example_inputs)
+    kind, compression = args.tower_module, args.compression
+    if args.variant.startswith("dmt-c"):  # e.g. dmt-c4: compressing tower modules, c = 4
+        kind, compression = (kind if kind != "identity" else "linear"), int(args.variant[len("dmt-c"):])
+    torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
+    gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
+                          compression=compression)
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
-    if args.variant == "dmt":
+    if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
         module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding, **optim)
     else:
         from dmt_fx.baselines import build_baseline

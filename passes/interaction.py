@@ -31,7 +31,7 @@ from dmt_fx import ops
 from dmt_fx.analysis import ModelSites
 from dmt_fx.errors import DMTError
 from dmt_fx.interactions import USER_KINDS, Rewriter
-from dmt_fx.passes.graph_utils import tag
+from dmt_fx.graph_utils import tag
 from dmt_fx.tower_module import TowerSpec
 
 log = logging.getLogger(__name__)

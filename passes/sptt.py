@@ -29,7 +29,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from dmt_fx import ops
 from dmt_fx.analysis import EmbeddingSite, ModelSites
 from dmt_fx.plan import Tower, TowerPlan
-from dmt_fx.passes.graph_utils import stable_toposort, tag
+from dmt_fx.graph_utils import stable_toposort, tag
 
 log = logging.getLogger(__name__)
 PASS = "sptt"

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from dmt_fx import ops
 from dmt_fx.plan import Tower, TowerPlan
-from dmt_fx.passes.graph_utils import tag
+from dmt_fx.graph_utils import tag
 
 log = logging.getLogger(__name__)
 PASS = "tower_modules"

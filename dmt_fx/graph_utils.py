@@ -1,4 +1,4 @@
-"""Small helpers shared by the passes (not a pass)."""
+"""Small graph helpers shared by the passes and the runtime (not a pass)."""
 
 from __future__ import annotations
 
