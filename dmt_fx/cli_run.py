@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dmt_fx.jobs import RunSpec, run_many
-from dmt_fx.report import load_target, target_module
+from dmt_fx.report import graph_diff, load_target, original_graph, target_module
 from dmt_fx.topology import Topology
 from dmt_fx.transform import dmt_result, transform
 from dmt_fx.zoo import DEFAULT_TARGET
@@ -101,8 +101,9 @@ def _demo(args: argparse.Namespace) -> int:
     console = _console()
     topology = Topology.parse(args.topology)
     model, inputs = load_target(args.target)
+    original = original_graph(model, inputs)
     gm = transform(copy.deepcopy(model), topology, example_inputs=inputs)
-    _print_rewrite(console, gm)
+    _print_rewrite(console, gm, original)
     _print_equivalence(console, args.target, model, topology, inputs)
     rows = _train(args, ["dmt", *FLAT], console)
     best = min((r for r in rows if r["variant"] in FLAT), key=lambda r: r["step_time_median_s"])
@@ -119,7 +120,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rewrite(console: Console, gm) -> None:
+def _print_rewrite(console: Console, gm, original) -> None:
+    from dmt_fx.cli import _side_by_side  # the diff renderer of `dmt-fx diff` (imported late: cli imports us)
+
+    diff = graph_diff(original, gm)
+    console.print(f"graph diff: {diff['inserted']} nodes inserted (green), {diff['removed']} removed (red)")
+    console.print(_side_by_side(diff["original"], diff["rewritten"]))
     result = dmt_result(gm)
     table = Table(title=f"tower plan ({result.plan.partitioner}, {result.topology})")
     for column in ("tower", "host", "features", "lookup cost", "memory"):
@@ -133,7 +139,7 @@ def _print_rewrite(console: Console, gm) -> None:
         if role:
             roles[role] = roles.get(role, 0) + 1
     console.print("rewrite: " + ", ".join(f"{n} {r}" for r, n in roles.items()) +
-                  " (run `dmt-fx diff` for the graphs side by side)")
+                  " (`dmt-fx diff` also lists the inserted nodes per tower)")
 
 
 def _print_equivalence(console: Console, target: str, model, topology: Topology, inputs) -> None:
