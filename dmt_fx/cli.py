@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except DMTError as err:
-        print(f"dmt-fx: error: {err}", file=sys.stderr)
+        print(f"dmt-fx: error: {' '.join(err.one_line().split())}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130

@@ -23,6 +23,11 @@ class DMTError(ValueError):
             lines += [f"  {i}) {fix}" for i, fix in enumerate(self.fixes, 1)]
         super().__init__("\n".join(lines))
 
+    def one_line(self) -> str:
+        """The whole message on one line (the CLI's form)."""
+        fixes = " or ".join(self.fixes)
+        return f"{self.found}; expected {self.expected}" + (f"; fix: {fixes}" if fixes else "")
+
 
 class TopologyError(DMTError):
     """The topology is invalid or does not match the world."""

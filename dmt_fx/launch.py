@@ -3,7 +3,13 @@
 Each agent gets `--nnodes=H --node-rank=h --nproc-per-node=L`, so LOCAL_WORLD_SIZE and
 the intra-host / cross-host groups are real. The launcher never waits forever: when an
 agent fails, the others get `grace_s` to exit on their own (their workers see the broken
-collective), then everything is killed; the whole job has a deadline too.
+collective), then everything is killed; the whole job has a deadline too. An exception in
+the launcher itself (Ctrl-C included) kills every agent before it propagates.
+
+Optional hooks, used by `dmt-fx bench emulated` (defaults keep plain local agents):
+`prefix(h)` is prepended to host h's agent command (e.g. `ip netns exec NS`),
+`master_addr` is where the agents rendezvous, `host_env(h)` adds environment variables
+for host h's agent and its workers, `module` is the module torchrun runs per rank.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from dmt_fx.topology import Topology
 
@@ -52,37 +58,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def agent_command(topology: Topology, host: int, port: int, worker_args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={topology.num_hosts}",
+def agent_command(topology: Topology, host: int, port: int, worker_args: Sequence[str], *,
+                  master_addr: str = "127.0.0.1", module: str = "dmt_fx.worker",
+                  prefix: Sequence[str] = ()) -> list[str]:
+    return [*prefix, sys.executable, "-m", "torch.distributed.run", f"--nnodes={topology.num_hosts}",
             f"--nproc-per-node={topology.local_world_size}", f"--node-rank={host}",
-            "--master-addr=127.0.0.1", f"--master-port={port}", "--max-restarts=0",
-            "-m", "dmt_fx.worker", *worker_args]
+            f"--master-addr={master_addr}", f"--master-port={port}", "--max-restarts=0",
+            "-m", module, *worker_args]
 
 
 def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, deadline_s: float = 600,
-           grace_s: float = 60, on_poll: Callable[[], None] | None = None) -> LaunchResult:
+           grace_s: float = 60, on_poll: Callable[[], None] | None = None,
+           prefix: Callable[[int], Sequence[str]] | None = None, master_addr: str = "127.0.0.1",
+           host_env: Callable[[int], Mapping[str, str]] | None = None,
+           module: str = "dmt_fx.worker") -> LaunchResult:
     """Start H agents, wait (bounded), return their exit codes. Logs: OUT/agent<h>.log."""
     os.makedirs(out_dir, exist_ok=True)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
-    agents = []
-    for host in range(topology.num_hosts):
-        log = open(os.path.join(out_dir, f"agent{host}.log"), "w")
-        agents.append(subprocess.Popen(agent_command(topology, host, port, worker_args), stdout=log,
-                                       stderr=subprocess.STDOUT, env=env, start_new_session=True))
-    start, first_failure, timed_out = time.monotonic(), None, False
-    while any(a.poll() is None for a in agents):
-        now = time.monotonic()
-        if first_failure is None and any(a.poll() not in (None, 0) for a in agents):
-            first_failure = now
-        if now - start > deadline_s or (first_failure is not None and now - first_failure > grace_s):
-            timed_out = now - start > deadline_s
-            _kill_all(agents)
-            break
-        if on_poll is not None:
-            on_poll()
-        time.sleep(0.2)
-    codes = [a.wait() for a in agents]
+    agents: list[subprocess.Popen] = []
+    try:
+        for host in range(topology.num_hosts):
+            command = agent_command(topology, host, port, worker_args, master_addr=master_addr, module=module,
+                                    prefix=prefix(host) if prefix is not None else ())
+            with open(os.path.join(out_dir, f"agent{host}.log"), "w") as log:
+                agents.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                               env={**env, **(host_env(host) if host_env else {})},
+                                               start_new_session=True))
+        start, first_failure, timed_out = time.monotonic(), None, False
+        while any(a.poll() is None for a in agents):
+            now = time.monotonic()
+            if first_failure is None and any(a.poll() not in (None, 0) for a in agents):
+                first_failure = now
+            if now - start > deadline_s or (first_failure is not None and now - first_failure > grace_s):
+                timed_out = now - start > deadline_s
+                _kill_all(agents)
+                break
+            if on_poll is not None:
+                on_poll()
+            time.sleep(0.2)
+        codes = [a.wait() for a in agents]
+    except BaseException:  # Ctrl-C, a failing on_poll, ...: leave no agent behind
+        _kill_all(agents)
+        for agent in agents:
+            agent.wait()
+        raise
     return LaunchResult(codes, time.monotonic() - start, out_dir, timed_out)
 
 

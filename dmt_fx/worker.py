@@ -4,6 +4,11 @@ Every rank builds the model from the TARGET factory, takes rank 0's weights (so 
 start equal), transforms and distributes it (or builds a TorchRec baseline), then trains
 on synthetic global batches: step s uses batch `make_inputs(N x B, seed=s)` and rank r
 takes rows [r*B, (r+1)*B). Results go to OUT/rank<r>.json (and outputs_rank<r>.pt).
+
+`--variants a,b,c` trains several variants one after the other in the SAME process group
+(one torchrun launch; the model is rebuilt per variant, every variant starts from the same
+rank-0 weights and sees the same batches) and writes OUT/<variant>/rank<r>.json each; it is
+what `dmt-fx bench traffic` uses to measure many variants per topology in one launch.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", required=True)
     p.add_argument("--topology", required=True)
     p.add_argument("--variant", default="dmt", help="dmt or a baseline name")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants run one after the other in this process group; "
+                        "results in OUT/<variant>/rank<r>.json (overrides --variant)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
     p.add_argument("--lr", type=float, default=0.1)
@@ -161,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topology = Topology.parse(args.topology)
         check_world(topology)  # before the first collective, on every rank
+        if args.variants:
+            return _train_variants(args, topology)
         result = train(args, topology)
     except DMTError as exc:
         print(f"dmt-fx worker rank {rank}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:  # a peer died or stopped answering: say so, exit non-zero, no hang
         where = f"at step {args.current_step}" if hasattr(args, "current_step") else "during setup"
+        if args.variants:
+            where += f" of variant {args.variant}"
         print(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
               f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
         traceback.print_exc()
@@ -174,6 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
     dist.barrier()  # teardown only when every rank is done (see DESIGN pitfalls)
+    dist.destroy_process_group()
+    return 0
+
+
+def _train_variants(args: argparse.Namespace, topology: Topology) -> int:
+    """Every variant of `--variants` in turn, same process group, one result file each."""
+    base_out = args.out
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rank = dist.get_rank()
+    for variant in variants:
+        args.variant, args.out = variant, os.path.join(base_out, variant)
+        os.makedirs(args.out, exist_ok=True)
+        for attr in ("current_step",):
+            if hasattr(args, attr):
+                delattr(args, attr)
+        result = train(args, topology)
+        with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
+            json.dump(result, handle)
+        dist.barrier()  # the next variant's setup starts together on every rank
+    args.out = base_out
+    dist.barrier()
     dist.destroy_process_group()
     return 0
 

@@ -25,11 +25,11 @@ def run_json(capsys, *argv: str) -> dict:
 
 
 def assert_user_error(capsys, argv: list[str]) -> str:
-    """Exit 2, one `dmt-fx: error:` message on stderr, no traceback anywhere."""
+    """Exit 2, one line `dmt-fx: error: <found>; expected <what>; fix: <how>`, no traceback."""
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert lines[0].startswith("dmt-fx: error: found: ")
+    assert len(lines) == 1 and lines[0].startswith("dmt-fx: error: ") and "; expected " in lines[0], lines
     assert captured.err.count("dmt-fx: error:") == 1
     assert "Traceback" not in captured.err + captured.out
     assert captured.out == ""
