@@ -78,6 +78,7 @@ class ModelSites:
     features: tuple[Feature, ...]
     tables: tuple[Table, ...]
     interaction: InteractionSite
+    dense_inputs: tuple[str, ...] = ()  # placeholders that feed no lookup
 
     def feature(self, name: str) -> Feature:
         return self._feature_index[name]
@@ -270,4 +271,6 @@ def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> In
 def analyze(gm: fx.GraphModule, route: str) -> ModelSites:
     sites, features, tables = find_embedding_sites(gm)
     interaction = find_interaction(gm, sites)
-    return ModelSites(route, sites, features, tables, interaction)
+    dense = _dense_placeholders(gm, {s.node for s in sites})
+    return ModelSites(route, sites, features, tables, interaction,
+                      tuple(n.name for n in gm.graph.nodes if n.name in dense))

@@ -4,6 +4,7 @@
   dmt-fx plan TARGET --topology 2x4 [--format rich|json] [--batch-size N] [--plan FILE]
   dmt-fx run [TARGET] --topology 2x2 --steps N [--baseline NAME]     (see cli_run.py)
   dmt-fx demo [TARGET] [--topology 2x2] [--steps 300]                (the main job)
+  dmt-fx bench traffic | emulated [--format json]                     (see cli_bench.py)
 
 TARGET is `pkg.module:factory` or `path/to/file.py:factory`. User errors (bad target,
 topology, plan, model) print one `dmt-fx: error:` message and exit 2, never a traceback.
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dmt_fx.cli_bench import add_parsers as add_bench_parsers
 from dmt_fx.cli_run import add_parsers as add_run_parsers
 from dmt_fx.errors import DMTError
 from dmt_fx.report import graph_diff, load_target, original_graph, plan_report
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="local batch size per rank for the traffic estimate (default 512)")
     plan.set_defaults(run=_plan)
     add_run_parsers(verbs)
+    add_bench_parsers(verbs)
     return parser
 
 

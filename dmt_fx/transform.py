@@ -35,6 +35,7 @@ from dmt_fx.passes.cleanup import cleanup_pass
 from dmt_fx.passes.interaction import interaction_pass, needs_vectors
 from dmt_fx.passes.sptt import sptt_pass
 from dmt_fx.passes.tower_modules import tower_modules_pass
+from dmt_fx.passes.validate_inputs import validate_inputs_pass
 from dmt_fx.plan import Tower, TowerPlan, validate_plan
 from dmt_fx.topology import Topology
 from dmt_fx.tower_module import IdentityTowerModule, TowerSpec, compressing_factory, out_width
@@ -65,6 +66,7 @@ def transform(
     tower_module: str | TowerModuleFactory = "identity",
     compression: int = 1,
     seed: int = 0,
+    validate_inputs: bool = True,
     disable_passes: Sequence[str] = (),
     verify: bool = True,
 ) -> fx.GraphModule:
@@ -101,6 +103,8 @@ def transform(
         passes.append(("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
                                                           make_module=_identity_module), False))
     passes.append(("cleanup", cleanup_pass, False))
+    if validate_inputs:  # run-time checks of every batch; off for speed
+        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
     records = run_passes(gm, passes, disabled=disable_passes)
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult(tower_plan_, sites, topology, route, tuple(records), renames)

@@ -1,0 +1,140 @@
+"""Single-process overhead of the identity DMT model vs the original (forward + backward + SGD).
+
+    python benchmarks/overhead.py [--target dmt_fx.zoo:default_dlrm] [--topology 2x2]
+                                  [--steps 200] [--block 10] [--batch-sizes 128,1024]
+
+The original model A and its identity DMT transform B (`dmt_fx.transform`, same weights)
+train on the same pre-built batches in one process, one thread. The measurements are
+interleaved in blocks (A block, B block, B block, A block, ...: ABBA, so drift hits both
+alike), `steps` timed steps each after a warm-up. Reported: per-model median and IQR of
+the step time, the ratio of medians, and the median of the per-block-pair ratios with its
+IQR. The issue's target: overhead <= 3 %. Writes results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dmt_fx  # noqa: E402
+from dmt_fx.data import clicks  # noqa: E402
+from dmt_fx.report import load_target, target_module  # noqa: E402
+from dmt_fx.topology import Topology  # noqa: E402
+from dmt_fx.zoo import DEFAULT_TARGET  # noqa: E402
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4)
+    return q[0], statistics.median(xs), q[2]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--topology", default="2x2")
+    p.add_argument("--steps", type=int, default=200, help="timed steps per model")
+    p.add_argument("--block", type=int, default=10, help="steps per interleaved block")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=[128, 1024],
+                   help="local batch sizes, each measured separately (default 128,1024)")
+    p.add_argument("--batches", type=int, default=16, help="distinct pre-built batches, cycled")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results/overhead.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    results = [measure(args, batch) for batch in args.batch_sizes]
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(results[0] if len(results) == 1 else {"by_batch_size": results}, handle, indent=2)
+    print(f"-> {args.out}")
+    return 0
+
+
+def measure(args, batch_size: int) -> dict:
+    model, example = load_target(args.target)
+    module, _ = target_module(args.target)
+    original = copy.deepcopy(model)
+    dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example)
+    make = getattr(module, "make_inputs")
+    batches = [make(batch_size, 1000 + i) for i in range(args.batches)]
+    labels = [clicks(b, 1000 + i) for i, b in enumerate(batches)]
+    models = {"original": original, "dmt-identity": dmt}
+    optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
+    counter = {k: 0 for k in models}
+
+    def step(name: str) -> float:
+        i = counter[name] % len(batches)
+        counter[name] += 1
+        m, opt = models[name], optims[name]
+        start = time.perf_counter()
+        out = m(*batches[i])
+        loss = F.binary_cross_entropy_with_logits(out, labels[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        for name in models:
+            step(name)
+    times = {k: [] for k in models}
+    block_medians = {k: [] for k in models}
+    blocks = max(1, args.steps // args.block)
+    start = time.monotonic()
+    for b in range(blocks):
+        order = ["original", "dmt-identity"] if b % 2 == 0 else ["dmt-identity", "original"]
+        for name in order:
+            block = [step(name) for _ in range(args.block)]
+            times[name].extend(block)
+            block_medians[name].append(statistics.median(block))
+    wall = time.monotonic() - start
+    ratios = [d / o for o, d in zip(block_medians["original"], block_medians["dmt-identity"])]
+    summary = {}
+    for name, xs in times.items():
+        q1, med, q3 = quartiles(xs)
+        p10 = statistics.quantiles(xs, n=10)[0]
+        summary[name] = {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "p10_s": p10, "min_s": min(xs),
+                         "steps": len(xs)}
+    r1, rmed, r3 = quartiles(ratios)
+    result = {
+        "what": "single-process training step (forward, BCE loss, backward, SGD step), original model vs "
+                "its identity DMT transform, interleaved ABBA blocks",
+        "target": args.target, "topology": args.topology, "batch_size": batch_size, "threads": args.threads,
+        "steps_per_model": len(times["original"]), "block": args.block, "warmup": args.warmup,
+        "models": summary,
+        "ratio_of_medians": summary["dmt-identity"]["median_s"] / summary["original"]["median_s"],
+        "block_ratio_median": rmed, "block_ratio_q1": r1, "block_ratio_q3": r3,
+        "overhead_pct": (summary["dmt-identity"]["median_s"] / summary["original"]["median_s"] - 1) * 100,
+        # the fastest steps are the least disturbed by other jobs on a shared machine
+        "ratio_of_p10": summary["dmt-identity"]["p10_s"] / summary["original"]["p10_s"],
+        "ratio_of_min": summary["dmt-identity"]["min_s"] / summary["original"]["min_s"],
+        "load_average_1min": os.getloadavg()[0],
+        "target_overhead_pct": 3.0,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "wall_s": wall,
+    }
+    print(f"local batch {batch_size}:")
+    for name, s in summary.items():
+        print(f"{name:>13}: median {s['median_s'] * 1e3:.3f} ms  IQR {s['iqr_s'] * 1e3:.3f} ms  "
+              f"p10 {s['p10_s'] * 1e3:.3f} ms  min {s['min_s'] * 1e3:.3f} ms  ({s['steps']} steps)")
+    print(f"dmt-identity / original: {result['ratio_of_medians']:.4f} (overhead {result['overhead_pct']:+.2f} %, "
+          f"target <= 3 %); per-block ratio median {rmed:.4f} [IQR {r1:.4f} - {r3:.4f}]; ratio of p10 "
+          f"{result['ratio_of_p10']:.4f}, of min {result['ratio_of_min']:.4f}; load avg {result['load_average_1min']:.1f}; "
+          f"{wall:.1f} s")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""Model quality of DMT variants on synthetic CTR data with planted feature-interaction groups.
+
+Generator (seeded by --seed; nothing in it depends on the partitioners or the targets):
+  * F = 16 sparse features f00..f15 in G = 4 planted groups of 4. Group membership is a
+    seeded random permutation of the features, so groups are not contiguous in model order.
+  * Feature i has a vocabulary of V_i ids, V_i drawn log-uniformly in [200, 2000]. Each
+    sample has exactly one id per feature (one id per bag), drawn independently of every
+    other feature with Zipf's law P(id of popularity rank r) ~ 1 / r (r = 1..V_i) over a
+    seeded random ordering of the ids.
+  * Every id of every feature has a hidden latent vector z_i[id] ~ N(0, I_k), k = 4.
+  * 13 dense features ~ N(0, 1).
+  * Label logit:
+        s(x)  = sum_g sum_{i<j in g} <z_i[x_i], z_j[x_j]>        (within-group pairs only:
+                                                                    cross-group pairs do not interact)
+        logit = bias + a * s(x) / std(s) + w . dense + eps,       eps ~ N(0, 0.3^2)
+    with a = 2.0 (interaction signal), w ~ N(0, I) scaled so that w . dense has std 0.3,
+    bias = -1.0 (base rate about 0.3), std(s) estimated on 20k generator samples.
+    y ~ Bernoulli(sigmoid(logit)).
+  * Splits (independent draws from the same generator): train (by default steps x
+    batch size = 2000 x 256 = 512k samples, streamed in batches of 256: ONE pass, the same
+    order for every variant; a smaller --train-size is reshuffled every epoch), held-out
+    (20k, for every metric) and a separate 4096-sample "calibration" batch given to the
+    learned partitioner as example_inputs. One pass because CTR models overfit from the
+    second epoch on ("one-epoch phenomenon"): with 100k samples x 5 epochs, flat's held-out
+    NE rose from 0.99 to 3.9 for every lr tried. The Bayes reference (NE and AUC of the true
+    logit on the held-out set) is reported as "oracle".
+
+  Tuning, done once on flat only (seed 0, before any DMT variant was run): one pass,
+  Adagrad lr in {0.02, 0.05, 0.1} -> 0.05 (held-out NE 0.79 at 2000 steps, oracle 0.66).
+
+Model: torchrec DLRM over an EmbeddingBagCollection with one table per feature (dim 16),
+dense arch [64, 16], over arch [64, 32, 1], dot interaction. Trained with Adagrad
+(lr 0.05, every parameter), BCE-with-logits loss.
+
+Variants (same initial weights, same batches, same number of steps):
+  flat            the original model;
+  dmt-identity    transform(copy, "4x1"): must track flat exactly (max |NE diff| reported);
+  dmt-tm-learned  towers from transform(trained flat, "4x1", partitioner="learned",
+                  example_inputs=calibration batch), then transform(fresh copy, "4x1",
+                  plan=those towers, tower_module=--tower-module, compression=--compression);
+  dmt-tm-random   the same with partitioner="random" (seed --partition-seed);
+  dmt-tm-planted  the same with the planted groups as the plan (an oracle: the best a
+                  partitioner could do; tells whether the TM itself costs quality).
+
+Metrics on held-out data: NE = mean log loss / entropy of the held-out base rate; AUC by
+ranks (Mann-Whitney U, ties averaged); both every --eval-every steps (learning curves) and
+at the end; NE relative to flat; adjusted Rand index of each plan's towers against the
+planted groups (from the contingency table); the cross-host width reduction of the towers
+(sum of tower-module input widths / sum of output widths); and, as a diagnostic, the
+partitioner's own affinity (dmt_fx.affinity, computed on the trained flat model and the
+calibration batch) averaged over within-group and cross-group feature pairs; the ARI the
+learned partitioner reaches when handed the planted groups as its affinity (1 inside a
+group, 0 across: isolates its balance limits from its affinity measure); each plan's
+lookup and memory imbalance.
+
+Targets (reported, met or not; the generator is not tuned to them):
+  learned-tower DMT-TM within 0.5% relative NE of flat; learned towers lower NE than random
+  ones; ARI >= 0.9 for learned towers.
+
+  python benchmarks/quality.py                  # writes results/quality.json, results/quality_curves.png
+  python benchmarks/quality.py --quick          # tiny sizes (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import dmt_fx  # noqa: E402
+from dmt_fx.partition import DEFAULT_BALANCE_SLACK  # noqa: E402
+from dmt_fx.tower_module import CompressingTowerModule  # noqa: E402
+
+NUM_FEATURES, NUM_GROUPS, LATENT_DIM, DENSE, DIM = 16, 4, 4, 13, 16
+VOCAB_RANGE = (200, 2000)
+ZIPF_ALPHA = 1.0
+SIGNAL, DENSE_STD, NOISE_STD, BIAS = 2.0, 0.3, 0.3, -1.0
+TOPOLOGY = "4x1"
+TARGET_REL_NE, TARGET_ARI = 0.005, 0.9
+VARIANTS = ("flat", "dmt-identity", "dmt-tm-learned", "dmt-tm-random", "dmt-tm-planted")
+
+
+# ---------------------------------------------------------------- generator
+
+
+class Generator:
+    """The planted-groups CTR generator described in the module docstring."""
+
+    def __init__(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.names = [f"f{i:02d}" for i in range(NUM_FEATURES)]
+        perm = rng.permutation(NUM_FEATURES)
+        size = NUM_FEATURES // NUM_GROUPS
+        self.groups = [sorted(int(i) for i in perm[g * size:(g + 1) * size]) for g in range(NUM_GROUPS)]
+        lo, hi = np.log(VOCAB_RANGE[0]), np.log(VOCAB_RANGE[1])
+        self.vocab = [int(round(math.exp(v))) for v in rng.uniform(lo, hi, NUM_FEATURES)]
+        self.probs, self.order = [], []
+        for v in self.vocab:
+            p = 1.0 / np.arange(1, v + 1) ** ZIPF_ALPHA
+            self.probs.append(p / p.sum())
+            self.order.append(rng.permutation(v))  # popular ids are not the small ones
+        self.latent = [rng.standard_normal((v, LATENT_DIM)) for v in self.vocab]
+        w = rng.standard_normal(DENSE)
+        self.w = w / np.linalg.norm(w) * DENSE_STD  # dense ~ N(0, I): w . dense has std DENSE_STD
+        self.rng = rng
+        ids, _ = self._features(20_000, np.random.default_rng(seed + 1))
+        self.s_std = float(self._interaction(ids).std())
+
+    def _features(self, n: int, rng: np.random.Generator):
+        ids = np.stack([self.order[i][rng.choice(self.vocab[i], size=n, p=self.probs[i])]
+                        for i in range(NUM_FEATURES)], axis=1)
+        return ids, rng.standard_normal((n, DENSE))
+
+    def _interaction(self, ids: np.ndarray) -> np.ndarray:
+        s = np.zeros(ids.shape[0])
+        for group in self.groups:
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    i, j = group[a], group[b]
+                    s += (self.latent[i][ids[:, i]] * self.latent[j][ids[:, j]]).sum(axis=1)
+        return s
+
+    def sample(self, n: int) -> dict[str, torch.Tensor]:
+        ids, dense = self._features(n, self.rng)
+        logit = (BIAS + SIGNAL * self._interaction(ids) / self.s_std + dense @ self.w
+                 + NOISE_STD * self.rng.standard_normal(n))
+        y = (self.rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+        return {"ids": torch.from_numpy(ids).long(), "dense": torch.from_numpy(dense).float(),
+                "y": torch.from_numpy(y).unsqueeze(1), "logit": torch.from_numpy(logit)}
+
+
+def make_batch(data: dict[str, torch.Tensor], names: list[str], index=None) -> tuple:
+    ids = data["ids"] if index is None else data["ids"][index]
+    dense = data["dense"] if index is None else data["dense"][index]
+    values = ids.t().contiguous().view(-1)  # feature-major, one id per bag
+    kjt = KeyedJaggedTensor.from_lengths_sync(names, values, torch.ones(values.numel(), dtype=torch.int32))
+    return dense, kjt
+
+
+# ---------------------------------------------------------------- model and metrics
+
+
+def make_model(gen: Generator, seed: int) -> DLRM:
+    torch.manual_seed(seed)
+    tables = [EmbeddingBagConfig(name=f"t_{n}", embedding_dim=DIM, num_embeddings=v, feature_names=[n])
+              for n, v in zip(gen.names, gen.vocab)]
+    ebc = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
+    return DLRM(embedding_bag_collection=ebc, dense_in_features=DENSE,
+                dense_arch_layer_sizes=[64, DIM], over_arch_layer_sizes=[64, 32, 1])
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney U / (n_pos n_neg), with average ranks for tied scores."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores))
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of ranks s+1..e
+    pos = labels > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def normalized_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Mean log loss / entropy of the base rate (of these labels)."""
+    p = float(labels.mean())
+    base = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    # log loss from logits, numerically stable: softplus(z) - y z
+    loss = np.logaddexp(0.0, logits) - labels * logits
+    return float(loss.mean() / base)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[tuple], labels: np.ndarray) -> tuple[float, float]:
+    flags = [(m, m.training) for m in model.modules()]
+    for m, _ in flags:
+        m.training = False
+    try:
+        logits = torch.cat([model(*b).reshape(-1) for b in batches]).double().numpy()
+    finally:
+        for m, t in flags:
+            m.training = t
+    return normalized_entropy(labels, logits), auc(labels, logits)
+
+
+def adjusted_rand_index(a: list[int], b: list[int]) -> float:
+    """ARI of two labelings of the same items (Hubert & Arabie), from the contingency table."""
+    n = len(a)
+    ca, cb = sorted(set(a)), sorted(set(b))
+    table = np.zeros((len(ca), len(cb)), dtype=np.int64)
+    for x, y in zip(a, b):
+        table[ca.index(x), cb.index(y)] += 1
+    comb2 = lambda m: m * (m - 1) / 2.0  # noqa: E731
+    index = comb2(table).sum()
+    rows, cols = comb2(table.sum(axis=1)).sum(), comb2(table.sum(axis=0)).sum()
+    expected = rows * cols / comb2(n) if n > 1 else 0.0
+    top = 0.5 * (rows + cols)
+    if top == expected:
+        return 1.0
+    return float((index - expected) / (top - expected))
+
+
+def labels_of(groups: list[list[str]], names: list[str]) -> list[int]:
+    of = {f: g for g, fs in enumerate(groups) for f in fs}
+    return [of[n] for n in names]
+
+
+def width_reduction(gm: nn.Module) -> dict:
+    specs = [m.spec for m in gm.modules() if isinstance(m, CompressingTowerModule)]
+    win, wout = sum(s.in_width for s in specs), sum(s.out_width for s in specs)
+    return {"in_width": win, "out_width": wout, "reduction": win / wout if wout else None}
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_all(models: dict[str, nn.Module], train: dict, names: list[str], heldout_batches, heldout_y,
+              args, log_every: float = 20.0) -> dict[str, list]:
+    """Train every model on the same batch sequence, in lock step; learning curves."""
+    opts = {k: torch.optim.Adagrad(m.parameters(), lr=args.lr) for k, m in models.items()}
+    loss_fn = nn.BCEWithLogitsLoss()
+    curves = {k: [] for k in models}
+    n = train["y"].shape[0]
+    g = torch.Generator().manual_seed(args.seed + 7)
+    perm, pos, last = torch.randperm(n, generator=g), 0, time.perf_counter()
+
+    def record(step):
+        for k, m in models.items():
+            ne, a = evaluate(m, heldout_batches, heldout_y)
+            curves[k].append([step, ne, a])
+
+    record(0)
+    for step in range(1, args.steps + 1):
+        if pos + args.batch_size > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        index = perm[pos:pos + args.batch_size]
+        pos += args.batch_size
+        batch = make_batch(train, names, index)
+        y = train["y"][index]
+        for k, m in models.items():
+            opts[k].zero_grad(set_to_none=True)
+            loss_fn(m(*batch), y).backward()
+            opts[k].step()
+        if step % args.eval_every == 0 or step == args.steps:
+            record(step)
+            if time.perf_counter() - last > log_every:
+                last = time.perf_counter()
+                print(f"  step {step}: " + ", ".join(f"{k} NE {c[-1][1]:.4f}" for k, c in curves.items()),
+                      flush=True)
+    return curves
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000; quick 60)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256; quick 128")
+    p.add_argument("--train-size", type=int, default=None, help="default steps x batch size (one pass)")
+    p.add_argument("--heldout-size", type=int, default=None, help="default 20000; quick 2000")
+    p.add_argument("--calib-size", type=int, default=None, help="learned partitioner batch: default 4096; quick 512")
+    p.add_argument("--eval-every", type=int, default=None, help="default 100; quick 20")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--compression", type=int, default=2)
+    p.add_argument("--tower-module", default="dot", choices=["dot", "linear", "dcn"])
+    p.add_argument("--seed", type=int, default=0, help="generator, initial weights and batch order")
+    p.add_argument("--partition-seed", type=int, default=None, help="seed of the random/learned partitioner "
+                                                                     "(default --seed)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="results")
+    p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
+    args = p.parse_args(argv)
+    defaults = ({"steps": 60, "batch_size": 128, "heldout_size": 2000, "calib_size": 512, "eval_every": 20}
+                if args.quick else
+                {"steps": 2000, "batch_size": 256, "heldout_size": 20_000, "calib_size": 4096, "eval_every": 100})
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.train_size is None:
+        args.train_size = args.steps * args.batch_size
+    if args.partition_seed is None:
+        args.partition_seed = args.seed
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    logging.getLogger("dmt_fx").setLevel(logging.ERROR)  # the "changes the model" warning is expected
+    start = time.perf_counter()
+    gen = Generator(args.seed)
+    names = gen.names
+    planted = [[names[i] for i in g] for g in gen.groups]
+    train, heldout, calib = gen.sample(args.train_size), gen.sample(args.heldout_size), gen.sample(args.calib_size)
+    heldout_batches = [make_batch(heldout, names, torch.arange(s, min(s + 4096, args.heldout_size)))
+                       for s in range(0, args.heldout_size, 4096)]
+    heldout_y = heldout["y"].reshape(-1).double().numpy()
+    calib_batch = make_batch(calib, names)
+    example = make_batch(train, names, torch.arange(min(256, args.train_size)))
+    print(f"generator: {NUM_FEATURES} features in {NUM_GROUPS} planted groups {planted}; train base rate "
+          f"{float(train['y'].mean()):.3f}, held-out {float(heldout['y'].mean()):.3f}", flush=True)
+
+    init_state = copy.deepcopy(make_model(gen, args.seed).state_dict())
+
+    def fresh() -> DLRM:
+        m = make_model(gen, args.seed)
+        m.load_state_dict(init_state)
+        return m
+
+    # Stage 1: flat and dmt-identity in lock step. The trained flat model then gives the
+    # learned partitioner its embeddings.
+    t0 = time.perf_counter()
+    print(f"stage 1: training flat and dmt-identity for {args.steps} steps", flush=True)
+    flat = fresh()
+    models = {"flat": flat, "dmt-identity": dmt_fx.transform(fresh(), TOPOLOGY, example_inputs=example)}
+    curves = train_all(models, train, names, heldout_batches, heldout_y, args)
+    stage1_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    learned_gm = dmt_fx.transform(copy.deepcopy(flat), TOPOLOGY, partitioner="learned",
+                                  example_inputs=calib_batch, seed=args.partition_seed)
+    learned_plan = dmt_fx.tower_plan(learned_gm)
+    partition_s = time.perf_counter() - t0
+    random_plan = dmt_fx.tower_plan(dmt_fx.transform(fresh(), TOPOLOGY, partitioner="random",
+                                                     example_inputs=example, seed=args.partition_seed))
+    plans = {"learned": learned_plan, "random": random_plan,
+             "planted": {"towers": [{"host": h, "features": g} for h, g in enumerate(planted)],
+                         "topology": TOPOLOGY}}
+
+    # What the learned partitioner makes of a perfect signal: affinity 1 inside planted
+    # groups, 0 across (isolates its balance limits from its affinity measure).
+    from dmt_fx.partition import learned_plan as _learned_plan
+    sites = dmt_fx.dmt_result(learned_gm).sites
+    oracle_aff = {(a, b): float(any(a in g and b in g for g in planted)) for a in names for b in names if a != b}
+    oracle_plan = _learned_plan(sites, dmt_fx.Topology.parse(TOPOLOGY), {n: 1.0 for n in names}, model=None,
+                                example_inputs=None, seed=args.partition_seed, affinity=oracle_aff)
+    balanced_plan = dmt_fx.tower_plan(dmt_fx.transform(fresh(), TOPOLOGY, example_inputs=example))
+
+    # the partitioner's affinity signal, by planted-pair type (diagnostic)
+    from dmt_fx.affinity import feature_affinity, feature_embeddings
+    aff = feature_affinity(feature_embeddings(flat, sites, calib_batch))
+    label = dict(zip(names, labels_of(planted, names)))
+    within = [v for (a, b), v in aff.items() if a < b and label[a] == label[b]]
+    cross = [v for (a, b), v in aff.items() if a < b and label[a] != label[b]]
+    affinity_diag = {"within_group_mean": float(np.mean(within)), "cross_group_mean": float(np.mean(cross)),
+                     "within_group_max": float(np.max(within)), "cross_group_max": float(np.max(cross))}
+
+    # Stage 2: the compressing variants, from the same initial weights and the same batches.
+    models, widths = {}, {}
+    for kind in ("learned", "random", "planted"):
+        torch.manual_seed(args.seed + 1)  # same init for the new modules where the shapes agree
+        gm = dmt_fx.transform(fresh(), TOPOLOGY, plan=plans[kind], tower_module=args.tower_module,
+                              compression=args.compression, example_inputs=example)
+        models[f"dmt-tm-{kind}"] = gm
+        widths[kind] = width_reduction(gm)
+    t0 = time.perf_counter()
+    print(f"stage 2: training {len(models)} variants for {args.steps} steps", flush=True)
+    curves.update(train_all(models, train, names, heldout_batches, heldout_y, args))
+    stage2_s = time.perf_counter() - t0
+
+    flat_ne = curves["flat"][-1][1]
+    variants = {}
+    for k, c in curves.items():
+        ne, a = c[-1][1], c[-1][2]
+        variants[k] = {"ne": ne, "auc": a, "rel_ne_vs_flat": (ne - flat_ne) / flat_ne, "curve": c}
+    identity_diff = max(abs(a[1] - b[1]) for a, b in zip(curves["flat"], curves["dmt-identity"]))
+    variants["dmt-identity"]["max_abs_ne_diff_vs_flat"] = identity_diff
+
+    towers = {k: [list(t.features) for t in plans[k].towers] for k in ("learned", "random")}
+    ari = {k: adjusted_rand_index(labels_of(planted, names), labels_of(towers[k], names)) for k in towers}
+    oracle_towers = [list(t.features) for t in oracle_plan.towers]
+    ari["learned_given_planted_affinity"] = adjusted_rand_index(labels_of(planted, names),
+                                                                labels_of(oracle_towers, names))
+    towers["learned_given_planted_affinity"] = oracle_towers
+    all_plans = {"learned": learned_plan, "random": random_plan, "balanced": balanced_plan,
+                 "planted": dmt_fx.tower_plan(models["dmt-tm-planted"]),
+                 "learned_given_planted_affinity": oracle_plan}
+    rel_learned = variants["dmt-tm-learned"]["rel_ne_vs_flat"]
+    targets = {
+        "learned_rel_ne_vs_flat": {"value": rel_learned, "target": f"<= {TARGET_REL_NE}",
+                                   "met": bool(rel_learned <= TARGET_REL_NE)},
+        "learned_ne_below_random": {"value": variants["dmt-tm-learned"]["ne"] - variants["dmt-tm-random"]["ne"],
+                                    "target": "< 0 (NE learned - NE random)",
+                                    "met": bool(variants["dmt-tm-learned"]["ne"] < variants["dmt-tm-random"]["ne"])},
+        "learned_ari": {"value": ari["learned"], "target": f">= {TARGET_ARI}", "met": bool(ari["learned"] >= TARGET_ARI)},
+        "identity_tracks_flat": {"value": identity_diff, "target": "<= 1e-4 max |NE diff|",
+                                 "met": bool(identity_diff <= 1e-4)},
+    }
+    runtime = time.perf_counter() - start
+    result = {
+        "config": {**{k: v for k, v in vars(args).items()}, "topology": TOPOLOGY, "num_features": NUM_FEATURES,
+                   "num_groups": NUM_GROUPS, "latent_dim": LATENT_DIM, "embedding_dim": DIM,
+                   "vocab": dict(zip(names, gen.vocab)), "zipf_alpha": ZIPF_ALPHA, "signal": SIGNAL,
+                   "dense_std": DENSE_STD, "noise_std": NOISE_STD, "bias": BIAS,
+                   "train_base_rate": float(train["y"].mean()), "heldout_base_rate": float(heldout["y"].mean()),
+                   "optimizer": "Adagrad", "command": " ".join([os.path.basename(sys.executable)] + sys.argv)},
+        "variants": variants,
+        "ari": ari,
+        "towers": towers,
+        "planted_groups": planted,
+        "targets": targets,
+        "width_reduction": widths,
+        "plan_balance": {k: {"lookup_imbalance": p.lookup_imbalance, "memory_imbalance": p.memory_imbalance,
+                             "balance_bound": p.balance_bound} for k, p in all_plans.items()},
+        "learned_partitioner_limits": {
+            "note": "the learned partitioner keeps each imbalance <= the balanced plan's + DEFAULT_BALANCE_SLACK",
+            "lookup": balanced_plan.lookup_imbalance + DEFAULT_BALANCE_SLACK,
+            "memory": balanced_plan.memory_imbalance + DEFAULT_BALANCE_SLACK},
+        "affinity_diagnostic": affinity_diag,
+        "oracle": {"ne": normalized_entropy(heldout_y, heldout["logit"].numpy()),
+                   "auc": auc(heldout_y, heldout["logit"].numpy()),
+                   "note": "NE/AUC of the generator's true logit on the held-out set (Bayes reference)"},
+        "runtime_s": {"total": runtime, "stage1_flat_identity": stage1_s, "learned_partitioner": partition_s,
+                      "stage2_tm": stage2_s},
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "quality.json"), "w") as fh:
+        json.dump(result, fh, indent=2, default=float)
+    plot(result, os.path.join(args.out, "quality_curves.png"))
+    print_table(result)
+    return result
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, v in result["variants"].items():
+        c = np.array(v["curve"])
+        style = "--" if k == "dmt-identity" else "-"
+        ax1.plot(c[:, 0], c[:, 1], style, label=k)
+        ax2.plot(c[:, 0], c[:, 2], style, label=k)
+    cfg = result["config"]
+    ax1.set(xlabel="step", ylabel="held-out NE", title="normalized entropy (lower is better)")
+    ax2.set(xlabel="step", ylabel="held-out AUC", title="AUC")
+    ne_all = [p[1] for v in result["variants"].values() for p in v["curve"][1:]]
+    if ne_all:
+        ax1.set_ylim(min(ne_all) - 0.01, min(max(ne_all), 1.0) + 0.01)
+    ax1.legend()
+    fig.suptitle(f"DMT quality: {cfg['tower_module']} towers, compression {cfg['compression']}, "
+                 f"ARI learned {result['ari']['learned']:.2f} / random {result['ari']['random']:.2f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(result: dict) -> None:
+    print()
+    print(f"{'variant':<16} {'NE':>8} {'AUC':>8} {'rel NE vs flat':>15}")
+    for k, v in result["variants"].items():
+        print(f"{k:<16} {v['ne']:8.4f} {v['auc']:8.4f} {100 * v['rel_ne_vs_flat']:+14.2f}%")
+    ari = result["ari"]
+    print(f"ARI vs planted groups: learned {ari['learned']:.3f}, random {ari['random']:.3f}; learned partitioner "
+          f"given the planted groups as affinity: {ari['learned_given_planted_affinity']:.3f}")
+    for k in result["towers"]:
+        print(f"  {k} towers: {result['towers'][k]}")
+    print(f"  planted:  {result['planted_groups']}")
+    bal, lim = result["plan_balance"], result["learned_partitioner_limits"]
+    print("memory imbalance: " + ", ".join(f"{k} {v['memory_imbalance']:.3f}" for k, v in bal.items())
+          + f"; learned partitioner's limit {lim['memory']:.3f}")
+    w = result["width_reduction"]["learned"]
+    print(f"cross-host width reduction: {w['in_width']} -> {w['out_width']} ({w['reduction']:.2f}x)")
+    d = result["affinity_diagnostic"]
+    print(f"partitioner affinity (trained flat): within-group mean {d['within_group_mean']:.4f} "
+          f"(max {d['within_group_max']:.4f}), cross-group mean {d['cross_group_mean']:.4f} "
+          f"(max {d['cross_group_max']:.4f})")
+    print(f"identity max |NE diff| vs flat: {result['variants']['dmt-identity']['max_abs_ne_diff_vs_flat']:.2e}")
+    print("targets:")
+    for k, t in result["targets"].items():
+        print(f"  {k:<26} {t['value']:+.4f}  target {t['target']:<32} {'MET' if t['met'] else 'NOT MET'}")
+    o = result["oracle"]
+    print(f"oracle (true logit): NE {o['ne']:.4f}, AUC {o['auc']:.4f}")
+    print(f"runtime {result['runtime_s']['total']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""The traffic benchmark, the alpha-beta cost model and its analytic traffic formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dmt_fx.cost_model import Tier, Tiers, analytic_traffic, breakdown, predict, tiers_from
+
+TIERS = Tiers(intra=Tier(alpha_s=1e-6, beta_Bps=1e9), inter=Tier(alpha_s=1e-5, beta_Bps=1e8))
+
+
+def test_predict_exact_arithmetic():
+    record = {"cross_host_id_bytes": 1_000.0, "cross_host_embedding_bytes": 9_000.0, "cross_host_messages": 4,
+              "intra_host_bytes": 2_000_000.0, "intra_host_messages": 6}
+    # 0.01 + 6 us + 2 ms + 40 us + 0.1 ms
+    assert predict(record, TIERS, t_compute_s=0.01) == pytest.approx(0.01 + 6e-6 + 2e-3 + 4e-5 + 1e-4, rel=1e-12)
+    parts = breakdown(record, TIERS, 0.01)
+    assert parts["inter_beta"] == pytest.approx(1e-4) and parts["intra_alpha"] == pytest.approx(6e-6)
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+    # cross_host_bytes is used when the split fields are absent; t_compute from the record
+    assert predict({"cross_host_bytes": 1e8, "t_compute_s": 0.5}, TIERS) == pytest.approx(1.5)
+    assert predict({}, TIERS) == 0.0
+
+
+def test_predict_dense_term_uses_slowest_hop():
+    record = {"topology": "2x2", "dense_allreduce_bytes_estimate": 1e8}
+    assert predict(record, TIERS) == 0.0
+    assert predict(record, TIERS, include_dense=True) == pytest.approx(1.0 + 6 * 1e-5)
+    one_host = {"topology": "1x4", "dense_allreduce_bytes_estimate": 1e9}
+    assert predict(one_host, TIERS, include_dense=True) == pytest.approx(1.0 + 6 * 1e-6)
+
+
+def test_tiers_from_measurements():
+    assert tiers_from({"intra_host_Bps": 2e9, "inter_host_Bps": 1e8, "inter_alpha_s": 1e-4}) == \
+        Tiers(Tier(0.0, 2e9), Tier(1e-4, 1e8))
+    nested = {"tiers": {"intra": {"alpha_s": 1e-6, "beta_Bps": 1e9}, "inter": {"alpha_s": 1e-5, "beta_Bps": 1e8}}}
+    assert tiers_from({}, nested) == TIERS
+    assert tiers_from({"intra_host_Bps": 1e9}) is None
+
+
+def test_analytic_traffic_formulas():
+    B, D, F, H, L = 2048, 26 * 128, 26, 8, 8
+    N = H * L
+    emb, ids = B * D * 4, B * F * (8 + 8)
+    flat = analytic_traffic("flat-table_wise", H, L, batch=B, width=D, features=F)
+    assert flat["cross_host_embedding_bytes"] == pytest.approx(2 * emb * (H - 1) / H)
+    assert flat["cross_host_id_bytes"] == pytest.approx(ids * (H - 1) / H)
+    assert flat["cross_host_messages"] == 5 * (N - L)
+    assert flat["intra_host_messages"] == 5 * (L - 1)
+    ident = analytic_traffic("dmt-identity", H, L, batch=B, width=D, features=F)
+    assert ident["cross_host_embedding_bytes"] == flat["cross_host_embedding_bytes"]  # same bytes
+    assert ident["cross_host_messages"] == 5 * (H - 1)  # H - 1 messages per collective, not N - L
+    assert ident["intra_host_bytes"] == pytest.approx((ids + 2 * emb) * (L - 1) / L)
+    c4 = analytic_traffic("dmt-c4", H, L, batch=B, width=D, features=F)
+    assert c4["cross_host_embedding_bytes"] == pytest.approx(ident["cross_host_embedding_bytes"] / 4)
+    assert c4["cross_host_id_bytes"] == ident["cross_host_id_bytes"]
+    one = analytic_traffic("flat-table_wise", 1, 4, batch=B, width=D, features=F)
+    assert one["cross_host_messages"] == 0 and one["cross_host_embedding_bytes"] == 0
+    with pytest.raises(ValueError):
+        analytic_traffic("flat-row_wise", H, L, batch=B, width=D, features=F)
+
+
+def test_analytic_matches_the_bench_model_numbers():
+    # the bench model: 16 features of dim 16, 1 id per bag, local batch 32, fp32, int64 ids and lengths
+    from dmt_fx import bench
+
+    t = analytic_traffic("dmt-identity", 2, 2, batch=32, width=bench.NUM_FEATURES * bench.DIM,
+                         features=bench.NUM_FEATURES)
+    assert t["cross_host_embedding_bytes"] == 32 * 256 * 4  # fwd + bwd, half of it crosses
+    assert t["cross_host_id_bytes"] == 32 * 16 * 16 / 2
+
+
+@pytest.mark.slow
+def test_traffic_bench_2x2(tmp_path):
+    from dmt_fx.bench import traffic_bench
+
+    records = traffic_bench(["2x2"], ["flat-table_wise", "dmt-c4"], steps=2, warmup=1, out=str(tmp_path))
+    assert [(r["topology"], r["variant"]) for r in records] == [("2x2", "flat-table_wise"), ("2x2", "dmt-c4")]
+    for r in records:
+        for key in ("cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages",
+                    "intra_host_bytes", "step_time_median_s"):
+            assert isinstance(r[key], float) and math.isfinite(r[key]) and r[key] >= 0, key
+        assert r["measured_steps"] == 1 and r["ranks"] == 4 and len(r["per_rank"]) == 4
+    flat, c4 = records
+    # exact: the peer all-to-all sends B x W/c x 4 bytes forward and again backward, half across
+    assert c4["cross_host_embedding_bytes"] == 32 * 256 // 4 * 4
+    assert flat["cross_host_embedding_bytes"] == 32 * 256 * 4  # mean over ranks: (H-1)/H of fwd + bwd
+    assert c4["cross_host_messages"] < flat["cross_host_messages"]
+
+
+def test_bench_cli_parser():
+    import argparse
+
+    from dmt_fx import bench, cli_bench
+
+    parser = argparse.ArgumentParser(prog="dmt-fx")
+    cli_bench.add_parsers(parser.add_subparsers(dest="verb"))
+    args = parser.parse_args(["bench", "traffic", "--format", "json", "--topologies", "2x2"])
+    assert args.run is cli_bench._traffic and args.format == "json" and args.topologies == "2x2"
+    assert args.variants.split(",") == list(bench.VARIANTS) and args.steps == 3 and args.warmup == 1
+    assert parser.parse_args(["bench", "traffic"]).topologies == "2x2,2x4,4x2"
+
+
+def test_bench_model_compresses_exactly():
+    # concat interaction: a tower of n features sends 16 n / c columns, exact for c = 2, 4, 8
+    import dmt_fx
+    from dmt_fx.bench import wide_model
+    from dmt_fx.topology import Topology
+
+    model, example = wide_model()
+    gm = dmt_fx.transform(model, Topology.parse("4x2"), example_inputs=example, tower_module="linear",
+                          compression=8)
+    specs = [m.spec for m in gm.modules() if type(m).__name__ == "CompressingTowerModule"]
+    assert specs and all(s.out_width * 8 == s.in_width for s in specs)
+    assert gm(*example).shape == (16, 1)

@@ -1,0 +1,57 @@
+"""Smoke test of benchmarks/quality.py: the --quick run finishes and writes a well-formed JSON.
+
+No assertions on the quality targets (those need the full run; see the benchmark's docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("flat", "dmt-identity", "dmt-tm-learned", "dmt-tm-random")
+
+
+def test_quality_quick(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--quick",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads((out / "quality.json").read_text())
+    assert (out / "quality_curves.png").stat().st_size > 0
+
+    for key in ("config", "variants", "ari", "towers", "planted_groups", "targets"):
+        assert key in result, key
+    for name in VARIANTS:
+        v = result["variants"][name]
+        assert math.isfinite(v["ne"]) and v["ne"] > 0, (name, v["ne"])
+        assert math.isfinite(v["auc"]) and 0.0 <= v["auc"] <= 1.0, (name, v["auc"])
+        assert math.isfinite(v["rel_ne_vs_flat"])
+        assert v["curve"] and all(len(p) == 3 and all(math.isfinite(x) for x in p) for p in v["curve"])
+    assert result["variants"]["flat"]["rel_ne_vs_flat"] == 0.0
+    for kind in ("learned", "random"):
+        assert math.isfinite(result["ari"][kind]) and -1.0 <= result["ari"][kind] <= 1.0
+        features = sorted(f for tower in result["towers"][kind] for f in tower)
+        assert features == sorted(f for g in result["planted_groups"] for f in g)
+    for target in result["targets"].values():
+        assert set(target) >= {"value", "target", "met"} and isinstance(target["met"], bool)
+
+
+def test_ari_and_auc_helpers():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import quality
+    finally:
+        sys.path.pop(0)
+    import numpy as np
+
+    assert quality.adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0
+    # Hubert-Arabie example: a = [0,0,0,1,1,1], b = [0,0,1,1,2,2] -> ARI = 0.2424...
+    assert abs(quality.adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) - 0.24242424) < 1e-6
+    y = np.array([0, 0, 1, 1], dtype=float)
+    assert quality.auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert quality.auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert abs(quality.normalized_entropy(y, np.zeros(4)) - 1.0) < 1e-12
