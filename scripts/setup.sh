@@ -8,6 +8,12 @@ VENV=.venv
 PINS="torch==2.13.0 fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0 tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath typing-inspect networkx rich pytest hypothesis matplotlib"
 STAMP="$VENV/.dmt_fx_pins"
 
+# `dmt-fx bench emulated` needs iproute2 (ip, tc); install it when missing and we are root.
+if ! command -v tc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing iproute2 for the emulated-network benchmark"
+  (apt-get update -qq && apt-get install -y -qq iproute2) >/dev/null 2>&1 || echo "setup: iproute2 install failed (bench emulated will say so)"
+fi
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$PINS" ] && "$VENV/bin/python" -c "import torchrec, dmt_fx" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
