@@ -29,8 +29,9 @@ import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 
 import dmt_fx
-from dmt_fx.distributed import check_world
+from dmt_fx import resume
 from dmt_fx.data import clicks, slice_batch, synthetic_inputs
+from dmt_fx.distributed import check_world
 from dmt_fx.errors import DMTError
 from dmt_fx.report import load_target, target_module
 from dmt_fx.topology import Topology
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tower-module", default="identity", help="identity | linear | dot | dcn")
     p.add_argument("--compression", type=int, default=1)
     p.add_argument("--record-outputs", action="store_true")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="periodic checkpoints here; a rerun of the same command resumes from the latest")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between periodic checkpoints")
     p.add_argument("--kill-rank", type=int, default=-1, help="failure injection: SIGKILL this rank ...")
     p.add_argument("--kill-step", type=int, default=-1, help="... at the start of this step")
     p.add_argument("--timeout-s", type=float, default=float(os.environ.get("DMT_FX_TIMEOUT_S", 120)))
@@ -118,12 +122,14 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         state = module.state_dict()
         dcp.load(state, checkpoint_id=args.load_checkpoint)
         module.load_state_dict(state)
+    first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter = TrafficMeter(topology, rank)
     losses, times, outputs = [], [], []
     B = args.batch_size
-    for step in range(args.steps):
+    kill_rank, kill_step = _fault(args)
+    for step in range(first, args.steps):
         args.current_step = step
-        if rank == args.kill_rank and step == args.kill_step:
+        if rank == kill_rank and step == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
         inputs = make(B * world, step)
         y = clicks(inputs, step)
@@ -142,6 +148,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         losses.append(total.item() / world)
         if args.record_outputs:
             outputs.append(out.detach().clone())
+        if args.checkpoint_dir and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            resume.save(args.checkpoint_dir, step, module, optimizer)
         _progress(args, rank, step)
     if args.save_checkpoint:
         dcp.save(module.state_dict(), checkpoint_id=args.save_checkpoint)
@@ -149,9 +157,16 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
     dense_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters()
                       if "embedding" not in n and p.requires_grad)
-    return {"rank": rank, "variant": args.variant, "topology": str(topology), "losses": losses,
+    return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
             "step_times_s": times, "traffic": meter.summary(skip=min(args.warmup, max(args.steps - 1, 0))),
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
+
+
+def _fault(args: argparse.Namespace) -> tuple[int, int]:
+    """Failure injection: --kill-rank/--kill-step, or DMT_FX_FAULT="rank=R,step=S" (so a test
+    can rerun the very same command line without it)."""
+    spec = dict(part.split("=") for part in os.environ.get("DMT_FX_FAULT", "").split(",") if "=" in part)
+    return int(spec.get("rank", args.kill_rank)), int(spec.get("step", args.kill_step))
 
 
 def _progress(args: argparse.Namespace, rank: int, step: int) -> None:
