@@ -30,7 +30,6 @@ import torch.fx as fx
 import torch.nn as nn
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torch.distributed.device_mesh import init_device_mesh
 from torch.fx.graph_module import _copy_attr
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.dist_data import KJTAllToAll, PooledEmbeddingsAllToAll
@@ -453,9 +452,20 @@ class DistributedDMT(nn.Module):
         return self.physical.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def host_and_peer_groups(topo: Topology, timeout: datetime.timedelta) -> dict[str, dist.ProcessGroup]:
+    """The intra-host group ("local") and the cross-host peer group ("host") of this rank.
+
+    The groups of a ("host", "local") DeviceMesh, built explicitly: `new_group` would give them
+    torch's 30-minute default timeout instead of the job's, and a stuck peer would hang."""
+    hosts, local = topo.num_hosts, topo.local_world_size
+    intra, _ = dist.new_subgroups_by_enumeration([topo.intra_host_ranks(h) for h in range(hosts)], timeout=timeout)
+    peer, _ = dist.new_subgroups_by_enumeration([topo.peer_ranks(r) for r in range(local)], timeout=timeout)
+    return {"local": intra, "host": peer}
+
+
 def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SGD,
-               optimizer_kwargs: Mapping[str, Any] | None = None,
-               sharding: str = "table_wise") -> tuple[DistributedDMT, CombinedOptimizer]:
+               optimizer_kwargs: Mapping[str, Any] | None = None, sharding: str = "table_wise",
+               timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> tuple[DistributedDMT, CombinedOptimizer]:
     """Run the output of `transform` on this rank; call on every rank after init_process_group.
 
     Takes ownership of `module`: the dense parameters are trained in place."""
@@ -467,8 +477,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     topo = result.topology
-    mesh = init_device_mesh(_device().type, (topo.num_hosts, topo.local_world_size), mesh_dim_names=("host", "local"))
-    groups = {"host": mesh["host"].get_group(), "local": mesh["local"].get_group()}
+    groups = host_and_peer_groups(topo, timeout)
     lowered = _lower(module, result, me, groups, sharding, fused)
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
                if n.startswith(DIST_ATTR + ".")]

@@ -34,12 +34,14 @@ def run_variant(spec: RunSpec, variant: str, *, on_poll: Callable[[], None] | No
                 deadline_s: float = 1800) -> LaunchResult:
     out_dir = os.path.join(spec.out, variant)
     for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
-        if name.startswith(("rank", "progress", "outputs_rank")):
+        if name.startswith(("rank", "progress", "outputs_rank", "pid_rank")):
             os.remove(os.path.join(out_dir, name))
     result = launch(spec.topology, spec.worker_args(variant, out_dir), out_dir, deadline_s=deadline_s,
                     on_poll=on_poll)
     if not result.ok:
         reason = "timed out" if result.timed_out else f"exit codes {result.returncodes}"
+        if result.unresponsive_ranks:
+            reason += f"; rank(s) {result.unresponsive_ranks} stopped answering"
         raise DMTError(f"the {variant} run on {spec.topology} failed ({reason}); logs in {out_dir}/agent*.log:\n"
                        f"{_failure_lines(result)}",
                        "every rank to finish its steps",

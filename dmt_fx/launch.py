@@ -34,6 +34,7 @@ class LaunchResult:
     seconds: float
     out_dir: str
     timed_out: bool
+    unresponsive_ranks: list[int] = dataclasses.field(default_factory=list)  # stopped or hung ranks
 
     @property
     def ok(self) -> bool:
@@ -74,6 +75,8 @@ def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, dead
            module: str = "dmt_fx.worker") -> LaunchResult:
     """Start H agents, wait (bounded), return their exit codes. Logs: OUT/agent<h>.log."""
     os.makedirs(out_dir, exist_ok=True)
+    for stale in glob.glob(os.path.join(out_dir, "pid_rank*")):
+        os.remove(stale)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     agents: list[subprocess.Popen] = []
@@ -85,13 +88,15 @@ def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, dead
                 agents.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                env={**env, **(host_env(host) if host_env else {})},
                                                start_new_session=True))
-        start, first_failure, timed_out = time.monotonic(), None, False
+        start, first_failure, timed_out, unresponsive = time.monotonic(), None, False, set()
         while any(a.poll() is None for a in agents):
             now = time.monotonic()
             if first_failure is None and any(a.poll() not in (None, 0) for a in agents):
                 first_failure = now
+                unresponsive |= _ranks_in_state(out_dir, stopped_only=True)  # e.g. SIGSTOPped
             if now - start > deadline_s or (first_failure is not None and now - first_failure > grace_s):
                 timed_out = now - start > deadline_s
+                unresponsive |= _ranks_in_state(out_dir, stopped_only=False)  # still alive: hung
                 _kill_all(agents)
                 break
             if on_poll is not None:
@@ -103,7 +108,22 @@ def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, dead
         for agent in agents:
             agent.wait()
         raise
-    return LaunchResult(codes, time.monotonic() - start, out_dir, timed_out)
+    return LaunchResult(codes, time.monotonic() - start, out_dir, timed_out, sorted(unresponsive))
+
+
+def _ranks_in_state(out_dir: str, *, stopped_only: bool) -> set[int]:
+    """Ranks (from the workers' OUT/pid_rank<r> files) whose process is stopped, or alive."""
+    found = set()
+    for path in glob.glob(os.path.join(out_dir, "pid_rank*")):
+        try:
+            pid = int(open(path).read())
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rpartition(")")[2].split()[0]
+        except (OSError, ValueError, IndexError):
+            continue  # gone: it exited
+        if state in ("T", "t") or (not stopped_only and state != "Z"):
+            found.add(int(os.path.basename(path)[len("pid_rank"):]))
+    return found
 
 
 def _kill_all(agents: list[subprocess.Popen]) -> None:

@@ -104,7 +104,8 @@ def build(args: argparse.Namespace, topology: Topology):
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
     if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
-        module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding, **optim)
+        module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding,
+                                              timeout=datetime.timedelta(seconds=args.timeout_s), **optim)
     else:
         from dmt_fx.baselines import build_baseline
 
@@ -126,11 +127,11 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     meter = TrafficMeter(topology, rank)
     losses, times, outputs = [], [], []
     B = args.batch_size
-    kill_rank, kill_step = _fault(args)
+    kill_rank, kill_step, kill_signal = _fault(args)
     for step in range(first, args.steps):
         args.current_step = step
         if rank == kill_rank and step == kill_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), kill_signal)
         inputs = make(B * world, step)
         y = clicks(inputs, step)
         local = slice_batch(inputs, rank * B, (rank + 1) * B)
@@ -162,11 +163,12 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
 
 
-def _fault(args: argparse.Namespace) -> tuple[int, int]:
-    """Failure injection: --kill-rank/--kill-step, or DMT_FX_FAULT="rank=R,step=S" (so a test
-    can rerun the very same command line without it)."""
+def _fault(args: argparse.Namespace) -> tuple[int, int, int]:
+    """Failure injection: --kill-rank/--kill-step (SIGKILL), or DMT_FX_FAULT="rank=R,step=S[,signal=STOP]"
+    (so a test can rerun the very same command line without it; STOP makes a rank stop answering)."""
     spec = dict(part.split("=") for part in os.environ.get("DMT_FX_FAULT", "").split(",") if "=" in part)
-    return int(spec.get("rank", args.kill_rank)), int(spec.get("step", args.kill_step))
+    sig = getattr(signal, f"SIG{spec.get('signal', 'KILL')}")
+    return int(spec.get("rank", args.kill_rank)), int(spec.get("step", args.kill_step)), sig
 
 
 def _progress(args: argparse.Namespace, rank: int, step: int) -> None:
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout_s))
     rank = dist.get_rank()
+    with open(os.path.join(args.out, f"pid_rank{rank}"), "w") as handle:  # lets the launcher name a stuck rank
+        handle.write(str(os.getpid()))
     try:
         topology = Topology.parse(args.topology)
         check_world(topology)  # before the first collective, on every rank

@@ -171,3 +171,17 @@ def test_tower_modules_cut_cross_host_embedding_bytes_by_c(tmp_path) -> None:
         assert result.ok, result.log_tail()
         bytes_by_c[c] = sum(r["traffic"]["cross_host_embedding_bytes"] for r in result.ranks())
     assert bytes_by_c[4] == pytest.approx(bytes_by_c[1] / 4, rel=0.05), bytes_by_c
+
+
+def test_a_rank_that_stops_answering_is_named(tmp_path, monkeypatch) -> None:
+    """SIGSTOP rank 3 at step 2: the others hit the collective timeout (10 s here) and fail with
+    a message, and the launcher names rank 3 as the one that stopped answering."""
+    monkeypatch.setenv("DMT_FX_FAULT", "rank=3,step=2,signal=STOP")
+    out = str(tmp_path / "stop")
+    args = ["--target", target("torchrec_dlrm"), "--topology", "2x2", "--steps", "6", "--batch-size", str(B),
+            "--out", out, "--timeout-s", "10"]
+    result = launch(Topology.parse("2x2"), args, out, deadline_s=120, grace_s=30)
+    assert not result.ok and not result.timed_out
+    assert result.unresponsive_ranks == [3], result.unresponsive_ranks
+    assert "dmt-fx worker rank" in result.log_tail(300)
+    assert result.seconds < 90
