@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py [--target dmt_fx.zoo:default_dlrm] [--topology 2x2]
                                   [--steps 200] [--block 10] [--batch-sizes 128,1024]
+                                  [--no-validate --out results/overhead_novalidate.json]
 
 The original model A and its identity DMT transform B (`dmt_fx.transform`, same weights)
 train on the same pre-built batches in one process, one thread. The measurements are
@@ -50,6 +51,9 @@ def main(argv=None) -> int:
                    help="local batch sizes, each measured separately (default 128,1024)")
     p.add_argument("--batches", type=int, default=16, help="distinct pre-built batches, cycled")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-validate", action="store_true",
+                   help="transform with validate_inputs=False: the difference to a default run is the "
+                        "cost of run-time input validation")
     p.add_argument("--out", default="results/overhead.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,7 +70,8 @@ def measure(args, batch_size: int) -> dict:
     model, example = load_target(args.target)
     module, _ = target_module(args.target)
     original = copy.deepcopy(model)
-    dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example)
+    dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example,
+                           validate_inputs=not args.no_validate)
     make = getattr(module, "make_inputs")
     batches = [make(batch_size, 1000 + i) for i in range(args.batches)]
     labels = [clicks(b, 1000 + i) for i, b in enumerate(batches)]
