@@ -26,7 +26,7 @@ from rich.text import Text
 from dmt_fx.cli_bench import add_parsers as add_bench_parsers
 from dmt_fx.cli_run import add_parsers as add_run_parsers
 from dmt_fx.errors import DMTError
-from dmt_fx.report import graph_diff, load_target, original_graph, plan_report
+from dmt_fx.report import graph_diff, human_bytes, load_target, original_graph, plan_report
 from dmt_fx.topology import Topology
 from dmt_fx.transform import dmt_result, transform
 
@@ -178,7 +178,7 @@ def _towers_table(towers: list[dict[str, Any]]) -> Table:
     for t in towers:
         tables = ", ".join(name.rpartition(".")[2] for name in t["tables"])
         table.add_row(str(t["tower"]), str(t["host"]), ", ".join(t["features"]), tables,
-                      f"{t['lookup_cost']:g}", _human_bytes(t["memory_bytes"]))
+                      f"{t['lookup_cost']:g}", human_bytes(t["memory_bytes"]))
     return table
 
 
@@ -189,16 +189,8 @@ def _collectives_table(collectives: list[dict[str, Any]], batch_size: int) -> Ta
         table.add_column(header, overflow="fold")
     for c in collectives:
         table.add_row(c["name"], c["kind"], str(c["tower"]), c["group"], c["direction"],
-                      _human_bytes(c["bytes_per_step"]))
+                      human_bytes(c["bytes_per_step"]))
     return table
-
-
-def _human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dmt_fx.jobs import RunSpec, run_many
-from dmt_fx.report import graph_diff, load_target, original_graph, target_module
+from dmt_fx.report import graph_diff, human_bytes, load_target, original_graph, target_module
 from dmt_fx.topology import Topology
 from dmt_fx.transform import dmt_result, transform
 from dmt_fx.zoo import DEFAULT_TARGET
@@ -171,16 +171,8 @@ def results_table(rows: list[dict], title: str, best: str | None = None) -> Tabl
     for r in rows:
         name = r["variant"] + (" (best flat)" if r["variant"] == best else "")
         table.add_row(name, f"{r['first_loss']:.4f} -> {r['final_loss']:.4f}",
-                      _bytes(r["cross_host_id_bytes"] + r["cross_host_embedding_bytes"]),
-                      f"{r['cross_host_messages']:.0f}", _bytes(r["intra_host_bytes"]),
+                      human_bytes(r["cross_host_id_bytes"] + r["cross_host_embedding_bytes"]),
+                      f"{r['cross_host_messages']:.0f}", human_bytes(r["intra_host_bytes"]),
                       f"{r['step_time_median_s'] * 1000:.1f} ms", f"{r['step_time_iqr_s'] * 1000:.1f} ms")
     return table
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 

@@ -284,3 +284,12 @@ def _exchange_nodes(gm: fx.GraphModule) -> dict[tuple[str, int], str]:
         if isinstance(meta, dict) and meta.get("role") in EXCHANGE_ROLES:
             found[(meta["role"], meta.get("tower"))] = node.name
     return found
+
+
+def human_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB' (the CLI's tables)."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
