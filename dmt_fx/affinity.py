@@ -36,8 +36,7 @@ import torch.nn as nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.analysis import ModelSites
-from dmt_fx.errors import DMTError, ExampleInputsError
-from dmt_fx.transform import _eval_mode
+from dmt_fx.transform import run_with_hooks
 
 log = logging.getLogger("dmt_fx")
 
@@ -98,20 +97,7 @@ def feature_embeddings(model: nn.Module, sites: ModelSites, example_inputs: Iter
         except AttributeError:
             continue
         handles.append(module.register_forward_hook(functools.partial(hook, fqn)))
-    try:
-        with torch.no_grad(), _eval_mode(model):
-            model(*inputs)
-    except DMTError:
-        raise
-    except Exception as exc:
-        raise ExampleInputsError(
-            f"the model fails on example_inputs: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            "example_inputs = one batch the original model accepts, as a tuple of forward()'s positional arguments",
-            ["call model(*example_inputs) yourself to see the failure"],
-        ) from exc
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_with_hooks(model, inputs, handles)
     missing = [f.name for f in sites.features if f.name not in found]
     if missing:
         log.warning("affinity: no embeddings observed for features %s (affinity 0 for them)", missing)

@@ -187,6 +187,14 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
             bag_hook if isinstance(module, nn.EmbeddingBag) else None)
         if hook is not None:
             handles.append(module.register_forward_pre_hook(functools.partial(hook, fqn), with_kwargs=True))
+    run_with_hooks(model, inputs, handles,
+                   extra_fix="check ids are within each table's num_embeddings and offsets/lengths match the ids")
+    return stats
+
+
+def run_with_hooks(model: nn.Module, inputs: tuple, handles: list, extra_fix: str | None = None) -> None:
+    """One eager, eval-mode, no-grad run of the user's model for its hooks; the hooks are
+    removed afterwards and a failing run becomes an ExampleInputsError."""
     try:
         with torch.no_grad(), _eval_mode(model):
             model(*inputs)
@@ -196,13 +204,11 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
         raise ExampleInputsError(
             f"the model fails on example_inputs: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             "example_inputs = one batch the original model accepts, as a tuple of forward()'s positional arguments",
-            ["call model(*example_inputs) yourself to see the failure",
-             "check ids are within each table's num_embeddings and offsets/lengths match the ids"],
+            ["call model(*example_inputs) yourself to see the failure", *([extra_fix] if extra_fix else [])],
         ) from exc
     finally:
         for handle in handles:
             handle.remove()
-    return stats
 
 
 def _check_signature(model: nn.Module, inputs: tuple) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import warnings
 from datetime import timedelta
@@ -22,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from dmt_fx.baselines import BASELINES
 from examples import torchrec_dlrm as ex
+from tests.spawn_world import run_world
 
 H, L = 2, 2
 N = H * L
@@ -37,21 +36,8 @@ TABLE_TOL = 1e-6  # tables move ~5e-5 in 3 steps: a looser bound could miss untr
 TIMEOUT_S = 85
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_world(fn, out_dir: Path) -> None:
-    ctx = mp.start_processes(fn, args=(_free_port(), str(out_dir)), nprocs=N, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed world did not finish in {TIMEOUT_S} s")
+    run_world(fn, out_dir, nprocs=N, timeout_s=TIMEOUT_S)
 
 
 def _table_of(key: str) -> str | None:

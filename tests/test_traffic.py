@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import time
 import warnings
 from datetime import timedelta
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import dmt_fx
 from dmt_fx.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 from examples import torchrec_dlrm as ex
+from tests.spawn_world import run_world
 
 H, L = 2, 2
 N = H * L
@@ -43,22 +42,8 @@ TOPOLOGY = dmt_fx.Topology(H, L)
 TIMEOUT_S = 80
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_world(fn, out_dir: Path) -> None:
-    """Spawn N ranks of `fn(rank, port, out_dir)` and wait, failing on error or timeout."""
-    ctx = mp.start_processes(fn, args=(_free_port(), str(out_dir)), nprocs=N, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed world did not finish in {TIMEOUT_S} s")
+    run_world(fn, out_dir, nprocs=N, timeout_s=TIMEOUT_S)
 
 
 def _init_rank(rank: int, port: int) -> None:
