@@ -17,7 +17,7 @@ Generator (seeded by --seed; nothing in it depends on the partitioners or the ta
     bias = -1.0 (base rate about 0.3), std(s) estimated on 20k generator samples.
     y ~ Bernoulli(sigmoid(logit)).
   * Splits (independent draws from the same generator): train (by default steps x
-    batch size = 2000 x 256 = 512k samples, streamed in batches of 256: ONE pass, the same
+    batch size = 6000 x 256 = 1.5M samples, streamed in batches of 256: ONE pass, the same
     order for every variant; a smaller --train-size is reshuffled every epoch), held-out
     (20k, for every metric) and a separate 4096-sample "calibration" batch given to the
     learned partitioner as example_inputs. One pass because CTR models overfit from the
@@ -27,15 +27,26 @@ Generator (seeded by --seed; nothing in it depends on the partitioners or the ta
 
   Tuning, done once on flat only (seed 0, before any DMT variant was run): one pass,
   Adagrad lr in {0.02, 0.05, 0.1} -> 0.05 (held-out NE 0.79 at 2000 steps, oracle 0.66).
+  Changed after DMT variants were run, and why: the default length went from 2000 to 6000
+  steps (more data, still one pass), because at 2000 steps every variant was still
+  improving steeply (flat: -0.011 NE over the last 200 steps) and the comparison measured
+  learning speed more than the models; and every variant is now trained from 3
+  initial-weight seeds, because two DMT-TM models with the SAME towers (learned and
+  planted, differing only in tower order, hence in their new modules' random init)
+  differed by up to 2.2% NE in single-seed runs. The NE at a third of the steps
+  (2000 by default) is still reported next to the final one.
 
 Model: torchrec DLRM over an EmbeddingBagCollection with one table per feature (dim 16),
 dense arch [64, 16], over arch [64, 32, 1], dot interaction. Trained with Adagrad
 (lr 0.05, every parameter), BCE-with-logits loss.
 
-Variants (same initial weights, same batches, same number of steps):
+Variants (same batches and number of steps; each trained from --seeds initial-weight
+seeds s = --seed, --seed+1, ...: the flat weights of seed s, and torch.manual_seed(s + 1)
+for the new tower modules and rebuilt layers, the same for every plan):
   flat            the original model;
-  dmt-identity    transform(copy, "4x1"): must track flat exactly (max |NE diff| reported);
-  dmt-tm-learned  towers from transform(trained flat, "4x1", partitioner="learned",
+  dmt-identity    transform(copy, "4x1"), first seed only: must track flat exactly
+                  (max |NE diff| reported);
+  dmt-tm-learned  towers from transform(trained flat of the first seed, "4x1", partitioner="learned",
                   example_inputs=calibration batch), then transform(fresh copy, "4x1",
                   plan=those towers, tower_module=--tower-module, compression=--compression);
   dmt-tm-random   the same with partitioner="random" (seed --partition-seed);
@@ -44,11 +55,13 @@ Variants (same initial weights, same batches, same number of steps):
 
 Metrics on held-out data: NE = mean log loss / entropy of the held-out base rate; AUC by
 ranks (Mann-Whitney U, ties averaged); both every --eval-every steps (learning curves) and
-at the end; NE relative to flat; adjusted Rand index of each plan's towers against the
+at the end, as the mean (and std) over the seeds, with each seed's values; NE relative to
+flat (mean over the same seeds), at the end and at every evaluated step; adjusted Rand index of each plan's towers against the
 planted groups (from the contingency table); the cross-host width reduction of the towers
 (sum of tower-module input widths / sum of output widths); and, as a diagnostic, the
-partitioner's own affinity (dmt_fx.affinity, computed on the trained flat model and the
-calibration batch) averaged over within-group and cross-group feature pairs; the ARI the
+partitioner's own affinity (dmt_fx.affinity.interaction_affinity, computed on the trained
+flat model and the calibration batch), and the embedding CKA it replaced, averaged over
+within-group and cross-group feature pairs; the ARI the
 learned partitioner reaches when handed the planted groups as its affinity (1 inside a
 group, 0 across: isolates its balance limits from its affinity measure); each plan's
 lookup and memory imbalance.
@@ -266,17 +279,37 @@ def train_all(models: dict[str, nn.Module], train: dict, names: list[str], heldo
     return curves
 
 
+def summarize(curves: dict[str, list]) -> dict[str, dict]:
+    """Per variant (keys "name@seed"): final NE / AUC as mean and std over its seeds, each
+    seed's values, the mean learning curve, and the mean NE at each evaluated step."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(k.split("@")[0] for k in curves):
+        runs = {int(k.split("@")[1]): np.array(c) for k, c in curves.items() if k.split("@")[0] == name}
+        final_ne = [float(c[-1][1]) for c in runs.values()]
+        final_auc = [float(c[-1][2]) for c in runs.values()]
+        mean_curve = np.mean(np.stack(list(runs.values())), axis=0)
+        out[name] = {"ne": float(np.mean(final_ne)), "ne_std": float(np.std(final_ne)),
+                     "auc": float(np.mean(final_auc)), "auc_std": float(np.std(final_auc)),
+                     "per_seed": [{"seed": s, "ne": float(c[-1][1]), "auc": float(c[-1][2])}
+                                  for s, c in runs.items()],
+                     "curve": mean_curve.tolist(),
+                     "ne_at_step": {int(p[0]): float(p[1]) for p in mean_curve}}
+    return out
+
+
 # ---------------------------------------------------------------- main
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 2000; quick 60)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 6000; quick 60)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="initial-weight seeds per variant, --seed, --seed+1, ... (default 3; quick 1)")
     p.add_argument("--batch-size", type=int, default=None, help="default 256; quick 128")
     p.add_argument("--train-size", type=int, default=None, help="default steps x batch size (one pass)")
     p.add_argument("--heldout-size", type=int, default=None, help="default 20000; quick 2000")
     p.add_argument("--calib-size", type=int, default=None, help="learned partitioner batch: default 4096; quick 512")
-    p.add_argument("--eval-every", type=int, default=None, help="default 100; quick 20")
+    p.add_argument("--eval-every", type=int, default=None, help="default 250; quick 20")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--compression", type=int, default=2)
     p.add_argument("--tower-module", default="dot", choices=["dot", "linear", "dcn"])
@@ -287,9 +320,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="results")
     p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
     args = p.parse_args(argv)
-    defaults = ({"steps": 60, "batch_size": 128, "heldout_size": 2000, "calib_size": 512, "eval_every": 20}
+    defaults = ({"steps": 60, "batch_size": 128, "heldout_size": 2000, "calib_size": 512, "eval_every": 20,
+                 "seeds": 1}
                 if args.quick else
-                {"steps": 2000, "batch_size": 256, "heldout_size": 20_000, "calib_size": 4096, "eval_every": 100})
+                {"steps": 6000, "batch_size": 256, "heldout_size": 20_000, "calib_size": 4096, "eval_every": 250,
+                 "seeds": 3})
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -317,20 +352,22 @@ def main(argv=None) -> dict:
     print(f"generator: {NUM_FEATURES} features in {NUM_GROUPS} planted groups {planted}; train base rate "
           f"{float(train['y'].mean()):.3f}, held-out {float(heldout['y'].mean()):.3f}", flush=True)
 
-    init_state = copy.deepcopy(make_model(gen, args.seed).state_dict())
+    init_seeds = [args.seed + k for k in range(args.seeds)]
+    init_states = {s: copy.deepcopy(make_model(gen, s).state_dict()) for s in init_seeds}
 
-    def fresh() -> DLRM:
-        m = make_model(gen, args.seed)
-        m.load_state_dict(init_state)
+    def fresh(seed: int = args.seed) -> DLRM:
+        m = make_model(gen, seed)
+        m.load_state_dict(init_states[seed])
         return m
 
-    # Stage 1: flat and dmt-identity in lock step. The trained flat model then gives the
-    # learned partitioner its embeddings.
+    # Stage 1: flat for every initial-weight seed, and dmt-identity for the first, in lock
+    # step. The first seed's trained flat model then gives the learned partitioner its model.
     t0 = time.perf_counter()
-    print(f"stage 1: training flat and dmt-identity for {args.steps} steps", flush=True)
-    flat = fresh()
-    models = {"flat": flat, "dmt-identity": dmt_fx.transform(fresh(), TOPOLOGY, example_inputs=example)}
+    print(f"stage 1: training flat x {len(init_seeds)} seeds and dmt-identity for {args.steps} steps", flush=True)
+    models = {f"flat@{s}": fresh(s) for s in init_seeds}
+    models[f"dmt-identity@{args.seed}"] = dmt_fx.transform(fresh(), TOPOLOGY, example_inputs=example)
     curves = train_all(models, train, names, heldout_batches, heldout_y, args)
+    flat = models[f"flat@{args.seed}"]
     stage1_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -353,34 +390,47 @@ def main(argv=None) -> dict:
                                 example_inputs=None, seed=args.partition_seed, affinity=oracle_aff)
     balanced_plan = dmt_fx.tower_plan(dmt_fx.transform(fresh(), TOPOLOGY, example_inputs=example))
 
-    # the partitioner's affinity signal, by planted-pair type (diagnostic)
-    from dmt_fx.affinity import feature_affinity, feature_embeddings
-    aff = feature_affinity(feature_embeddings(flat, sites, calib_batch))
+    # the partitioner's affinity signal by planted-pair type (diagnostic), next to the
+    # embedding-similarity measure (CKA) it replaced, which cannot see these groups: the
+    # generator draws every feature independently, so embeddings do not co-vary.
+    from dmt_fx.affinity import feature_affinity, feature_embeddings, interaction_affinity
     label = dict(zip(names, labels_of(planted, names)))
-    within = [v for (a, b), v in aff.items() if a < b and label[a] == label[b]]
-    cross = [v for (a, b), v in aff.items() if a < b and label[a] != label[b]]
-    affinity_diag = {"within_group_mean": float(np.mean(within)), "cross_group_mean": float(np.mean(cross)),
-                     "within_group_max": float(np.max(within)), "cross_group_max": float(np.max(cross))}
 
-    # Stage 2: the compressing variants, from the same initial weights and the same batches.
+    def by_pair_type(aff):
+        within = [v for (a, b), v in aff.items() if a < b and label[a] == label[b]]
+        cross = [v for (a, b), v in aff.items() if a < b and label[a] != label[b]]
+        return {"within_group_mean": float(np.mean(within)), "cross_group_mean": float(np.mean(cross)),
+                "within_group_min": float(np.min(within)), "within_group_max": float(np.max(within)),
+                "cross_group_max": float(np.max(cross))}
+
+    affinity_diag = {"interaction (the learned partitioner's)": by_pair_type(
+                         interaction_affinity(flat, sites, calib_batch)),
+                     "embedding CKA (co-variation; not used)": by_pair_type(
+                         feature_affinity(feature_embeddings(flat, sites, calib_batch)))}
+
+    # Stage 2: the compressing variants, for every initial-weight seed (the flat part of each
+    # starts from that seed's flat weights), on the same batches.
     models, widths = {}, {}
-    for kind in ("learned", "random", "planted"):
-        torch.manual_seed(args.seed + 1)  # same init for the new modules where the shapes agree
-        gm = dmt_fx.transform(fresh(), TOPOLOGY, plan=plans[kind], tower_module=args.tower_module,
-                              compression=args.compression, example_inputs=example)
-        models[f"dmt-tm-{kind}"] = gm
-        widths[kind] = width_reduction(gm)
+    for seed in init_seeds:
+        for kind in ("learned", "random", "planted"):
+            torch.manual_seed(seed + 1)  # the new modules' init, the same for every plan
+            gm = dmt_fx.transform(fresh(seed), TOPOLOGY, plan=plans[kind], tower_module=args.tower_module,
+                                  compression=args.compression, example_inputs=example)
+            models[f"dmt-tm-{kind}@{seed}"] = gm
+            widths[kind] = width_reduction(gm)
     t0 = time.perf_counter()
-    print(f"stage 2: training {len(models)} variants for {args.steps} steps", flush=True)
+    print(f"stage 2: training {len(models)} models for {args.steps} steps", flush=True)
     curves.update(train_all(models, train, names, heldout_batches, heldout_y, args))
     stage2_s = time.perf_counter() - t0
 
-    flat_ne = curves["flat"][-1][1]
-    variants = {}
-    for k, c in curves.items():
-        ne, a = c[-1][1], c[-1][2]
-        variants[k] = {"ne": ne, "auc": a, "rel_ne_vs_flat": (ne - flat_ne) / flat_ne, "curve": c}
-    identity_diff = max(abs(a[1] - b[1]) for a, b in zip(curves["flat"], curves["dmt-identity"]))
+    variants = summarize(curves)
+    for name, v in variants.items():  # against flat over the same seeds (identity has one)
+        seeds = [r["seed"] for r in v["per_seed"]]
+        flat_curve = np.mean([np.array(curves[f"flat@{s}"]) for s in seeds], axis=0)
+        v["rel_ne_vs_flat"] = (v["ne"] - flat_curve[-1][1]) / flat_curve[-1][1]
+        v["rel_ne_vs_flat_at_step"] = {int(p[0]): (v["ne_at_step"][int(p[0])] - p[1]) / p[1] for p in flat_curve}
+    identity_diff = max(abs(a[1] - b[1]) for a, b in zip(curves[f"flat@{args.seed}"],
+                                                         curves[f"dmt-identity@{args.seed}"]))
     variants["dmt-identity"]["max_abs_ne_diff_vs_flat"] = identity_diff
 
     towers = {k: [list(t.features) for t in plans[k].towers] for k in ("learned", "random")}
@@ -390,7 +440,7 @@ def main(argv=None) -> dict:
                                                                 labels_of(oracle_towers, names))
     towers["learned_given_planted_affinity"] = oracle_towers
     all_plans = {"learned": learned_plan, "random": random_plan, "balanced": balanced_plan,
-                 "planted": dmt_fx.tower_plan(models["dmt-tm-planted"]),
+                 "planted": dmt_fx.tower_plan(models[f"dmt-tm-planted@{args.seed}"]),
                  "learned_given_planted_affinity": oracle_plan}
     rel_learned = variants["dmt-tm-learned"]["rel_ne_vs_flat"]
     targets = {
@@ -465,9 +515,14 @@ def plot(result: dict, path: str) -> None:
 
 def print_table(result: dict) -> None:
     print()
-    print(f"{'variant':<16} {'NE':>8} {'AUC':>8} {'rel NE vs flat':>15}")
+    steps = result["config"]["steps"]
+    third = min(result["variants"]["flat"]["ne_at_step"], key=lambda k: abs(int(k) - steps // 3))
+    print(f"mean (std) over initial-weight seeds {[r['seed'] for r in result['variants']['flat']['per_seed']]}")
+    print(f"{'variant':<16} {'seeds':>5} {'NE':>8} {'(std)':>8} {'AUC':>8} {'rel NE vs flat':>15} "
+          f"{'at step ' + str(third):>16}")
     for k, v in result["variants"].items():
-        print(f"{k:<16} {v['ne']:8.4f} {v['auc']:8.4f} {100 * v['rel_ne_vs_flat']:+14.2f}%")
+        print(f"{k:<16} {len(v['per_seed']):>5} {v['ne']:8.4f} {v['ne_std']:8.4f} {v['auc']:8.4f} "
+              f"{100 * v['rel_ne_vs_flat']:+14.2f}% {100 * v['rel_ne_vs_flat_at_step'][third]:+15.2f}%")
     ari = result["ari"]
     print(f"ARI vs planted groups: learned {ari['learned']:.3f}, random {ari['random']:.3f}; learned partitioner "
           f"given the planted groups as affinity: {ari['learned_given_planted_affinity']:.3f}")
@@ -479,10 +534,10 @@ def print_table(result: dict) -> None:
           + f"; learned partitioner's limit {lim['memory']:.3f}")
     w = result["width_reduction"]["learned"]
     print(f"cross-host width reduction: {w['in_width']} -> {w['out_width']} ({w['reduction']:.2f}x)")
-    d = result["affinity_diagnostic"]
-    print(f"partitioner affinity (trained flat): within-group mean {d['within_group_mean']:.4f} "
-          f"(max {d['within_group_max']:.4f}), cross-group mean {d['cross_group_mean']:.4f} "
-          f"(max {d['cross_group_max']:.4f})")
+    for k, d in result["affinity_diagnostic"].items():
+        print(f"affinity {k} on the trained flat model: within-group mean {d['within_group_mean']:.4f} "
+              f"(min {d['within_group_min']:.4f}), cross-group mean {d['cross_group_mean']:.4f} "
+              f"(max {d['cross_group_max']:.4f})")
     print(f"identity max |NE diff| vs flat: {result['variants']['dmt-identity']['max_abs_ne_diff_vs_flat']:.2e}")
     print("targets:")
     for k, t in result["targets"].items():

@@ -13,9 +13,10 @@ Algorithm:
 
 Learned Tower Partitioner (`learned_plan`, partitioner "learned"):
   1. Same units, shares, T = min(hosts, units) and bound as above.
-  2. Affinity: run the original model once on example_inputs; pairwise feature affinity =
-     debiased linear CKA of their per-sample pooled embeddings (dmt_fx.affinity). A networkx
-     graph has the units as nodes, edges weighted by the summed affinity of their features.
+  2. Affinity: how strongly the trained model combines two features non-additively, measured
+     on example_inputs by swapping their pooled embeddings with another sample's
+     (dmt_fx.affinity.interaction_affinity). A networkx graph has the units as nodes, edges
+     weighted by the summed affinity of their features.
   3. Objective: maximise the affinity kept inside towers (= minimise the cut), subject to
      both imbalances <= limit, every tower non-empty. limit = the balanced bound, tightened
      by default to (the balanced plan's own imbalance + `balance_slack`, 0.25) per metric:
@@ -287,7 +288,7 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
                  model: Any, example_inputs: Sequence[Any] | None, seed: int = 0,
                  balance_slack: float | None = DEFAULT_BALANCE_SLACK,
                  affinity: Mapping[tuple[str, str], float] | None = None) -> TowerPlan:
-    """Towers of strongly interacting features (embedding affinity), within the balance limits.
+    """Towers of strongly interacting features (interaction affinity), within the balance limits.
 
     `affinity` (optional) replaces the one computed from `model` on `example_inputs`;
     `balance_slack=None` allows the whole balanced bound (see the module docstring)."""
@@ -298,8 +299,8 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
                            "the learned partitioner needs example_inputs: one batch to compute embedding affinities",
                            ["pass example_inputs=(...) (one batch the model accepts)",
                             "or use partitioner='balanced', which needs no inputs"])
-        from dmt_fx.affinity import feature_affinity, feature_embeddings  # lazy: affinity imports transform
-        affinity = feature_affinity(feature_embeddings(model, sites, example_inputs))
+        from dmt_fx.affinity import interaction_affinity  # lazy: affinity imports transform
+        affinity = interaction_affinity(model, sites, example_inputs)
     units = table_units(sites)
     num_towers = min(topology.num_hosts, len(units))
     cost, mem = _unit_shares(units, sites, pooling)

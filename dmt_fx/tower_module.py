@@ -4,8 +4,12 @@ Every compressing module takes the tower's pooled embeddings concatenated in tow
 x of shape (B, W) with W = sum of the tower's feature dims, and returns (B, out_width),
 out_width = W / c rounded (or k vectors of the interaction's dim D, k = ceil(n / c), when
 the global interaction works on vectors). Initialisation: torch's defaults for nn.Linear
-(Kaiming-uniform weights, uniform bias); the DCN cross weights start at zero so the cross
-layer starts as the identity (x1 = x0) and the module as a plain projection.
+(Kaiming-uniform weights, uniform bias), with two exceptions that make each module start as
+a plain, informative map: the DCN cross weights start at zero, so the cross layer starts as
+the identity (x1 = x0) and the module as a plain projection; and the dot module's first
+P = n(n-1)/2 outputs start as its P within-tower dot products themselves (identity rows, zero
+bias; when P <= out_width), so the over-arch sees those interactions directly from the first
+step, as a flat DLRM's over-arch sees its dot products, instead of through a random mix.
 """
 
 from __future__ import annotations
@@ -87,7 +91,13 @@ class DotTower(nn.Module):
         rows, cols = torch.triu_indices(n, n, offset=1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
-        self.proj = nn.Linear(spec.in_width + n * (n - 1) // 2, spec.out_width)
+        pairs = n * (n - 1) // 2
+        self.proj = nn.Linear(spec.in_width + pairs, spec.out_width)
+        if 0 < pairs <= spec.out_width:  # the dots start as outputs of their own (see the module docstring)
+            with torch.no_grad():
+                self.proj.weight[:pairs].zero_()
+                self.proj.bias[:pairs].zero_()
+                self.proj.weight[:pairs, spec.in_width:].copy_(torch.eye(pairs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vectors = x.view(x.shape[0], self.n, self.d)

@@ -192,20 +192,37 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
     return stats
 
 
-def run_with_hooks(model: nn.Module, inputs: tuple, handles: list, extra_fix: str | None = None) -> None:
+def run_with_hooks(model: nn.Module, inputs: tuple, handles: list, extra_fix: str | None = None) -> Any:
     """One eager, eval-mode, no-grad run of the user's model for its hooks; the hooks are
-    removed afterwards and a failing run becomes an ExampleInputsError."""
+    removed afterwards and a failing run becomes an ExampleInputsError. Returns the output."""
+    with hooked_runs(model, inputs, handles, extra_fix) as run:
+        return run()
+
+
+@contextlib.contextmanager
+def hooked_runs(model: nn.Module, inputs: tuple, handles: list,
+                extra_fix: str | None = None) -> Iterator[Callable[[], Any]]:
+    """Yields run(): an eager, eval-mode, no-grad call model(*inputs), as often as wanted
+    (the hooks may change what each call sees). Hooks are removed on exit, and a failing
+    call becomes an ExampleInputsError."""
+
+    def run() -> Any:
+        try:
+            with torch.no_grad():
+                return model(*inputs)
+        except DMTError:
+            raise
+        except Exception as exc:
+            raise ExampleInputsError(
+                f"the model fails on example_inputs: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                "example_inputs = one batch the original model accepts, as a tuple of forward()'s positional arguments",
+                ["call model(*example_inputs) yourself to see the failure", *([extra_fix] if extra_fix else [])],
+            ) from exc
+
     try:
-        with torch.no_grad(), _eval_mode(model):
-            model(*inputs)
-    except DMTError:
-        raise
-    except Exception as exc:
-        raise ExampleInputsError(
-            f"the model fails on example_inputs: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            "example_inputs = one batch the original model accepts, as a tuple of forward()'s positional arguments",
-            ["call model(*example_inputs) yourself to see the failure", *([extra_fix] if extra_fix else [])],
-        ) from exc
+        with _eval_mode(model):
+            yield run
     finally:
         for handle in handles:
             handle.remove()

@@ -9,7 +9,11 @@ Algorithm:
   3. Remove the dead per-feature path (merges, to_dict, cat, ...); refuse the rewrite if
      embeddings are still used elsewhere (they no longer exist per feature).
   4. Rebuild the first dense layer after the interaction for its new input width (measured
-     by running the graph up to it on the example inputs).
+     by running the graph up to it on the example inputs). For the dot kinds (InteractionArch,
+     InteractionProjectionArch, pairwise_dot) that layer also reads the towers' outputs
+     themselves: a tower module has already computed its tower's interactions (e.g. the
+     within-tower dot products), and a dot interaction alone would hand them on only as
+     products with other vectors, i.e. as third- and fourth-order terms.
 """
 
 from __future__ import annotations
@@ -93,12 +97,23 @@ class InteractionContext:
                 out.append(item)
         return out
 
-    def rebuild_next_linear(self, after: fx.Node | None = None) -> None:
-        """Step 4: the first linear layer after `after` (default: the interaction)."""
+    def rebuild_next_linear(self, after: fx.Node | None = None, *, with_towers: bool = False) -> None:
+        """Step 4: the first linear layer after `after` (default: the interaction).
+
+        with_towers=True also feeds it the towers' outputs themselves, concatenated after its
+        old input: for interactions that pass on only products of their inputs (dot kinds),
+        whose over-arch would otherwise see a tower's within-tower interactions only through
+        products of products."""
         linear = _first_linear(after or self.node)
         if linear is None:
             raise DMTError("no linear layer after the interaction", "an over-arch starting with a linear layer",
                            ["register your interaction with a rewriter that rebuilds its consumer"])
+        if with_towers:
+            with self.gm.graph.inserting_before(linear):
+                flat = tag(self.gm.graph.call_function(torch.cat, (list(self.towers), 1)), PASS, "concat_towers")
+                joined = tag(self.gm.graph.call_function(torch.cat, ([linear.args[0], flat], 1)), PASS,
+                             "over_arch_input")
+            linear.update_arg(0, joined)
         _cleanup(self.gm)
         width = _input_width(self.gm, linear, self.example_inputs, self.route)
         _resize_linear(self.gm, linear, width)
@@ -202,8 +217,9 @@ def _rewrite_torchrec(ctx: InteractionContext) -> None:
     owner, _, name = ctx.node.target.rpartition(".")
     setattr(ctx.gm.get_submodule(owner) if owner else ctx.gm, name, new)
     _sparse_arg(ctx, ctx.stacked())
-    if not isinstance(old, InteractionProjectionArch):  # its output width does not depend on K
-        ctx.rebuild_next_linear()
+    # DCN's cross layers keep their input (x_{l+1} = x0 * (W x_l + b) + x_l): the towers'
+    # outputs reach the over-arch already; dot and projection interactions need them added.
+    ctx.rebuild_next_linear(with_towers=not isinstance(old, InteractionDCNArch))
 
 
 def _rewrite_concat(ctx: InteractionContext) -> None:
@@ -223,9 +239,9 @@ def _rewrite_pairwise_dot(ctx: InteractionContext) -> None:
         with ctx.gm.graph.inserting_before(index):
             pairs = tag(ctx.gm.graph.call_function(pairs_below_diagonal, (z, offset)), PASS, "pairs")
         index.replace_all_uses_with(pairs)
-        ctx.rebuild_next_linear(pairs)
+        ctx.rebuild_next_linear(pairs, with_towers=True)
     else:
-        ctx.rebuild_next_linear()
+        ctx.rebuild_next_linear(with_towers=True)
 
 
 def _rewrite_concat_items_only(ctx: InteractionContext) -> None:

@@ -12,7 +12,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dmt_fx import DMTError, Topology, TowerPlan
-from dmt_fx.affinity import feature_affinity, feature_embeddings, within_tower_affinity
+from dmt_fx.affinity import feature_affinity, feature_embeddings, interaction_affinity, within_tower_affinity
 from dmt_fx.analysis import analyze
 from dmt_fx.capture import capture
 from dmt_fx.partition import (
@@ -50,28 +50,15 @@ def _zoo(name: str):
     return model, inputs, _sites(model, inputs)
 
 
-# ---------------------------------------------------------------- a model with planted groups
+# ---------------------------------------------------------------- models with planted groups
 
 PLANTED_ROWS, PLANTED_DIM, PLANTED_BATCH = 50, 8, 128
 PLANTED_KEYS = [f"f{i}" for i in range(8)]
 
 
-def _planted_model() -> DLRM:
-    """8 tables (one feature each, same size) holding the SAME random rows."""
-    torch.manual_seed(0)
-    tables = [EmbeddingBagConfig(name=f"t_{k}", embedding_dim=PLANTED_DIM, num_embeddings=PLANTED_ROWS,
-                                 feature_names=[k]) for k in PLANTED_KEYS]
-    model = DLRM(embedding_bag_collection=EmbeddingBagCollection(tables=tables), dense_in_features=4,
-                 dense_arch_layer_sizes=[8, PLANTED_DIM], over_arch_layer_sizes=[8, 1])
-    rows = torch.randn(PLANTED_ROWS, PLANTED_DIM, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        for bag in model.sparse_arch.embedding_bag_collection.embedding_bags.values():
-            bag.weight.copy_(rows)
-    return model
-
-
 def _planted_inputs(groups: list[list[int]], batch: int = PLANTED_BATCH, seed: int = 0):
-    """Features of one group read the same ids per sample; groups are drawn independently."""
+    """Features of one group read the same ids per sample; groups are drawn independently
+    (a single-feature group is a feature drawn on its own)."""
     g = torch.Generator().manual_seed(seed)
     lengths: dict[int, torch.Tensor] = {}
     values: dict[int, torch.Tensor] = {}
@@ -86,9 +73,32 @@ def _planted_inputs(groups: list[list[int]], batch: int = PLANTED_BATCH, seed: i
     return torch.rand(batch, 4, generator=g), kjt
 
 
+def _interacting_model(groups: list[list[int]]) -> DLRM:
+    """A DLRM whose output combines features only inside `groups`: the over-arch's first layer
+    reads the dot products of within-group pairs with weight 1 (and the dense part), every
+    other dot product with weight 0, and a large bias keeps its ReLUs open, so f is exactly linear in the dots."""
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name=f"t_{k}", embedding_dim=PLANTED_DIM, num_embeddings=PLANTED_ROWS,
+                                 feature_names=[k]) for k in PLANTED_KEYS]
+    model = DLRM(embedding_bag_collection=EmbeddingBagCollection(tables=tables), dense_in_features=4,
+                 dense_arch_layer_sizes=[8, PLANTED_DIM], over_arch_layer_sizes=[8, 1])
+    group_of = {k: g for g, members in enumerate(groups) for k in members}
+    n = len(PLANTED_KEYS) + 1  # vector 0 is the dense arch's output
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    keep = torch.tensor([0 < r and group_of[int(r) - 1] == group_of[int(c) - 1] for r, c in zip(rows, cols)])
+    first = model.over_arch.model[0]._mlp[0]._linear
+    with torch.no_grad():
+        first.weight[:, PLANTED_DIM:] = keep.to(first.weight.dtype)  # weight 1 for within-group dots
+        first.bias.fill_(100.0)
+        model.over_arch.model[1].weight.fill_(1.0)
+    return model
+
+
 @functools.lru_cache(maxsize=None)
 def _planted():
-    model, inputs = _planted_model(), _planted_inputs([[0, 1, 2, 3], [4, 5, 6, 7]])
+    """Groups {f0..f3} and {f4..f7} that interact in the output; ids drawn independently."""
+    groups = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    model, inputs = _interacting_model(groups), _planted_inputs([[k] for k in range(8)])
     return model, inputs, _sites(model, inputs)
 
 
@@ -274,17 +284,52 @@ def test_affinity_properties() -> None:
 # ---------------------------------------------------------------- planted structure
 
 
+def test_interaction_affinity_sees_only_planted_pairs() -> None:
+    model, inputs, sites = _planted()
+    aff = interaction_affinity(model, sites, inputs)
+    within = [aff[(f"f{i}", f"f{j}")] for g in ((0, 1, 2, 3), (4, 5, 6, 7)) for i in g for j in g if i < j]
+    cross = [aff[(f"f{i}", f"f{j}")] for i in range(4) for j in range(4, 8)]
+    assert min(within) > 0.05 and max(within) == 1.0  # divided by the largest pair
+    assert max(cross) < 1e-6  # additive pairs: the double difference is 0 (up to float32 rounding)
+    assert all(aff[(a, b)] == aff[(b, a)] for a, b in aff)
+    assert interaction_affinity(model, sites, inputs) == aff  # deterministic
+    # Embedding similarity cannot see these groups: the ids are drawn independently.
+    cka = feature_affinity(feature_embeddings(model, sites, inputs))
+    assert max(cka.values()) < 0.1
+
+
+def test_interaction_affinity_of_one_sample_is_zero(caplog) -> None:
+    model, _, sites = _planted()
+    one = _planted_inputs([[k] for k in range(8)], batch=1)
+    assert set(interaction_affinity(model, sites, one).values()) == {0.0}
+    assert "needs >= 2" in caplog.text
+
+
+def test_interaction_affinity_needs_a_per_sample_output() -> None:
+    class Summed(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, dense, sparse):
+            return {"total": self.inner(dense, sparse).sum()}
+
+    model, inputs, _ = _planted()
+    wrapped = Summed(model)
+    sites = _sites(wrapped, inputs)
+    with pytest.raises(DMTError, match="without a per-sample tensor"):
+        interaction_affinity(wrapped, sites, inputs)
+
+
 def test_learned_recovers_planted_groups() -> None:
     model, inputs, sites = _planted()
     topo = Topology.parse("2x1")
-    aff = feature_affinity(feature_embeddings(model, sites, inputs))
-    assert aff[("f0", "f3")] == pytest.approx(1.0) and aff[("f4", "f7")] == pytest.approx(1.0)
-    assert max(aff[(f"f{i}", f"f{j}")] for i in range(4) for j in range(4, 8)) < 0.1
+    aff = interaction_affinity(model, sites, inputs)
     plan = learned_plan(sites, topo, {}, model=model, example_inputs=inputs, seed=0)
     groups = sorted(sorted(t.features) for t in plan.towers)
     assert groups == [["f0", "f1", "f2", "f3"], ["f4", "f5", "f6", "f7"]]
     assert plan.lookup_imbalance == 1.0 and plan.memory_imbalance == 1.0
-    assert within_tower_affinity([t.features for t in plan.towers], aff) == pytest.approx(1.0, abs=0.02)
+    assert within_tower_affinity([t.features for t in plan.towers], aff) == pytest.approx(1.0)
     balanced = balanced_plan(sites, topo, {})
     assert sorted(sorted(t.features) for t in balanced.towers) != groups  # balanced ignores affinity
     assert within_tower_affinity([t.features for t in balanced.towers], aff) < 0.5
@@ -292,9 +337,9 @@ def test_learned_recovers_planted_groups() -> None:
 
 def test_learned_recovers_interleaved_groups_on_four_towers() -> None:
     """Four planted pairs, interleaved in model order, on four towers."""
-    model = _planted_model()
     pairs = [[0, 4], [1, 5], [2, 6], [3, 7]]
-    inputs = _planted_inputs(pairs, seed=1)
+    model = _interacting_model(pairs)
+    inputs = _planted_inputs([[k] for k in range(8)], seed=1)
     sites = _sites(model, inputs)
     plan = learned_plan(sites, Topology.parse("4x1"), {}, model=model, example_inputs=inputs, seed=0)
     assert sorted(sorted(t.features) for t in plan.towers) == [[f"f{i}", f"f{j}"] for i, j in pairs]

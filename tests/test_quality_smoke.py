@@ -18,7 +18,7 @@ VARIANTS = ("flat", "dmt-identity", "dmt-tm-learned", "dmt-tm-random")
 def test_quality_quick(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--quick",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--seeds", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads((out / "quality.json").read_text())
     assert (out / "quality_curves.png").stat().st_size > 0
@@ -31,6 +31,11 @@ def test_quality_quick(tmp_path):
         assert math.isfinite(v["auc"]) and 0.0 <= v["auc"] <= 1.0, (name, v["auc"])
         assert math.isfinite(v["rel_ne_vs_flat"])
         assert v["curve"] and all(len(p) == 3 and all(math.isfinite(x) for x in p) for p in v["curve"])
+        seeds = [r["seed"] for r in v["per_seed"]]
+        assert seeds == ([0] if name == "dmt-identity" else [0, 1]), (name, seeds)
+        assert abs(v["ne"] - sum(r["ne"] for r in v["per_seed"]) / len(seeds)) < 1e-12  # the mean
+        assert math.isfinite(v["ne_std"]) and set(v["rel_ne_vs_flat_at_step"]) == set(v["ne_at_step"])
+    assert result["variants"]["dmt-identity"]["rel_ne_vs_flat"] == 0.0  # same seed, exact
     assert result["variants"]["flat"]["rel_ne_vs_flat"] == 0.0
     for kind in ("learned", "random"):
         assert math.isfinite(result["ari"][kind]) and -1.0 <= result["ari"][kind] <= 1.0

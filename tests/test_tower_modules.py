@@ -43,6 +43,16 @@ def test_vector_widths_are_whole_vectors() -> None:
     assert out_width((4, 8, 16), 2, vector_dim=None) == 14
 
 
+def test_dot_tower_starts_by_passing_its_dot_products_on() -> None:
+    module = DotTower(_spec(n=4, d=8, c=2))  # 6 pairs, out width 16
+    x = torch.randn(3, 32)
+    v = x.view(3, 4, 8)
+    dots = torch.stack([(v[:, i] * v[:, j]).sum(1) for i in range(4) for j in range(i + 1, 4)], dim=1)
+    assert torch.allclose(module(x)[:, :6], dots, atol=1e-5)
+    wide = DotTower(_spec(n=8, d=8, c=8))  # 28 pairs do not fit in 8 outputs: default init
+    assert not torch.equal(wide.proj.weight[:, 64:], torch.eye(28)[:8])
+
+
 def test_dcn_tower_starts_as_a_projection() -> None:
     module = DCNTower(_spec())
     x = torch.randn(3, 32)
@@ -83,9 +93,10 @@ def test_over_arch_is_rebuilt_for_the_new_width() -> None:
     model, inputs = torchrec_dlrm.build()  # 4 features of dim 8: F + 1 = 5 vectors
     assert model.over_arch.model[0]._mlp[0]._linear.in_features == 8 + 5 * 4 // 2
     gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="linear", compression=2)
-    # 2 towers of 2 features, c = 2: one vector each, K = 2: D + (K + 1) K / 2
+    # 2 towers of 2 features, c = 2: one vector each, K = 2: D + (K + 1) K / 2 dot products,
+    # plus the K tower outputs themselves (K x D)
     assert gm.inter_arch.F == 2
-    assert gm.get_submodule("over_arch.model.0._mlp.0._linear").in_features == 8 + 3 * 2 // 2
+    assert gm.get_submodule("over_arch.model.0._mlp.0._linear").in_features == 8 + 3 * 2 // 2 + 2 * 8
     assert model.over_arch.model[0]._mlp[0]._linear.in_features == 18  # the user's model is untouched
 
 
