@@ -9,7 +9,11 @@ a plain, informative map: the DCN cross weights start at zero, so the cross laye
 the identity (x1 = x0) and the module as a plain projection; and the dot module's first
 P = n(n-1)/2 outputs start as its P within-tower dot products themselves (identity rows, zero
 bias; when P <= out_width), so the over-arch sees those interactions directly from the first
-step, as a flat DLRM's over-arch sees its dot products, instead of through a random mix.
+step, as a flat DLRM's over-arch sees its dot products, instead of through a random mix;
+its other outputs start small (weights x 0.1), so the products the global interaction forms
+of the tower outputs start near zero and grow only as training finds them useful (measured
+on the quality benchmark, planted towers, 2 seeds x 6000 steps: +0.15% NE vs flat, against
++0.57% with plain weights there and +0.71% without the identity rows).
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class DotTower(nn.Module):
                 self.proj.weight[:pairs].zero_()
                 self.proj.bias[:pairs].zero_()
                 self.proj.weight[:pairs, spec.in_width:].copy_(torch.eye(pairs))
+                self.proj.weight[pairs:].mul_(0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vectors = x.view(x.shape[0], self.n, self.d)

@@ -49,6 +49,8 @@ def test_dot_tower_starts_by_passing_its_dot_products_on() -> None:
     v = x.view(3, 4, 8)
     dots = torch.stack([(v[:, i] * v[:, j]).sum(1) for i in range(4) for j in range(i + 1, 4)], dim=1)
     assert torch.allclose(module(x)[:, :6], dots, atol=1e-5)
+    bound = 1 / (32 + 6) ** 0.5  # torch's default init bound for the fan-in
+    assert module.proj.weight[6:].abs().max() <= 0.1 * bound  # the other outputs start small
     wide = DotTower(_spec(n=8, d=8, c=8))  # 28 pairs do not fit in 8 outputs: default init
     assert not torch.equal(wide.proj.weight[:, 64:], torch.eye(28)[:8])
 
