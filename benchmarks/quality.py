@@ -72,7 +72,7 @@ Targets (reported, met or not; the generator is not tuned to them):
   learned-tower DMT-TM within 0.5% relative NE of flat; learned towers lower NE than random
   ones; ARI >= 0.9 for learned towers.
 
-  python benchmarks/quality.py                  # writes results/quality.json, results/quality_curves.png (~10 min here)
+  python benchmarks/quality.py                  # writes results/quality.json, results/quality_curves.png (10-14 min here)
   python benchmarks/quality.py --quick          # tiny sizes (smoke test)
 """
 
@@ -510,7 +510,9 @@ def plot(result: dict, path: str) -> None:
     for k, v in result["variants"].items():
         c = np.array(v["curve"])
         style = "--" if k == "dmt-identity" else "-"
-        ax1.plot(c[:, 0], c[:, 1], style, label=k)
+        seeds = [r["seed"] for r in v["per_seed"]]
+        label = f"{k} (seed {seeds[0]})" if len(seeds) == 1 else f"{k} (mean of {len(seeds)} seeds)"
+        ax1.plot(c[:, 0], c[:, 1], style, label=label)
         ax2.plot(c[:, 0], c[:, 2], style, label=k)
     cfg = result["config"]
     ax1.set(xlabel="step", ylabel="held-out NE", title="normalized entropy (lower is better)")
