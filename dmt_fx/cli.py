@@ -67,6 +67,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
     parser.add_argument("--format", choices=("rich", "json"), default="rich", help="output format (default rich)")
     parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
+    parser.add_argument("--partitioner", choices=("balanced", "learned", "random"), default="balanced",
+                        help="how towers are chosen without --plan (default balanced; learned wants a "
+                             "trained model from TARGET)")
+    parser.add_argument("--tower-module", choices=("identity", "linear", "dot", "dcn"), default="identity",
+                        help="per-tower module (default identity: the model is unchanged)")
+    parser.add_argument("--compression", type=_positive_int, default=1,
+                        help="with a compressing --tower-module: divide each tower's cross-host width by this")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learned / random partitioner")
 
 
 def _positive_int(text: str) -> int:
@@ -83,7 +91,8 @@ def _transform(args: argparse.Namespace, keep_original: bool = False):
     topology = Topology.parse(args.topology)  # before the (slow) model build: fail fast
     model, inputs = load_target(args.target)
     original = original_graph(model, inputs) if keep_original else None
-    gm = transform(model, topology, example_inputs=inputs, plan=args.plan)
+    gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,
+                   tower_module=args.tower_module, compression=args.compression, seed=args.seed)
     return original, gm
 
 
@@ -163,6 +172,9 @@ def _plan(args: argparse.Namespace) -> int:
     console.print(f"[bold]{args.target}[/] on topology {data['topology']} ({data['route']} capture), "
                   f"partitioner {data['partitioner']}, interaction {data['interaction']['node']} "
                   f"({data['interaction']['kind']})")
+    if data["changes_model"]:
+        console.print(f"tower modules: {args.tower_module}, compression {args.compression} "
+                      "(this changes the model: it must be trained)")
     console.print(_towers_table(data["towers"]))
     console.print(_collectives_table(data["collectives"], data["batch_size"]))
     bound = "none" if data["balance_bound"] is None else f"{data['balance_bound']:g}"

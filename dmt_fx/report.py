@@ -238,7 +238,8 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
 
     Bytes per step per rank, for tower t with features F_t, local batch B and H hosts:
       ids exchange    = B * (sum_f pooling_f * 8 + |F_t| * 4) * (H - 1) / H
-      output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H
+      output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H   (the tower module's output width
+                      instead of sum_f dim_f when tower modules compress)
     8 bytes per int64 id, 4 per int32 length, fp32 outputs; (H - 1) / H is the share of a
     rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
     (sum_f pooling_f * dim_f * 4), so sum_f pooling_f is estimated as
@@ -248,9 +249,10 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     plan, sites, hosts = result.plan, result.sites, result.topology.num_hosts
     exchanges = _exchange_nodes(gm)
     collectives = []
+    widths = _compressed_widths(gm)
     for tower in plan.towers:
         dims = [sites.feature(f).dim for f in tower.features]
-        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts)
+        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, widths.get(tower.index))
         for kind, size in zip(EXCHANGE_ROLES, (ids, outs)):
             collectives.append({"name": exchanges.get((kind, tower.index), f"{kind}[{tower.index}]"),
                                 "kind": kind, "tower": tower.index, "group": "cross-host",
@@ -265,15 +267,24 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
         "collectives": collectives,
         "interaction": {"node": sites.interaction.node, "kind": sites.interaction.kind},
         "route": result.route,
+        "changes_model": plan.changes_model,
     }
 
 
-def _tower_bytes(lookup_cost: float, dims: list[int], batch: int, hosts: int) -> tuple[int, int]:
+def _compressed_widths(gm: fx.GraphModule) -> dict[int, int]:
+    """Tower index -> output width of its compressing tower module (none for identity towers)."""
+    from dmt_fx.tower_module import CompressingTowerModule
+
+    return {m.spec.index: m.spec.out_width for m in gm.modules() if isinstance(m, CompressingTowerModule)}
+
+
+def _tower_bytes(lookup_cost: float, dims: list[int], batch: int, hosts: int,
+                 out_width: int | None = None) -> tuple[int, int]:
     share = (hosts - 1) / hosts
     mean_dim = sum(dims) / len(dims) if dims else 1.0
     pooling = lookup_cost / (EMBEDDING_BYTES * mean_dim) if lookup_cost > 0 else float(len(dims))
     ids = batch * (pooling * ID_BYTES + len(dims) * LENGTH_BYTES) * share
-    outs = batch * sum(dims) * EMBEDDING_BYTES * share
+    outs = batch * (sum(dims) if out_width is None else out_width) * EMBEDDING_BYTES * share
     return round(ids), round(outs)
 
 

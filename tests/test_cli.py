@@ -97,6 +97,26 @@ def test_plan_json_fields(capsys):
     assert out["group"] == "cross-host" and out["direction"] == "forward"
 
 
+def test_plan_with_tower_modules_and_partitioner(capsys):
+    base = run_json(capsys, "plan", DLRM, "--topology", "2x4", "--format", "json", "--batch-size", "64")
+    data = run_json(capsys, "plan", DLRM, "--topology", "2x4", "--format", "json", "--batch-size", "64",
+                    "--partitioner", "learned", "--tower-module", "linear", "--compression", "2")
+    assert data["partitioner"] == "learned" and data["changes_model"] and not base["changes_model"]
+    assert sorted(f for t in data["towers"] for f in t["features"]) == FEATURES
+
+    def out_bytes(d):
+        return sum(c["bytes_per_step"] for c in d["collectives"] if c["kind"] == "peer_output_exchange")
+    assert out_bytes(data) == out_bytes(base) // 2  # c = 2 halves what crosses hosts
+    rich = main(["plan", DLRM, "--topology", "2x4", "--tower-module", "dot", "--compression", "2"])
+    assert rich == 0 and "changes the model" in capsys.readouterr().out
+
+
+def test_plan_bad_compression_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", DLRM, "--topology", "2x4", "--compression", "0"])
+    assert exit_info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
 def test_plan_round_trip(capsys, tmp_path):
     data = run_json(capsys, "plan", DLRM, "--topology", "2x2", "--format", "json")
     plan_file = tmp_path / "plan.json"
