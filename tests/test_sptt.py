@@ -299,3 +299,25 @@ def test_disabled_sptt_leaves_no_dmt_nodes(name: str) -> None:
         x = module.make_inputs(batch_size, seed)
         assert torch.equal(ref(*x), gm(*x))
     assert list(gm.state_dict()) == list(ref.state_dict())
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_select_features_equals_torchrec_permute(weighted: bool) -> None:
+    """The slice-and-concatenate selection returns what KeyedJaggedTensor.permute returns
+    (keys, ids, lengths, weights, per-key lengths), empty bags and one-key towers included."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    g = torch.Generator().manual_seed(0)
+    keys, batch = ["a", "b", "c", "d"], 3
+    lengths = torch.randint(0, 3, (len(keys) * batch,), generator=g)
+    lengths[batch:2 * batch] = 0  # feature "b" has only empty bags
+    values = torch.randint(0, 50, (int(lengths.sum()),), generator=g)
+    weights = torch.rand(values.numel(), generator=g) if weighted else None
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths, weights=weights)
+    for tower in (["c", "a"], ["b"], ["d", "b", "a"], keys):
+        got, want = ops.select_features(kjt, tower), kjt.permute([keys.index(k) for k in tower])
+        assert got.keys() == want.keys() and got.length_per_key() == want.length_per_key()
+        assert torch.equal(got.values(), want.values()) and torch.equal(got.lengths(), want.lengths())
+        assert got.stride() == want.stride() and got.offset_per_key() == want.offset_per_key()
+        if weighted:
+            assert torch.equal(got.weights(), want.weights())
