@@ -223,8 +223,6 @@ def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: It
     return out
 
 
-
-
 class _Stats:
     """What the HSIC estimators need of one feature's embeddings E (n x d), centred."""
 

@@ -26,8 +26,10 @@ from rich.text import Text
 from dmt_fx.cli_bench import add_parsers as add_bench_parsers
 from dmt_fx.cli_run import add_parsers as add_run_parsers
 from dmt_fx.errors import DMTError
+from dmt_fx.partition import PARTITIONERS
 from dmt_fx.report import graph_diff, human_bytes, load_target, original_graph, plan_report
 from dmt_fx.topology import Topology
+from dmt_fx.tower_module import KINDS
 from dmt_fx.transform import dmt_result, transform
 
 EXIT_USER_ERROR = 2
@@ -67,10 +69,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
     parser.add_argument("--format", choices=("rich", "json"), default="rich", help="output format (default rich)")
     parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
-    parser.add_argument("--partitioner", choices=("balanced", "learned", "random"), default="balanced",
+    parser.add_argument("--partitioner", choices=PARTITIONERS, default="balanced",
                         help="how towers are chosen without --plan (default balanced; learned wants a "
                              "trained model from TARGET)")
-    parser.add_argument("--tower-module", choices=("identity", "linear", "dot", "dcn"), default="identity",
+    parser.add_argument("--tower-module", choices=KINDS, default="identity",
                         help="per-tower module (default identity: the model is unchanged)")
     parser.add_argument("--compression", type=_positive_int, default=1,
                         help="with a compressing --tower-module: divide each tower's cross-host width by this")

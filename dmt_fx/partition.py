@@ -296,7 +296,7 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
         if example_inputs is None or model is None:
             missing = "example_inputs" if example_inputs is None else "a model"
             raise DMTError(f"partitioner='learned' without {missing}",
-                           "the learned partitioner needs example_inputs: one batch to compute embedding affinities",
+                           "the learned partitioner needs example_inputs: one batch to measure how features interact",
                            ["pass example_inputs=(...) (one batch the model accepts)",
                             "or use partitioner='balanced', which needs no inputs"])
         from dmt_fx.affinity import interaction_affinity  # lazy: affinity imports transform

@@ -19,6 +19,7 @@ from torch.fx.node import _get_qualified_name
 
 from dmt_fx.capture import capture
 from dmt_fx.errors import DMTError
+from dmt_fx.tower_module import CompressingTowerModule
 from dmt_fx.transform import dmt_result
 
 EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")
@@ -273,8 +274,6 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
 
 def _compressed_widths(gm: fx.GraphModule) -> dict[int, int]:
     """Tower index -> output width of its compressing tower module (none for identity towers)."""
-    from dmt_fx.tower_module import CompressingTowerModule
-
     return {m.spec.index: m.spec.out_width for m in gm.modules() if isinstance(m, CompressingTowerModule)}
 
 
