@@ -5,14 +5,14 @@
 (a) When results/emulated.json exists (records of emulated-network runs: topology,
     variant, step_time_median_s, the traffic fields of `dmt-fx bench traffic`, and the
     measured intra/inter rates, per record or at the top level; see
-    `dmt_fx.cost_model.tiers_from` for the accepted keys), predict every record's step
+    `dmt_fx.bench.cost_model.tiers_from` for the accepted keys), predict every record's step
     time, t_compute measured here as a single-process step of the same model and variant at
     the same local batch (times ranks / cores when the emulated ranks share this CPU;
     --no-cpu-share to turn off), and report the prediction error.
 (b) Extrapolate to data-center shapes: L = 8 ranks per host, H = 8 .. 64 hosts,
     NVLink-class intra-host (450 GB/s, alpha 5 us) and NIC-class inter-host (50 GB/s per
     GPU, alpha 20 us), traffic per rank per step from the ANALYTIC formulas of DMT.md
-    (`dmt_fx.cost_model.analytic_traffic`) for a stated model size, for flat table-wise,
+    (`dmt_fx.bench.cost_model.analytic_traffic`) for a stated model size, for flat table-wise,
     DMT identity and DMT c = 4; predicted DMT speedup vs hosts. THIS IS A MODEL: no
     overlap, a serial alpha per message, t_compute assumed (not measured on such a GPU),
     dense all-reduce left out (the same for every variant, it would dilute the speedups).
@@ -30,7 +30,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dmt_fx.cost_model import Tier, Tiers, analytic_traffic, breakdown, measure_compute, tiers_from  # noqa: E402
+from dmt_fx.bench.cost_model import Tier, Tiers, analytic_traffic, breakdown, measure_compute, tiers_from  # noqa: E402
 
 VARIANTS = ("flat-table_wise", "dmt-identity", "dmt-c4")
 
@@ -54,17 +54,17 @@ def single_process_compute(target: str, variant: str, topology: str, batch: int,
                            env: dict[str, str] | None = None) -> float:
     """Median single-process step time of `variant`'s model (flat: the original; dmt-*: its
     transform on `topology`, with the variant's tower modules) at local batch `batch`;
-    `env`: environment the target's factory reads (dmt_fx.emulated's model size)."""
+    `env`: environment the target's factory reads (dmt_fx.bench.emulated's model size)."""
     key = (target, variant if variant.startswith("dmt") else "flat", topology, batch, tuple(sorted((env or {}).items())))
     if key in _compute_cache:
         return _compute_cache[key]
     import torch
 
     import dmt_fx
-    from dmt_fx.data import clicks
-    from dmt_fx.report import load_target
-    from dmt_fx.topology import Topology
-    from dmt_fx.worker import batch_maker
+    from dmt_fx.ir.topology import Topology
+    from dmt_fx.jobs.data import clicks
+    from dmt_fx.jobs.target import load_target
+    from dmt_fx.jobs.worker import batch_maker
 
     os.environ.update(env or {})
     torch.set_num_threads(1)
@@ -89,15 +89,15 @@ def _world(record: dict) -> int:
 
 
 def _target_of(record: dict) -> tuple[str, dict[str, str]]:
-    """The model an emulated record trained: its "target", or dmt_fx.emulated's bench model
+    """The model an emulated record trained: its "target", or dmt_fx.bench.emulated's bench model
     sized by record["model"] (through that module's environment variable)."""
     if record.get("target"):
         return record["target"], {}
     if isinstance(record.get("model"), dict):
-        from dmt_fx import emulated
+        from dmt_fx.bench import emulated
 
         return emulated.TARGET, {emulated.MODEL_ENV: ",".join(f"{k}={v}" for k, v in record["model"].items())}
-    return "dmt_fx.bench:wide_model", {}
+    return "dmt_fx.bench.traffic:wide_model", {}
 
 
 def emulated_errors(path: str, cpu_share: bool = True, inter_alpha_s: float | None = None,

@@ -1,6 +1,6 @@
 """Single-process overhead of the identity DMT model vs the original (forward + backward + SGD).
 
-    python benchmarks/overhead.py [--target dmt_fx.zoo:default_dlrm] [--topology 2x2]
+    python benchmarks/overhead.py [--target dmt_fx.models.zoo:default_dlrm] [--topology 2x2]
                                   [--steps 200] [--block 10] [--batch-sizes 128,1024]
                                   [--no-validate --out results/overhead_novalidate.json]
 
@@ -35,10 +35,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dmt_fx  # noqa: E402
-from dmt_fx.data import clicks  # noqa: E402
-from dmt_fx.report import load_target, target_module  # noqa: E402
-from dmt_fx.topology import Topology  # noqa: E402
-from dmt_fx.zoo import DEFAULT_TARGET  # noqa: E402
+from dmt_fx.ir.topology import Topology  # noqa: E402
+from dmt_fx.jobs.data import clicks  # noqa: E402
+from dmt_fx.jobs.target import load_target, target_module  # noqa: E402
+from dmt_fx.models.zoo import DEFAULT_TARGET  # noqa: E402
 
 
 def fresh_inputs(inputs: tuple) -> tuple:
@@ -85,7 +85,7 @@ def measure(args, batch_size: int) -> dict:
     original = copy.deepcopy(model)
     dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example,
                            validate_inputs=not args.no_validate)
-    make = getattr(module, "make_inputs")
+    make = module.make_inputs
     batches = [make(batch_size, 1000 + i) for i in range(args.batches)]
     labels = [clicks(b, 1000 + i) for i, b in enumerate(batches)]
     models = {"original": original, "dmt-identity": dmt}

@@ -61,7 +61,7 @@ at the end, as the mean (and std) over the seeds, with each seed's values; NE re
 flat (mean over the same seeds), at the end and at every evaluated step; adjusted Rand index of each plan's towers against the
 planted groups (from the contingency table); the cross-host width reduction of the towers
 (sum of tower-module input widths / sum of output widths); and, as a diagnostic, the
-partitioner's own affinity (dmt_fx.affinity.interaction_affinity, computed on the trained
+partitioner's own affinity (dmt_fx.compiler.affinity.interaction_affinity, computed on the trained
 flat model and the calibration batch), and the embedding CKA it replaced, averaged over
 within-group and cross-group feature pairs; the ARI the
 learned partitioner reaches when handed the planted groups as its affinity (1 inside a
@@ -95,8 +95,8 @@ from torchrec.models.dlrm import DLRM
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import dmt_fx  # noqa: E402
-from dmt_fx.partition import DEFAULT_BALANCE_SLACK  # noqa: E402
-from dmt_fx.tower_module import CompressingTowerModule  # noqa: E402
+from dmt_fx.compiler.partition import DEFAULT_BALANCE_SLACK  # noqa: E402
+from dmt_fx.compiler.tower_module import CompressingTowerModule  # noqa: E402
 
 NUM_FEATURES, NUM_GROUPS, LATENT_DIM, DENSE, DIM = 16, 4, 4, 13, 16
 VOCAB_RANGE = (200, 2000)
@@ -395,7 +395,7 @@ def main(argv=None) -> dict:
 
     # What the learned partitioner makes of a perfect signal: affinity 1 inside planted
     # groups, 0 across (isolates its balance limits from its affinity measure).
-    from dmt_fx.partition import learned_plan as _learned_plan
+    from dmt_fx.compiler.partition import learned_plan as _learned_plan
     sites = dmt_fx.dmt_result(learned_gm).sites
     oracle_aff = {(a, b): float(any(a in g and b in g for g in planted)) for a in names for b in names if a != b}
     oracle_plan = _learned_plan(sites, dmt_fx.Topology.parse(TOPOLOGY), {n: 1.0 for n in names}, model=None,
@@ -405,7 +405,7 @@ def main(argv=None) -> dict:
     # the partitioner's affinity signal by planted-pair type (diagnostic), next to the
     # embedding-similarity measure (CKA) it replaced, which cannot see these groups: the
     # generator draws every feature independently, so embeddings do not co-vary.
-    from dmt_fx.affinity import feature_affinity, feature_embeddings, interaction_affinity
+    from dmt_fx.compiler.affinity import feature_affinity, feature_embeddings, interaction_affinity
     label = dict(zip(names, labels_of(planted, names)))
 
     def by_pair_type(aff):
@@ -437,7 +437,7 @@ def main(argv=None) -> dict:
     stage2_s = time.perf_counter() - t0
 
     variants = summarize(curves)
-    for name, v in variants.items():  # against flat over the same seeds (identity has one)
+    for v in variants.values():  # against flat over the same seeds (identity has one)
         seeds = [r["seed"] for r in v["per_seed"]]
         flat_curve = np.mean([np.array(curves[f"flat@{s}"]) for s in seeds], axis=0)
         v["rel_ne_vs_flat"] = (v["ne"] - flat_curve[-1][1]) / flat_curve[-1][1]

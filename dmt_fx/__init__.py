@@ -1,13 +1,17 @@
 """dmt_fx: turn flat recommendation models into Disaggregated Multi-Tower (DMT) models.
 
-Compiler: `transform(model, topology)` captures the model with torch.fx, finds its
-embedding lookups and interaction, plans towers and rewrites the graph (SPTT).
-Runtime: `distribute(gm, ...)` runs that model on a (host x local) torch.distributed world.
+Compiler (`dmt_fx.compiler`): `transform(model, topology)` captures the model with torch.fx,
+finds its embedding lookups and interaction, plans towers and rewrites the graph (SPTT).
+Runtime (`dmt_fx.runtime`): `distribute(gm, ...)` runs that model on a (host x local)
+torch.distributed world. The typed contract between them lives in `dmt_fx.ir`.
 """
 
 from __future__ import annotations
 
-from dmt_fx.errors import (
+from dmt_fx.compiler.interactions import register_interaction
+from dmt_fx.compiler.tower_module import TowerSpec
+from dmt_fx.compiler.transform import transform
+from dmt_fx.ir.errors import (
     CaptureError,
     DMTError,
     ExampleInputsError,
@@ -18,16 +22,15 @@ from dmt_fx.errors import (
     TopologyError,
     UnsupportedEmbeddingError,
 )
-from dmt_fx.interactions import register_interaction
-from dmt_fx.plan import Tower, TowerPlan
-from dmt_fx.topology import Topology
-from dmt_fx.tower_module import TowerSpec
-from dmt_fx.transform import DMTResult, dmt_result, tower_plan, transform
-from dmt_fx.distributed import distribute  # the runtime (isort: after transform)
+from dmt_fx.ir.plan import Tower, TowerPlan
+from dmt_fx.ir.result import DMTResult, dmt_result, tower_plan
+from dmt_fx.ir.topology import Topology
+from dmt_fx.runtime.distribute import distribute
 
 __all__ = [
     "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
-    "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "register_interaction", "dmt_result", "tower_plan", "transform",
+    "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "dmt_result",
+    "register_interaction", "tower_plan", "transform",
 ]
 __version__ = "0.1.0"

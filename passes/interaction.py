@@ -31,12 +31,12 @@ from torch.utils import _pytree as pytree
 from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, InteractionProjectionArch
 from torchrec.modules.crossnet import LowRankCrossNet
 
-from dmt_fx import ops
-from dmt_fx.analysis import ModelSites
-from dmt_fx.errors import DMTError
-from dmt_fx.interactions import USER_KINDS, Rewriter
-from dmt_fx.graph_utils import tag
-from dmt_fx.tower_module import TowerSpec
+from dmt_fx.compiler.interactions import USER_KINDS, Rewriter
+from dmt_fx.compiler.tower_module import TowerSpec
+from dmt_fx.ir import ops
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.graph import tag
+from dmt_fx.ir.sites import ModelSites
 
 log = logging.getLogger(__name__)
 PASS = "interaction"

@@ -17,42 +17,20 @@ tables with the same ids, and merging only slices and concatenates.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import operator
 
 import torch.fx as fx
-import torch.nn as nn
-from torchrec.modules.embedding_modules import get_embedding_names_by_table
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dmt_fx import ops
-from dmt_fx.analysis import EmbeddingSite, ModelSites
-from dmt_fx.plan import Tower, TowerPlan
-from dmt_fx.graph_utils import stable_toposort, tag
+from dmt_fx.ir import ops
+from dmt_fx.ir.collections import sub_collection
+from dmt_fx.ir.graph import stable_toposort, tag
+from dmt_fx.ir.names import GroupKind, Role, tower_collection_path
+from dmt_fx.ir.plan import Tower, TowerPlan
+from dmt_fx.ir.sites import EmbeddingSite, ModelSites
 
 log = logging.getLogger(__name__)
 PASS = "sptt"
-TOWERS_ATTR = "dmt_towers"
-
-
-def _tower_collection(ebc: EmbeddingBagCollection, tables: set[str]) -> EmbeddingBagCollection:
-    """A collection over the named tables of `ebc`, sharing the original table modules.
-
-    Built empty and filled with the original's fields: constructing it from configs would
-    allocate (and initialise) tables only to throw them away."""
-    configs = ebc.embedding_bag_configs()
-    names = dict(zip((c.name for c in configs), get_embedding_names_by_table(configs)))
-    # By table, as the plan says: a KJT key may be read by tables of different towers.
-    chosen = [c for c in configs if c.name in tables]
-    tower = EmbeddingBagCollection([], is_weighted=ebc.is_weighted(), device=ebc._device)
-    tower.embedding_bags = nn.ModuleDict({c.name: ebc.embedding_bags[c.name] for c in chosen})
-    tower._embedding_bag_configs = [dataclasses.replace(c) for c in chosen]
-    tower._feature_names = [list(c.feature_names) for c in chosen]
-    tower._lengths_per_embedding = [c.embedding_dim for c in chosen for _ in c.feature_names]
-    # Keep the original output names (torchrec renames a key used by several tables).
-    tower._embedding_names = [n for c in chosen for n in names[c.name]]
-    return tower
 
 
 def _id_inputs(node: fx.Node) -> list[fx.Node]:
@@ -74,7 +52,7 @@ class _Rewriter:
 
     @staticmethod
     def _collective_kwargs(tower: Tower) -> dict:
-        return {"tower": tower.index, "host": tower.host, "group": ops.CROSS_HOST}
+        return {"tower": tower.index, "host": tower.host, "group": GroupKind.PEER}
 
     def entries(self, tower: Tower) -> list[tuple[EmbeddingSite, list[str]]]:
         out = []
@@ -93,45 +71,45 @@ class _Rewriter:
             if site.kind == "torchrec_ebc":
                 keys = tuple(self.sites.feature(f).key for f in features)
                 kjt = node.args[0] if node.args else node.kwargs["features"]
-                ids = [self._call(ops.select_features, (kjt, keys), "select_features", tower)]
+                ids = [self._call(ops.select_features, (kjt, keys), Role.SELECT_FEATURES, tower)]
                 ids[0].meta["dmt"]["origin"] = site.node
             else:
                 ids = _id_inputs(node)
             slots.append((len(inputs), len(ids)))
             inputs += ids
         # Step 2
-        exchange = self._call(ops.peer_input_exchange, (tuple(inputs),), "peer_input_exchange", tower,
+        exchange = self._call(ops.peer_input_exchange, (tuple(inputs),), Role.PEER_INPUT_EXCHANGE, tower,
                               self._collective_kwargs(tower))
-        received = [self._call(operator.getitem, (exchange, i), "received_ids", tower) for i in range(len(inputs))]
+        received = [self._call(operator.getitem, (exchange, i), Role.RECEIVED_IDS, tower) for i in range(len(inputs))]
         # Step 3
         lookups = [self.lookup(site, features, received[s:s + n], tower)
                    for (site, features), (s, n) in zip(entries, slots)]
         # Step 4
-        back = self._call(ops.peer_output_exchange, (tuple(lookups),), "peer_output_exchange", tower,
+        back = self._call(ops.peer_output_exchange, (tuple(lookups),), Role.PEER_OUTPUT_EXCHANGE, tower,
                           self._collective_kwargs(tower))
         for i, (site, _) in enumerate(entries):
-            self.parts[site.node].append(self._call(operator.getitem, (back, i), "received_embeddings", tower))
+            self.parts[site.node].append(self._call(operator.getitem, (back, i), Role.RECEIVED_EMBEDDINGS, tower))
 
     def lookup(self, site: EmbeddingSite, features: list[str], ids: list[fx.Node], tower: Tower) -> fx.Node:
         node = self.nodes[site.node]
         if site.kind == "torchrec_ebc":
             ebc = self.gm.get_submodule(site.module)
             tables = {self.sites.feature(f).table.rpartition(".")[2] for f in features}
-            path = f"{TOWERS_ATTR}.tower_{tower.index}.{site.module.replace('.', '__')}"
-            self.gm.add_submodule(path, _tower_collection(ebc, tables))
+            path = tower_collection_path(tower.index, site.module)
+            self.gm.add_submodule(path, sub_collection([ebc], tables))
             for name in self.gm.get_submodule(path).embedding_bags:
                 self.renames[f"{path}.embedding_bags.{name}"] = f"{site.module}.embedding_bags.{name}"
             new = self.graph.call_module(path, (ids[0],))
         else:
             remap = dict(zip(_id_inputs(node), ids))
             new = self.graph.node_copy(node, lambda n: remap.get(n, n))
-            tag(new, PASS, "tower_lookup", tower=tower.index, host=tower.host, origin=site.node,
+            tag(new, PASS, Role.TOWER_LOOKUP, tower=tower.index, host=tower.host, origin=site.node,
                 features=tuple(features))
             if site.output != site.node:  # export route: the pooled output is item 0
                 output = self.graph.call_function(operator.getitem, (new, 0))
-                return tag(output, PASS, "lookup_output", tower=tower.index, host=tower.host, origin=site.node)
+                return tag(output, PASS, Role.LOOKUP_OUTPUT, tower=tower.index, host=tower.host, origin=site.node)
             return new
-        return tag(new, PASS, "tower_lookup", tower=tower.index, host=tower.host, origin=site.node,
+        return tag(new, PASS, Role.TOWER_LOOKUP, tower=tower.index, host=tower.host, origin=site.node,
                    features=tuple(features))
 
     def rewire(self, site: EmbeddingSite) -> None:
@@ -140,7 +118,7 @@ class _Rewriter:
         if site.kind == "torchrec_ebc":
             keys = tuple(self.gm.get_submodule(site.module)._embedding_names)
             merged = self.graph.call_function(ops.merge_keyed_tensors, (tuple(parts), keys))
-            tag(merged, PASS, "merge", origin=site.node)
+            tag(merged, PASS, Role.MERGE, origin=site.node)
             self.nodes[site.node].replace_all_uses_with(merged)
         else:
             self.nodes[site.output].replace_all_uses_with(parts[0])

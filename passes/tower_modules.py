@@ -17,13 +17,13 @@ from typing import Callable
 import torch.fx as fx
 import torch.nn as nn
 
-from dmt_fx import ops
-from dmt_fx.plan import Tower, TowerPlan
-from dmt_fx.graph_utils import tag
+from dmt_fx.ir import ops
+from dmt_fx.ir.graph import tag
+from dmt_fx.ir.names import Role, tower_module_path
+from dmt_fx.ir.plan import Tower, TowerPlan
 
 log = logging.getLogger(__name__)
 PASS = "tower_modules"
-MODULES_ATTR = "dmt_tower_modules"
 
 
 def tower_modules_pass(gm: fx.GraphModule, *, plan: TowerPlan,
@@ -36,11 +36,11 @@ def tower_modules_pass(gm: fx.GraphModule, *, plan: TowerPlan,
     for exchange in exchanges:
         tower = towers[exchange.kwargs["tower"]]
         # Step 2
-        path = f"{MODULES_ATTR}.tower_{tower.index}"
+        path = tower_module_path(tower.index)
         gm.add_submodule(path, make_module(tower))
         with gm.graph.inserting_before(exchange):
             module_node = gm.graph.call_module(path, tuple(exchange.args[0]))
-        tag(module_node, PASS, "tower_module", tower=tower.index, host=tower.host,
+        tag(module_node, PASS, Role.TOWER_MODULE, tower=tower.index, host=tower.host,
             features=tower.features)
         # Step 3
         exchange.args = (module_node,)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from dmt_fx import ops
-from dmt_fx.analysis import ModelSites
-from dmt_fx.graph_utils import tag
-from dmt_fx.validation import InputValidator
+from dmt_fx.compiler.validation import InputValidator
+from dmt_fx.ir import ops
+from dmt_fx.ir.graph import tag
+from dmt_fx.ir.sites import ModelSites
 
 PASS = "validate_inputs"
 PATH = "dmt_input_validator"

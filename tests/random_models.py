@@ -129,7 +129,7 @@ class TorchRecSpec:
         """(plan feature name, collection attr, table path) for every feature.
 
         Plan names are KJT keys; a key already used by an earlier collection is qualified
-        as "<collection path>:<key>" (dmt_fx.analysis naming)."""
+        as "<collection path>:<key>" (dmt_fx.compiler.analysis naming)."""
         out, taken = [], set()
         for c in self.collections:
             for t in c.tables:

@@ -1,7 +1,7 @@
 """Every baseline trains like the single-process model on a real 2x2 gloo world.
 
 4 spawned ranks (2 hosts x 2 ranks, LOCAL_WORLD_SIZE=2) build each baseline of
-`dmt_fx.baselines.BASELINES` from examples/torchrec_dlrm.py and train 3 SGD steps
+`dmt_fx.baselines.flat.BASELINES` from examples/torchrec_dlrm.py and train 3 SGD steps
 (lr 0.1): rank r takes rows [r*B, (r+1)*B) of global batch `step`, loss = BCE-with-logits
 mean over its local batch. The parent process trains the original model on the global
 batches (mean over the global batch) and checks, at every step, the outputs (1e-5), and
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmt_fx.baselines import BASELINES
+from dmt_fx.baselines.flat import BASELINES
 from examples import torchrec_dlrm as ex
 from tests.spawn_world import run_world
 
@@ -55,8 +55,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
     import dmt_fx
-    from dmt_fx.baselines import build_baseline
-    from dmt_fx.data import labels, slice_batch
+    from dmt_fx.baselines.flat import build_baseline
+    from dmt_fx.jobs.data import labels, slice_batch
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     topology = dmt_fx.Topology(H, L)
@@ -94,7 +94,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def reference():
     """Single process, global batches, mean over the global batch."""
-    from dmt_fx.data import labels
+    from dmt_fx.jobs.data import labels
 
     model, _ = ex.build(0)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -148,7 +148,6 @@ def test_table_shards_match_and_trained(name, ranks, reference):
         for table, (row, col), tensor in ranks[r][name]["shards"]:
             rows, cols = tensor.shape
             want = reference["tables"][table][row:row + rows, col:col + cols]
-            init = reference["initial_tables"][table][row:row + rows, col:col + cols]
             assert torch.allclose(tensor, want, atol=TABLE_TOL, rtol=0), f"{name} rank {r} {table}"
             covered[table] += tensor.numel()
     assert covered == {t: v.numel() for t, v in reference["tables"].items()}, "shards do not tile the tables"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from dmt_fx.cost_model import Tier, Tiers, analytic_traffic, breakdown, predict, tiers_from
+from dmt_fx.bench.cost_model import Tier, Tiers, analytic_traffic, breakdown, predict, tiers_from
 
 TIERS = Tiers(intra=Tier(alpha_s=1e-6, beta_Bps=1e9), inter=Tier(alpha_s=1e-5, beta_Bps=1e8))
 
@@ -64,7 +64,7 @@ def test_analytic_traffic_formulas():
 
 def test_analytic_matches_the_bench_model_numbers():
     # the bench model: 16 features of dim 16, 1 id per bag, local batch 32, fp32, int64 ids and lengths
-    from dmt_fx import bench
+    from dmt_fx.bench import traffic as bench
 
     t = analytic_traffic("dmt-identity", 2, 2, batch=32, width=bench.NUM_FEATURES * bench.DIM,
                          features=bench.NUM_FEATURES)
@@ -74,7 +74,7 @@ def test_analytic_matches_the_bench_model_numbers():
 
 @pytest.mark.slow
 def test_traffic_bench_2x2(tmp_path):
-    from dmt_fx.bench import traffic_bench
+    from dmt_fx.bench.traffic import traffic_bench
 
     records = traffic_bench(["2x2"], ["flat-table_wise", "dmt-c4"], steps=2, warmup=1, out=str(tmp_path))
     assert [(r["topology"], r["variant"]) for r in records] == [("2x2", "flat-table_wise"), ("2x2", "dmt-c4")]
@@ -93,7 +93,8 @@ def test_traffic_bench_2x2(tmp_path):
 def test_bench_cli_parser():
     import argparse
 
-    from dmt_fx import bench, cli_bench
+    from dmt_fx.bench import traffic as bench
+    from dmt_fx.cli import bench as cli_bench
 
     parser = argparse.ArgumentParser(prog="dmt-fx")
     cli_bench.add_parsers(parser.add_subparsers(dest="verb"))
@@ -106,8 +107,8 @@ def test_bench_cli_parser():
 def test_bench_model_compresses_exactly():
     # concat interaction: a tower of n features sends 16 n / c columns, exact for c = 2, 4, 8
     import dmt_fx
-    from dmt_fx.bench import wide_model
-    from dmt_fx.topology import Topology
+    from dmt_fx.ir.topology import Topology
+    from dmt_fx.models.wide import wide_model
 
     model, example = wide_model()
     gm = dmt_fx.transform(model, Topology.parse("4x2"), example_inputs=example, tower_module="linear",

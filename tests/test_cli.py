@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dmt_fx.cli import main
-from dmt_fx.report import TargetError, load_target
+from dmt_fx.cli.main import main
+from dmt_fx.jobs.target import TargetError, load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 DLRM = str(ROOT / "examples" / "torchrec_dlrm.py") + ":build"
@@ -60,7 +60,7 @@ def test_diff_json_rows(dlrm_diff):
     rows = {r["name"]: r for r in dlrm_diff["rewritten"]}
     exchange = rows["peer_input_exchange"]
     assert exchange["status"] == "inserted" and exchange["role"] == "peer_input_exchange"
-    assert exchange["tower"] == 0 and exchange["target"] == "dmt_fx.ops.peer_input_exchange"
+    assert exchange["tower"] == 0 and exchange["target"] == "dmt_fx.ir.ops.peer_input_exchange"
     assert rows["relu"]["status"] == "kept" and rows["relu"]["target"] == "torch.relu"
     inserted = {r["name"] for r in rows.values() if r["status"] == "inserted"}
     grouped = {n for names in dlrm_diff["towers"].values() for n in names} | set(dlrm_diff["shared"])
@@ -216,7 +216,7 @@ def test_missing_topology_is_a_usage_error(capsys):
 
 def test_subprocess_plan_json():
     proc = subprocess.run(
-        [sys.executable, "-m", "dmt_fx.cli", "plan", "examples/torchrec_dlrm.py:build",
+        [sys.executable, "-m", "dmt_fx.cli.main", "plan", "examples/torchrec_dlrm.py:build",
          "--topology", "2x2", "--format", "json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dmt_fx.cli import main
+from dmt_fx.cli.main import main
 
 DLRM = "examples/torchrec_dlrm.py:build"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dmt_fx.cli import main
+from dmt_fx.cli.main import main
 
 FIELDS = {"variant", "topology", "first_loss", "final_loss", "cross_host_id_bytes", "cross_host_embedding_bytes",
           "cross_host_messages", "intra_host_bytes", "step_time_median_s", "step_time_iqr_s"}

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import Topology
-from dmt_fx.data import clicks
-from dmt_fx.launch import launch
+from dmt_fx.jobs.data import clicks
+from dmt_fx.jobs.launch import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, STEPS, LR = 4, 5, 0.1

@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from dmt_fx import emulated
-from dmt_fx.emulated import EmulatedCluster, EmulationError
+from dmt_fx.bench import emulated
+from dmt_fx.bench.emulated import EmulatedCluster, EmulationError
 
 needs_root = pytest.mark.skipif(
     os.name != "posix" or os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),

@@ -10,8 +10,15 @@ import torch.nn as nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 import dmt_fx
-from dmt_fx import (CaptureError, DMTError, ExampleInputsError, NoEmbeddingError, NoInteractionError,
-                    TopologyError, UnsupportedEmbeddingError)
+from dmt_fx import (
+    CaptureError,
+    DMTError,
+    ExampleInputsError,
+    NoEmbeddingError,
+    NoInteractionError,
+    TopologyError,
+    UnsupportedEmbeddingError,
+)
 from examples import plain_embedding, reference_dlrm, torchrec_dlrm
 
 

@@ -40,7 +40,6 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import dmt_fx
-from dmt_fx import Topology
 from tests.random_models import (
     _split,
     assert_grads_equal,

@@ -1,4 +1,4 @@
-"""The learned and random Tower Partitioners (dmt_fx.partition) and embedding affinity (dmt_fx.affinity)."""
+"""The learned and random Tower Partitioners (dmt_fx.compiler.partition) and embedding affinity (dmt_fx.compiler.affinity)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dmt_fx import DMTError, Topology, TowerPlan
-from dmt_fx.affinity import feature_affinity, feature_embeddings, interaction_affinity, within_tower_affinity
-from dmt_fx.analysis import analyze
-from dmt_fx.capture import capture
-from dmt_fx.partition import (
+from dmt_fx.compiler.affinity import feature_affinity, feature_embeddings, interaction_affinity, within_tower_affinity
+from dmt_fx.compiler.analysis import analyze
+from dmt_fx.compiler.capture import capture
+from dmt_fx.compiler.partition import (
     DEFAULT_BALANCE_SLACK,
     _Assignment,
     balanced_plan,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import copy
 
-import pytest
 import torch
 from hypothesis import event, given, note, settings
 

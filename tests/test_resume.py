@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from dmt_fx import Topology
-from dmt_fx.launch import launch
+from dmt_fx.jobs.launch import launch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 8, 2

@@ -19,7 +19,8 @@ import torch
 import torch.fx as fx
 
 import dmt_fx
-from dmt_fx import ops
+from dmt_fx.ir import ops
+from dmt_fx.ir.names import GroupKind
 from examples import reference_dlrm, torchrec_dlrm
 
 EBC_PATH = "sparse_arch.embedding_bag_collection"
@@ -109,7 +110,7 @@ def test_torchrec_dataflow_and_arguments() -> None:
         exchange_in = by_role["peer_input_exchange"][i]
         assert exchange_in.target is ops.peer_input_exchange
         assert exchange_in.args == ((select,),)
-        assert exchange_in.kwargs == {"tower": i, "host": tower.host, "group": ops.CROSS_HOST}
+        assert exchange_in.kwargs == {"tower": i, "host": tower.host, "group": GroupKind.PEER}
         received = by_role["received_ids"][i]
         assert received.target is operator.getitem and received.args == (exchange_in, 0)
         lookup = by_role["tower_lookup"][i]
@@ -118,7 +119,7 @@ def test_torchrec_dataflow_and_arguments() -> None:
         assert module.args == (lookup,) and module.meta["dmt"]["pass"] == "tower_modules"
         exchange_out = by_role["peer_output_exchange"][i]
         assert exchange_out.target is ops.peer_output_exchange and exchange_out.args == (module,)
-        assert exchange_out.kwargs == {"tower": i, "host": tower.host, "group": ops.CROSS_HOST}
+        assert exchange_out.kwargs == {"tower": i, "host": tower.host, "group": GroupKind.PEER}
         back = by_role["received_embeddings"][i]
         assert back.target is operator.getitem and back.args == (exchange_out, 0)
         for n in (select, exchange_in, received, lookup, module, exchange_out, back):

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import DMTError, TowerSpec
-from dmt_fx.data import clicks
-from dmt_fx.tower_module import DCNTower, DotTower, LinearTower, out_width
+from dmt_fx.compiler.tower_module import DCNTower, DotTower, LinearTower, out_width
+from dmt_fx.jobs.data import clicks
 
 ZOO_EQUAL_DIMS = ["torchrec_dlrm", "torchrec_dlrm_dcn", "torchrec_dlrm_projection", "reference_dlrm"]
 ZOO_MIXED_DIMS = ["weighted_shared", "two_collections", "plain_embedding"]
@@ -176,7 +176,7 @@ def test_unknown_interaction_says_how_to_register() -> None:
 
 
 def test_registered_interaction() -> None:
-    from dmt_fx.interactions import USER_KINDS
+    from dmt_fx.compiler.interactions import USER_KINDS
 
     def matcher(gm, node) -> bool:
         return node.target is __import__("operator").add

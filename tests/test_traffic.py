@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import dmt_fx
-from dmt_fx.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
+from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 from examples import torchrec_dlrm as ex
 from tests.spawn_world import run_world
 
@@ -58,7 +58,7 @@ def _init_rank(rank: int, port: int) -> None:
 
 
 def _train(module, optimizer, meter: TrafficMeter, rank: int) -> None:
-    from dmt_fx.data import labels, slice_batch
+    from dmt_fx.jobs.data import labels, slice_batch
 
     for step in range(STEPS):
         inputs = slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)
@@ -101,8 +101,8 @@ def _synthetic(rank: int) -> list[dict]:
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     _init_rank(rank, port)
-    from dmt_fx.baselines import build_baseline
-    from dmt_fx.distributed import distribute
+    from dmt_fx.baselines.flat import build_baseline
+    from dmt_fx.runtime.distribute import distribute
 
     result = {}
     for name in ("dmt", "flat-table_wise"):
@@ -126,7 +126,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def _local_kjt(rank: int, step: int):
-    from dmt_fx.data import slice_batch
+    from dmt_fx.jobs.data import slice_batch
 
     return slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)[1]
 
@@ -148,9 +148,10 @@ def _dmt_features_by_host() -> list[list[str]]:
 
 
 def _flat_features_by_rank() -> list[list[str]]:
-    from dmt_fx.baselines import flat_sharding_plan
-    from dmt_fx.distributed import fused_params
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    from dmt_fx.baselines.flat import flat_sharding_plan
+    from dmt_fx.runtime.distribute import fused_params
 
     model, _ = ex.build(0)
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(torch.optim.SGD, {"lr": 0.1}))

@@ -8,7 +8,7 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 import dmt_fx
-from dmt_fx.validation import InputValidationError
+from dmt_fx.compiler.validation import InputValidationError
 from examples import reference_dlrm, torchrec_dlrm, weighted_shared
 
 

@@ -1,0 +1,127 @@
+"""`dmt-fx bench traffic`: exact per-rank, per-step traffic of DMT and the flat baselines.
+
+One torchrun launch per topology runs every variant one after the other in the same
+process group (`dmt_fx.jobs.worker --variants ...`), a few steps each; the TrafficMeter counts
+what every rank sends (bytes and messages, cross-host vs intra-host) and the records are
+the per-rank means over the measured steps (warm-up excluded), averaged over ranks.
+
+The benchmark model (`dmt_fx.models.wide:wide_model`) is a DLRM-like model with a CONCAT
+interaction: 16 features of dim 16, one table each, dense arch 13 -> 32 -> 16, over arch
+(16 + 256) -> 64 -> 1. With a concat interaction a compressing tower module's output is
+W_t / c wide (W_t = 16 x features of tower t), exact for c = 2, 4, 8 whatever the plan,
+so the cross-host embedding bytes of dmt-c<N> show the compression exactly. (The built-in
+DLRM's dot interaction needs whole D-wide vectors: ceil(n_t / c) x D, not exact for
+c = 8 with 2 to 4 features per tower.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from typing import Any, Sequence
+
+from dmt_fx.models.wide import DIM, NUM_FEATURES  # noqa: F401 (the record sizes refer to them)
+
+BENCH_TARGET = "dmt_fx.models.wide:wide_model"
+TOPOLOGIES = ("2x2", "2x4", "4x2")
+VARIANTS = ("flat-table_wise", "flat-row_wise", "flat-table_row_wise", "torchrec-towers",
+            "dmt-identity", "dmt-c2", "dmt-c4", "dmt-c8")
+FIELDS = ("cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages", "intra_host_bytes",
+          "intra_host_messages", "cross_host_collectives", "collectives")
+
+
+# ---------------------------------------------------------------- the traffic benchmark
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def summarize_variant(topology: str, variant: str, ranks: list[dict], warmup: int) -> dict[str, Any]:
+    """One record: per rank per step means (over measured steps, then over ranks)."""
+    traffic = [r["traffic"] for r in ranks]
+    steps = len(ranks[0]["step_times_s"])
+    # a step takes as long as its slowest rank
+    times = [max(r["step_times_s"][i] for r in ranks) for i in range(steps)][warmup:]
+    record: dict[str, Any] = {"topology": topology, "variant": variant, "ranks": len(ranks),
+                              "measured_steps": traffic[0]["steps"]}
+    for key in FIELDS:
+        record[key] = statistics.fmean(t.get(key, 0.0) for t in traffic)
+    record["cross_host_bytes"] = record["cross_host_id_bytes"] + record["cross_host_embedding_bytes"]
+    record["per_rank"] = [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in FIELDS}} for r in ranks]
+    record["dense_allreduce_bytes_estimate"] = ranks[0].get("dense_allreduce_bytes_estimate", 0.0)
+    record["step_time_median_s"] = _median(times)
+    record["step_times_s"] = times
+    record["final_loss"] = ranks[0]["losses"][-1] if ranks[0]["losses"] else None
+    return record
+
+
+def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str] = VARIANTS, *,
+                  target: str = BENCH_TARGET, steps: int = 3, warmup: int = 1, batch_size: int = 32,
+                  out: str = "results/traffic", deadline_s: float = 600, on_topology=None) -> list[dict]:
+    """Measure every variant on every topology; a record per (topology, variant).
+
+    One torchrun launch per topology (all variants in its process group, one after the
+    other). Traffic: bytes and messages THIS rank sends per step (forward and backward,
+    ids and embeddings), from `TrafficMeter` (exact counts of the Python-level
+    collectives), averaged over the `steps - warmup` measured steps and over ranks; DDP's
+    dense all-reduce is C++ and only estimated (`dense_allreduce_bytes_estimate`).
+    `step_time_median_s`: median over measured steps of the slowest rank's step time:
+    emulated hosts sharing a small CPU, noisy, informative only."""
+    from dmt_fx.ir.errors import DMTError
+    from dmt_fx.ir.topology import Topology
+    from dmt_fx.jobs.launch import LaunchResult, launch
+
+    if steps <= warmup:
+        raise DMTError(f"steps={steps}, warmup={warmup}", "more steps than warm-up steps",
+                       ["pass e.g. --steps 3 --warmup 1"])
+    records = []
+    for spec in topologies:
+        topology = Topology.parse(spec)
+        out_dir = os.path.join(out, str(topology))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if on_topology is not None:
+            on_topology(str(topology))
+        args = ["--target", target, "--topology", str(topology), "--variants", ",".join(variants),
+                "--steps", str(steps), "--warmup", str(warmup), "--batch-size", str(batch_size),
+                "--optimizer", "sgd", "--lr", "0.05", "--out", out_dir]
+        start = time.monotonic()
+        result = launch(topology, args, out_dir, deadline_s=deadline_s)
+        if not result.ok:
+            reason = "timed out" if result.timed_out else f"exit codes {result.returncodes}"
+            raise DMTError(f"the traffic run on {topology} failed ({reason}); logs in {out_dir}/agent*.log:\n"
+                           f"{result.log_tail(15)}", "every rank to finish every variant",
+                           ["read the agent logs", "run fewer variants (--variants) or topologies"])
+        wall = time.monotonic() - start
+        for variant in variants:
+            ranks = LaunchResult(result.returncodes, wall, os.path.join(out_dir, variant), False).ranks()
+            if len(ranks) != topology.world_size:
+                raise DMTError(f"{len(ranks)} rank results for {variant} on {topology}",
+                               f"{topology.world_size}", [f"read {out_dir}/agent*.log"])
+            record = summarize_variant(str(topology), variant, ranks, warmup)
+            record["launch_wall_s"] = wall
+            records.append(record)
+    return records
+
+
+def dmt_reduction(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per topology: flat-table_wise / variant ratios of cross-host bytes and messages."""
+    out: dict[str, dict[str, float]] = {}
+    for r in records:
+        base = next((b for b in records if b["topology"] == r["topology"] and b["variant"] == "flat-table_wise"), None)
+        if base is None or r["variant"] == "flat-table_wise":
+            continue
+        out[f"{r['topology']}/{r['variant']}"] = {
+            "cross_host_bytes_ratio": r["cross_host_bytes"] / base["cross_host_bytes"] if base["cross_host_bytes"] else 0.0,
+            "cross_host_messages_ratio": (r["cross_host_messages"] / base["cross_host_messages"]
+                                          if base["cross_host_messages"] else 0.0)}
+    return out
+
+
+def write_json(path: str, payload: Any) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2)

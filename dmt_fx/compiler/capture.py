@@ -1,0 +1,174 @@
+"""Capture an unmodified model into a torch.fx GraphModule.
+
+Algorithm:
+  1. Refuse models holding embedding modules we cannot rewrite (sharded, quantized,
+     sequence collections) and models with no embedding module at all.
+  2. Route "symbolic": torchrec's fx tracer with embedding collections, embedding bags and
+     torchrec interaction arches as leaves. Works for TorchRec models and plain models
+     written with explicit tensor arguments.
+  3. Route "export": when symbolic tracing fails (Python loops over lists of tensors, ints
+     from shapes, index lists built in forward) and `example_inputs` are given,
+     non-strict `torch.export` with every input dimension `Dim.AUTO`, then `.module()`.
+     Embedding lookups become aten ops tagged with their module path in `nn_module_stack`.
+  4. Otherwise raise a CaptureError naming the user's line that broke tracing.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+
+import torch
+import torch.nn as nn
+from torch.export import Dim
+from torch.utils import _pytree as pytree
+from torchrec.fx.tracer import Tracer
+from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, InteractionProjectionArch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+from dmt_fx.ir.errors import CaptureError, NoEmbeddingError, UnsupportedEmbeddingError
+
+LEAF_TYPES = (
+    EmbeddingBagCollection,
+    nn.EmbeddingBag,
+    nn.Embedding,
+    InteractionArch,
+    InteractionDCNArch,
+    InteractionProjectionArch,
+)
+EMBEDDING_TYPES = (EmbeddingBagCollection, nn.EmbeddingBag, nn.Embedding)
+
+
+def _unsupported_reason(module: nn.Module) -> str | None:
+    """Why `module` cannot be rewritten, or None. Checked by name to avoid heavy imports."""
+    name = type(module).__name__
+    mod = type(module).__module__
+    if isinstance(module, EmbeddingCollection):
+        return "a torchrec EmbeddingCollection (sequence, unpooled embeddings)"
+    if "Sharded" in name or name == "DistributedModelParallel":
+        return f"an already sharded module ({name})"
+    if mod.startswith("torchrec.quant") or "Quant" in name:
+        return f"a quantized embedding module ({name})"
+    if name in ("FeatureProcessedEmbeddingBagCollection", "ManagedCollisionEmbeddingBagCollection"):
+        return f"a {name}"
+    return None
+
+
+def check_supported(model: nn.Module) -> None:
+    """Step 1: refuse what we cannot rewrite, before any tracing."""
+    found_embedding = False
+    for fqn, module in model.named_modules():
+        reason = _unsupported_reason(module)
+        if reason is not None:
+            raise UnsupportedEmbeddingError(
+                f"{reason} at {fqn or '<root>'!r}",
+                "embeddings as torchrec EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding",
+                [
+                    "pass the unsharded, float model to transform() and shard it afterwards with dmt_fx.distribute",
+                    "replace the module by an EmbeddingBagCollection (pooled lookups)",
+                ],
+            )
+        found_embedding |= isinstance(module, EMBEDDING_TYPES)
+    if not found_embedding:
+        raise NoEmbeddingError(
+            f"{type(model).__name__} has no embedding module",
+            "at least one EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding",
+            ["DMT splits embedding lookups into towers; a model without them has nothing to split"],
+        )
+
+
+class _DMTTracer(Tracer):
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, module_qualified_name)
+
+
+def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:
+    graph = _DMTTracer().trace(model)
+    return torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
+
+
+def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    # Every tensor dimension AUTO: batch and bag sizes stay symbolic, while dimensions
+    # the model fixes (feature counts, embedding dims) are specialised without error.
+    dynamic = pytree.tree_map(
+        lambda x: {i: Dim.AUTO for i in range(x.dim())} if isinstance(x, torch.Tensor) else None,
+        example_inputs,
+    )
+    program = torch.export.export(model, tuple(example_inputs), strict=False, dynamic_shapes=dynamic)
+    gm = program.module()
+    _share_parameters(model, gm)
+    _restore_train_eval(model, gm)
+    return gm
+
+
+_MODE_DEPENDENT = (nn.Dropout, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+
+
+def _restore_train_eval(model: nn.Module, gm: nn.Module) -> None:
+    """Give the exported module back nn.Module's train()/eval() (export replaces them).
+
+    The graph keeps the behaviour of the mode the model was in at capture; warn when that
+    matters (dropout, batch norm)."""
+    for name in ("train", "eval"):
+        gm.__dict__.pop(name, None)
+    dependent = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _MODE_DEPENDENT)})
+    if dependent:
+        warnings.warn(f"dmt_fx: captured with torch.export in {'train' if model.training else 'eval'} mode; "
+                      f"{', '.join(dependent)} keep that mode's behaviour in the DMT model", stacklevel=3)
+
+
+def _share_parameters(model: nn.Module, gm: nn.Module) -> None:
+    """Make the exported module use the model's own parameter tensors (no copies)."""
+    originals = dict(model.named_parameters(remove_duplicate=False))
+    for fqn, param in list(gm.named_parameters(remove_duplicate=False)):
+        source = originals.get(fqn)
+        if source is not None and source is not param:
+            owner, _, leaf = fqn.rpartition(".")
+            setattr(gm.get_submodule(owner), leaf, source)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch/torchrec/dmt_fx: the line to fix."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        path = frame.filename.replace("\\", "/")
+        if not any(part in path for part in ("/torch/", "/torchrec/", "/dmt_fx/", "/site-packages/")):
+            return f"{frame.filename}:{frame.lineno}: {frame.line}"
+    return "<unknown location>"
+
+
+def capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
+    """Return (graph module, route) where route is "symbolic" or "export"."""
+    check_supported(model)
+    try:
+        return symbolic_capture(model), "symbolic"
+    except Exception as exc:  # tracing failures come as many exception types
+        symbolic_error = exc
+    where = _user_frame(symbolic_error)
+    if example_inputs is None:
+        raise CaptureError(
+            f"symbolic tracing failed at {where} ({type(symbolic_error).__name__}: {symbolic_error})",
+            "a model torch.fx can trace, or example_inputs to capture it with torch.export",
+            [
+                "pass example_inputs=(...) (one batch, batch size > 1) to dmt_fx.transform",
+                "the usual causes are a Python loop over a list of tensors, an int taken from a "
+                "tensor shape, or a branch on tensor data",
+            ],
+        )
+    if any(isinstance(m, EmbeddingBagCollection) for m in model.modules()):
+        raise CaptureError(
+            f"symbolic tracing of a torchrec model failed at {where}: {symbolic_error}",
+            "torchrec models that torch.fx can trace (EmbeddingBagCollection called on a KeyedJaggedTensor)",
+            ["avoid Python-level iteration over KeyedJaggedTensor keys or values in forward()"],
+        )
+    try:
+        return export_capture(model, example_inputs), "export"
+    except Exception as exc:
+        raise CaptureError(
+            f"symbolic tracing failed at {where}, and torch.export failed too: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            "a model torch.fx or torch.export (non-strict) can capture",
+            ["check that example_inputs is one valid batch with batch size > 1",
+             "move data-dependent Python control flow out of forward()"],
+        ) from exc
+

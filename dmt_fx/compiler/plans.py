@@ -1,0 +1,102 @@
+"""Building and checking tower plans against the analysed model and the topology.
+
+`build_plan` turns feature groups into a `TowerPlan` (loads, imbalances, fingerprint);
+`validate_plan` checks a user's plan (every feature once, tables whole, hosts in range,
+made for this model and topology).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from dmt_fx.ir.errors import PlanError
+from dmt_fx.ir.plan import Tower, TowerPlan
+from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.topology import Topology
+
+
+def tower_loads(towers: list[list[str]], sites: ModelSites, pooling: Mapping[str, float]):
+    """(lookup cost, memory bytes, tables) per tower."""
+    loads = []
+    for features in towers:
+        tables = sorted({sites.feature(f).table for f in features})
+        cost = sum(pooling.get(f, 1.0) * sites.feature(f).dim * 4 for f in features)
+        loads.append((cost, sum(sites.table(t).memory_bytes for t in tables), tuple(tables)))
+    return loads
+
+
+def imbalance(values: list[float]) -> float:
+    mean = sum(values) / len(values) if values else 0.0
+    return max(values) / mean if mean > 0 else 1.0
+
+
+def build_plan(groups: list[list[str]], sites: ModelSites, topology: Topology, pooling: Mapping[str, float],
+               *, partitioner: str, balance_bound: float, hosts: list[int] | None = None) -> TowerPlan:
+    """Assemble a TowerPlan (loads, imbalances, fingerprint) from feature groups."""
+    hosts = hosts if hosts is not None else list(range(len(groups)))
+    loads = tower_loads(groups, sites, pooling)
+    towers = tuple(Tower(i, h, tuple(g), tables, round(cost, 3), mem)
+                   for i, (g, h, (cost, mem, tables)) in enumerate(zip(groups, hosts, loads)))
+    return TowerPlan(towers, str(topology), plan_fingerprint(sites, topology), partitioner,
+                     round(imbalance([l[0] for l in loads]), 4), round(imbalance([l[1] for l in loads]), 4),
+                     balance_bound)
+
+
+def plan_fingerprint(sites: ModelSites, topology: Topology) -> str:
+    return f"{sites.fingerprint()}-{topology}"
+
+
+def validate_plan(plan: TowerPlan, sites: ModelSites, topology: Topology, pooling: Mapping[str, float]) -> TowerPlan:
+    """Check a user-given plan against the model and topology; return it with loads filled in."""
+    if plan.fingerprint and plan.fingerprint != plan_fingerprint(sites, topology):
+        reason = (f"topology {plan.topology}" if plan.topology and plan.topology != str(topology)
+                  else "another model (its features, tables or sizes differ)")
+        raise PlanError(f"a plan made for {reason}",
+                        f"a plan for this model on topology {topology} (fingerprint {plan_fingerprint(sites, topology)})",
+                        ["make a new plan with `dmt-fx plan TARGET --topology "
+                         f"{topology} --format json`", "or drop the plan's 'fingerprint' field to skip this check"])
+    _check_hosts(plan, topology)
+    _check_features(plan, sites)
+    _check_tables(plan, sites)
+    groups = [list(t.features) for t in plan.towers]
+    return build_plan(groups, sites, topology, pooling, partitioner=plan.partitioner,
+                      balance_bound=plan.balance_bound, hosts=[t.host for t in plan.towers])
+
+
+def _check_features(plan: TowerPlan, sites: ModelSites) -> None:
+    known = [f.name for f in sites.features]
+    named = list(plan.features)
+    unknown = sorted(set(named) - set(known))
+    missing = [f for f in known if f not in set(named)]
+    repeated = sorted({f for f in named if named.count(f) > 1})
+    problems = [f"unknown features {unknown}" if unknown else "",
+                f"missing features {missing}" if missing else "",
+                f"features in more than one tower {repeated}" if repeated else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise PlanError("a plan with " + "; ".join(problems),
+                        f"every feature of the model exactly once: {known}",
+                        ["list each feature in exactly one tower", "feature names are KJT keys (TorchRec) "
+                         "or embedding module paths such as 'emb_l.3' (plain PyTorch)"])
+
+
+def _check_hosts(plan: TowerPlan, topology: Topology) -> None:
+    bad = [t.host for t in plan.towers if not 0 <= t.host < topology.num_hosts]
+    if bad or not plan.towers:
+        raise PlanError(f"tower hosts {bad}" if bad else "a plan with no towers",
+                        f"hosts in 0..{topology.num_hosts - 1} (topology {topology})",
+                        ["give each tower a host index below the number of hosts"])
+
+
+def _check_tables(plan: TowerPlan, sites: ModelSites) -> None:
+    where: dict[str, set[int]] = {}
+    for tower in plan.towers:
+        for f in tower.features:
+            where.setdefault(sites.feature(f).table, set()).add(tower.index)
+    split = {t: sorted(ix) for t, ix in where.items() if len(ix) > 1}
+    if split:
+        table, towers = next(iter(split.items()))
+        sharing = [f.name for f in sites.features if f.table == table]
+        raise PlanError(f"table {table!r} (features {sharing}) spread over towers {towers}",
+                        "a table and all the features that share it in one tower",
+                        [f"put {sharing} in the same tower"])

@@ -1,0 +1,245 @@
+"""`transform(model, topology)`: the compiler's entry point.
+
+  1. check the topology and the example inputs (one eager run, which also measures each
+     feature's pooling factor for the cost model);
+  2. capture the model into a GraphModule (symbolic tracing, else torch.export);
+  3. analyse: embedding sites and the interaction site;
+  4. plan the towers (balanced partitioner, or a user plan, validated);
+  5. run the passes: SPTT rewrite, tower modules, cleanup;
+  6. install state_dict hooks so checkpoints use the original model's keys;
+  7. verify against the original on the example inputs, when given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.graph_module import _copy_attr
+from torch.utils import _pytree as pytree
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from dmt_fx.compiler import partition as partitioners
+from dmt_fx.compiler.analysis import analyze
+from dmt_fx.compiler.capture import capture
+from dmt_fx.compiler.eager import eval_mode, run_with_hooks
+from dmt_fx.compiler.pass_runner import run_passes
+from dmt_fx.compiler.plans import validate_plan
+from dmt_fx.compiler.tower_module import IdentityTowerModule, TowerSpec, compressing_factory, out_width
+from dmt_fx.ir.errors import DMTError, ExampleInputsError, PassError, TopologyError
+from dmt_fx.ir.plan import Tower, TowerPlan
+from dmt_fx.ir.result import DMTResult
+from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.state_dict import install_state_dict_hooks
+from dmt_fx.ir.topology import Topology
+from dmt_fx.passes.cleanup import cleanup_pass
+from dmt_fx.passes.interaction import interaction_pass, needs_vectors
+from dmt_fx.passes.sptt import sptt_pass
+from dmt_fx.passes.tower_modules import tower_modules_pass
+from dmt_fx.passes.validate_inputs import validate_inputs_pass
+
+log = logging.getLogger("dmt_fx")
+TowerModuleFactory = Callable[[TowerSpec], nn.Module]
+
+
+def transform(
+    model: nn.Module,
+    topology: Topology | str,
+    *,
+    example_inputs: Sequence[Any] | None = None,
+    plan: TowerPlan | Mapping | str | None = None,
+    partitioner: str = "balanced",
+    tower_module: str | TowerModuleFactory = "identity",
+    compression: int = 1,
+    seed: int = 0,
+    validate_inputs: bool = True,
+    disable_passes: Sequence[str] = (),
+    verify: bool = True,
+) -> fx.GraphModule:
+    """Rewrite a flat DLRM into DMT form. The result shares the model's parameters.
+
+    `tower_module` "identity" preserves numerics; "linear", "dot", "dcn" or a factory
+    `(TowerSpec) -> nn.Module` compress each tower's output by `compression` before the
+    cross-host hop and rebuild the interaction for it: that changes the model (opt-in)."""
+    if not isinstance(model, nn.Module):
+        raise DMTError(f"a {type(model).__name__}", "a torch.nn.Module", ["pass the model object itself"])
+    topology = _as_topology(topology)
+    inputs = None if example_inputs is None else _as_tuple(example_inputs)
+    pooling = _measure_pooling(model, inputs) if inputs is not None else {}
+    gm, route = capture(model, inputs)
+    _copy_unused_state(model, gm)
+    sites = analyze(gm, route)
+    pooling = _pooling_by_feature(sites, pooling)
+    tower_plan_ = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed)
+    changes_model = tower_module != "identity"
+    tower_plan_ = dataclasses.replace(tower_plan_, changes_model=changes_model)
+    passes = [("sptt", functools.partial(sptt_pass, sites=sites, plan=tower_plan_), False)]
+    if changes_model:
+        specs = _tower_specs(tower_plan_, sites, compression, inputs)
+        factory = compressing_factory(tower_module)
+        log.warning("transform: tower_module=%r with compression %d changes the model "
+                    "(tower modules and the interaction are rebuilt and must be trained)", tower_module, compression)
+        passes += [
+            ("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
+                                                make_module=lambda tower: factory(specs[tower.index])), True),
+            ("interaction", functools.partial(interaction_pass, sites=sites, specs=specs, example_inputs=inputs),
+             True),
+        ]
+    else:
+        passes.append(("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
+                                                          make_module=_identity_module), False))
+    passes.append(("cleanup", cleanup_pass, False))
+    if validate_inputs:  # run-time checks of every batch; off for speed
+        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
+    records = run_passes(gm, passes, disabled=disable_passes)
+    renames = dict(gm.meta.pop("dmt_renames", {}))
+    gm.meta["dmt"] = DMTResult(tower_plan_, sites, topology, route, tuple(records), renames)
+    install_state_dict_hooks(gm, renames, list(model.state_dict().keys()))
+    if verify and inputs is not None and not changes_model:
+        _verify(model, gm, inputs)
+    log.info("transform: %d features in %d towers on %s (%s capture)",
+             len(sites.features), len(tower_plan_.towers), topology, route)
+    return gm
+
+
+# ---------------------------------------------------------------- inputs and topology
+
+
+def _as_topology(topology: Topology | str) -> Topology:
+    if isinstance(topology, Topology):
+        return topology
+    if isinstance(topology, str):
+        return Topology.parse(topology)
+    raise TopologyError(f"topology of type {type(topology).__name__}",
+                        "a dmt_fx.Topology or a string like '2x4'", ["pass Topology.parse('2x4')"])
+
+
+def _as_tuple(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], float]:
+    """Run the model once on the example inputs; record ids per bag of each lookup."""
+    _check_signature(model, inputs)
+    stats: dict[tuple[str, str], float] = {}
+    calls: dict[str, int] = {}
+
+    def ebc_hook(fqn, module, args, kwargs):
+        kjt = args[0] if args else kwargs["features"]
+        for key, count in zip(kjt.keys(), kjt.length_per_key()):
+            stats[(fqn, key)] = count / max(kjt.stride(), 1)
+
+    def bag_hook(fqn, module, args, kwargs):
+        ids = args[0] if args else kwargs["input"]
+        offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
+        bags = ids.shape[0] if ids.dim() == 2 else max(offsets.numel() - int(module.include_last_offset), 1)
+        index = calls[fqn] = calls.get(fqn, -1) + 1
+        stats[(fqn, str(index))] = ids.numel() / max(bags, 1)
+
+    handles = []
+    for fqn, module in model.named_modules():
+        hook = ebc_hook if isinstance(module, EmbeddingBagCollection) else (
+            bag_hook if isinstance(module, nn.EmbeddingBag) else None)
+        if hook is not None:
+            handles.append(module.register_forward_pre_hook(functools.partial(hook, fqn), with_kwargs=True))
+    run_with_hooks(model, inputs, handles,
+                   extra_fix="check ids are within each table's num_embeddings and offsets/lengths match the ids")
+    return stats
+
+
+def _check_signature(model: nn.Module, inputs: tuple) -> None:
+    try:
+        inspect.signature(model.forward).bind(*inputs)
+    except TypeError as exc:
+        params = list(inspect.signature(model.forward).parameters)
+        raise ExampleInputsError(f"{len(inputs)} example inputs ({exc})",
+                                 f"positional arguments for forward({', '.join(params)})",
+                                 ["pass example_inputs as a tuple with one entry per forward() argument"]) from None
+
+
+def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float]) -> dict[str, float]:
+    site_of = {s.node: s for s in sites.sites}
+    pooling = {}
+    for f in sites.features:
+        site = site_of[f.site]
+        if site.kind == "torchrec_ebc":
+            key = (site.module, f.key)
+        else:
+            key = (site.module, f.name.rpartition("@")[2] if "@" in f.name else "0")
+        pooling[f.name] = stats.get(key, 1.0)
+    return pooling
+
+
+# ---------------------------------------------------------------- plan and tower modules
+
+
+def _make_plan(plan, partitioner: str, sites: ModelSites, topology: Topology, pooling, model, inputs,
+               seed: int) -> TowerPlan:
+    if plan is not None:
+        return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
+    return partitioners.make_partition(partitioner, sites, topology, pooling, model=model,
+                                       example_inputs=inputs, seed=seed)
+
+
+def _identity_module(tower: Tower) -> nn.Module:
+    return IdentityTowerModule(tower.index, tower.features)
+
+
+def _tower_specs(plan: TowerPlan, sites: ModelSites, compression: int, inputs: tuple | None) -> list[TowerSpec]:
+    """Per tower: its features in lookup order, their dims and the compressed width."""
+    if isinstance(compression, bool) or not isinstance(compression, int) or compression < 1:
+        raise DMTError(f"compression={compression!r}", "an int >= 1 dividing the width a tower sends across hosts",
+                       ["pass e.g. compression=4"])
+    if inputs is None:
+        raise DMTError("a compressing tower module without example_inputs",
+                       "example_inputs: one batch, used to size the rebuilt interaction and over-arch layers",
+                       ["pass example_inputs=(...) to transform"])
+    vector_dim = None
+    if needs_vectors(sites.interaction.kind):
+        dims = {f.dim for f in sites.features}
+        if len(dims) != 1:
+            raise DMTError(f"a {sites.interaction.kind} interaction over embedding dims {sorted(dims)}",
+                           "one embedding dim for an interaction of vectors", ["use equal embedding dims"])
+        vector_dim = dims.pop()
+    tower_of = plan.tower_of()
+    specs = []
+    for tower in plan.towers:
+        features = tuple(f for site in sites.sites for f in site.features if tower_of[f] == tower.index)
+        dims = tuple(sites.feature(f).dim for f in features)
+        specs.append(TowerSpec(tower.index, tower.host, features, dims, compression,
+                               out_width(dims, compression, vector_dim), vector_dim))
+    return specs
+
+
+# ---------------------------------------------------------------- state and checks
+
+
+def _copy_unused_state(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Tracing drops parameters forward() never reads; keep them so checkpoints match."""
+    have = set(gm.state_dict().keys())
+    for fqn in model.state_dict().keys():
+        if fqn not in have:
+            _copy_attr(model, gm, fqn)
+
+
+def _verify(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
+    """A last guard against a silently wrong rewrite: equal outputs on the example inputs."""
+    with torch.no_grad(), eval_mode(model, gm):
+        expected = pytree.tree_leaves(model(*inputs))
+        got = pytree.tree_leaves(gm(*inputs))
+    for e, g in zip(expected, got):
+        if isinstance(e, torch.Tensor) and not torch.allclose(e, g, rtol=0, atol=1e-6):
+            raise PassError(f"the rewritten model differs from the original on example_inputs "
+                            f"(max abs difference {(e - g).abs().max().item():.3g})",
+                            "identical outputs (the rewrite preserves numerics)",
+                            ["please report this with the model; transform(..., verify=False) skips the check"])

@@ -1,0 +1,46 @@
+"""The one collection slicer: an EmbeddingBagCollection over some tables of others.
+
+Used by the SPTT pass (a tower's slice of a collection), the runtime (a host's tables of
+several towers) and the baselines (a tower of TorchRec's EmbeddingTowerCollection). The
+slice shares the original table modules (no copy, no allocation): it is filled with the
+original's fields, because constructing it from configs would allocate and initialise
+tables only to throw them away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Collection, Sequence
+
+import torch.nn as nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, get_embedding_names_by_table
+
+
+def sub_collection(ebcs: Sequence[EmbeddingBagCollection], tables: Collection[str] | None = None,
+                   ) -> EmbeddingBagCollection:
+    """One collection over the tables of `ebcs` named in `tables` (all when None), in order.
+
+    Keeps the original output names: torchrec renames a key read by several tables, and a
+    KJT key may be read by tables of different towers."""
+    chosen = [(ebc, c) for ebc in ebcs for c in ebc.embedding_bag_configs() if tables is None or c.name in tables]
+    weighted = ebcs[0].is_weighted() if ebcs else False
+    device = ebcs[0]._device if ebcs else None
+    out = EmbeddingBagCollection([], is_weighted=weighted, device=device)
+    out.embedding_bags = nn.ModuleDict({c.name: ebc.embedding_bags[c.name] for ebc, c in chosen})
+    out._embedding_bag_configs = [dataclasses.replace(c) for _, c in chosen]
+    out._feature_names = [list(c.feature_names) for _, c in chosen]
+    out._lengths_per_embedding = [c.embedding_dim for _, c in chosen for _ in c.feature_names]
+    out._embedding_names = [n for ebc, c in chosen for n in _names_by_table(ebc)[c.name]]
+    return out
+
+
+def _names_by_table(ebc: EmbeddingBagCollection) -> dict[str, list[str]]:
+    """Output names per table, as the collection itself names them."""
+    configs = ebc.embedding_bag_configs()
+    if len(ebc._embedding_names) == sum(len(c.feature_names) for c in configs):
+        names, out, start = ebc._embedding_names, {}, 0
+        for c in configs:  # a slice keeps its parent's names: read them, do not recompute
+            out[c.name] = names[start:start + len(c.feature_names)]
+            start += len(c.feature_names)
+        return out
+    return dict(zip((c.name for c in configs), get_embedding_names_by_table(configs)))

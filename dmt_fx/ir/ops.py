@@ -1,0 +1,77 @@
+"""Functions the rewritten graph calls: the DMT vocabulary of the logical model.
+
+In one process the collectives are the identity: every sample keeps exactly the values it
+had, which is what makes the logical model equal to the original. `dmt_fx.distribute`
+lowers the same nodes to real peer all-to-alls; the graph carries group *names* only.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from dmt_fx.ir.names import GroupKind
+
+
+def peer_input_exchange(values: tuple, *, tower: int, host: int, group: str = GroupKind.PEER) -> tuple:
+    """SPTT step 2: send tower `tower`'s ids for the local batch to its host's peer.
+
+    Identity in one process."""
+    return tuple(values)
+
+
+def peer_output_exchange(values: tuple, *, tower: int, host: int, group: str = GroupKind.PEER) -> tuple:
+    """SPTT step 5: return each peer its own rows of the tower's output. Identity in one process."""
+    return tuple(values)
+
+
+def select_features(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    """SPTT step 1: the features of one tower, in tower order (ids, lengths, weights)."""
+    if list(kjt.keys()) == list(keys):
+        return kjt
+    index = {k: i for i, k in enumerate(kjt.keys())}
+    indices = [index[k] for k in keys]
+    if kjt.variable_stride_per_key():
+        return kjt.permute(indices)
+    return _select_by_slices(kjt, indices)
+
+
+def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJaggedTensor:
+    """What kjt.permute(indices) returns, built from one slice per key and a concatenation:
+    a tower takes a few keys, and for those this is several times cheaper on CPU than the
+    general permute kernel (which also handles repeated and variable-batch keys)."""
+    stride = kjt.stride()
+    length_per_key, offset_per_key = kjt.length_per_key(), kjt.offset_per_key()
+    values_at = [(offset_per_key[i], offset_per_key[i + 1]) for i in indices]
+    lengths_at = [(i * stride, (i + 1) * stride) for i in indices]
+    weights = kjt.weights_or_none()
+    return KeyedJaggedTensor(
+        keys=[kjt.keys()[i] for i in indices],
+        values=_gather(kjt.values(), values_at),
+        weights=None if weights is None else _gather(weights, values_at),
+        lengths=_gather(kjt.lengths(), lengths_at),
+        stride=stride,
+        length_per_key=[length_per_key[i] for i in indices],
+    )
+
+
+def _gather(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    return torch.cat([tensor[start:end] for start, end in spans])
+
+
+def merge_keyed_tensors(parts: Sequence[KeyedTensor], keys: Sequence[str]) -> KeyedTensor:
+    """SPTT step 6: rebuild the collection's KeyedTensor in its original key order.
+
+    Slices and a concatenation only, so values and gradients are bit-for-bit the original's."""
+    if len(parts) == 1 and list(parts[0].keys()) == list(keys):
+        return parts[0]
+    pieces: dict[str, torch.Tensor] = {}
+    widths: dict[str, int] = {}
+    for part in parts:
+        for key, value, width in zip(part.keys(), part.values().split(part.length_per_key(), dim=1),
+                                     part.length_per_key()):
+            pieces[key], widths[key] = value, width
+    return KeyedTensor(keys=list(keys), length_per_key=[widths[k] for k in keys],
+                       values=torch.cat([pieces[k] for k in keys], dim=1))

@@ -1,0 +1,85 @@
+"""The analysed model: embedding sites, features, tables and the interaction site.
+
+Part of the typed contract between the compiler (which builds them from a captured graph)
+and the runtime (which lowers the towers they describe). Frozen dataclasses keyed by node
+*names* and module paths, never by Node objects, so a plan built from them survives copies
+of the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str  # fully qualified path of the table's module
+    param: str  # fully qualified name of its weight in the captured graph
+    num_embeddings: int
+    embedding_dim: int
+    dtype_bytes: int
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.num_embeddings * self.embedding_dim * self.dtype_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    name: str
+    table: str
+    dim: int
+    pooling: str  # sum | mean | max | none
+    weighted: bool
+    site: str  # node name of the embedding site that looks it up
+    key: str = ""  # the KJT key (TorchRec) or the module path (plain PyTorch)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSite:
+    node: str
+    kind: str  # torchrec_ebc | embedding_bag | embedding
+    module: str
+    features: tuple[str, ...]
+    # export route only: the node holding the pooled output (getitem 0 of the aten op)
+    output: str
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionSite:
+    node: str
+    kind: str  # torchrec.InteractionArch | ... | pairwise_dot | concat | other:<op>
+    module: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSites:
+    route: str
+    sites: tuple[EmbeddingSite, ...]
+    features: tuple[Feature, ...]
+    tables: tuple[Table, ...]
+    interaction: InteractionSite
+    dense_inputs: tuple[str, ...] = ()  # placeholders that feed no lookup
+
+    def feature(self, name: str) -> Feature:
+        return self._feature_index[name]
+
+    def table(self, name: str) -> Table:
+        return self._table_index[name]
+
+    # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
+    @functools.cached_property
+    def _feature_index(self) -> dict[str, Feature]:
+        return {f.name: f for f in self.features}
+
+    @functools.cached_property
+    def _table_index(self) -> dict[str, Table]:
+        return {t.name: t for t in self.tables}
+
+    def fingerprint(self) -> str:
+        """Identifies the model's embedding layout (features, tables, sizes)."""
+        parts = [f"{f.name}|{f.table}|{f.dim}|{f.pooling}|{f.weighted}" for f in self.features]
+        parts += [f"{t.name}|{t.num_embeddings}|{t.embedding_dim}" for t in self.tables]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

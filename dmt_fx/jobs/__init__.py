@@ -1,0 +1,1 @@
+"""Jobs: the torchrun launcher, the per-rank worker, synthetic data and model targets."""

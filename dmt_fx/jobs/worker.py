@@ -1,0 +1,233 @@
+"""One rank of a `dmt-fx run`: launched by torchrun, trains a DMT model or a baseline.
+
+Every rank builds the model from the TARGET factory, takes rank 0's weights (so all ranks
+start equal), transforms and distributes it (or builds a TorchRec baseline), then trains
+on synthetic global batches: step s uses batch `make_inputs(N x B, seed=s)` and rank r
+takes rows [r*B, (r+1)*B). Results go to OUT/rank<r>.json (and outputs_rank<r>.pt).
+
+`--variants a,b,c` trains several variants one after the other in the SAME process group
+(one torchrun launch; the model is rebuilt per variant, every variant starts from the same
+rank-0 weights and sees the same batches) and writes OUT/<variant>/rank<r>.json each; it is
+what `dmt-fx bench traffic` uses to measure many variants per topology in one launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.nn.functional as F
+
+import dmt_fx
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.topology import Topology
+from dmt_fx.jobs.data import clicks, slice_batch, synthetic_inputs
+from dmt_fx.jobs.target import load_target, target_module
+from dmt_fx.runtime import resume
+from dmt_fx.runtime.distribute import check_world
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dmt_fx.jobs.worker")
+    p.add_argument("--target", required=True)
+    p.add_argument("--topology", required=True)
+    p.add_argument("--variant", default="dmt", help="dmt or a baseline name")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variants run one after the other in this process group; "
+                        "results in OUT/<variant>/rank<r>.json (overrides --variant)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
+                   help="dense optimizer; TorchRec fuses the same one into the embedding tables")
+    p.add_argument("--sharding", default="table_wise", choices=("table_wise", "row_wise", "column_wise"),
+                   help="DMT: how TorchRec shards each host's tables over its ranks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
+    p.add_argument("--load-checkpoint", default=None, help="DCP directory loaded before training")
+    p.add_argument("--tower-module", default="identity", help="identity | linear | dot | dcn")
+    p.add_argument("--compression", type=int, default=1)
+    p.add_argument("--record-outputs", action="store_true")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="periodic checkpoints here; a rerun of the same command resumes from the latest")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between periodic checkpoints")
+    p.add_argument("--kill-rank", type=int, default=-1, help="failure injection: SIGKILL this rank ...")
+    p.add_argument("--kill-step", type=int, default=-1, help="... at the start of this step")
+    p.add_argument("--timeout-s", type=float, default=float(os.environ.get("DMT_FX_TIMEOUT_S", 120)))
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of time and traffic means")
+    return p.parse_args(argv)
+
+
+def batch_maker(spec: str, example_inputs: tuple | None, gm: Any) -> Callable[[int, int], tuple]:
+    """The target module's `make_inputs(batch, seed)` if it has one, else synthetic batches."""
+    module, _ = target_module(spec)
+    if hasattr(module, "make_inputs"):
+        return module.make_inputs
+    if example_inputs is None:
+        raise DMTError(f"target {spec} without make_inputs() or example inputs",
+                       "a factory returning (model, example_inputs), or a make_inputs(batch, seed) beside it",
+                       ["return (model, example_inputs) from the factory"])
+    sites = dmt_fx.dmt_result(gm).sites
+    rows = {f.key: sites.table(f.table).num_embeddings for f in sites.features}
+    return lambda batch, seed: synthetic_inputs(example_inputs, rows, batch, seed)
+
+
+def broadcast_model(model: torch.nn.Module) -> None:
+    """Every rank starts from rank 0's weights, whatever the factory's randomness."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def build(args: argparse.Namespace, topology: Topology):
+    model, example_inputs = load_target(args.target)
+    broadcast_model(model)
+    kind, compression = args.tower_module, args.compression
+    if args.variant.startswith("dmt-c"):  # e.g. dmt-c4: compressing tower modules, c = 4
+        kind, compression = (kind if kind != "identity" else "linear"), int(args.variant[len("dmt-c"):])
+    torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
+    gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
+                          compression=compression)
+    make = batch_maker(args.target, example_inputs, gm)
+    optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
+    if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
+        module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding,
+                                              timeout=datetime.timedelta(seconds=args.timeout_s), **optim)
+    else:
+        from dmt_fx.baselines.flat import build_baseline
+
+        module, optimizer = build_baseline(args.variant, model, topology=topology,
+                                           plan=dmt_fx.tower_plan(gm), **optim)
+    return module, optimizer, make
+
+
+def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
+    from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    module, optimizer, make = build(args, topology)
+    if args.load_checkpoint:
+        state = module.state_dict()
+        dcp.load(state, checkpoint_id=args.load_checkpoint)
+        module.load_state_dict(state)
+    first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
+    meter = TrafficMeter(topology, rank)
+    losses, times, outputs = [], [], []
+    B = args.batch_size
+    kill_rank, kill_step, kill_signal = _fault(args)
+    for step in range(first, args.steps):
+        args.current_step = step
+        if rank == kill_rank and step == kill_step:
+            os.kill(os.getpid(), kill_signal)
+        inputs = make(B * world, step)
+        y = clicks(inputs, step)
+        local = slice_batch(inputs, rank * B, (rank + 1) * B)
+        start = time.perf_counter()
+        with meter:
+            out = module(*local)
+            loss = F.binary_cross_entropy_with_logits(out, y[rank * B:(rank + 1) * B])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+        meter.step()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        losses.append(total.item() / world)
+        if args.record_outputs:
+            outputs.append(out.detach().clone())
+        if args.checkpoint_dir and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
+            resume.save(args.checkpoint_dir, step, module, optimizer)
+        _progress(args, rank, step)
+    if args.save_checkpoint:
+        dcp.save(module.state_dict(), checkpoint_id=args.save_checkpoint)
+    if outputs:
+        torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
+    dense_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters()
+                      if "embedding" not in n and p.requires_grad)
+    return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
+            "step_times_s": times, "traffic": meter.summary(skip=min(args.warmup, max(args.steps - 1, 0))),
+            "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
+
+
+def _fault(args: argparse.Namespace) -> tuple[int, int, int]:
+    """Failure injection: --kill-rank/--kill-step (SIGKILL), or DMT_FX_FAULT="rank=R,step=S[,signal=STOP]"
+    (so a test can rerun the very same command line without it; STOP makes a rank stop answering)."""
+    spec = dict(part.split("=") for part in os.environ.get("DMT_FX_FAULT", "").split(",") if "=" in part)
+    sig = getattr(signal, f"SIG{spec.get('signal', 'KILL')}")
+    return int(spec.get("rank", args.kill_rank)), int(spec.get("step", args.kill_step)), sig
+
+
+def _progress(args: argparse.Namespace, rank: int, step: int) -> None:
+    if rank == 0:
+        with open(os.path.join(args.out, "progress"), "w") as handle:
+            handle.write(f"{step + 1} {args.steps}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout_s))
+    rank = dist.get_rank()
+    with open(os.path.join(args.out, f"pid_rank{rank}"), "w") as handle:  # lets the launcher name a stuck rank
+        handle.write(str(os.getpid()))
+    try:
+        topology = Topology.parse(args.topology)
+        check_world(topology)  # before the first collective, on every rank
+        if args.variants:
+            return _train_variants(args, topology)
+        result = train(args, topology)
+    except DMTError as exc:
+        print(f"dmt-fx worker rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # a peer died or stopped answering: say so, exit non-zero, no hang
+        where = f"at step {args.current_step}" if hasattr(args, "current_step") else "during setup"
+        if args.variants:
+            where += f" of variant {args.variant}"
+        print(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
+              f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
+        traceback.print_exc()
+        os._exit(1)  # skip teardown: a collective with a dead peer could block it
+    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
+        json.dump(result, handle)
+    dist.barrier()  # teardown only when every rank is done (see DESIGN pitfalls)
+    dist.destroy_process_group()
+    return 0
+
+
+def _train_variants(args: argparse.Namespace, topology: Topology) -> int:
+    """Every variant of `--variants` in turn, same process group, one result file each."""
+    base_out = args.out
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    rank = dist.get_rank()
+    for variant in variants:
+        args.variant, args.out = variant, os.path.join(base_out, variant)
+        os.makedirs(args.out, exist_ok=True)
+        for attr in ("current_step",):
+            if hasattr(args, attr):
+                delattr(args, attr)
+        result = train(args, topology)
+        with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
+            json.dump(result, handle)
+        dist.barrier()  # the next variant's setup starts together on every rank
+    args.out = base_out
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in models: the default DLRM of the main job and the benchmark models."""
