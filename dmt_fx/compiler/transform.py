@@ -99,7 +99,7 @@ def transform(
         passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
     records = run_passes(gm, passes, disabled=disable_passes)
     renames = dict(gm.meta.pop("dmt_renames", {}))
-    gm.meta["dmt"] = DMTResult(tower_plan_, sites, topology, route, tuple(records), renames)
+    gm.meta["dmt"] = DMTResult.of(gm, tower_plan_, sites, topology, route, records, renames)
     install_state_dict_hooks(gm, renames, list(model.state_dict().keys()))
     if verify and inputs is not None and not changes_model:
         _verify(model, gm, inputs)

@@ -14,6 +14,8 @@ import torch.fx as fx
 TOWERS_ATTR = "dmt_towers"  # the tower collections (they hold the original tables)
 TOWER_MODULES_ATTR = "dmt_tower_modules"
 LOGICAL_ATTRS = (TOWERS_ATTR, TOWER_MODULES_ATTR)  # replaced by the runtime's modules on a rank
+RUNTIME_ATTR = "dmt_dist"  # the runtime's per-rank modules (host exchanges, the host tower block)
+HOST_TOWER_BLOCK_PATH = f"{RUNTIME_ATTR}.towers"
 
 
 def tower_collection_path(tower: int, site_module: str) -> str:
@@ -23,6 +25,23 @@ def tower_collection_path(tower: int, site_module: str) -> str:
 
 def tower_module_path(tower: int) -> str:
     return f"{TOWER_MODULES_ATTR}.tower_{tower}"
+
+
+def host_exchange_path(collection: int) -> str:
+    """The runtime's exchange for the `collection`-th embedding site (identity tower modules)."""
+    return f"{RUNTIME_ATTR}.collection_{collection}"
+
+
+def table_path(collection: str, table: str) -> str:
+    """The module path of table `table` of the EmbeddingBagCollection at `collection`."""
+    return f"{collection}.embedding_bags.{table}"
+
+
+def table_name(collection: str, table_fqn: str) -> str:
+    """The inverse of `table_path`: the table's name inside its collection."""
+    prefix = table_path(collection, "")
+    assert table_fqn.startswith(prefix), f"{table_fqn} is not a table of {collection}"
+    return table_fqn[len(prefix):]
 
 
 class Role:
@@ -52,6 +71,12 @@ class GroupKind:
 
     PEER = "peer"  # cross-host: the ranks with the same local rank on every host
     INTRA_HOST = "intra_host"  # the ranks of one host
+    ALL = (PEER, INTRA_HOST)
+
+
+def exchange_group(node: fx.Node) -> str:
+    """The group kind a collective node runs on: its `group=` argument (ops' default: peer)."""
+    return str(node.kwargs.get("group", GroupKind.PEER))
 
 
 def role_of(node: fx.Node) -> str | None:

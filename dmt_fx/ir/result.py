@@ -7,12 +7,13 @@ topology and where each tower's modules live in the rewritten graph.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch.fx as fx
 import torch.nn as nn
 
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.names import tower_collection_path, tower_module_path
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
@@ -33,6 +34,17 @@ class PassRecord:
                 f"{self.seconds * 1000:.1f} ms{note}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TowerModules:
+    """Where one tower's modules are in the rewritten model (paths named by `dmt_fx.ir.names`)."""
+
+    tower: int
+    host: int
+    # embedding site module path in the original model -> the tower's slice of that collection;
+    # only the TorchRec collections the tower reads a feature of
+    collections: Mapping[str, str]
+    tower_module: str | None = None  # None when the tower_modules pass did not run
+
 
 @dataclasses.dataclass(frozen=True)
 class DMTResult:
@@ -44,6 +56,42 @@ class DMTResult:
     route: str
     passes: tuple[PassRecord, ...]
     renames: Mapping[str, str]  # module path in the DMT model -> path in the original
+    towers: tuple[TowerModules, ...] = ()  # one per tower of the plan, in plan order
+
+    @classmethod
+    def of(cls, gm: fx.GraphModule, plan: TowerPlan, sites: ModelSites, topology: Topology, route: str,
+           passes: Sequence[PassRecord], renames: Mapping[str, str]) -> DMTResult:
+        """The result of the passes run on `gm`, with where they put each tower's modules."""
+        return cls(plan, sites, topology, route, tuple(passes), dict(renames), locate_towers(gm, plan, sites))
+
+    def tower_modules(self, tower: int) -> TowerModules:
+        """The modules of tower `tower` (its index in the plan)."""
+        for entry in self.towers:
+            if entry.tower == tower:
+                return entry
+        raise DMTError(f"no module record for tower {tower} (records for {[t.tower for t in self.towers]})",
+                       "a result made by dmt_fx.transform, which records every tower's modules",
+                       ["transform the model again with this version of dmt_fx"])
+
+
+def locate_towers(gm: fx.GraphModule, plan: TowerPlan, sites: ModelSites) -> tuple[TowerModules, ...]:
+    """Every tower's collections and tower module, where the passes put them."""
+    located = []
+    for tower in plan.towers:
+        collections = {site.module: tower_collection_path(tower.index, site.module) for site in sites.sites}
+        collections = {site: path for site, path in collections.items() if _has_module(gm, path)}
+        module = tower_module_path(tower.index)
+        located.append(TowerModules(tower.index, tower.host, collections,
+                                    module if _has_module(gm, module) else None))
+    return tuple(located)
+
+
+def _has_module(gm: nn.Module, path: str) -> bool:
+    try:
+        gm.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def tower_plan(gm: nn.Module) -> TowerPlan:
