@@ -19,49 +19,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from dmt_fx.baselines import baseline_names
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.topology import Topology
+from dmt_fx.jobs.launch import LaunchResult, launch
+from dmt_fx.jobs.summary import summarize
 from dmt_fx.models.wide import DIM, NUM_FEATURES  # noqa: F401 (the record sizes refer to them)
 
 BENCH_TARGET = "dmt_fx.models.wide:wide_model"
 TOPOLOGIES = ("2x2", "2x4", "4x2")
-VARIANTS = ("flat-table_wise", "flat-row_wise", "flat-table_row_wise", "torchrec-towers",
-            "dmt-identity", "dmt-c2", "dmt-c4", "dmt-c8")
-FIELDS = ("cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages", "intra_host_bytes",
-          "intra_host_messages", "cross_host_collectives", "collectives")
-
-
-# ---------------------------------------------------------------- the traffic benchmark
-
-
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
-def summarize_variant(topology: str, variant: str, ranks: list[dict], warmup: int) -> dict[str, Any]:
-    """One record: per rank per step means (over measured steps, then over ranks)."""
-    traffic = [r["traffic"] for r in ranks]
-    steps = len(ranks[0]["step_times_s"])
-    # a step takes as long as its slowest rank
-    times = [max(r["step_times_s"][i] for r in ranks) for i in range(steps)][warmup:]
-    record: dict[str, Any] = {"topology": topology, "variant": variant, "ranks": len(ranks),
-                              "measured_steps": traffic[0]["steps"]}
-    for key in FIELDS:
-        record[key] = statistics.fmean(t.get(key, 0.0) for t in traffic)
-    record["cross_host_bytes"] = record["cross_host_id_bytes"] + record["cross_host_embedding_bytes"]
-    record["per_rank"] = [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in FIELDS}} for r in ranks]
-    record["dense_allreduce_bytes_estimate"] = ranks[0].get("dense_allreduce_bytes_estimate", 0.0)
-    record["step_time_median_s"] = _median(times)
-    record["step_times_s"] = times
-    record["final_loss"] = ranks[0]["losses"][-1] if ranks[0]["losses"] else None
-    return record
+DMT_VARIANTS = ("dmt-identity", "dmt-c2", "dmt-c4", "dmt-c8")  # identity towers, linear towers with c = 2, 4, 8
+VARIANTS = (*baseline_names(), *DMT_VARIANTS)  # every registered baseline, then DMT
 
 
 def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str] = VARIANTS, *,
                   target: str = BENCH_TARGET, steps: int = 3, warmup: int = 1, batch_size: int = 32,
-                  out: str = "results/traffic", deadline_s: float = 600, on_topology=None) -> list[dict]:
+                  out: str = "results/traffic", deadline_s: float = 600,
+                  on_topology: Callable[[str], None] | None = None) -> list[dict]:
     """Measure every variant on every topology; a record per (topology, variant).
 
     One torchrun launch per topology (all variants in its process group, one after the
@@ -71,10 +48,6 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
     dense all-reduce is C++ and only estimated (`dense_allreduce_bytes_estimate`).
     `step_time_median_s`: median over measured steps of the slowest rank's step time:
     emulated hosts sharing a small CPU, noisy, informative only."""
-    from dmt_fx.ir.errors import DMTError
-    from dmt_fx.ir.topology import Topology
-    from dmt_fx.jobs.launch import LaunchResult, launch
-
     if steps <= warmup:
         raise DMTError(f"steps={steps}, warmup={warmup}", "more steps than warm-up steps",
                        ["pass e.g. --steps 3 --warmup 1"])
@@ -101,24 +74,8 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
             if len(ranks) != topology.world_size:
                 raise DMTError(f"{len(ranks)} rank results for {variant} on {topology}",
                                f"{topology.world_size}", [f"read {out_dir}/agent*.log"])
-            record = summarize_variant(str(topology), variant, ranks, warmup)
-            record["launch_wall_s"] = wall
-            records.append(record)
+            records.append({**summarize(variant, ranks, warmup=warmup), "launch_wall_s": wall})
     return records
-
-
-def dmt_reduction(records: list[dict]) -> dict[str, dict[str, float]]:
-    """Per topology: flat-table_wise / variant ratios of cross-host bytes and messages."""
-    out: dict[str, dict[str, float]] = {}
-    for r in records:
-        base = next((b for b in records if b["topology"] == r["topology"] and b["variant"] == "flat-table_wise"), None)
-        if base is None or r["variant"] == "flat-table_wise":
-            continue
-        out[f"{r['topology']}/{r['variant']}"] = {
-            "cross_host_bytes_ratio": r["cross_host_bytes"] / base["cross_host_bytes"] if base["cross_host_bytes"] else 0.0,
-            "cross_host_messages_ratio": (r["cross_host_messages"] / base["cross_host_messages"]
-                                          if base["cross_host_messages"] else 0.0)}
-    return out
 
 
 def write_json(path: str, payload: Any) -> None:

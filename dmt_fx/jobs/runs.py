@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import statistics
 from typing import Any, Callable, Sequence
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
+from dmt_fx.jobs.summary import summarize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,12 +22,12 @@ class RunSpec:
     optimizer: str = "adagrad"
     out: str = "results/run"
     extra: tuple[str, ...] = ()
+    warmup: int = 2  # steps left out of the step times and traffic means
 
     def worker_args(self, variant: str, out_dir: str) -> list[str]:
         return ["--target", self.target, "--topology", str(self.topology), "--variant", variant,
                 "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--lr", str(self.lr),
-                "--optimizer", self.optimizer,
-                "--out", out_dir, *self.extra]
+                "--optimizer", self.optimizer, "--warmup", str(self.warmup), "--out", out_dir, *self.extra]
 
 
 def run_variant(spec: RunSpec, variant: str, *, on_poll: Callable[[], None] | None = None,
@@ -54,32 +54,11 @@ def _failure_lines(result: LaunchResult) -> str:
     return "\n".join(sorted(set(lines))[:8]) or result.log_tail(15)
 
 
-def summarize(variant: str, result: LaunchResult, warmup: int = 2) -> dict[str, Any]:
-    """One row: losses, traffic per rank per step (mean over ranks), step time over ranks."""
-    ranks = result.ranks()
-    losses = ranks[0]["losses"]
-    times = [max(r["step_times_s"][i] for r in ranks) for i in range(len(losses))][warmup:] or [0.0]
-    traffic = [r["traffic"] for r in ranks]
-
-    def mean(key: str) -> float:
-        return statistics.fmean(t.get(key, 0) for t in traffic)
-
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"variant": variant, "topology": ranks[0]["topology"], "steps": len(losses),
-            "first_loss": losses[0], "final_loss": statistics.fmean(losses[-10:]),
-            "cross_host_id_bytes": mean("cross_host_id_bytes"),
-            "cross_host_embedding_bytes": mean("cross_host_embedding_bytes"),
-            "cross_host_messages": mean("cross_host_messages"),
-            "intra_host_bytes": mean("intra_host_bytes"),
-            "dense_allreduce_bytes_estimate": ranks[0].get("dense_allreduce_bytes_estimate", 0),
-            "step_time_median_s": statistics.median(times), "step_time_iqr_s": q[2] - q[0],
-            "wall_s": result.seconds}
-
-
 def run_many(spec: RunSpec, variants: Sequence[str], progress=None) -> list[dict[str, Any]]:
     """Run variants one after the other (side by side in one invocation); a row each."""
     rows = []
     for variant in variants:
         poll = progress(variant, os.path.join(spec.out, variant, "progress")) if progress else None
-        rows.append(summarize(variant, run_variant(spec, variant, on_poll=poll)))
+        result = run_variant(spec, variant, on_poll=poll)
+        rows.append({**summarize(variant, result.ranks(), warmup=spec.warmup), "wall_s": result.seconds})
     return rows

@@ -1,0 +1,59 @@
+"""The one run summarizer: the per-rank results of a variant -> one record.
+
+Used by `dmt-fx run` / `demo` (the results table and summary.json), `dmt-fx bench traffic`
+and `dmt-fx bench emulated`. A rank's result (`dmt_fx.jobs.worker`, OUT/rank<r>.json) holds
+its losses, its step times and its traffic meter's per-step means over the measured steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Sequence
+
+LOSS_WINDOW = 10  # final_loss: mean of the last steps, one step's loss is noisy
+
+
+def slowest_step_times(ranks: Sequence[dict[str, Any]]) -> list[float]:
+    """Per step, the slowest rank's time: a step takes as long as its slowest rank."""
+    steps = min(len(r["step_times_s"]) for r in ranks)
+    return [max(r["step_times_s"][i] for r in ranks) for i in range(steps)]
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(q1, median, q3); a single value is all three, none gives zeros."""
+    if len(values) > 1:
+        q1, _, q3 = statistics.quantiles(values, n=4)
+        return q1, statistics.median(values), q3
+    return (values[0],) * 3 if values else (0.0, 0.0, 0.0)
+
+
+def _traffic_means(ranks: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean over ranks of every numeric traffic field (whatever the meter reports)."""
+    keys = [k for k, v in ranks[0]["traffic"].items() if isinstance(v, (int, float)) and k != "steps"]
+    return {k: statistics.fmean(r["traffic"].get(k, 0.0) for r in ranks) for k in keys}
+
+
+def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> dict[str, Any]:
+    """One record: losses, traffic per rank per step (mean over ranks), step times.
+
+    Step times are the slowest rank's, without the first `warmup` steps; the traffic is
+    already averaged over the measured steps by each rank's meter."""
+    if not ranks:
+        raise ValueError(f"no rank results for {variant}")
+    losses = ranks[0]["losses"]
+    times = slowest_step_times(ranks)[warmup:]
+    q1, median, q3 = quartiles(times)
+    traffic = _traffic_means(ranks)
+    record: dict[str, Any] = {
+        "variant": variant, "topology": ranks[0]["topology"], "ranks": len(ranks), "steps": len(losses),
+        "warmup_steps": warmup, "measured_steps": ranks[0]["traffic"].get("steps", 0),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,
+        **traffic,
+        "cross_host_bytes": traffic.get("cross_host_id_bytes", 0.0) + traffic.get("cross_host_embedding_bytes", 0.0),
+        "dense_allreduce_bytes_estimate": ranks[0].get("dense_allreduce_bytes_estimate", 0.0),
+        "step_time_median_s": median, "step_time_iqr_s": q3 - q1, "step_time_q1_s": q1, "step_time_q3_s": q3,
+        "timed_steps": len(times), "step_times_s": times,
+        "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],
+    }
+    return record
