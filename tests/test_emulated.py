@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from dmt_fx.bench import emulated
-from dmt_fx.bench.emulated import EmulatedCluster, EmulationError
+from dmt_fx.bench import emulated, netns
+from dmt_fx.bench.netns import EmulatedCluster, EmulationError
 
 needs_root = pytest.mark.skipif(
     os.name != "posix" or os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
@@ -36,14 +36,14 @@ def test_parse_rate() -> None:
 def test_not_root_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(EmulationError, match="root"):
-        emulated.check_requirements()
+        netns.check_requirements()
 
 
 def test_missing_iproute2_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(shutil, "which", lambda tool: None)
     with pytest.raises(EmulationError, match="ip and tc not found"):
-        emulated.check_requirements()
+        netns.check_requirements()
 
 
 @needs_root
@@ -56,7 +56,7 @@ def test_setup_and_teardown_even_when_the_body_raises() -> None:
             assert created == {cluster.switch, cluster.namespace(0), cluster.namespace(1)}
             for h in range(2):
                 addrs = json.loads(subprocess.run(["ip", "-n", cluster.namespace(h), "-j", "addr", "show", "dev",
-                                                   emulated.IFNAME], capture_output=True, text=True).stdout)
+                                                   netns.IFNAME], capture_output=True, text=True).stdout)
                 ips = [a["local"] for a in addrs[0]["addr_info"] if a["family"] == "inet"]
                 assert ips == [cluster.address(h)]
                 assert ipaddress.ip_address(ips[0]) in ipaddress.ip_network("198.18.0.0/15")
@@ -68,17 +68,17 @@ def test_setup_and_teardown_even_when_the_body_raises() -> None:
             assert ping.returncode in (0, 127) or shutil.which("ping") is None  # ping may be missing
             raise RuntimeError("boom")
     assert namespaces() == before
-    assert not any(name.startswith(f"{emulated.PREFIX}-{os.getpid()}t") for name in
-                   (os.listdir(emulated.NETNS_ETC) if os.path.isdir(emulated.NETNS_ETC) else []))
+    assert not any(name.startswith(f"{netns.PREFIX}-{os.getpid()}t") for name in
+                   (os.listdir(netns.NETNS_ETC) if os.path.isdir(netns.NETNS_ETC) else []))
 
 
 @needs_root
 def test_stale_namespaces_of_dead_runs_are_removed() -> None:
     dead = 2 ** 22 + 7  # above pid_max's default: no such process
-    name = f"{emulated.PREFIX}-{dead}-h0"
+    name = f"{netns.PREFIX}-{dead}-h0"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        assert name in emulated.remove_stale()
+        assert name in netns.remove_stale()
         assert name not in namespaces()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
