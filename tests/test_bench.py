@@ -97,9 +97,9 @@ def test_bench_cli_parser():
     from dmt_fx.cli import bench as cli_bench
 
     parser = argparse.ArgumentParser(prog="dmt-fx")
-    cli_bench.add_parsers(parser.add_subparsers(dest="verb"))
+    cli_bench.add_parser(parser.add_subparsers(dest="verb"))
     args = parser.parse_args(["bench", "traffic", "--format", "json", "--topologies", "2x2"])
-    assert args.run is cli_bench._traffic and args.format == "json" and args.topologies == "2x2"
+    assert args.run is cli_bench.run_traffic and args.format == "json" and args.topologies == "2x2"
     assert args.variants.split(",") == list(bench.VARIANTS) and args.steps == 3 and args.warmup == 1
     assert parser.parse_args(["bench", "traffic"]).topologies == "2x2,2x4,4x2"
 

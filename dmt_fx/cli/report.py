@@ -1,7 +1,7 @@
 """Data behind the `dmt-fx` commands: diff graphs, summarise a plan.
 
 Everything here returns plain, JSON-able Python data; rendering (rich tables) lives in
-`dmt_fx.cli.main`, so scripts and tests can use these functions without a terminal.
+`dmt_fx.cli.tables`, so scripts and tests can use these functions without a terminal.
 """
 
 from __future__ import annotations
@@ -160,12 +160,3 @@ def _exchange_nodes(gm: fx.GraphModule) -> dict[tuple[str, int], str]:
         if isinstance(meta, dict) and meta.get("role") in EXCHANGE_ROLES:
             found[(meta["role"], meta.get("tower"))] = node.name
     return found
-
-
-def human_bytes(size: float) -> str:
-    """1536 -> '1.5 KiB' (the CLI's tables)."""
-    for unit in ("B", "KiB", "MiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"

@@ -1,22 +1,57 @@
-"""Renderers shared by the CLI verbs: rich tables built from plain records."""
+"""The CLI's one console and its formatters: rich tables built from plain, JSON-able records.
+
+Every verb computes its data first (what `--format json` prints) and renders it here, so
+a table can be rendered, and tested, from a small hand-made record.
+"""
 
 from __future__ import annotations
 
 import difflib
 from itertools import zip_longest
+from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dmt_fx.cli.report import human_bytes
-
 STYLE = {"inserted": "green", "removed": "red strike", "kept": ""}
+PIPE_WIDTH = 160  # rich's 80 columns squeeze the side-by-side diff and the wide tables when piped
+
+Record = dict[str, Any]
 
 
-def side_by_side(original: list[dict], rewritten: list[dict]) -> Table:
-    table = Table(title="original | rewritten", title_justify="left")
-    for header in ("original", "rewritten", "tower / role"):
-        table.add_column(header, overflow="fold")
+def console() -> Console:
+    """The terminal's console, or a wide one when the output is piped."""
+    found = Console()
+    return found if found.is_terminal else Console(width=PIPE_WIDTH)
+
+
+def human_bytes(size: float) -> str:
+    """1536 -> '1.5 KiB' (the one byte formatter of the CLI's tables)."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _table(title: str, columns: list[str], *, right: tuple[str, ...] = (), left_title: bool = False) -> Table:
+    table = Table(title=title, title_justify="left" if left_title else "center")
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column in right else "left")
+    return table
+
+
+# ---------------------------------------------------------------- diff
+
+
+def side_by_side(original: list[Record], rewritten: list[Record]) -> Table:
+    """Original and rewritten node names aligned, inserted nodes green, removed ones struck out."""
+    table = _table("original | rewritten", ["original", "rewritten", "tower / role"], left_title=True)
     # Align on node names so kept nodes sit side by side between the changes.
     matcher = difflib.SequenceMatcher(a=[r["name"] for r in original], b=[r["name"] for r in rewritten],
                                       autojunk=False)
@@ -26,24 +61,71 @@ def side_by_side(original: list[dict], rewritten: list[dict]) -> Table:
     return table
 
 
-def _name(row: dict | None) -> Text:
+def _name(row: Record | None) -> Text:
     return Text("") if row is None else Text(row["name"], style=STYLE[row["status"]])
 
 
-def _role(row: dict | None) -> Text:
+def _role(row: Record | None) -> Text:
     if row is None or row["role"] is None:
         return Text("")
     tower = "" if row["tower"] is None else f"tower {row['tower']}: "
     return Text(f"{tower}{row['role']}", style=STYLE[row["status"]])
 
 
+def node_table(title: str, rows: list[Record]) -> Table:
+    """Inserted nodes of one tower (or the shared ones): name, role, target, arguments."""
+    table = _table(title, ["node", "role", "target", "args"], left_title=True)
+    for r in rows:
+        table.add_row(Text(r["name"], style="green"), r["role"] or "", r["target"], r["args"])
+    return table
 
 
-def traffic_table(records: list[dict], title: str):
-    table = Table(title=title)
-    for column in ("topology", "variant", "cross-host id B", "cross-host emb B", "cross-host msgs",
-                   "intra-host B", "intra-host msgs", "step (median)"):
-        table.add_column(column, justify="left" if column in ("topology", "variant") else "right")
+# ---------------------------------------------------------------- plan
+
+
+def towers_table(towers: list[Record], title: str = "towers") -> Table:
+    """One row per tower: host, features, tables, lookup cost and memory."""
+    table = _table(title, ["tower", "host", "features", "tables", "lookup cost (B/sample)", "memory"],
+                   right=("tower", "host"), left_title=True)
+    for t in towers:
+        tables = ", ".join(name.rpartition(".")[2] for name in t["tables"])
+        table.add_row(str(t["tower"]), str(t["host"]), ", ".join(t["features"]), tables,
+                      f"{t['lookup_cost']:g}", human_bytes(t["memory_bytes"]))
+    return table
+
+
+def collectives_table(collectives: list[Record], batch_size: int) -> Table:
+    """The plan's exchanges with their estimated bytes per step."""
+    table = _table(f"collectives (estimated bytes per step per rank, local batch {batch_size})",
+                   ["node", "kind", "tower", "group", "direction", "bytes/step"], left_title=True)
+    for c in collectives:
+        table.add_row(c["name"], c["kind"], str(c["tower"]), c["group"], c["direction"],
+                      human_bytes(c["bytes_per_step"]))
+    return table
+
+
+# ---------------------------------------------------------------- run, demo and the benchmarks
+
+
+def results_table(rows: list[Record], title: str, best: str | None = None) -> Table:
+    """`dmt-fx run` / `demo`: one row per variant, from `dmt_fx.jobs.summary.summarize`."""
+    columns = ["variant", "loss first -> last", "cross-host bytes/step", "cross-host msgs/step",
+               "intra-host bytes/step", "step time (median)", "IQR"]
+    table = _table(title, columns, right=tuple(columns[1:]))
+    for r in rows:
+        name = r["variant"] + (" (best flat)" if r["variant"] == best else "")
+        table.add_row(name, f"{r['first_loss']:.4f} -> {r['final_loss']:.4f}",
+                      human_bytes(r["cross_host_id_bytes"] + r["cross_host_embedding_bytes"]),
+                      f"{r['cross_host_messages']:.0f}", human_bytes(r["intra_host_bytes"]),
+                      _ms(r["step_time_median_s"]), _ms(r["step_time_iqr_s"]))
+    return table
+
+
+def traffic_table(records: list[Record], title: str) -> Table:
+    """`dmt-fx bench traffic`: one section per topology, one row per variant."""
+    columns = ["topology", "variant", "cross-host id B", "cross-host emb B", "cross-host msgs",
+               "intra-host B", "intra-host msgs", "step (median)"]
+    table = _table(title, columns, right=tuple(columns[2:]))
     last = None
     for r in records:
         if last is not None and r["topology"] != last:
@@ -52,5 +134,18 @@ def traffic_table(records: list[dict], title: str):
         table.add_row(r["topology"], r["variant"], human_bytes(r["cross_host_id_bytes"]),
                       human_bytes(r["cross_host_embedding_bytes"]), f"{r['cross_host_messages']:.1f}",
                       human_bytes(r["intra_host_bytes"]), f"{r['intra_host_messages']:.1f}",
-                      f"{r['step_time_median_s'] * 1000:.1f} ms")
+                      _ms(r["step_time_median_s"]))
+    return table
+
+
+def emulated_table(records: list[Record], title: str) -> Table:
+    """`dmt-fx bench emulated`: step times against the best flat plan, cross-host traffic."""
+    columns = ["variant", "median", "IQR", "best flat / variant", "x-host emb B", "x-host msgs"]
+    table = _table(title, columns, right=tuple(columns[1:]))
+    for r in records:
+        speedup = r.get("speedup_vs_best_flat")
+        table.add_row(r["variant"] + (" (best flat)" if r.get("is_best_flat") else ""),
+                      _ms(r["step_time_median_s"]), _ms(r["step_time_iqr_s"]),
+                      "n/a" if speedup is None else f"{speedup:.2f}x",
+                      human_bytes(r["cross_host_embedding_bytes"]), f"{r['cross_host_messages']:.0f}")
     return table

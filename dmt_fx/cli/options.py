@@ -1,0 +1,55 @@
+"""Options shared by the compiler verbs (`diff`, `plan`): the target, the topology and the
+transform's choices, and the transform they describe."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch.fx as fx
+
+from dmt_fx.cli.report import original_graph
+from dmt_fx.compiler.partition import PARTITIONERS
+from dmt_fx.compiler.tower_module import KINDS
+from dmt_fx.compiler.transform import transform
+from dmt_fx.ir.topology import Topology
+from dmt_fx.jobs.target import load_target
+
+FORMATS = ("rich", "json")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, else a usage error (exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_transform_options(parser: argparse.ArgumentParser) -> None:
+    """TARGET, --topology, --format and every option of `dmt_fx.transform` the CLI exposes."""
+    parser.add_argument("target", metavar="TARGET", help="pkg.module:factory or path/to/file.py:factory")
+    parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
+    parser.add_argument("--format", choices=FORMATS, default="rich", help="output format (default rich)")
+    parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
+    parser.add_argument("--partitioner", choices=PARTITIONERS, default="balanced",
+                        help="how towers are chosen without --plan (default balanced; learned wants a "
+                             "trained model from TARGET)")
+    parser.add_argument("--tower-module", choices=KINDS, default="identity",
+                        help="per-tower module (default identity: the model is unchanged)")
+    parser.add_argument("--compression", type=positive_int, default=1,
+                        help="with a compressing --tower-module: divide each tower's cross-host width by this")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learned / random partitioner")
+
+
+def transform_target(args: argparse.Namespace, keep_original: bool = False,
+                     ) -> tuple[fx.GraphModule | None, fx.GraphModule]:
+    """(the original graph when asked, the DMT graph) of TARGET under the parsed options."""
+    topology = Topology.parse(args.topology)  # before the (slow) model build: fail fast
+    model, inputs = load_target(args.target)
+    original = original_graph(model, inputs) if keep_original else None
+    gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,
+                   tower_module=args.tower_module, compression=args.compression, seed=args.seed)
+    return original, gm
