@@ -1,4 +1,4 @@
-"""The learned and random Tower Partitioners (dmt_fx.compiler.partition) and embedding affinity (dmt_fx.compiler.affinity)."""
+"""The Tower Partitioners (dmt_fx.compiler.partitioners) and embedding affinity (dmt_fx.compiler.affinity)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ from dmt_fx import DMTError, Topology, TowerPlan
 from dmt_fx.compiler.affinity import feature_affinity, feature_embeddings, interaction_affinity, within_tower_affinity
 from dmt_fx.compiler.analysis import analyze
 from dmt_fx.compiler.capture import capture
-from dmt_fx.compiler.partition import (
-    DEFAULT_BALANCE_SLACK,
-    _Assignment,
-    balanced_plan,
-    learned_plan,
-    make_partition,
-    random_plan,
-)
+from dmt_fx.compiler.partitioners import PARTITIONERS, make_partition
+from dmt_fx.compiler.partitioners.balanced import balanced_plan
+from dmt_fx.compiler.partitioners.learned import DEFAULT_BALANCE_SLACK, learned_plan
+from dmt_fx.compiler.partitioners.random import random_plan
+from dmt_fx.compiler.partitioners.search import Assignment
 from examples import reference_dlrm, torchrec_dlrm, two_collections, weighted_shared
 from tests.random_models import (
     CollectionSpec,
@@ -165,11 +162,11 @@ def test_random_depends_on_seed() -> None:
 def test_repair_moves_units_into_the_limits() -> None:
     """Round-robin can break the bound; the repair step (moves and swaps) must fix it."""
     cost = mem = [0.25, 0.25, 0.25, 0.25]
-    state = _Assignment([0, 0, 0, 1], 2, cost, mem, [[0.0] * 4 for _ in range(4)], (1.0, 1.0))
+    state = Assignment([0, 0, 0, 1], 2, cost, mem, [[0.0] * 4 for _ in range(4)], (1.0, 1.0))
     assert state.violation() > 0
     assert state.repair(16)
     assert sorted(state.counts) == [2, 2] and state.violation() == 0.0
-    stuck = _Assignment([0, 1], 2, [0.9, 0.1], [0.9, 0.1], [[0.0, 0.0], [0.0, 0.0]], (1.0, 1.0))
+    stuck = Assignment([0, 1], 2, [0.9, 0.1], [0.9, 0.1], [[0.0, 0.0], [0.0, 0.0]], (1.0, 1.0))
     assert not stuck.repair(16)  # no step can fit a 0.9 unit under 0.5 per tower
 
 
@@ -212,8 +209,10 @@ def test_learned_needs_example_inputs() -> None:
 
 def test_unknown_partitioner() -> None:
     _, _, sites = _zoo("torchrec_dlrm")
-    with pytest.raises(DMTError, match="'balanced', 'learned', 'random'"):
+    with pytest.raises(DMTError, match="register_partitioner") as info:
         make_partition("metis", sites, Topology.parse("2x1"), {}, model=None, example_inputs=None, seed=0)
+    assert all(name in str(info.value) for name in ("balanced", "learned", "random"))
+    assert {"balanced", "learned", "random"} <= set(PARTITIONERS.names())
 
 
 # ---------------------------------------------------------------- affinity

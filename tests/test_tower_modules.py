@@ -11,12 +11,15 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import DMTError, TowerSpec
-from dmt_fx.compiler.tower_module import DCNTower, DotTower, LinearTower, out_width
+from dmt_fx.compiler.interactions import INTERACTIONS
+from dmt_fx.compiler.tower_modules import TOWER_MODULES, out_width
+from dmt_fx.compiler.tower_modules.dcn import DCNTower
+from dmt_fx.compiler.tower_modules.dot import DotTower
 from dmt_fx.jobs.data import clicks
 
 ZOO_EQUAL_DIMS = ["torchrec_dlrm", "torchrec_dlrm_dcn", "torchrec_dlrm_projection", "reference_dlrm"]
 ZOO_MIXED_DIMS = ["weighted_shared", "two_collections", "plain_embedding"]
-KINDS = {"linear": LinearTower, "dot": DotTower, "dcn": DCNTower}
+COMPRESSING = [name for name, kind in TOWER_MODULES.items() if kind.changes_model]
 
 
 def _spec(n: int = 4, d: int = 8, c: int = 2, vector_dim: int | None = None) -> TowerSpec:
@@ -24,11 +27,25 @@ def _spec(n: int = 4, d: int = 8, c: int = 2, vector_dim: int | None = None) -> 
     return TowerSpec(0, 0, tuple(f"f{i}" for i in range(n)), dims, c, out_width(dims, c, vector_dim), vector_dim)
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_builtin_kind_is_registered() -> None:
+    assert {"identity", "linear", "dot", "dcn"} <= set(TOWER_MODULES.names())
+    assert not TOWER_MODULES.get("identity").changes_model and {"linear", "dot", "dcn"} <= set(COMPRESSING)
+
+
+def test_unknown_kind_lists_the_registered_ones() -> None:
+    from examples import torchrec_dlrm
+
+    model, inputs = torchrec_dlrm.build()
+    with pytest.raises(DMTError, match="register_tower_module") as info:
+        dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="nope", compression=2)
+    assert all(name in str(info.value) for name in TOWER_MODULES.names())
+
+
+@pytest.mark.parametrize("kind", COMPRESSING)
 @pytest.mark.parametrize("c", [1, 2, 4, 8])
 def test_tower_module_shapes_compression_and_gradients(kind: str, c: int) -> None:
     spec = _spec(n=8, d=8, c=c)
-    module = KINDS[kind](spec)
+    module = TOWER_MODULES.get(kind).factory(spec)
     x = torch.randn(5, spec.in_width, requires_grad=True)
     y = module(x)
     assert y.shape == (5, spec.in_width // c)  # c divides the width a tower sends
@@ -100,6 +117,62 @@ def test_over_arch_is_rebuilt_for_the_new_width() -> None:
     assert gm.inter_arch.F == 2
     assert gm.get_submodule("over_arch.model.0._mlp.0._linear").in_features == 8 + 3 * 2 // 2 + 2 * 8
     assert model.over_arch.model[0]._mlp[0]._linear.in_features == 18  # the user's model is untouched
+
+
+class CopiedInteractionArch(nn.Module):
+    """torchrec's InteractionArch copied into a user's module: same code, another class."""
+
+    def __init__(self, num_sparse_features: int) -> None:
+        super().__init__()
+        self.F: int = num_sparse_features
+        self.register_buffer("triu_indices", torch.triu_indices(self.F + 1, self.F + 1, offset=1), persistent=False)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        if self.F <= 0:
+            return dense_features
+        (B, D) = dense_features.shape
+        combined_values = torch.cat((dense_features.unsqueeze(1), sparse_features), dim=1)
+        interactions = torch.bmm(combined_values, torch.transpose(combined_values, 1, 2))
+        interactions_flat = interactions[:, self.triu_indices[0], self.triu_indices[1]]
+        return torch.cat((dense_features, interactions_flat), dim=1)
+
+
+class ScaledInteractionArch(CopiedInteractionArch):
+    """The same interface with a learned scale: not torchrec's arch, must not be taken for it."""
+
+    def __init__(self, num_sparse_features: int) -> None:
+        super().__init__(num_sparse_features)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        return super().forward(dense_features, sparse_features) * self.scale
+
+
+def _dlrm_with(arch: type[nn.Module]):
+    from examples import torchrec_dlrm
+
+    model, inputs = torchrec_dlrm.build()
+    model.inter_arch = arch(model.inter_arch.F)
+    return model, inputs
+
+
+def test_copied_interaction_arch_is_recognised_by_structure() -> None:
+    model, inputs = _dlrm_with(CopiedInteractionArch)
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)  # identity: verified equal to the model
+    assert dmt_fx.dmt_result(gm).sites.interaction.kind == "torchrec.InteractionArch"
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="linear", compression=2)
+    assert dmt_fx.dmt_result(gm).sites.interaction.kind == "torchrec.InteractionArch"
+    # as for torchrec's own class: K = 2 tower vectors, D + (K + 1) K / 2 dots + K x D tower outputs
+    assert gm.inter_arch.F == 2
+    assert gm.get_submodule("over_arch.model.0._mlp.0._linear").in_features == 8 + 3 + 2 * 8
+    assert gm(*inputs).shape == model(*inputs).shape
+    assert isinstance(model.inter_arch, CopiedInteractionArch)  # the user's model is untouched
+
+
+def test_a_different_structure_is_not_taken_for_torchrecs_arch() -> None:
+    model, inputs = _dlrm_with(ScaledInteractionArch)
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)
+    assert dmt_fx.dmt_result(gm).sites.interaction.kind != "torchrec.InteractionArch"
 
 
 def test_cross_host_width_drops_by_c() -> None:
@@ -175,8 +248,9 @@ def test_unknown_interaction_says_how_to_register() -> None:
         dmt_fx.transform(_SumInteraction(), "2x1", example_inputs=_sum_inputs(), tower_module="linear")
 
 
-def test_registered_interaction() -> None:
-    from dmt_fx.compiler.interactions import USER_KINDS
+def test_registered_interaction(monkeypatch) -> None:
+    # A fresh table for this test: the kind must not outlive it (no public unregister yet).
+    monkeypatch.setattr(INTERACTIONS, "_entries", dict(INTERACTIONS.items()))
 
     def matcher(gm, node) -> bool:
         return node.target is __import__("operator").add
@@ -191,12 +265,9 @@ def test_registered_interaction() -> None:
         ctx.node.replace_all_uses_with(total)
 
     dmt_fx.register_interaction("sum", matcher, rewriter, vectors=True)
-    try:
-        gm = dmt_fx.transform(_SumInteraction(), "2x1", example_inputs=_sum_inputs(), tower_module="linear")
-        assert dmt_fx.dmt_result(gm).sites.interaction.kind == "sum"
-        assert gm(*_sum_inputs()).shape == (2, 1)
-    finally:
-        USER_KINDS.pop("sum")
+    gm = dmt_fx.transform(_SumInteraction(), "2x1", example_inputs=_sum_inputs(), tower_module="linear")
+    assert dmt_fx.dmt_result(gm).sites.interaction.kind == "sum"
+    assert gm(*_sum_inputs()).shape == (2, 1)
 
 
 def test_short_training_run_loss_decreases() -> None:

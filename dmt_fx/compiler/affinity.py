@@ -27,7 +27,7 @@ separates within-group pairs (min 0.52) from cross-group ones (max 0.009), ARI 1
 
 Cost: 1 + F + F(F-1)/2 eager runs of the original model on the example batch (no
 gradients); F = 16 and a 4096-sample batch take about a second. Quadratic in F: with
-hundreds of features pass your own plan (or affinity to partition.learned_plan) instead.
+hundreds of features pass your own plan (or affinity to partitioners.learned.learned_plan) instead.
 An example batch of one sample gives every pair 0 (with a warning).
 
 Embedding CKA (`feature_embeddings` + `feature_affinity`):
@@ -86,7 +86,7 @@ def _hooks(model: nn.Module, sites: ModelSites, on_output) -> list:
     nn.EmbeddingBag / nn.Embedding called k times gives features `fqn`, `fqn@1`, ... in call
     order (the analysis names them in graph order, which is call order). Features whose module
     is not a submodule of `model` are left out."""
-    feature_of = sites._feature_index
+    feature_of = {f.name: f for f in sites.features}
     by_module: dict[str, list] = {}
     for site in sites.sites:
         by_module.setdefault(site.module, []).append(site)

@@ -12,10 +12,9 @@ from typing import Iterable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, InteractionProjectionArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dmt_fx.compiler.interactions import user_kind
+from dmt_fx.compiler.interactions import match_interaction
 from dmt_fx.ir.errors import NoEmbeddingError, NoInteractionError
 from dmt_fx.ir.sites import EmbeddingSite, Feature, InteractionSite, ModelSites, Table
 
@@ -118,13 +117,6 @@ def find_embedding_sites(gm: fx.GraphModule):
 
 # ---------------------------------------------------------------- interaction site
 
-_INTERACTION_MODULES = {
-    InteractionArch: "torchrec.InteractionArch",
-    InteractionDCNArch: "torchrec.InteractionDCNArch",
-    InteractionProjectionArch: "torchrec.InteractionProjectionArch",
-}
-
-
 def _inputs(node: fx.Node) -> Iterable[fx.Node]:
     return node.all_input_nodes
 
@@ -138,25 +130,14 @@ def _dense_placeholders(gm: fx.GraphModule, site_nodes: set[str]) -> set[str]:
     return {n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name not in feeds_sparse}
 
 
-def _kind_of(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str | None]:
+def _kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
+    """The registered interaction kind matching `node`, else `other:<module class or op>`."""
+    kind = match_interaction(gm, node)
+    if kind is not None:
+        return kind
     if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        for cls, kind in _INTERACTION_MODULES.items():
-            if isinstance(module, cls):
-                return kind, node.target
-        return f"other:{type(module).__name__}", node.target
-    name = getattr(node.target, "__name__", str(node.target))
-    if "bmm" in name or "matmul" in name:
-        return "pairwise_dot", None
-    if name.startswith("cat") or name == "concat":
-        # A concatenation that feeds a batched matmul of itself is a pairwise-dot interaction.
-        frontier = list(node.users)
-        for _ in range(4):
-            if any("bmm" in getattr(u.target, "__name__", str(u.target)) for u in frontier):
-                return "pairwise_dot", None
-            frontier = [v for u in frontier for v in u.users]
-        return "concat", None
-    return f"other:{name}", None
+        return f"other:{type(gm.get_submodule(node.target)).__name__}"
+    return f"other:{getattr(node.target, '__name__', str(node.target))}"
 
 
 def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> InteractionSite:
@@ -173,10 +154,8 @@ def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> In
             masks[node.name] |= masks.get(n.name, 0)
         is_dense[node.name] = node.name in dense or any(is_dense.get(n.name, False) for n in ins)
         if node.op != "output" and masks[node.name] == everything and is_dense[node.name]:
-            registered = user_kind(gm, node)
-            kind, module = (registered, node.target if node.op == "call_module" else None) if registered \
-                else _kind_of(gm, node)
-            return InteractionSite(node.name, kind, module)
+            module = node.target if node.op == "call_module" else None
+            return InteractionSite(node.name, _kind_of(gm, node), module)
     raise NoInteractionError(
         f"no node joins all {len(sites)} embedding lookups with a dense input "
         f"(dense inputs: {sorted(dense) or 'none'})",

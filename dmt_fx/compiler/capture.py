@@ -4,7 +4,7 @@ Algorithm:
   1. Refuse models holding embedding modules we cannot rewrite (sharded, quantized,
      sequence collections) and models with no embedding module at all.
   2. Route "symbolic": torchrec's fx tracer with embedding collections, embedding bags and
-     torchrec interaction arches as leaves. Works for TorchRec models and plain models
+     the modules registered interaction kinds recognise (torchrec's arches) as leaves. Works for TorchRec models and plain models
      written with explicit tensor arguments.
   3. Route "export": when symbolic tracing fails (Python loops over lists of tensors, ints
      from shapes, index lists built in forward) and `example_inputs` are given,
@@ -23,19 +23,11 @@ import torch.nn as nn
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
-from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, InteractionProjectionArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from dmt_fx.compiler.interactions import keeps_whole
 from dmt_fx.ir.errors import CaptureError, NoEmbeddingError, UnsupportedEmbeddingError
 
-LEAF_TYPES = (
-    EmbeddingBagCollection,
-    nn.EmbeddingBag,
-    nn.Embedding,
-    InteractionArch,
-    InteractionDCNArch,
-    InteractionProjectionArch,
-)
 EMBEDDING_TYPES = (EmbeddingBagCollection, nn.EmbeddingBag, nn.Embedding)
 
 
@@ -78,8 +70,12 @@ def check_supported(model: nn.Module) -> None:
 
 
 class _DMTTracer(Tracer):
+    """Embedding modules stay whole (the analysis finds them as calls), and so do the modules
+    an interaction kind recognises by structure (e.g. torchrec's arches, or copies of them)."""
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, EMBEDDING_TYPES) or keeps_whole(m)
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:

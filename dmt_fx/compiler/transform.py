@@ -4,8 +4,10 @@
      feature's pooling factor for the cost model);
   2. capture the model into a GraphModule (symbolic tracing, else torch.export);
   3. analyse: embedding sites and the interaction site;
-  4. plan the towers (balanced partitioner, or a user plan, validated);
-  5. run the passes: SPTT rewrite, tower modules, cleanup;
+  4. plan the towers (a registered partitioner, "balanced" by default, or a user plan,
+     validated);
+  5. run the passes (`graph_passes`): SPTT rewrite, tower modules of a registered kind,
+     the interaction rewrite when they compress, cleanup, input validation;
   6. install state_dict hooks so checkpoints use the original model's keys;
   7. verify against the original on the example inputs, when given.
 """
@@ -16,36 +18,36 @@ import dataclasses
 import functools
 import inspect
 import logging
-from typing import Any, Callable, Mapping, Sequence
+import warnings
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.graph_module import _copy_attr
 from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dmt_fx.compiler import partition as partitioners
 from dmt_fx.compiler.analysis import analyze
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.eager import eval_mode, run_with_hooks
-from dmt_fx.compiler.pass_runner import run_passes
+from dmt_fx.compiler.interactions import interaction_kind
+from dmt_fx.compiler.partitioners import Partitioner, make_partition
+from dmt_fx.compiler.pass_runner import Pass, run_passes
 from dmt_fx.compiler.plans import validate_plan
-from dmt_fx.compiler.tower_module import IdentityTowerModule, TowerSpec, compressing_factory, out_width
+from dmt_fx.compiler.tower_modules import TowerModuleFactory, TowerModuleKind, TowerSpec, out_width, tower_module_kind
 from dmt_fx.ir.errors import DMTError, ExampleInputsError, PassError, TopologyError
-from dmt_fx.ir.plan import Tower, TowerPlan
+from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.result import DMTResult
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.ir.topology import Topology
 from dmt_fx.passes.cleanup import cleanup_pass
-from dmt_fx.passes.interaction import interaction_pass, needs_vectors
+from dmt_fx.passes.interaction import interaction_pass
 from dmt_fx.passes.sptt import sptt_pass
 from dmt_fx.passes.tower_modules import tower_modules_pass
 from dmt_fx.passes.validate_inputs import validate_inputs_pass
 
 log = logging.getLogger("dmt_fx")
-TowerModuleFactory = Callable[[TowerSpec], nn.Module]
 
 
 def transform(
@@ -54,7 +56,7 @@ def transform(
     *,
     example_inputs: Sequence[Any] | None = None,
     plan: TowerPlan | Mapping | str | None = None,
-    partitioner: str = "balanced",
+    partitioner: str | Partitioner = "balanced",
     tower_module: str | TowerModuleFactory = "identity",
     compression: int = 1,
     seed: int = 0,
@@ -64,9 +66,12 @@ def transform(
 ) -> fx.GraphModule:
     """Rewrite a flat DLRM into DMT form. The result shares the model's parameters.
 
-    `tower_module` "identity" preserves numerics; "linear", "dot", "dcn" or a factory
-    `(TowerSpec) -> nn.Module` compress each tower's output by `compression` before the
-    cross-host hop and rebuild the interaction for it: that changes the model (opt-in)."""
+    `partitioner` names a registered partitioner (`PARTITIONERS`: "balanced", "learned",
+    "random", ...) or is a function `(PartitionRequest) -> TowerPlan | feature groups`.
+    `tower_module` names a registered kind (`TOWER_MODULES`) or is a factory
+    `(TowerSpec) -> nn.Module`. "identity" preserves numerics; the compressing kinds
+    ("linear", "dot", "dcn", factories) compress each tower's output by `compression` before
+    the cross-host hop and rebuild the interaction for it: that changes the model (opt-in)."""
     if not isinstance(model, nn.Module):
         raise DMTError(f"a {type(model).__name__}", "a torch.nn.Module", ["pass the model object itself"])
     topology = _as_topology(topology)
@@ -76,27 +81,15 @@ def transform(
     _copy_unused_state(model, gm)
     sites = analyze(gm, route)
     pooling = _pooling_by_feature(sites, pooling)
-    tower_plan_ = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed)
-    changes_model = tower_module != "identity"
-    tower_plan_ = dataclasses.replace(tower_plan_, changes_model=changes_model)
-    passes = [("sptt", functools.partial(sptt_pass, sites=sites, plan=tower_plan_), False)]
+    kind = tower_module_kind(tower_module)
+    changes_model = kind.changes_model
+    tower_plan_ = dataclasses.replace(_make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed),
+                                      changes_model=changes_model)
+    specs = tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)
     if changes_model:
-        specs = _tower_specs(tower_plan_, sites, compression, inputs)
-        factory = compressing_factory(tower_module)
         log.warning("transform: tower_module=%r with compression %d changes the model "
-                    "(tower modules and the interaction are rebuilt and must be trained)", tower_module, compression)
-        passes += [
-            ("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
-                                                make_module=lambda tower: factory(specs[tower.index])), True),
-            ("interaction", functools.partial(interaction_pass, sites=sites, specs=specs, example_inputs=inputs),
-             True),
-        ]
-    else:
-        passes.append(("tower_modules", functools.partial(tower_modules_pass, plan=tower_plan_,
-                                                          make_module=_identity_module), False))
-    passes.append(("cleanup", cleanup_pass, False))
-    if validate_inputs:  # run-time checks of every batch; off for speed
-        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
+                    "(tower modules and the interaction are rebuilt and must be trained)", kind.name, compression)
+    passes = graph_passes(sites, tower_plan_, kind, specs, inputs, validate_inputs=validate_inputs)
     records = run_passes(gm, passes, disabled=disable_passes)
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult.of(gm, tower_plan_, sites, topology, route, records, renames)
@@ -180,37 +173,48 @@ def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float
     return pooling
 
 
-# ---------------------------------------------------------------- plan and tower modules
+# ---------------------------------------------------------------- plan, tower modules and passes
 
 
-def _make_plan(plan, partitioner: str, sites: ModelSites, topology: Topology, pooling, model, inputs,
-               seed: int) -> TowerPlan:
+def _make_plan(plan, partitioner: str | Partitioner, sites: ModelSites, topology: Topology,
+               pooling: Mapping[str, float], model: nn.Module, inputs: tuple | None, seed: int) -> TowerPlan:
     if plan is not None:
         return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
-    return partitioners.make_partition(partitioner, sites, topology, pooling, model=model,
-                                       example_inputs=inputs, seed=seed)
+    return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed)
 
 
-def _identity_module(tower: Tower) -> nn.Module:
-    return IdentityTowerModule(tower.index, tower.features)
+def graph_passes(sites: ModelSites, plan: TowerPlan, kind: TowerModuleKind, specs: Sequence[TowerSpec],
+                 inputs: tuple | None, *, validate_inputs: bool = True) -> list[tuple[str, Pass, bool]]:
+    """The pass list, configuration bound: (name, pass, changes_model). Pure: runs nothing."""
+    changes = kind.changes_model
+    passes: list[tuple[str, Pass, bool]] = [
+        ("sptt", functools.partial(sptt_pass, sites=sites, plan=plan), False),
+        ("tower_modules", functools.partial(tower_modules_pass, plan=plan,
+                                            make_module=lambda tower: kind.build(specs[tower.index])), changes),
+    ]
+    if changes:
+        passes.append(("interaction", functools.partial(interaction_pass, sites=sites, specs=list(specs),
+                                                        example_inputs=inputs), True))
+    passes.append(("cleanup", cleanup_pass, False))
+    if validate_inputs:  # run-time checks of every batch; off for speed
+        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
+    return passes
 
 
-def _tower_specs(plan: TowerPlan, sites: ModelSites, compression: int, inputs: tuple | None) -> list[TowerSpec]:
-    """Per tower: its features in lookup order, their dims and the compressed width."""
-    if isinstance(compression, bool) or not isinstance(compression, int) or compression < 1:
-        raise DMTError(f"compression={compression!r}", "an int >= 1 dividing the width a tower sends across hosts",
-                       ["pass e.g. compression=4"])
-    if inputs is None:
-        raise DMTError("a compressing tower module without example_inputs",
-                       "example_inputs: one batch, used to size the rebuilt interaction and over-arch layers",
-                       ["pass example_inputs=(...) to transform"])
+def tower_specs(plan: TowerPlan, sites: ModelSites, compression: int, inputs: tuple | None, *,
+                changes_model: bool = True) -> list[TowerSpec]:
+    """Per tower: its features in lookup order, their dims and the compressed width.
+
+    Numerics-preserving kinds get compression 1 and no vectors, and need no example inputs."""
     vector_dim = None
-    if needs_vectors(sites.interaction.kind):
-        dims = {f.dim for f in sites.features}
-        if len(dims) != 1:
-            raise DMTError(f"a {sites.interaction.kind} interaction over embedding dims {sorted(dims)}",
-                           "one embedding dim for an interaction of vectors", ["use equal embedding dims"])
-        vector_dim = dims.pop()
+    if changes_model:
+        _check_compression(compression, inputs)
+        vector_dim = _vector_dim(sites)
+    else:
+        if compression != 1:
+            warnings.warn(f"dmt_fx: compression={compression} is ignored by a tower module that keeps the "
+                          "model's numerics (tower_module='identity')", stacklevel=3)
+        compression = 1
     tower_of = plan.tower_of()
     specs = []
     for tower in plan.towers:
@@ -221,6 +225,27 @@ def _tower_specs(plan: TowerPlan, sites: ModelSites, compression: int, inputs: t
     return specs
 
 
+def _check_compression(compression: int, inputs: tuple | None) -> None:
+    if isinstance(compression, bool) or not isinstance(compression, int) or compression < 1:
+        raise DMTError(f"compression={compression!r}", "an int >= 1 dividing the width a tower sends across hosts",
+                       ["pass e.g. compression=4"])
+    if inputs is None:
+        raise DMTError("a compressing tower module without example_inputs",
+                       "example_inputs: one batch, used to size the rebuilt interaction and over-arch layers",
+                       ["pass example_inputs=(...) to transform"])
+
+
+def _vector_dim(sites: ModelSites) -> int | None:
+    """D when the interaction works on D-wide vectors (tower outputs are whole vectors), else None."""
+    if not interaction_kind(sites.interaction.kind).vectors:  # an unknown kind says how to register it
+        return None
+    dims = {f.dim for f in sites.features}
+    if len(dims) != 1:
+        raise DMTError(f"a {sites.interaction.kind} interaction over embedding dims {sorted(dims)}",
+                       "one embedding dim for an interaction of vectors", ["use equal embedding dims"])
+    return dims.pop()
+
+
 # ---------------------------------------------------------------- state and checks
 
 
@@ -229,7 +254,23 @@ def _copy_unused_state(model: nn.Module, gm: fx.GraphModule) -> None:
     have = set(gm.state_dict().keys())
     for fqn in model.state_dict().keys():
         if fqn not in have:
-            _copy_attr(model, gm, fqn)
+            _copy_state_entry(model, gm, fqn)
+
+
+def _copy_state_entry(model: nn.Module, gm: fx.GraphModule, fqn: str) -> None:
+    """Put the model's parameter or buffer `fqn` at the same path in `gm` (the same tensor)."""
+    *path, leaf = fqn.split(".")
+    source, target = model, gm
+    for name in path:
+        source = getattr(source, name)
+        if not hasattr(target, name):
+            target.add_module(name, nn.Module())  # owners of unused state are missing after tracing
+        target = getattr(target, name)
+    value = getattr(source, leaf)
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+        target.register_buffer(leaf, value)  # in model.state_dict(): a persistent buffer
+    else:
+        setattr(target, leaf, value)
 
 
 def _verify(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:

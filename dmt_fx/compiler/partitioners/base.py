@@ -1,0 +1,69 @@
+"""Partitioners: the registry `transform(partitioner=...)` reads, and the call that runs one.
+
+A partitioner is a function `(PartitionRequest) -> TowerPlan | list of feature-name groups`
+registered under a name with `register_partitioner`; the built-ins (balanced, learned,
+random) are one file each in this package and register through that same call, so
+`PARTITIONERS.names()` is the one list of them (CLI choices and help texts read it).
+Whatever a partitioner returns is checked like a user's plan (every feature once, tables
+whole, hosts in range): a new partitioner cannot produce a plan the runtime would refuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence, Union
+
+from dmt_fx.compiler.plans import build_plan, validate_plan
+from dmt_fx.ir.plan import TowerPlan
+from dmt_fx.ir.registry import Registry
+from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.topology import Topology
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionRequest:
+    """What a partitioner is given."""
+
+    sites: ModelSites  # the analysed model: features, tables, dims
+    topology: Topology
+    pooling: Mapping[str, float]  # measured ids per bag of each feature (1.0 when unknown)
+    model: Any = None  # the original (trained) model, for partitioners that probe it
+    example_inputs: Sequence[Any] | None = None
+    seed: int = 0
+
+
+PartitionResult = Union[TowerPlan, Sequence[Sequence[str]]]
+Partitioner = Callable[[PartitionRequest], PartitionResult]
+
+PARTITIONERS: Registry[Partitioner] = Registry(
+    "partitioner", "dmt_fx.compiler.partitioners.register_partitioner(name, fn), or pass plan=...")
+
+
+def register_partitioner(name: str, fn: Partitioner) -> Partitioner:
+    """Teach dmt_fx a partitioner; `transform(partitioner=name)` then plans with it.
+
+    `fn(request)` returns a TowerPlan, or the towers' feature names, one list per tower
+    (tower t on host t); either is validated against the model and topology."""
+    return PARTITIONERS.register(name, fn)
+
+
+def run_partitioner(name: str, fn: Partitioner, request: PartitionRequest) -> TowerPlan:
+    """The validated plan of `fn` (registered as `name`, or a user's function)."""
+    result = fn(request)
+    if isinstance(result, TowerPlan):
+        plan = result
+    else:
+        groups = [list(group) for group in result]
+        plan = build_plan(groups, request.sites, request.topology, request.pooling, partitioner=name,
+                          balance_bound=float("inf"))  # no guarantee from a partitioner we do not know
+    return validate_plan(plan, request.sites, request.topology, request.pooling)
+
+
+def make_partition(partitioner: str | Partitioner, sites: ModelSites, topology: Topology,
+                   pooling: Mapping[str, float], *, model: Any = None,
+                   example_inputs: Sequence[Any] | None = None, seed: int = 0) -> TowerPlan:
+    """The plan of a registered partitioner (by name) or of a partitioner function."""
+    request = PartitionRequest(sites, topology, pooling, model, example_inputs, seed)
+    if callable(partitioner):
+        return run_partitioner(getattr(partitioner, "__name__", "custom"), partitioner, request)
+    return run_partitioner(partitioner, PARTITIONERS.get(partitioner), request)

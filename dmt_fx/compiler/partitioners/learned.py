@@ -1,0 +1,173 @@
+"""Partitioner "learned": towers of strongly interacting features, within the balance limits.
+
+Algorithm:
+  1. Same units, shares, T = min(hosts, units) and bound as the balanced partitioner.
+  2. Affinity: how strongly the trained model combines two features non-additively, measured
+     on example_inputs by swapping their pooled embeddings with another sample's
+     (dmt_fx.compiler.affinity.interaction_affinity). A networkx graph has the units as nodes,
+     edges weighted by the summed affinity of their features.
+  3. Objective: maximise the affinity kept inside towers (= minimise the cut), subject to
+     both imbalances <= limit, every tower non-empty. limit = the balanced bound, tightened
+     by default to (the balanced plan's own imbalance + `balance_slack`, 0.25) per metric:
+     the bound alone is vacuous for 2 towers (any split has imbalance <= 2), and maximising
+     kept affinity alone favours lopsided towers.
+  4. Candidates: (a) the balanced placement; (b) Louvain communities of the graph
+     (networkx, seeded), merged (most-affine pair that fits) or split (least-attached unit
+     of the heaviest part) to T parts, repaired into the limits by violation-reducing unit
+     moves/swaps (dropped if that fails). Each candidate is improved by best-improvement
+     local search over unit moves and pairwise swaps that keep the limits; the candidate
+     keeping the most affinity wins (ties: the balanced one). Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from dmt_fx.compiler.affinity import interaction_affinity
+from dmt_fx.compiler.partitioners.base import PartitionRequest, register_partitioner
+from dmt_fx.compiler.partitioners.search import GAIN, TOL, Assignment, groups_of, tower_of
+from dmt_fx.compiler.partitioners.units import (
+    balance_bound,
+    balanced_placement,
+    imbalances,
+    table_units,
+    unit_features,
+    unit_shares,
+)
+from dmt_fx.compiler.plans import build_plan
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.plan import TowerPlan
+from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.topology import Topology
+
+
+def _unit_weights(units: list[list[str]], affinity: Mapping[tuple[str, str], float]) -> list[list[float]]:
+    n = len(units)
+    w = [[0.0] * n for _ in range(n)]
+    for u in range(n):
+        for v in range(u + 1, n):
+            total = sum(affinity.get((f, g), 0.0) for f in units[u] for g in units[v])
+            w[u][v] = w[v][u] = total
+    return w
+
+
+Loads = list[float]
+Limits = tuple[float, float]
+
+
+def _merge_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]],
+              limits: Limits) -> None:
+    """Merge the most affine pair of parts that fits the limits (else the lightest pair) until T remain."""
+    while len(parts) > num_towers:
+        best = None
+        for i in range(len(parts)):
+            for j in range(i + 1, len(parts)):
+                c, m = _load(parts[i] + parts[j], cost, mem)
+                fits = num_towers * c <= limits[0] + TOL and num_towers * m <= limits[1] + TOL
+                inter = sum(weights[u][v] for u in parts[i] for v in parts[j])
+                key = (fits, inter, -max(c, m))
+                if best is None or key > best[0]:
+                    best = (key, i, j)
+        _, i, j = best
+        parts[i] = sorted(parts[i] + parts.pop(j))
+
+
+def _split_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]]) -> None:
+    """Move the least attached unit of the heaviest part to a part of its own until T exist."""
+    while len(parts) < num_towers:
+        splittable = [p for p in parts if len(p) > 1]
+        heaviest = max(splittable, key=lambda p: max(_load(p, cost, mem)))  # first of equals
+        loner = min(heaviest, key=lambda u: (sum(weights[u][v] for v in heaviest if v != u),
+                                             -max(cost[u], mem[u]), u))
+        heaviest.remove(loner)
+        parts.append([loner])
+
+
+def _load(part: list[int], cost: Loads, mem: Loads) -> tuple[float, float]:
+    return sum(cost[u] for u in part), sum(mem[u] for u in part)
+
+
+def _louvain_parts(weights: list[list[float]], num_towers: int, cost: Loads, mem: Loads, limits: Limits,
+                   seed: int) -> list[list[int]]:
+    """Step 4b: seeded Louvain communities of the affinity graph, merged or split to T parts."""
+    import networkx as nx  # not a cycle: only this partitioner needs networkx (import cost)
+
+    n = len(weights)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_weighted_edges_from((u, v, weights[u][v]) for u in range(n) for v in range(u + 1, n)
+                                  if weights[u][v] > 0)
+    communities = nx.community.louvain_communities(graph, weight="weight", seed=seed)
+    parts = sorted((sorted(c) for c in communities), key=lambda p: p[0])
+    _merge_to(parts, num_towers, cost, mem, weights, limits)
+    _split_to(parts, num_towers, cost, mem, weights)
+    return parts
+
+
+def _affinity(sites: ModelSites, model: Any, example_inputs: Sequence[Any] | None) -> dict[tuple[str, str], float]:
+    if example_inputs is None or model is None:
+        missing = "example_inputs" if example_inputs is None else "a model"
+        raise DMTError(f"partitioner='learned' without {missing}",
+                       "the learned partitioner needs example_inputs: one batch to measure how features interact",
+                       ["pass example_inputs=(...) (one batch the model accepts)",
+                        "or use partitioner='balanced', which needs no inputs"])
+    return interaction_affinity(model, sites, example_inputs)
+
+
+def _best_of(candidates: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]],
+             limits: Limits) -> Assignment:
+    """Step 4: repair and improve each candidate; the one keeping the most affinity (first of equals)."""
+    budget = 8 * len(weights) * max(num_towers, 2) + 16
+    best = None
+    for where in candidates:
+        state = Assignment(where, num_towers, cost, mem, weights, limits)
+        if not state.repair(budget):
+            continue
+        state.improve(budget)
+        if best is None or state.kept() > best.kept() + GAIN:
+            best = state
+    assert best is not None, "the balanced candidate always fits its own limits"
+    return best
+
+
+DEFAULT_BALANCE_SLACK = 0.25
+
+
+def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *,
+                 model: Any, example_inputs: Sequence[Any] | None, seed: int = 0,
+                 balance_slack: float | None = DEFAULT_BALANCE_SLACK,
+                 affinity: Mapping[tuple[str, str], float] | None = None) -> TowerPlan:
+    """Towers of strongly interacting features (interaction affinity), within the balance limits.
+
+    `affinity` (optional) replaces the one computed from `model` on `example_inputs`;
+    `balance_slack=None` allows the whole balanced bound (see the module docstring)."""
+    if affinity is None:
+        affinity = _affinity(sites, model, example_inputs)
+    # Steps 1-3
+    units = table_units(sites)
+    num_towers = min(topology.num_hosts, len(units))
+    cost, mem = unit_shares(units, sites, pooling)
+    bound = balance_bound(num_towers, cost, mem)
+    seed_parts = balanced_placement(cost, mem, num_towers)
+    limits = (bound, bound)
+    if balance_slack is not None:
+        lookup, memory = imbalances(seed_parts, cost, mem, num_towers)
+        limits = (min(bound, lookup + balance_slack), min(bound, memory + balance_slack))
+    weights = _unit_weights(units, affinity)
+    # Step 4
+    candidates = [tower_of(seed_parts, len(units))]
+    if num_towers > 1:
+        candidates.append(tower_of(_louvain_parts(weights, num_towers, cost, mem, limits, seed), len(units)))
+    best = _best_of(candidates, num_towers, cost, mem, weights, limits)
+    placed = [p for p in groups_of(best.tower_of, num_towers) if p]
+    placed.sort(key=lambda p: p[0])  # towers in model order of their first table
+    return build_plan(unit_features(units, placed), sites, topology, pooling, partitioner="learned",
+                      balance_bound=bound)
+
+
+def learned(request: PartitionRequest) -> TowerPlan:
+    return learned_plan(request.sites, request.topology, request.pooling, model=request.model,
+                        example_inputs=request.example_inputs, seed=request.seed)
+
+
+register_partitioner("learned", learned)
