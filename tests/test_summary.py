@@ -1,0 +1,65 @@
+"""The one run summarizer (`dmt_fx.jobs.summary`), on hand-made per-rank results.
+
+The expected numbers are worked out by hand in the comments, not recomputed with the
+summarizer's formulas.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dmt_fx.bench.emulated import best_flat
+from dmt_fx.jobs.summary import summarize
+
+
+def rank(r: int, times: list[float], cross_emb: float, losses: list[float]) -> dict:
+    return {"rank": r, "topology": "2x1", "losses": losses, "step_times_s": times,
+            "dense_allreduce_bytes_estimate": 4096,
+            "traffic": {"steps": 3, "cross_host_id_bytes": 100.0, "cross_host_embedding_bytes": cross_emb,
+                        "cross_host_messages": 2.0, "intra_host_bytes": 0.0, "by_op": {"all_to_all": {}}}}
+
+
+RANKS = [rank(0, [9.0, 0.1, 0.4, 0.2, 0.3], 1000.0, [1.0, 0.9, 0.8, 0.7, 0.6]),
+         rank(1, [1.0, 0.3, 0.1, 0.5, 0.1], 3000.0, [1.0, 0.9, 0.8, 0.7, 0.6])]
+
+
+def test_step_times_are_the_slowest_rank_after_warmup():
+    record = summarize("dmt", RANKS, warmup=1)
+    # per step, the slower rank: 9.0 | 0.3, 0.4, 0.5, 0.3; the warm-up step (9.0) is left out
+    assert record["step_times_s"] == [0.3, 0.4, 0.5, 0.3]
+    assert record["step_time_median_s"] == pytest.approx(0.35)
+    # quartiles of 0.3, 0.3, 0.4, 0.5 (exclusive method): 0.3 and 0.475
+    assert record["step_time_q1_s"] == pytest.approx(0.3) and record["step_time_q3_s"] == pytest.approx(0.475)
+    assert record["step_time_iqr_s"] == pytest.approx(0.175)
+    assert record["timed_steps"] == 4 and record["warmup_steps"] == 1
+
+
+def test_traffic_is_the_mean_over_ranks_and_by_op_is_dropped():
+    record = summarize("dmt", RANKS, warmup=1)
+    assert record["cross_host_embedding_bytes"] == 2000.0  # (1000 + 3000) / 2
+    assert record["cross_host_bytes"] == 2100.0  # ids 100 + embeddings 2000
+    assert record["cross_host_messages"] == 2.0 and "by_op" not in record
+    assert [r["cross_host_embedding_bytes"] for r in record["per_rank"]] == [1000.0, 3000.0]
+    assert record["ranks"] == 2 and record["measured_steps"] == 3 and record["topology"] == "2x1"
+    assert record["dense_allreduce_bytes_estimate"] == 4096
+
+
+def test_losses_and_a_field_the_meter_adds_later():
+    ranks = [{**r, "traffic": {**r["traffic"], "dense_allreduce_bytes": 10.0 * (i + 1)}} for i, r in enumerate(RANKS)]
+    record = summarize("dmt", ranks, warmup=0)
+    assert record["first_loss"] == 1.0 and record["final_loss"] == pytest.approx(0.8)  # mean of all 5 (< 10)
+    assert record["dense_allreduce_bytes"] == 15.0
+
+
+def test_no_measured_steps():
+    record = summarize("dmt", RANKS, warmup=5)
+    assert record["step_time_median_s"] == 0.0 and record["step_time_iqr_s"] == 0.0
+
+
+def test_best_flat_is_the_fastest_flat_baseline():
+    rows = [{"variant": v, "step_time_median_s": t} for v, t in
+            (("flat-table_wise", 0.3), ("flat-row_wise", 0.2), ("torchrec-towers", 0.1), ("dmt-c4", 0.1))]
+    rows = best_flat(rows)
+    assert [r["is_best_flat"] for r in rows] == [False, True, False, False]  # towers are not a flat plan
+    assert {r["best_flat"] for r in rows} == {"flat-row_wise"}
+    assert rows[3]["speedup_vs_best_flat"] == pytest.approx(2.0)
