@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import dmt_fx  # noqa: E402
 from dmt_fx.ir.topology import Topology  # noqa: E402
 from dmt_fx.jobs.data import clicks  # noqa: E402
+from dmt_fx.jobs.summary import quartiles  # noqa: E402
 from dmt_fx.jobs.target import load_target, target_module  # noqa: E402
 from dmt_fx.models.zoo import DEFAULT_TARGET  # noqa: E402
 
@@ -46,11 +47,6 @@ def fresh_inputs(inputs: tuple) -> tuple:
     return tuple(KeyedJaggedTensor.from_lengths_sync(keys=x.keys(), values=x.values(), lengths=x.lengths(),
                                                       weights=x.weights_or_none())
                  if isinstance(x, KeyedJaggedTensor) else x for x in inputs)
-
-
-def quartiles(xs):
-    q = statistics.quantiles(xs, n=4)
-    return q[0], statistics.median(xs), q[2]
 
 
 def main(argv=None) -> int:
@@ -79,53 +75,62 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure(args, batch_size: int) -> dict:
-    model, example = load_target(args.target)
-    module, _ = target_module(args.target)
-    original = copy.deepcopy(model)
-    dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example,
-                           validate_inputs=not args.no_validate)
-    make = module.make_inputs
-    batches = [make(batch_size, 1000 + i) for i in range(args.batches)]
-    labels = [clicks(b, 1000 + i) for i, b in enumerate(batches)]
-    models = {"original": original, "dmt-identity": dmt}
-    optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
-    counter = {k: 0 for k in models}
+class Stepper:
+    """One training step of either model on the next pre-built batch (fresh KJTs), timed."""
 
-    def step(name: str) -> float:
-        i = counter[name] % len(batches)
-        counter[name] += 1
-        m, opt = models[name], optims[name]
-        batch = fresh_inputs(batches[i])
+    def __init__(self, args, batch_size: int) -> None:
+        model, example = load_target(args.target)
+        module, _ = target_module(args.target)
+        dmt = dmt_fx.transform(copy.deepcopy(model), Topology.parse(args.topology), example_inputs=example,
+                               validate_inputs=not args.no_validate)
+        self.batches = [module.make_inputs(batch_size, 1000 + i) for i in range(args.batches)]
+        self.labels = [clicks(b, 1000 + i) for i, b in enumerate(self.batches)]
+        self.models = {"original": copy.deepcopy(model), "dmt-identity": dmt}
+        self.optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in self.models.items()}
+        self.counter = {k: 0 for k in self.models}
+
+    def __call__(self, name: str) -> float:
+        i = self.counter[name] % len(self.batches)
+        self.counter[name] += 1
+        model, opt = self.models[name], self.optims[name]
+        batch = fresh_inputs(self.batches[i])
         start = time.perf_counter()
-        out = m(*batch)
-        loss = F.binary_cross_entropy_with_logits(out, labels[i])
+        out = model(*batch)
+        loss = F.binary_cross_entropy_with_logits(out, self.labels[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
         return time.perf_counter() - start
 
+
+def interleaved(step: Stepper, args) -> tuple[dict[str, list[float]], list[float], float]:
+    """Warm-up, then ABBA blocks; (step times per model, per-block-pair ratios dmt / original, wall s)."""
     for _ in range(args.warmup):
-        for name in models:
+        for name in step.models:
             step(name)
-    times = {k: [] for k in models}
-    block_medians = {k: [] for k in models}
-    blocks = max(1, args.steps // args.block)
+    times = {k: [] for k in step.models}
+    block_medians = {k: [] for k in step.models}
     start = time.monotonic()
-    for b in range(blocks):
+    for b in range(max(1, args.steps // args.block)):
         order = ["original", "dmt-identity"] if b % 2 == 0 else ["dmt-identity", "original"]
         for name in order:
             block = [step(name) for _ in range(args.block)]
             times[name].extend(block)
             block_medians[name].append(statistics.median(block))
-    wall = time.monotonic() - start
     ratios = [d / o for o, d in zip(block_medians["original"], block_medians["dmt-identity"])]
-    summary = {}
-    for name, xs in times.items():
-        q1, med, q3 = quartiles(xs)
-        p10 = statistics.quantiles(xs, n=10)[0]
-        summary[name] = {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "p10_s": p10, "min_s": min(xs),
-                         "steps": len(xs)}
+    return times, ratios, time.monotonic() - start
+
+
+def model_summary(xs: list[float]) -> dict[str, float]:
+    q1, med, q3 = quartiles(xs)
+    return {"median_s": med, "q1_s": q1, "q3_s": q3, "iqr_s": q3 - q1, "p10_s": statistics.quantiles(xs, n=10)[0],
+            "min_s": min(xs), "steps": len(xs)}
+
+
+def measure(args, batch_size: int) -> dict:
+    times, ratios, wall = interleaved(Stepper(args, batch_size), args)
+    summary = {name: model_summary(xs) for name, xs in times.items()}
+    dmt, original = summary["dmt-identity"], summary["original"]
     r1, rmed, r3 = quartiles(ratios)
     result = {
         "what": "single-process training step (forward, BCE loss, backward, SGD step), original model vs "
@@ -133,26 +138,31 @@ def measure(args, batch_size: int) -> dict:
         "target": args.target, "topology": args.topology, "batch_size": batch_size, "threads": args.threads,
         "steps_per_model": len(times["original"]), "block": args.block, "warmup": args.warmup,
         "models": summary,
-        "ratio_of_medians": summary["dmt-identity"]["median_s"] / summary["original"]["median_s"],
+        "ratio_of_medians": dmt["median_s"] / original["median_s"],
         "block_ratio_median": rmed, "block_ratio_q1": r1, "block_ratio_q3": r3,
-        "overhead_pct": (summary["dmt-identity"]["median_s"] / summary["original"]["median_s"] - 1) * 100,
+        "overhead_pct": (dmt["median_s"] / original["median_s"] - 1) * 100,
         # the fastest steps are the least disturbed by other jobs on a shared machine
-        "ratio_of_p10": summary["dmt-identity"]["p10_s"] / summary["original"]["p10_s"],
-        "ratio_of_min": summary["dmt-identity"]["min_s"] / summary["original"]["min_s"],
+        "ratio_of_p10": dmt["p10_s"] / original["p10_s"],
+        "ratio_of_min": dmt["min_s"] / original["min_s"],
         "load_average_1min": os.getloadavg()[0],
         "target_overhead_pct": 3.0,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
         "wall_s": wall,
     }
-    print(f"local batch {batch_size}:")
-    for name, s in summary.items():
+    print_result(result)
+    return result
+
+
+def print_result(result: dict) -> None:
+    print(f"local batch {result['batch_size']}:")
+    for name, s in result["models"].items():
         print(f"{name:>13}: median {s['median_s'] * 1e3:.3f} ms  IQR {s['iqr_s'] * 1e3:.3f} ms  "
               f"p10 {s['p10_s'] * 1e3:.3f} ms  min {s['min_s'] * 1e3:.3f} ms  ({s['steps']} steps)")
     print(f"dmt-identity / original: {result['ratio_of_medians']:.4f} (overhead {result['overhead_pct']:+.2f} %, "
-          f"target <= 3 %); per-block ratio median {rmed:.4f} [IQR {r1:.4f} - {r3:.4f}]; ratio of p10 "
-          f"{result['ratio_of_p10']:.4f}, of min {result['ratio_of_min']:.4f}; load avg {result['load_average_1min']:.1f}; "
-          f"{wall:.1f} s")
-    return result
+          f"target <= 3 %); per-block ratio median {result['block_ratio_median']:.4f} [IQR "
+          f"{result['block_ratio_q1']:.4f} - {result['block_ratio_q3']:.4f}]; ratio of p10 "
+          f"{result['ratio_of_p10']:.4f}, of min {result['ratio_of_min']:.4f}; load avg "
+          f"{result['load_average_1min']:.1f}; {result['wall_s']:.1f} s")
 
 
 if __name__ == "__main__":
