@@ -25,7 +25,7 @@ import torch.fx as fx
 from dmt_fx.ir import ops
 from dmt_fx.ir.collections import sub_collection
 from dmt_fx.ir.graph import stable_toposort, tag
-from dmt_fx.ir.names import GroupKind, Role, tower_collection_path
+from dmt_fx.ir.names import GroupKind, Role, table_name, table_path, tower_collection_path
 from dmt_fx.ir.plan import Tower, TowerPlan
 from dmt_fx.ir.sites import EmbeddingSite, ModelSites
 
@@ -94,11 +94,11 @@ class _Rewriter:
         node = self.nodes[site.node]
         if site.kind == "torchrec_ebc":
             ebc = self.gm.get_submodule(site.module)
-            tables = {self.sites.feature(f).table.rpartition(".")[2] for f in features}
+            tables = {table_name(site.module, self.sites.feature(f).table) for f in features}
             path = tower_collection_path(tower.index, site.module)
             self.gm.add_submodule(path, sub_collection([ebc], tables))
             for name in self.gm.get_submodule(path).embedding_bags:
-                self.renames[f"{path}.embedding_bags.{name}"] = f"{site.module}.embedding_bags.{name}"
+                self.renames[table_path(path, name)] = table_path(site.module, name)
             new = self.graph.call_module(path, (ids[0],))
         else:
             remap = dict(zip(_id_inputs(node), ids))

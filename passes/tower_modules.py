@@ -17,9 +17,8 @@ from typing import Callable
 import torch.fx as fx
 import torch.nn as nn
 
-from dmt_fx.ir import ops
 from dmt_fx.ir.graph import tag
-from dmt_fx.ir.names import Role, tower_module_path
+from dmt_fx.ir.names import Role, nodes_with_role, tower_module_path
 from dmt_fx.ir.plan import Tower, TowerPlan
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ PASS = "tower_modules"
 def tower_modules_pass(gm: fx.GraphModule, *, plan: TowerPlan,
                        make_module: Callable[[Tower], nn.Module]) -> fx.GraphModule:
     # Step 1
-    exchanges = [n for n in gm.graph.nodes if n.target is ops.peer_output_exchange]
+    exchanges = list(nodes_with_role(gm.graph, Role.PEER_OUTPUT_EXCHANGE))
     if not exchanges:
         return gm
     towers = {t.index: t for t in plan.towers}

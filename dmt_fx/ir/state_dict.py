@@ -7,9 +7,10 @@ logical model and for the runtime's per-rank module alike.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch.fx as fx
+import torch.nn as nn
 
 
 class KeyRenamer:
@@ -33,7 +34,7 @@ class KeyRenamer:
                 return prefix + ".".join([self.table[path], *parts[cut:]])
         return key
 
-    def __call__(self, module, state_dict, prefix, *rest) -> None:
+    def __call__(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *rest: Any) -> None:
         # Only this module's keys (those under `prefix`) are renamed and reordered; a parent's
         # other entries keep their places in front.
         others = [(k, v) for k, v in state_dict.items() if not k.startswith(prefix)]
