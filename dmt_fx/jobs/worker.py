@@ -34,7 +34,8 @@ from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.data import clicks, slice_batch, synthetic_inputs
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
-from dmt_fx.runtime.distribute import check_world
+from dmt_fx.runtime.groups import check_world
+from dmt_fx.runtime.shardings import SHARDINGS
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="dense optimizer; TorchRec fuses the same one into the embedding tables")
-    p.add_argument("--sharding", default="table_wise", choices=("table_wise", "row_wise", "column_wise"),
+    p.add_argument("--sharding", default="table_wise", choices=SHARDINGS.names(),
                    help="DMT: how TorchRec shards each host's tables over its ranks")
     p.add_argument("--out", required=True)
     p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
