@@ -73,13 +73,20 @@ class _DMTTracer(Tracer):
     """Embedding modules stay whole (the analysis finds them as calls), and so do the modules
     an interaction kind recognises by structure (e.g. torchrec's arches, or copies of them)."""
 
+    def __init__(self, whole: set[int]) -> None:
+        super().__init__()
+        self.whole = whole  # ids of the modules interaction kinds keep whole
+
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (isinstance(m, EMBEDDING_TYPES) or keeps_whole(m)
+        return (isinstance(m, EMBEDDING_TYPES) or id(m) in self.whole
                 or super().is_leaf_module(m, module_qualified_name))
 
 
 def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:
-    graph = _DMTTracer().trace(model)
+    # Decided before tracing: while it traces, torch.fx answers parameter reads with proxies,
+    # which a structural test of the module would not recognise.
+    whole = {id(m) for m in model.modules() if keeps_whole(m)}
+    graph = _DMTTracer(whole).trace(model)
     return torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
 
 
