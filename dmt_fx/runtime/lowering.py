@@ -195,7 +195,7 @@ class _Lowering:
             if id(module) in self.sharded:
                 _, site, tables = self.sharded[id(module)]
                 for name in tables:
-                    renames[f"{path}.embedding_bags.{name}"] = table_path(site.module, name)
+                    renames[table_path(path, name)] = table_path(site.module, name)
             elif module is tower_module and path.startswith(RUNTIME_ATTR + "."):
                 renames[path] = logical[id(module)]
         return renames
