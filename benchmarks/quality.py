@@ -99,7 +99,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import dmt_fx  # noqa: E402
 from dmt_fx.compiler.affinity import feature_affinity, feature_embeddings, interaction_affinity  # noqa: E402
 from dmt_fx.compiler.partitioners.learned import DEFAULT_BALANCE_SLACK, learned_plan  # noqa: E402
-from dmt_fx.compiler.tower_modules import CompressingTowerModule  # noqa: E402
+from dmt_fx.compiler.tower_modules import TOWER_MODULES, CompressingTowerModule  # noqa: E402
 
 NUM_FEATURES, NUM_GROUPS, LATENT_DIM, DENSE, DIM = 16, 4, 4, 13, 16
 VOCAB_RANGE = (200, 2000)
@@ -327,7 +327,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=None, help="default 250; quick 20")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--compression", type=int, default=2)
-    p.add_argument("--tower-module", default="dot", choices=["dot", "linear", "dcn"])
+    p.add_argument("--tower-module", default="dot",  # the compressing kinds: DMT-TM needs one that changes the model
+                   choices=[name for name, kind in TOWER_MODULES.items() if kind.changes_model])
     p.add_argument("--seed", type=int, default=0, help="generator, initial weights and batch order")
     p.add_argument("--partition-seed", type=int, default=None, help="seed of the random/learned partitioner "
                                                                      "(default --seed)")
