@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -76,7 +76,7 @@ def _per_sample(output: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1).clone()
 
 
-def _hooks(model: nn.Module, sites: ModelSites, on_output) -> list:
+def _hooks(model: nn.Module, sites: ModelSites, on_output: Callable) -> list:
     """Forward hooks on the embedding modules the analysis found (by module path).
 
     on_output(name, output, read, write) is called for every feature `name` whose lookup the
@@ -92,7 +92,7 @@ def _hooks(model: nn.Module, sites: ModelSites, on_output) -> list:
         by_module.setdefault(site.module, []).append(site)
     calls: dict[str, int] = {}
 
-    def hook(fqn, module, args, output):
+    def hook(fqn: str, module: nn.Module, args: tuple, output: Any) -> Any:
         k = calls[fqn] = calls.get(fqn, -1) + 1
         if k >= len(by_module[fqn]):
             return None
@@ -144,7 +144,7 @@ def feature_embeddings(model: nn.Module, sites: ModelSites, example_inputs: Iter
     Features whose module is not a submodule of `model` are left out (with a warning)."""
     found: dict[str, torch.Tensor] = {}
 
-    def record(name, output, read, write):
+    def record(name: str, output: Any, read: Callable, write: Callable) -> Any:
         found[name] = _per_sample(read())
         return output
 
@@ -181,7 +181,7 @@ def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: It
     swap: set[str] = set()
     seen: dict[str, int] = {}
 
-    def perturb(name, output, read, write):
+    def perturb(name: str, output: Any, read: Callable, write: Callable) -> Any:
         current = read()
         seen[name] = current.shape[0]
         if name not in swap:

@@ -25,12 +25,13 @@ _EXPORT_BAG_OPS = {
     torch.ops.aten._embedding_bag.default,
 }
 _EXPORT_EMBEDDING_OPS = {torch.ops.aten.embedding.default}
+Found = tuple[EmbeddingSite, list[Feature], list[Table]]  # one lookup's site, its features and tables
 
 
 # ---------------------------------------------------------------- embedding sites
 
 
-def _ebc_site(node: fx.Node, fqn: str, ebc: EmbeddingBagCollection, taken: set[str]):
+def _ebc_site(node: fx.Node, fqn: str, ebc: EmbeddingBagCollection, taken: set[str]) -> Found:
     features, tables = [], []
     weighted = ebc.is_weighted()
     for config in ebc.embedding_bag_configs():
@@ -49,7 +50,7 @@ def _ebc_site(node: fx.Node, fqn: str, ebc: EmbeddingBagCollection, taken: set[s
 
 
 def _plain_site(node: fx.Node, fqn: str, kind: str, weight: torch.Tensor, param: str,
-                pooling: str, weighted: bool, output: fx.Node, taken: set[str], owners: dict):
+                pooling: str, weighted: bool, output: fx.Node, taken: set[str], owners: dict[int, str]) -> Found:
     # One module may be called several times (a shared table): name the calls apart.
     name, k = fqn, 1
     while name in taken:
@@ -62,7 +63,7 @@ def _plain_site(node: fx.Node, fqn: str, kind: str, weight: torch.Tensor, param:
     return site, [feature], [table]
 
 
-def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict):
+def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict[int, str]) -> Found | None:
     module = gm.get_submodule(node.target)
     if isinstance(module, EmbeddingBagCollection):
         return _ebc_site(node, node.target, module, taken)
@@ -76,7 +77,7 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dic
     return None
 
 
-def _export_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict):
+def _export_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict[int, str]) -> Found:
     weight_node = node.args[0]
     assert weight_node.op == "get_attr", f"embedding weight is {weight_node.op}"
     weight = gm.get_parameter(weight_node.target)
@@ -93,7 +94,8 @@ def _export_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dic
                        psw is not None, output, taken, owners)
 
 
-def find_embedding_sites(gm: fx.GraphModule):
+def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...], tuple[Feature, ...],
+                                                        tuple[Table, ...]]:
     """All embedding lookups in graph order: (sites, features, tables)."""
     sites, features, tables, taken, owners = [], [], [], set(), {}
     for node in gm.graph.nodes:

@@ -15,7 +15,8 @@ from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
 
 
-def tower_loads(towers: list[list[str]], sites: ModelSites, pooling: Mapping[str, float]):
+def tower_loads(towers: list[list[str]], sites: ModelSites,
+                pooling: Mapping[str, float]) -> list[tuple[float, int, tuple[str, ...]]]:
     """(lookup cost, memory bytes, tables) per tower."""
     loads = []
     for features in towers:

@@ -127,12 +127,12 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
     stats: dict[tuple[str, str], float] = {}
     calls: dict[str, int] = {}
 
-    def ebc_hook(fqn, module, args, kwargs):
+    def ebc_hook(fqn: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
         kjt = args[0] if args else kwargs["features"]
         for key, count in zip(kjt.keys(), kjt.length_per_key()):
             stats[(fqn, key)] = count / max(kjt.stride(), 1)
 
-    def bag_hook(fqn, module, args, kwargs):
+    def bag_hook(fqn: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = args[0] if args else kwargs["input"]
         offsets = args[1] if len(args) > 1 else kwargs.get("offsets")
         bags = ids.shape[0] if ids.dim() == 2 else max(offsets.numel() - int(module.include_last_offset), 1)
@@ -176,8 +176,9 @@ def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float
 # ---------------------------------------------------------------- plan, tower modules and passes
 
 
-def _make_plan(plan, partitioner: str | Partitioner, sites: ModelSites, topology: Topology,
-               pooling: Mapping[str, float], model: nn.Module, inputs: tuple | None, seed: int) -> TowerPlan:
+def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partitioner, sites: ModelSites,
+               topology: Topology, pooling: Mapping[str, float], model: nn.Module, inputs: tuple | None,
+               seed: int) -> TowerPlan:
     if plan is not None:
         return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
     return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -105,7 +105,7 @@ class IdentityTowerModule(nn.Module):
         self.tower = tower
         self.features = features
 
-    def forward(self, *lookups):
+    def forward(self, *lookups: Any) -> tuple[Any, ...]:
         return lookups
 
     def extra_repr(self) -> str:
