@@ -22,7 +22,6 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -30,18 +29,10 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from dmt_fx.ir.errors import DMTError
-from dmt_fx.runtime.groups import runtime_device as _device
-from dmt_fx.runtime.optim import copy_into_shards as _copy_into_shards
-from dmt_fx.runtime.optim import fused_params
+from dmt_fx.runtime.groups import runtime_device
+from dmt_fx.runtime.optim import FUSED, copy_into_shards, fused_params
 
-FUSED = EmbeddingComputeKernel.FUSED.value
-
-__all__ = ["FUSED", "device", "embedding_collections", "fused_params", "shard", "table_weights"]
-
-
-def device() -> torch.device:
-    """Where the sharded tables live (cuda under nccl, else cpu)."""
-    return _device()
+__all__ = ["FUSED", "embedding_collections", "fused_params", "runtime_device", "shard", "table_weights"]
 
 
 def embedding_collections(model: nn.Module) -> list[tuple[str, EmbeddingBagCollection]]:
@@ -69,9 +60,9 @@ def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder,
     """`model` under DMP over the whole world with `plan` (module path -> module plan);
     `tables` (module path -> full tables by key) are copied into the new shards."""
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(torch.distributed.group.WORLD),
-                                   device=device(), plan=ShardingPlan(dict(plan)), sharders=[sharder])
+                                   device=runtime_device(), plan=ShardingPlan(dict(plan)), sharders=[sharder])
     for path, weights in tables.items():
-        _copy_into_shards(dmp.module.get_submodule(path).state_dict(), weights)
+        copy_into_shards(dmp.module.get_submodule(path).state_dict(), weights)
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     optimizer = CombinedOptimizer([("fused", dmp.fused_optimizer),
                                    ("dense", KeyedOptimizerWrapper(

@@ -51,7 +51,7 @@ def flat_sharding_plan(model: nn.Module, sharding: str, topology: Topology,
         per_table = {c.name: _place(c, sharding, rank_load, host_load) for c in _by_size(ebc.embedding_bag_configs())}
         module_plan = construct_module_sharding_plan(
             ebc, per_table, sharder=sharder, local_size=topology.local_world_size,
-            world_size=topology.world_size, device_type=dmp.device().type)
+            world_size=topology.world_size, device_type=dmp.runtime_device().type)
         for parameter_sharding in module_plan.values():
             parameter_sharding.compute_kernel = dmp.FUSED  # table_row_wise() takes no kernel
         plan[path] = module_plan

@@ -18,7 +18,7 @@ import torch.nn as nn
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.registry import Registry
 from dmt_fx.ir.topology import Topology
-from dmt_fx.runtime.distribute import check_world
+from dmt_fx.runtime.groups import check_world
 
 BaselineBuilder = Callable[..., tuple[nn.Module, torch.optim.Optimizer]]
 FLAT = "flat"  # family of the original model under TorchRec DMP over the whole world

@@ -203,7 +203,7 @@ def build_towers(model: nn.Module, *, topology: Topology, optimizer_class: type,
         module_plan = construct_module_sharding_plan(
             build.adapter.towers, {table: table_row_wise(host_index=h) for table, h in build.hosts.items()},
             sharder=sharder, local_size=topology.local_world_size, world_size=topology.world_size,
-            device_type=dmp.device().type)
+            device_type=dmp.runtime_device().type)
         for parameter_sharding in module_plan.values():
             parameter_sharding.compute_kernel = dmp.FUSED
         sharding_plan[f"{build.path}.towers"] = module_plan
