@@ -34,6 +34,20 @@ def test_step_times_are_the_slowest_rank_after_warmup():
     assert record["timed_steps"] == 4 and record["warmup_steps"] == 1
 
 
+def test_metered_steps_are_left_out_of_the_step_times():
+    ranks = [{**r, "metered_steps": [1, 2]} for r in RANKS]
+    record = summarize("dmt", ranks, warmup=1)
+    # after warm-up: steps 1..4 = 0.3, 0.4, 0.5, 0.3; the meter watched steps 1 and 2
+    assert record["step_times_s"] == [0.5, 0.3] and not record["step_times_metered"]
+    # a resumed run numbers its steps from first_step: steps 3..7, metered 5 and 6 = indexes 2, 3
+    resumed = [{**r, "first_step": 3, "metered_steps": [5, 6]} for r in RANKS]
+    assert summarize("dmt", resumed, warmup=1)["step_times_s"] == [0.3, 0.3]
+    # nothing else left: the metered steps, flagged
+    everything = [{**r, "metered_steps": [1, 2, 3, 4]} for r in RANKS]
+    record = summarize("dmt", everything, warmup=1)
+    assert record["step_times_s"] == [0.3, 0.4, 0.5, 0.3] and record["step_times_metered"]
+
+
 def test_traffic_is_the_mean_over_ranks_and_by_op_is_dropped():
     record = summarize("dmt", RANKS, warmup=1)
     assert record["cross_host_embedding_bytes"] == 2000.0  # (1000 + 3000) / 2

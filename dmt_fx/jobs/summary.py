@@ -19,6 +19,20 @@ def slowest_step_times(ranks: Sequence[dict[str, Any]]) -> list[float]:
     return [max(r["step_times_s"][i] for r in ranks) for i in range(steps)]
 
 
+def timed_step_times(ranks: Sequence[dict[str, Any]], warmup: int) -> tuple[list[float], bool]:
+    """The slowest rank's step times after `warmup`, without the steps the traffic meter
+    watched (`metered_steps`: it slows them down); the metered ones only when no other is
+    left. Returns (times, whether they are metered steps)."""
+    first = ranks[0].get("first_step", 0)
+    metered = set(ranks[0].get("metered_steps", ()))
+    times = slowest_step_times(ranks)
+    after_warmup = [(first + i, t) for i, t in enumerate(times) if i >= warmup]
+    unmetered = [t for step, t in after_warmup if step not in metered]
+    if unmetered or not after_warmup:
+        return unmetered, False
+    return [t for _, t in after_warmup], True
+
+
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     """(q1, median, q3); a single value is all three, none gives zeros."""
     if len(values) > 1:
@@ -36,12 +50,13 @@ def _traffic_means(ranks: Sequence[dict[str, Any]]) -> dict[str, float]:
 def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> dict[str, Any]:
     """One record: losses, traffic per rank per step (mean over ranks), step times.
 
-    Step times are the slowest rank's, without the first `warmup` steps; the traffic is
-    already averaged over the measured steps by each rank's meter."""
+    Step times are the slowest rank's, without the first `warmup` steps and the metered
+    ones (`timed_step_times`); the traffic is already averaged over the metered steps by
+    each rank's meter."""
     if not ranks:
         raise ValueError(f"no rank results for {variant}")
     losses = ranks[0]["losses"]
-    times = slowest_step_times(ranks)[warmup:]
+    times, metered_times = timed_step_times(ranks, warmup)
     q1, median, q3 = quartiles(times)
     traffic = _traffic_means(ranks)
     record: dict[str, Any] = {
@@ -53,7 +68,7 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
         "cross_host_bytes": traffic.get("cross_host_id_bytes", 0.0) + traffic.get("cross_host_embedding_bytes", 0.0),
         "dense_allreduce_bytes_estimate": ranks[0].get("dense_allreduce_bytes_estimate", 0.0),
         "step_time_median_s": median, "step_time_iqr_s": q3 - q1, "step_time_q1_s": q1, "step_time_q3_s": q3,
-        "timed_steps": len(times), "step_times_s": times,
+        "timed_steps": len(times), "step_times_s": times, "step_times_metered": metered_times,
         "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],
     }
     return record
