@@ -1,4 +1,4 @@
-"""The alpha-beta cost model (dmt_fx/cost_model.py) against measurements, and extrapolated.
+"""The alpha-beta cost model (dmt_fx/bench/cost_model.py) against measurements, and extrapolated.
 
     python benchmarks/cost_model.py [--emulated results/emulated.json] [--t-compute-ms 2.0]
 
@@ -11,7 +11,8 @@
     --no-cpu-share to turn off), and report the prediction error.
 (b) Extrapolate to data-center shapes: L = 8 ranks per host, H = 8 .. 64 hosts,
     NVLink-class intra-host (450 GB/s, alpha 5 us) and NIC-class inter-host (50 GB/s per
-    GPU, alpha 20 us), traffic per rank per step from the ANALYTIC formulas of DMT.md
+    GPU, alpha 20 us: the link fields of the `Topology` predicted for), traffic per rank per
+    step from the ANALYTIC formulas of DMT.md and the byte model of `dmt_fx.bench.bytes`
     (`dmt_fx.bench.cost_model.analytic_traffic`) for a stated model size, for flat table-wise,
     DMT identity and DMT c = 4; predicted DMT speedup vs hosts. THIS IS A MODEL: no
     overlap, a serial alpha per message, t_compute assumed (not measured on such a GPU),
@@ -30,7 +31,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dmt_fx.bench.cost_model import Tier, Tiers, analytic_traffic, breakdown, measure_compute, tiers_from  # noqa: E402
+from dmt_fx.bench import bytes as wire  # noqa: E402
+from dmt_fx.bench.cost_model import (  # noqa: E402
+    Tier,
+    Tiers,
+    analytic_traffic,
+    breakdown,
+    measure_compute,
+    tiers_from,
+    tiers_of,
+)
+from dmt_fx.ir.topology import Topology  # noqa: E402
 
 VARIANTS = ("flat-table_wise", "dmt-identity", "dmt-c4")
 
@@ -97,7 +108,7 @@ def _target_of(record: dict) -> tuple[str, dict[str, str]]:
         from dmt_fx.bench import emulated
 
         return emulated.TARGET, {emulated.MODEL_ENV: ",".join(f"{k}={v}" for k, v in record["model"].items())}
-    return "dmt_fx.bench.traffic:wide_model", {}
+    return "dmt_fx.models.wide:wide_model", {}
 
 
 def emulated_errors(path: str, cpu_share: bool = True, inter_alpha_s: float | None = None,
@@ -136,22 +147,29 @@ def emulated_errors(path: str, cpu_share: bool = True, inter_alpha_s: float | No
 # ---------------------------------------------------------------- (b) extrapolation
 
 
+def cluster(args, hosts: int) -> Topology:
+    """The data-center shape predicted for: its link fields are what the cost model reads."""
+    return Topology(hosts, args.ranks_per_host, intra_host_bandwidth_gbps=args.intra_GBps,
+                    inter_host_bandwidth_gbps=args.inter_GBps, intra_host_latency_us=args.intra_alpha_us,
+                    inter_host_latency_us=args.inter_alpha_us)
+
+
 def extrapolate(args) -> dict:
-    tiers = Tiers(intra=Tier(args.intra_alpha_us * 1e-6, args.intra_GBps * 1e9),
-                  inter=Tier(args.inter_alpha_us * 1e-6, args.inter_GBps * 1e9))
+    tiers = tiers_of(cluster(args, 1))  # the same links for every host count (reported once)
     model = {"local_batch": args.batch, "features": args.features, "pooled_width": args.features * args.dim,
-             "dim": args.dim, "ids_per_feature": args.ids_per_feature, "elem_bytes": 4, "id_bytes": 8,
-             "length_bytes": 8, "id_collectives": 3}
+             "dim": args.dim, "ids_per_feature": args.ids_per_feature, "elem_bytes": wire.EMBEDDING_BYTES,
+             "id_bytes": wire.ID_BYTES, "length_bytes": wire.LENGTH_BYTES, "id_collectives": wire.ID_COLLECTIVES}
     t_compute = args.t_compute_ms * 1e-3
     rows = []
     for hosts in args.hosts:
-        row = {"hosts": hosts, "ranks_per_host": args.ranks_per_host, "gpus": hosts * args.ranks_per_host}
+        topology = cluster(args, hosts)
+        row = {"hosts": hosts, "ranks_per_host": args.ranks_per_host, "gpus": topology.world_size}
         for variant in VARIANTS:
             traffic = analytic_traffic(variant, hosts, args.ranks_per_host, batch=args.batch,
                                        width=model["pooled_width"], features=args.features,
                                        ids_per_feature=args.ids_per_feature)
-            parts = breakdown(traffic, tiers, t_compute)
-            bound = breakdown(traffic, tiers, t_compute, alpha_per="collective")
+            parts = breakdown(traffic, topology, t_compute)
+            bound = breakdown(traffic, topology, t_compute, alpha_per="collective")
             row[variant] = {"traffic": traffic, "predicted_s": parts, "predicted_alpha_per_collective_s": bound}
         flat = row["flat-table_wise"]["predicted_s"]
         for variant in VARIANTS[1:]:

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from dmt_fx.bench.cost_model import Tier, Tiers, analytic_traffic, breakdown, predict, tiers_from
+from dmt_fx.bench.cost_model import Tier, Tiers, analytic_traffic, breakdown, predict, tiers_from, tiers_of
+from dmt_fx.ir.topology import Topology
 
 TIERS = Tiers(intra=Tier(alpha_s=1e-6, beta_Bps=1e9), inter=Tier(alpha_s=1e-5, beta_Bps=1e8))
 
@@ -30,6 +31,20 @@ def test_predict_dense_term_uses_slowest_hop():
     assert predict(record, TIERS, include_dense=True) == pytest.approx(1.0 + 6 * 1e-5)
     one_host = {"topology": "1x4", "dense_allreduce_bytes_estimate": 1e9}
     assert predict(one_host, TIERS, include_dense=True) == pytest.approx(1.0 + 6 * 1e-6)
+    # the measured all-reduce (bytes and ring steps, as the worker records them) wins
+    measured = {**record, "dense_allreduce_bytes": 2e8, "dense_allreduce_messages": 12}
+    assert predict(measured, TIERS, include_dense=True) == pytest.approx(2.0 + 12 * 1e-5)
+
+
+def test_topology_links_are_the_tiers():
+    links = Topology(2, 4, intra_host_bandwidth_gbps=100.0, inter_host_bandwidth_gbps=10.0,
+                     intra_host_latency_us=2.0, inter_host_latency_us=10.0)
+    assert tiers_of(links) == Tiers(Tier(2e-6, 1e11), Tier(1e-5, 1e10))
+    record = {"cross_host_bytes": 1e9, "cross_host_messages": 4, "intra_host_bytes": 1e9, "intra_host_messages": 3}
+    # 1 GB over 10 GB/s and 4 x 10 us across hosts, 1 GB over 100 GB/s and 3 x 2 us inside
+    assert predict(record, links) == pytest.approx(0.1 + 4e-5 + 0.01 + 6e-6)
+    default = Topology(2, 4)  # an H100 host: NVLink 450 GB/s, a 50 GB/s NIC per GPU
+    assert predict(record, default) == pytest.approx(1 / 50 + 4 * 20e-6 + 1 / 450 + 3 * 5e-6)
 
 
 def test_tiers_from_measurements():
@@ -40,19 +55,14 @@ def test_tiers_from_measurements():
     assert tiers_from({"intra_host_Bps": 1e9}) is None
 
 
-def test_analytic_traffic_formulas():
+def test_analytic_traffic_relations():
     B, D, F, H, L = 2048, 26 * 128, 26, 8, 8
     N = H * L
-    emb, ids = B * D * 4, B * F * (8 + 8)
     flat = analytic_traffic("flat-table_wise", H, L, batch=B, width=D, features=F)
-    assert flat["cross_host_embedding_bytes"] == pytest.approx(2 * emb * (H - 1) / H)
-    assert flat["cross_host_id_bytes"] == pytest.approx(ids * (H - 1) / H)
-    assert flat["cross_host_messages"] == 5 * (N - L)
-    assert flat["intra_host_messages"] == 5 * (L - 1)
     ident = analytic_traffic("dmt-identity", H, L, batch=B, width=D, features=F)
     assert ident["cross_host_embedding_bytes"] == flat["cross_host_embedding_bytes"]  # same bytes
+    assert flat["cross_host_messages"] == 5 * (N - L) and flat["intra_host_messages"] == 5 * (L - 1)
     assert ident["cross_host_messages"] == 5 * (H - 1)  # H - 1 messages per collective, not N - L
-    assert ident["intra_host_bytes"] == pytest.approx((ids + 2 * emb) * (L - 1) / L)
     c4 = analytic_traffic("dmt-c4", H, L, batch=B, width=D, features=F)
     assert c4["cross_host_embedding_bytes"] == pytest.approx(ident["cross_host_embedding_bytes"] / 4)
     assert c4["cross_host_id_bytes"] == ident["cross_host_id_bytes"]
@@ -62,14 +72,35 @@ def test_analytic_traffic_formulas():
         analytic_traffic("flat-row_wise", H, L, batch=B, width=D, features=F)
 
 
-def test_analytic_matches_the_bench_model_numbers():
-    # the bench model: 16 features of dim 16, 1 id per bag, local batch 32, fp32, int64 ids and lengths
-    from dmt_fx.bench import traffic as bench
+# What the traffic meter measured for the bench model (16 features of dim 16, one id per
+# bag, local batch 32) in real gloo runs (README, "Exact traffic"): per rank per step,
+# x-host id bytes, x-host embedding bytes, x-host messages, intra-host bytes.
+MEASURED = {
+    ("2x2", "flat-table_wise"): (4_144, 32_768, 10, 18_456),
+    ("2x2", "dmt-identity"): (4_120, 32_768, 5, 36_888),
+    ("2x2", "dmt-c4"): (4_120, 8_192, 5, 36_888),
+    ("2x4", "flat-table_wise"): (4_192, 32_768, 20, 27_720),
+    ("2x4", "dmt-identity"): (4_120, 32_768, 5, 55_368),
+    ("4x2", "flat-table_wise"): (6_288, 49_152, 30, 9_240),
+    ("4x2", "dmt-c8"): (6_216, 6_144, 15, 36_888),
+}
 
-    t = analytic_traffic("dmt-identity", 2, 2, batch=32, width=bench.NUM_FEATURES * bench.DIM,
-                         features=bench.NUM_FEATURES)
-    assert t["cross_host_embedding_bytes"] == 32 * 256 * 4  # fwd + bwd, half of it crosses
-    assert t["cross_host_id_bytes"] == 32 * 16 * 16 / 2
+
+def _bench_analytic(topology: str, variant: str) -> dict[str, float]:
+    from dmt_fx.models.wide import DIM, NUM_FEATURES
+
+    shape = Topology.parse(topology)
+    return analytic_traffic(variant, shape.num_hosts, shape.local_world_size, batch=32, width=NUM_FEATURES * DIM,
+                            features=NUM_FEATURES)
+
+
+@pytest.mark.parametrize("key", sorted(MEASURED))
+def test_analytic_traffic_equals_the_measured_bench(key):
+    # one byte model (int64 ids and lengths, fp32 embeddings, the split-size handshake)
+    t = _bench_analytic(*key)
+    found = (t["cross_host_id_bytes"], t["cross_host_embedding_bytes"], t["cross_host_messages"],
+             t["intra_host_bytes"])
+    assert found == MEASURED[key]
 
 
 @pytest.mark.slow
@@ -88,6 +119,10 @@ def test_traffic_bench_2x2(tmp_path):
     assert c4["cross_host_embedding_bytes"] == 32 * 256 // 4 * 4
     assert flat["cross_host_embedding_bytes"] == 32 * 256 * 4  # mean over ranks: (H-1)/H of fwd + bwd
     assert c4["cross_host_messages"] < flat["cross_host_messages"]
+    for r in records:  # the live meter against the analytic model (one byte model)
+        t = _bench_analytic("2x2", r["variant"])
+        for key in ("cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages", "intra_host_bytes"):
+            assert r[key] == t[key], (r["variant"], key)
 
 
 def test_bench_cli_parser():

@@ -1,10 +1,19 @@
-"""TrafficMeter on a real 2 hosts x 2 ranks gloo world (4 spawned processes).
+"""TrafficMeter (a TorchDispatchMode over c10d ops) on a real 2 hosts x 2 ranks gloo world.
 
-The world runs a few SGD steps of examples/torchrec_dlrm.py (4 tables f0..f3 of dim 8:
-D = 32 pooled floats per sample) under DMT on 2x2 and under the flat table-wise
-baseline, then a fixed set of synthetic collectives. The parent process checks the
-measured traffic against /work/shared/DMT.md's formulas, computed from the topology,
-the plan and the batches, never from the measurement:
+The world (4 spawned processes) runs a few SGD steps of examples/torchrec_dlrm.py (4
+tables f0..f3 of dim 8: D = 32 pooled floats per sample) under DMT on 2x2 and under the
+flat table-wise baseline, then collectives of sizes the test itself chooses. The parent
+process checks the measurement against counts it makes WITHOUT the meter:
+
+* ids: the bytes of the lengths and values of the very KJTs each rank was fed
+  (`element_size()` of the tensors), and the byte model of `dmt_fx.bench.bytes`;
+* the dense all-reduce: the dense parameters of the original model (DDP's buckets carry
+  every dense gradient once per step), so `dense_allreduce_payload_bytes` is measured;
+* known collectives: what the test sent (12 floats, 12 int64, uneven rows ...);
+* threads: an all-to-all issued by a backward function on an autograd engine pool thread.
+
+and against the formulas of /work/shared/DMT.md (from the topology, the plan and the
+batches, never from the measurement):
 
 * DMT: every collective that crosses hosts runs on the peer group: H-1 cross-host
   messages per rank and no intra-host message; forward cross-host embedding bytes per
@@ -19,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 import warnings
 from datetime import timedelta
@@ -28,6 +38,7 @@ import pytest
 import torch
 
 import dmt_fx
+from dmt_fx.bench import bytes as wire
 from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 from examples import torchrec_dlrm as ex
 from tests.spawn_world import run_world
@@ -39,11 +50,8 @@ STEPS = 3
 SKIP = 1  # warm-up steps left out of summary()
 D = ex.EMB_DIM * len(ex.KEYS)  # 32
 TOPOLOGY = dmt_fx.Topology(H, L)
-TIMEOUT_S = 80
-
-
-def _run_world(fn, out_dir: Path) -> None:
-    run_world(fn, out_dir, nprocs=N, timeout_s=TIMEOUT_S)
+TIMEOUT_S = 120
+DEPTH = 70  # reentrant backwards deeper than the engine's 60 run on its pool threads
 
 
 def _init_rank(rank: int, port: int) -> None:
@@ -63,23 +71,49 @@ def _train(module, optimizer, meter: TrafficMeter, rank: int) -> None:
     for step in range(STEPS):
         inputs = slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)
         target = labels(B * N, step)[rank * B:(rank + 1) * B]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(module(*inputs), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        with meter:  # entered per step, as the worker does
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(module(*inputs), target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
         meter.step()
 
 
-def _synthetic(rank: int) -> list[dict]:
+class _Deep(torch.autograd.Function):
+    """Backward recurses `depth` reentrant backward passes; the innermost one sends 12
+    floats to every rank and notes its thread."""
+
+    threads: list[int] = []
+
+    @staticmethod
+    def forward(ctx, x, depth):
+        ctx.depth = depth
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.depth == 0:
+            torch.distributed.all_to_all_single(torch.empty(12 * N), torch.ones(12 * N))
+            _Deep.threads.append(threading.get_ident())
+        else:
+            with torch.enable_grad():
+                y = torch.ones(1, requires_grad=True)
+                torch.autograd.grad(_Deep.apply(y, ctx.depth - 1).sum(), y)
+        return grad, None
+
+
+def _synthetic(rank: int) -> dict:
     """Known collectives on the world and on a peer group; returns their records."""
     import torch.distributed as dist
     from torch.distributed import _functional_collectives as funcol
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
     peers = [dist.new_group(TOPOLOGY.peer_ranks(local)) for local in range(L)]
     peer = peers[rank % L]
     f = torch.ones(12, dtype=torch.float32)  # 48 bytes
     i = torch.ones(12, dtype=torch.int64)  # 96 bytes
-    original, original_funcol = dist.all_to_all_single, funcol.all_to_all_single
+    linear = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(5, 3))  # 18 floats: 72 bytes
+    original = dist.all_to_all_single
     with TrafficMeter(TOPOLOGY, rank) as meter:
         dist.all_reduce(f.clone())
         dist.all_gather([torch.empty_like(f) for _ in range(N)], f)
@@ -93,26 +127,29 @@ def _synthetic(rank: int) -> list[dict]:
                                input_split_sizes=list(range(1, N + 1)))
         dist.all_to_all_single(torch.empty(H * 3, 4), torch.ones(H * 3, 4), group=peer)  # equal splits
         funcol.all_to_all_single(torch.ones(H * 3, 4), None, None, peer).wait()
-        patched = dist.all_to_all_single is not original and funcol.all_to_all_single is not original_funcol
-    patched_back = dist.all_to_all_single is original and funcol.all_to_all_single is original_funcol
-    patched_back = patched_back and patched
-    return [dataclasses.asdict(r) for r in meter.records] + [{"patched_back": patched_back}]
+        torch.ops.torchrec.all_gather_into_tensor(f, 0, H, peer.group_name, False)  # sync-collective op
+        linear(torch.ones(2, 5)).sum().backward()  # DDP's C++ Reducer
+        _Deep.apply(torch.ones(1, requires_grad=True), DEPTH).sum().backward()
+        untouched = dist.all_to_all_single is original
+        active = is_in_torch_dispatch_mode()
+    return {"records": [dataclasses.asdict(r) for r in meter.records], "untouched": untouched, "active": active,
+            "active_after": is_in_torch_dispatch_mode(), "main_thread": threading.get_ident(),
+            "deep_threads": _Deep.threads}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     _init_rank(rank, port)
-    from dmt_fx.baselines.flat import build_baseline
-    from dmt_fx.runtime.distribute import distribute
+    from dmt_fx.baselines import build_baseline
 
     result = {}
     for name in ("dmt", "flat-table_wise"):
         model, _ = ex.build(0)
         if name == "dmt":
-            module, optimizer = distribute(dmt_fx.transform(model, TOPOLOGY), optimizer_kwargs={"lr": 0.1})
+            module, optimizer = dmt_fx.distribute(dmt_fx.transform(model, TOPOLOGY), optimizer_kwargs={"lr": 0.1})
         else:
             module, optimizer = build_baseline(name, model, topology=TOPOLOGY, optimizer_kwargs={"lr": 0.1})
-        with TrafficMeter(TOPOLOGY, rank) as meter:
-            _train(module, optimizer, meter, rank)
+        meter = TrafficMeter(TOPOLOGY, rank)
+        _train(module, optimizer, meter, rank)
         result[name] = {"summary": meter.summary(skip=SKIP), "per_step": meter.per_step(),
                         "records": [dataclasses.asdict(r) for r in meter.records],
                         "ddp_param_bytes": ddp_param_bytes(module)}
@@ -132,10 +169,22 @@ def _local_kjt(rank: int, step: int):
 
 
 def _id_bytes(kjt, features) -> int:
-    """Bytes of the lengths and ids of `features` for the local batch."""
+    """Bytes of the lengths and ids of `features` for the local batch, read off the tensors."""
     jts = kjt.to_dict()
     return sum(jts[f].lengths().numel() * jts[f].lengths().element_size()
                + jts[f].values().numel() * jts[f].values().element_size() for f in features)
+
+
+def _model_bytes(kjt, features) -> float:
+    """The same, from the byte model: samples x features lengths and the ids counted."""
+    jts = kjt.to_dict()
+    return wire.kjt_bytes(B, len(features), sum(jts[f].values().numel() for f in features))
+
+
+def _dense_param_bytes() -> int:
+    """Bytes of the original model's dense parameters (what DDP all-reduces)."""
+    model, _ = ex.build(0)
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embedding_bags" not in n)
 
 
 def _dmt_features_by_host() -> list[list[str]]:
@@ -151,7 +200,7 @@ def _flat_features_by_rank() -> list[list[str]]:
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 
     from dmt_fx.baselines.flat import flat_sharding_plan
-    from dmt_fx.runtime.distribute import fused_params
+    from dmt_fx.runtime.optim import fused_params
 
     model, _ = ex.build(0)
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(torch.optim.SGD, {"lr": 0.1}))
@@ -169,7 +218,7 @@ def _flat_features_by_rank() -> list[list[str]]:
 def measured(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("traffic")
     started = time.monotonic()
-    _run_world(_worker, out)
+    run_world(_worker, out, nprocs=N, timeout_s=TIMEOUT_S)
     print(f"2x2 world: {time.monotonic() - started:.1f} s")
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(N)]
 
@@ -184,21 +233,26 @@ def _tiers(record: dict, rank: int) -> tuple[int, int]:
     return cross, intra
 
 
+def _exchanges(result: dict) -> list[dict]:
+    return [r for r in result["records"] if r["family"] == "exchange"]
+
+
 # ---------------------------------------------------------------- DMT
 
 
 def test_dmt_cross_host_collectives_are_peer_messages(measured):
     for rank, result in enumerate(measured):
-        records = result["dmt"]["records"]
-        crossing = [r for r in records if _tiers(r, rank)[0] > 0]
+        crossing = [r for r in _exchanges(result["dmt"]) if _tiers(r, rank)[0] > 0]
         assert crossing, "DMT sent nothing across hosts"
         for record in crossing:
             assert _tiers(record, rank) == (H - 1, 0), record
             assert sorted(record["group"]) == TOPOLOGY.peer_ranks(rank % L)
+            assert record["group_kind"] == "peer"
         # per step (here 5 collectives: KJT splits, lengths, ids; pooled forward, backward)
         for row in result["dmt"]["per_step"]:
-            assert row["cross_host_collectives"] > 0
+            assert row["cross_host_collectives"] == 5
             assert row["cross_host_messages"] == row["cross_host_collectives"] * (H - 1)
+        assert set(result["dmt"]["summary"]["by_group"]) == {"peer", "intra_host", "mixed"}
 
 
 def test_dmt_cross_host_embedding_bytes_match_formula(measured):
@@ -210,19 +264,29 @@ def test_dmt_cross_host_embedding_bytes_match_formula(measured):
         assert result["dmt"]["summary"]["steps"] == STEPS - SKIP
 
 
+def test_pooled_all_to_all_is_seen_forward_and_backward(measured):
+    # TorchRec's PooledEmbeddingsAllToAll: one forward call per step on the peer group, and
+    # its backward (run by the autograd engine) sends the gradient: the same bytes.
+    for rank, result in enumerate(measured):
+        pooled = [r for r in _exchanges(result["dmt"]) if r["group_kind"] == "peer"
+                  and all(kind == "embedding" for _, kind, _ in r["sent"])]
+        for step in range(STEPS):
+            phases = sorted((r["phase"], sum(b for _, _, b in r["sent"])) for r in pooled if r["step"] == step)
+            assert phases == [("backward", B * D * 4 / H), ("forward", B * D * 4 / H)], (rank, step)
+        ids = [r for r in _exchanges(result["dmt"]) if r["group_kind"] == "peer" and r not in pooled]
+        assert len(ids) == 3 * STEPS and {r["phase"] for r in ids} == {"forward"}
+
+
 def test_dmt_ids_cross_hosts_once(measured):
     hosts = _dmt_features_by_host()
-    overheads = set()
     for rank, result in enumerate(measured):
         me = TOPOLOGY.host_of(rank)
         for step, row in enumerate(result["dmt"]["per_step"]):
             kjt = _local_kjt(rank, step)
-            expected = sum(_id_bytes(kjt, hosts[h]) for h in range(H) if h != me)
-            overheads.add(row["cross_host_id_bytes"] - expected)
-    # What is left is KJTAllToAll's split-size exchange: a few int64 per peer, the same
-    # every step and on every rank (it does not depend on the data).
-    (overhead,) = overheads
-    assert overhead > 0 and overhead % (8 * (H - 1)) == 0 and overhead <= 8 * 8 * (H - 1)
+            payload = sum(_id_bytes(kjt, hosts[h]) for h in range(H) if h != me)
+            # what is left is KJTAllToAll's split-size handshake with every peer
+            assert row["cross_host_id_bytes"] == payload + wire.handshake_bytes() * (H - 1), (rank, step)
+            assert payload == sum(_model_bytes(kjt, hosts[h]) for h in range(H) if h != me)  # the byte model
 
 
 # ---------------------------------------------------------------- flat table-wise
@@ -230,11 +294,11 @@ def test_dmt_ids_cross_hosts_once(measured):
 
 def test_flat_table_wise_all_to_alls_span_the_world(measured):
     for rank, result in enumerate(measured):
-        records = result["flat-table_wise"]["records"]
+        records = _exchanges(result["flat-table_wise"])
         assert records
         for record in records:
             assert record["op"] == "all_to_all_single"
-            assert record["group"] == list(range(N))
+            assert record["group"] == list(range(N)) and record["group_kind"] == "mixed"
             assert _tiers(record, rank) == (N - L, L - 1), record
         for row in result["flat-table_wise"]["per_step"]:
             assert row["cross_host_messages"] == row["collectives"] * (N - L)
@@ -253,25 +317,49 @@ def test_flat_table_wise_bytes(measured):
         for step, row in enumerate(flat["per_step"]):
             assert row["cross_host_embedding_bytes"] == 2 * forward
             kjt = _local_kjt(rank, step)
-            expected_ids = sum(_id_bytes(kjt, features[d]) for d in range(N)
-                               if TOPOLOGY.host_of(d) != TOPOLOGY.host_of(rank))
-            overhead = row["cross_host_id_bytes"] - expected_ids
-            assert overhead > 0 and overhead % (8 * (N - L)) == 0 and overhead <= 8 * 8 * (N - L)
+            others = [d for d in range(N) if TOPOLOGY.host_of(d) != TOPOLOGY.host_of(rank)]
+            expected_ids = sum(_id_bytes(kjt, features[d]) for d in others)
+            assert row["cross_host_id_bytes"] == expected_ids + wire.handshake_bytes() * (N - L)
         # as many cross-host collectives as DMT, each with N-L messages instead of H-1:
         # L x as many messages for the same bytes
         assert flat["summary"]["cross_host_collectives"] == result["dmt"]["summary"]["cross_host_collectives"]
         assert flat["summary"]["cross_host_messages"] == L * dmt_messages
 
 
+# ---------------------------------------------------------------- the dense all-reduce (DDP, C++)
+
+
+def test_ddp_allreduce_is_measured(measured):
+    dense = _dense_param_bytes()
+    for rank, result in enumerate(measured):
+        for name in ("dmt", "flat-table_wise"):
+            assert result[name]["ddp_param_bytes"] == dense
+            reduces = [r for r in result[name]["records"] if r["family"] == "all_reduce"]
+            assert reduces and {r["phase"] for r in reduces} == {"backward"}  # DDP's hooks in backward
+            assert {tuple(r["group"]) for r in reduces} == {tuple(range(N))}
+            first, *rest = result[name]["per_step"]
+            assert first["dense_allreduce_payload_bytes"] >= dense  # + DDP's first-step bookkeeping
+            for row in rest:
+                assert row["dense_allreduce_payload_bytes"] == dense, (name, rank)  # every gradient once
+                assert row["dense_allreduce_bytes"] == pytest.approx(ddp_allreduce_bytes(dense, TOPOLOGY))
+            # DDP's bucket-order broadcast (C++, from rank 0) is seen, apart from the exchanges
+            broadcasts = sum(row["broadcast_collectives"] for row in result[name]["per_step"])
+            assert broadcasts > 0 if rank == 0 else sum(r["broadcast_bytes"] for r in rest) == 0
+            # the exchanges' fields keep their meaning: no gradient bytes in them
+            summary = result[name]["summary"]
+            assert summary["dense_allreduce_bytes"] == pytest.approx(2 * (N - 1) / N * dense)
+            assert summary["by_op"]["all_reduce"]["calls"] == summary["dense_allreduce_collectives"]
+
+
 # ---------------------------------------------------------------- accounting rules
 
 
-def test_synthetic_collectives_are_counted_by_the_rules(measured):
+def test_known_collectives_are_counted(measured):
     for rank, result in enumerate(measured):
-        *records, flag = result["synthetic"]
-        assert flag == {"patched_back": True}
-        by_op = {}
-        for record in records:
+        synthetic = result["synthetic"]
+        assert synthetic["untouched"] and synthetic["active"] and not synthetic["active_after"]
+        by_op: dict[str, list[dict]] = {}
+        for record in synthetic["records"]:
             by_op.setdefault(record["op"], []).append(record)
         others = [d for d in range(N) if d != rank]
         peer = [d for d in TOPOLOGY.peer_ranks(rank % L) if d != rank]
@@ -279,9 +367,9 @@ def test_synthetic_collectives_are_counted_by_the_rules(measured):
         def sent(record):
             return {d: (k, b) for d, k, b in record["sent"]}
 
-        (ar,) = by_op["all_reduce"]
+        ar, ddp = by_op["all_reduce"]
         assert sent(ar) == {d: ("embedding", 2 * 48 / N) for d in others}  # ring model
-        assert sum(b for _, _, b in ar["sent"]) == 2 * (N - 1) / N * 48
+        assert ar["payload_bytes"] == 48 and ddp["payload_bytes"] == 18 * 4  # nn.Linear(5, 3)
         (ag,) = by_op["all_gather"]
         assert sent(ag) == {d: ("embedding", 48) for d in others}
         (agt,) = by_op["all_gather_into_tensor"]
@@ -290,17 +378,22 @@ def test_synthetic_collectives_are_counted_by_the_rules(measured):
         assert sent(rst) == {d: ("embedding", 48 / N) for d in others}
         (bc,) = by_op["broadcast"]
         assert sent(bc) == ({d: ("id", 96) for d in others} if rank == 1 else {})
-        uneven, equal = by_op["all_to_all_single"]
+        uneven, equal, deep = by_op["all_to_all_single"]
         assert sent(uneven) == {d: ("id", (d + 1) * 2 * 8) for d in others}
         assert sent(equal) == {d: ("embedding", 3 * 4 * 4) for d in peer}
         (fc,) = by_op["funcol.all_to_all_single"]
         assert sent(fc) == {d: ("embedding", 3 * 4 * 4) for d in peer}
+        (rec,) = by_op["torchrec.all_gather_into_tensor"]
+        assert sent(rec) == {d: ("embedding", 48) for d in peer}
+        # a backward on an autograd engine pool thread still carries the mode
+        assert sent(deep) == {d: ("embedding", 48) for d in others} and deep["phase"] == "backward"
+        assert synthetic["deep_threads"] and synthetic["main_thread"] not in synthetic["deep_threads"]
 
 
-def test_ddp_allreduce_is_an_estimate_reported_apart(measured):
-    dense = sum(p.numel() * 4 for n, p in ex.build(0)[0].named_parameters() if "embedding_bags" not in n)
-    for result in measured:
-        for name in ("dmt", "flat-table_wise"):
-            assert result[name]["ddp_param_bytes"] == dense
-            assert "ddp" not in json.dumps(result[name]["summary"])
-    assert ddp_allreduce_bytes(dense, TOPOLOGY) == 2 * (N - 1) / N * dense
+def test_one_meter_at_a_time():
+    meter = TrafficMeter(TOPOLOGY, 0)
+    with meter, pytest.raises(dmt_fx.DMTError, match="another is active"), TrafficMeter(TOPOLOGY, 1):
+        pass
+    with pytest.raises(dmt_fx.DMTError, match="a rank of topology 2x2"):
+        TrafficMeter(TOPOLOGY, N)
+    assert meter.summary()["steps"] == 0

@@ -7,7 +7,10 @@
 
 per rank per step, where the messages and bytes are what ONE rank sends in one step
 (forward and backward), as `dmt-fx bench traffic` measures them (TrafficMeter) or as
-`analytic_traffic` derives them from the formulas of DMT.md.
+`analytic_traffic` derives them from the formulas of DMT.md and the one byte model
+(`dmt_fx.bench.bytes`). The link tiers come from measurements (`tiers_from`) or from a
+`Topology`, whose four link fields (intra/inter bandwidth in GB/s, latency in us) are the
+links the prediction is for (`tiers_of`; `predict` and `breakdown` take either).
 
 Assumptions, stated once:
 
@@ -30,9 +33,12 @@ import dataclasses
 import math
 import statistics
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Union
 
-__all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from"]
+from dmt_fx.bench import bytes as wire
+from dmt_fx.ir.topology import Topology
+
+__all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from", "tiers_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,22 +61,36 @@ class Tiers:
         return {"intra": dataclasses.asdict(self.intra), "inter": dataclasses.asdict(self.inter)}
 
 
+Links = Union[Tiers, Topology]
+
+
+def tiers_of(links: Links) -> Tiers:
+    """The tiers of a Topology's link fields (GB/s and us), or `links` if already Tiers."""
+    if isinstance(links, Tiers):
+        return links
+    return Tiers(intra=Tier(links.intra_host_latency_us / 1e6, links.intra_host_bandwidth_gbps * 1e9),
+                 inter=Tier(links.inter_host_latency_us / 1e6, links.inter_host_bandwidth_gbps * 1e9))
+
+
 def _cross_bytes(record: Mapping[str, Any]) -> float:
     if "cross_host_id_bytes" in record or "cross_host_embedding_bytes" in record:
         return float(record.get("cross_host_id_bytes", 0.0)) + float(record.get("cross_host_embedding_bytes", 0.0))
     return float(record.get("cross_host_bytes", 0.0))
 
 
-def breakdown(record: Mapping[str, Any], tiers: Tiers, t_compute_s: float | None = None, *,
+def breakdown(record: Mapping[str, Any], links: Links, t_compute_s: float | None = None, *,
               include_dense: bool = False, alpha_per: str = "message") -> dict[str, float]:
     """The terms of `predict`, in seconds: compute, intra_alpha, intra_beta, inter_alpha,
-    inter_beta, dense, total. `t_compute_s` defaults to record["t_compute_s"] (else 0).
+    inter_beta, dense, total. `links`: Tiers, or a Topology whose link fields give them.
+    `t_compute_s` defaults to record["t_compute_s"] (else 0).
 
-    include_dense: add DDP's dense gradient all-reduce as a ring over all ranks, from
-    record["dense_allreduce_bytes_estimate"] (bytes one rank sends) and
-    record["dense_allreduce_messages"] (default 2 (N - 1) with N = record["ranks"]): the
-    ring runs at the speed of its slowest hop, the inter-host one when there are hosts
-    >= 2 (record["hosts"], else parsed from record["topology"])."""
+    include_dense: add DDP's dense gradient all-reduce as a ring, from the measured
+    record["dense_allreduce_bytes"] (bytes one rank sends; else the older
+    record["dense_allreduce_bytes_estimate"]) and record["dense_allreduce_messages"]
+    (ring steps; default 2 (N - 1) with N = record["ranks"]): the ring runs at the speed
+    of its slowest hop, the inter-host one when there are hosts >= 2 (record["hosts"],
+    else parsed from record["topology"])."""
+    tiers = tiers_of(links)
     compute = float(t_compute_s if t_compute_s is not None else record.get("t_compute_s", 0.0))
     if alpha_per not in ("message", "collective"):
         raise ValueError(f"alpha_per={alpha_per!r}: 'message' or 'collective'")
@@ -82,7 +102,7 @@ def breakdown(record: Mapping[str, Any], tiers: Tiers, t_compute_s: float | None
            "inter_beta": _cross_bytes(record) / tiers.inter.beta_Bps,
            "dense": 0.0}
     if include_dense:
-        nbytes = float(record.get("dense_allreduce_bytes_estimate", 0.0))
+        nbytes = float(record.get("dense_allreduce_bytes", record.get("dense_allreduce_bytes_estimate", 0.0)))
         hosts, ranks = _shape(record)
         messages = float(record.get("dense_allreduce_messages", 2 * (ranks - 1)))
         tier = tiers.inter if hosts > 1 else tiers.intra
@@ -91,10 +111,10 @@ def breakdown(record: Mapping[str, Any], tiers: Tiers, t_compute_s: float | None
     return out
 
 
-def predict(record: Mapping[str, Any], tiers: Tiers, t_compute_s: float | None = None, *,
+def predict(record: Mapping[str, Any], links: Links, t_compute_s: float | None = None, *,
             include_dense: bool = False, alpha_per: str = "message") -> float:
     """Predicted step time in seconds (see the module doc for the model and assumptions)."""
-    return breakdown(record, tiers, t_compute_s, include_dense=include_dense, alpha_per=alpha_per)["total"]
+    return breakdown(record, links, t_compute_s, include_dense=include_dense, alpha_per=alpha_per)["total"]
 
 
 def _shape(record: Mapping[str, Any]) -> tuple[int, int]:
@@ -108,16 +128,18 @@ def _shape(record: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: int, width: int,
-                     features: int, ids_per_feature: float = 1.0, elem_bytes: int = 4,
-                     id_bytes: int = 8, length_bytes: int = 8, id_collectives: int = 3,
-                     compression: int = 1) -> dict[str, float]:
-    """Traffic ONE rank sends per step (forward + backward), from the formulas of DMT.md.
+                     features: int, ids_per_feature: float = 1.0, elem_bytes: int = wire.EMBEDDING_BYTES,
+                     id_bytes: int = wire.ID_BYTES, length_bytes: int = wire.LENGTH_BYTES,
+                     id_collectives: int = wire.ID_COLLECTIVES, compression: int = 1,
+                     handshake: bool = True) -> dict[str, float]:
+    """Traffic ONE rank sends per step (forward + backward), from the formulas of DMT.md
+    and the byte model of `dmt_fx.bench.bytes` (the widths default to it).
 
     batch B = local batch, width D = total pooled width (elements), features F, ids per
     feature k; the tables are spread evenly (each rank/tower owns an equal share of D and F).
-    Ids: per sample and feature k ids of `id_bytes` plus one length of `length_bytes`;
-    the id exchange is `id_collectives` collectives (TorchRec: splits, lengths, values;
-    the splits themselves are ignored in bytes). Embeddings: one forward all-to-all of
+    Ids: a rank's KJT is B F lengths and B F k ids; the id exchange is `id_collectives`
+    collectives (TorchRec: handshake, lengths, values), and `handshake` adds the split sizes
+    each KJT all-to-all sends to every destination. Embeddings: one forward all-to-all of
     pooled outputs and one backward all-to-all of their gradients, same bytes.
 
     variants:
@@ -135,21 +157,23 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
         compression = int(variant[len("dmt-c"):])
     H, L = hosts, ranks_per_host
     N = H * L
-    ids = batch * features * (ids_per_feature * id_bytes + length_bytes)  # a rank's ids, bytes
-    emb = batch * width * elem_bytes  # a rank's pooled outputs, bytes
+    ids = wire.kjt_bytes(batch, features, batch * features * ids_per_feature, length_bytes=length_bytes,
+                         id_bytes=id_bytes)
+    emb = wire.pooled_bytes(batch, width, elem_bytes=elem_bytes)
+    split = wire.handshake_bytes() if handshake else 0  # per destination of each KJT all-to-all
     colls = id_collectives + 2  # id exchange + forward + backward embedding all-to-alls
+    counts = {"intra_host_messages": colls * (L - 1),
+              "cross_host_collectives": colls if H > 1 else 0, "intra_host_collectives": colls if L > 1 else 0}
     if variant == "flat-table_wise":
-        return {"cross_host_id_bytes": ids * (H - 1) / H, "cross_host_embedding_bytes": 2 * emb * (H - 1) / H,
-                "cross_host_messages": colls * (N - L), "intra_host_bytes": (ids + 2 * emb) * (L - 1) / N,
-                "intra_host_messages": colls * (L - 1),
-                "cross_host_collectives": colls if H > 1 else 0, "intra_host_collectives": colls if L > 1 else 0}
+        return {"cross_host_id_bytes": ids * (H - 1) / H + split * (N - L),
+                "cross_host_embedding_bytes": 2 * emb * (H - 1) / H,
+                "cross_host_messages": colls * (N - L),
+                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / N + split * (L - 1), **counts}
     if variant == "dmt" or variant.startswith("dmt-"):
-        return {"cross_host_id_bytes": ids * (H - 1) / H,
+        return {"cross_host_id_bytes": ids * (H - 1) / H + split * (H - 1),
                 "cross_host_embedding_bytes": 2 * emb * (H - 1) / H / compression,
                 "cross_host_messages": colls * (H - 1),
-                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / L,
-                "intra_host_messages": colls * (L - 1),
-                "cross_host_collectives": colls if H > 1 else 0, "intra_host_collectives": colls if L > 1 else 0}
+                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / L + split * (L - 1), **counts}
     raise ValueError(f"no analytic traffic for variant {variant!r} (flat-table_wise, dmt-identity, dmt-c<c>)")
 
 

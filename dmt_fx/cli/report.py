@@ -12,14 +12,14 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import _get_qualified_name
 
+from dmt_fx.bench import bytes as wire
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.tower_module import CompressingTowerModule
 from dmt_fx.ir.result import dmt_result
 
 EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")
-ID_BYTES = 8  # int64 ids
-LENGTH_BYTES = 4  # int32 lengths (one per sample and feature)
-EMBEDDING_BYTES = 4  # fp32 pooled embeddings
+# the one byte model (dmt_fx.bench.bytes), re-exported under the names this module had
+ID_BYTES, LENGTH_BYTES, EMBEDDING_BYTES = wire.ID_BYTES, wire.LENGTH_BYTES, wire.EMBEDDING_BYTES
 _ARGS_WIDTH = 80
 
 
@@ -104,10 +104,11 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     """The plan of a DMT model with estimated cross-host traffic (JSON-able).
 
     Bytes per step per rank, for tower t with features F_t, local batch B and H hosts:
-      ids exchange    = B * (sum_f pooling_f * 8 + |F_t| * 4) * (H - 1) / H
+      ids exchange    = B * (sum_f pooling_f * 8 + |F_t| * 8) * (H - 1) / H
       output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H   (the tower module's output width
                       instead of sum_f dim_f when tower modules compress)
-    8 bytes per int64 id, 4 per int32 length, fp32 outputs; (H - 1) / H is the share of a
+    8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.bench.bytes`, what the
+    traffic meter measures; the split-size handshake is left out); (H - 1) / H is the share of a
     rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
     (sum_f pooling_f * dim_f * 4), so sum_f pooling_f is estimated as
     lookup_cost / (4 * mean dim); exact when the tower's dims are equal, 1 per feature
@@ -148,8 +149,8 @@ def _tower_bytes(lookup_cost: float, dims: list[int], batch: int, hosts: int,
     share = (hosts - 1) / hosts
     mean_dim = sum(dims) / len(dims) if dims else 1.0
     pooling = lookup_cost / (EMBEDDING_BYTES * mean_dim) if lookup_cost > 0 else float(len(dims))
-    ids = batch * (pooling * ID_BYTES + len(dims) * LENGTH_BYTES) * share
-    outs = batch * (sum(dims) if out_width is None else out_width) * EMBEDDING_BYTES * share
+    ids = wire.kjt_bytes(batch, len(dims), batch * pooling) * share
+    outs = wire.pooled_bytes(batch, sum(dims) if out_width is None else out_width) * share
     return round(ids), round(outs)
 
 

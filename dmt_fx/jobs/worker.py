@@ -5,6 +5,12 @@ start equal), transforms and distributes it (or builds a TorchRec baseline), the
 on synthetic global batches: step s uses batch `make_inputs(N x B, seed=s)` and rank r
 takes rows [r*B, (r+1)*B). Results go to OUT/rank<r>.json (and outputs_rank<r>.pt).
 
+Traffic: the meter (`dmt_fx.runtime.traffic`, a TorchDispatchMode) watches `--traffic-steps`
+steps right after the warm-up (`metered_steps` in the JSON) and `traffic` holds their
+per-step means, the measured dense all-reduce included (`dense_allreduce_bytes`). A
+dispatch mode runs Python for every op of the step (2-3x slower steps on this machine), so
+a step-time summary should leave the metered steps out; every other step runs without it.
+
 `--variants a,b,c` trains several variants one after the other in the SAME process group
 (one torchrun launch; the model is rebuilt per variant, every variant starts from the same
 rank-0 weights and sees the same batches) and writes OUT/<variant>/rank<r>.json each; it is
@@ -14,6 +20,7 @@ what `dmt-fx bench traffic` uses to measure many variants per topology in one la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -36,6 +43,7 @@ from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
 from dmt_fx.runtime.groups import check_world
 from dmt_fx.runtime.shardings import SHARDINGS
+from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 
@@ -68,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-step", type=int, default=-1, help="... at the start of this step")
     p.add_argument("--timeout-s", type=float, default=float(os.environ.get("DMT_FX_TIMEOUT_S", 120)))
     p.add_argument("--warmup", type=int, default=2, help="steps left out of time and traffic means")
+    p.add_argument("--traffic-steps", type=int, default=2,
+                   help="steps the traffic meter watches after the warm-up (-1: all); the meter slows the "
+                        "steps it watches, which the results list as metered_steps")
     return p.parse_args(argv)
 
 
@@ -114,9 +125,15 @@ def build(args: argparse.Namespace, topology: Topology):
     return module, optimizer, make
 
 
-def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
-    from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes
+def metered_steps(args: argparse.Namespace, first: int) -> range:
+    """The steps the traffic meter watches: --traffic-steps steps after the warm-up (at least
+    the last step when there are no more), never before this run's first step."""
+    start = max(first, min(args.warmup, max(args.steps - 1, 0)))
+    stop = args.steps if args.traffic_steps < 0 else min(args.steps, start + args.traffic_steps)
+    return range(start, stop)
 
+
+def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     module, optimizer, make = build(args, topology)
     if args.load_checkpoint:
@@ -124,7 +141,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         dcp.load(state, checkpoint_id=args.load_checkpoint)
         module.load_state_dict(state)
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
-    meter = TrafficMeter(topology, rank)
+    meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
     losses, times, outputs = [], [], []
     B = args.batch_size
     kill_rank, kill_step, kill_signal = _fault(args)
@@ -136,14 +153,15 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         y = clicks(inputs, step)
         local = slice_batch(inputs, rank * B, (rank + 1) * B)
         start = time.perf_counter()
-        with meter:
+        with meter if step in metered else contextlib.nullcontext():
             out = module(*local)
             loss = F.binary_cross_entropy_with_logits(out, y[rank * B:(rank + 1) * B])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         times.append(time.perf_counter() - start)
-        meter.step()
+        if step in metered:
+            meter.step()
         total = loss.detach().clone()
         dist.all_reduce(total)
         losses.append(total.item() / world)
@@ -156,10 +174,10 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         dcp.save(module.state_dict(), checkpoint_id=args.save_checkpoint)
     if outputs:
         torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
-    dense_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters()
-                      if "embedding" not in n and p.requires_grad)
+    traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
-            "step_times_s": times, "traffic": meter.summary(skip=min(args.warmup, max(args.steps - 1, 0))),
+            "step_times_s": times, "traffic": traffic, "metered_steps": list(metered),
+            "dense_param_bytes": dense_bytes, "dense_allreduce_bytes": traffic["dense_allreduce_bytes"],
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
 
 

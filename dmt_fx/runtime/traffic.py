@@ -1,99 +1,79 @@
 """Exact traffic accounting of the collectives a training step really issues.
 
-`TrafficMeter(topology, rank)` is a context manager. While it is active it wraps the
-Python collective functions of `torch.distributed` that TorchRec and the dmt_fx runtime
-call, and records, from THIS rank's point of view, the bytes it sends to every other
-member of each collective's group. Each destination is classified as
+`TrafficMeter(topology, rank)` is a context manager around a `TorchDispatchMode` (the
+mechanism of torch's own `CommDebugMode`): while it is active, every c10d op that reaches
+the dispatcher on this rank is seen, whoever issued it: the Python API, TorchRec's
+`KJTAllToAll` / `PooledEmbeddingsAllToAll` forward and backward, and DDP's C++ Reducer.
+Nothing in torch or torchrec is rebound. What each op sends is read from its arguments
+(`dmt_fx.runtime.collectives`); from THIS rank's point of view every destination is
 
 * cross-host: `topology.host_of(destination) != topology.host_of(rank)`, or
 * intra-host: same host,
 
-and each byte as
+and every byte is an "id" byte (integer tensors: ids, lengths, split sizes) or an
+"embedding" byte (floating point: pooled embeddings, their gradients, per-sample weights).
+A *message* is one destination of one call with a nonzero byte count. Each call also gets
+the kind of its group (`group_kind`): the cross-host peer group, an intra-host group, or a
+group that mixes both (the world).
 
-* "id" bytes: integer (and bool) tensors: sparse ids, lengths, offsets, split sizes;
-* "embedding" bytes: floating-point tensors: pooled embeddings and their gradients
-  (per-sample weights of a weighted KJT are floating point too and count here).
+Three families are kept apart. The *exchanges* (all-to-alls, gathers, scatters) fill the
+fields `cross_host_*`, `intra_host_*`, `collectives`, as the formulas of DMT.md count
+them. The *all-reduces* are data-parallel gradient synchronisation (DDP's buckets, over
+the world or, for tower modules, the host): they fill `dense_allreduce_*`, MEASURED calls
+and tensor bytes with the ring model's bytes per rank (2 (n-1)/n of the payload) and ring
+steps (2 (n-1) sends per call); DDP's first steps add a few bookkeeping all-reduces (the
+used-parameter map) that warm-up skips. The *broadcasts* fill `broadcast_*`: in training
+they are DDP's one-off bucket-order sync in its second or third step, from rank 0.
 
-A *message* is one destination of one collective call with a nonzero byte count.
-
-What one call sends, per destination (n = group size):
-
-=========================  ===========================================================
-all_to_all_single          input_split_sizes[i] rows x bytes per row (equal splits of
-                           dim 0 when the sizes are None); also the functional
-                           (`torch.distributed._functional_collectives`) version that
-                           TorchRec uses under sync collectives / torch.compile
-all_to_all                 input_tensor_list[i]
-all_gather,                its input, to every other member
-all_gather_into_tensor
-(funcol all_gather_tensor)
-reduce_scatter             input_list[i]
-reduce_scatter_tensor      the i-th of n equal chunks of dim 0
-(funcol reduce_scatter_tensor)
-all_reduce                 MODEL, not a count: a ring all-reduce sends 2*(n-1)/n of the
-(funcol all_reduce)        tensor's bytes per rank; we spread that evenly over the n-1
-                           other members (2*bytes/n each, n-1 messages). The real ring
-                           sends to one neighbour only; bytes are right, the split is not.
-broadcast                  the tensor to every other member when this rank is the source
-                           (flat tree), nothing otherwise
-=========================  ===========================================================
-
-What the meter cannot see: collectives issued from C++. The important one is DDP's
-gradient all-reduce (the Reducer buckets gradients and calls the process group from
-C++), and DDP's initial parameter broadcast. `ddp_allreduce_bytes` estimates the former
-(ring model); report it separately from the measured numbers, never add it silently.
-
-Patching: the functions are replaced on `torch.distributed`, on
-`torch.distributed.distributed_c10d` (so that c10d-internal callers, e.g.
-`all_gather_object`, are seen too), on `torch.distributed._functional_collectives`, and
-on every already imported module of torch.distributed, torchrec, fbgemm_gpu or dmt_fx
-that bound one of them by name (`from torch.distributed import all_to_all_single`; none
-in torchrec 1.8, checked, but a future version may). A re-entrancy guard makes a call
-count once even if one patched function calls another. Everything is restored on exit.
+Threads: the mode lives in torch's thread-local state, which the autograd engine copies
+into the threads that run a backward pass (`at::ThreadLocalState`), so collectives issued
+by backward functions and autograd hooks are seen (tests/test_traffic.py checks this on an
+engine pool thread). A collective issued from a thread the user started is not seen.
+Not seen either: a custom op that wraps a collective in its kernel, unless it is in the
+vocabulary (TorchRec's two are), because the mode pauses itself while an op runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import sys
-import threading
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.names import GroupKind
 from dmt_fx.ir.topology import Topology
+from dmt_fx.runtime.collectives import OPS, Collective, group_ranks
 
-__all__ = [
-    "C10D_FUNCTIONS", "FUNCOL_FUNCTIONS", "CollectiveRecord", "TrafficMeter",
-    "ddp_allreduce_bytes", "ddp_param_bytes",
-]
+__all__ = ["MIXED_GROUP", "CollectiveRecord", "TrafficMeter", "ddp_allreduce_bytes", "ddp_param_bytes",
+           "group_kind"]
 
-#: torch.distributed functions wrapped while a meter is active.
-C10D_FUNCTIONS = (
-    "all_to_all_single", "all_to_all", "all_gather", "all_gather_into_tensor",
-    "reduce_scatter", "reduce_scatter_tensor", "all_reduce", "broadcast",
-)
-#: torch.distributed._functional_collectives functions wrapped while a meter is active.
-FUNCOL_FUNCTIONS = ("all_to_all_single", "all_gather_tensor", "reduce_scatter_tensor", "all_reduce")
-
-_SCANNED_PREFIXES = ("torch.distributed", "torchrec", "fbgemm_gpu", "dmt_fx")
-_guard = threading.local()
+MIXED_GROUP = "mixed"  # a group with several hosts and several ranks of one host (the world)
+TIERS = ("cross_host", "intra_host")
+EXCHANGE_KEYS = ("cross_host_bytes", "cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages",
+                 "intra_host_bytes", "intra_host_id_bytes", "intra_host_embedding_bytes", "intra_host_messages")
+COUNT_KEYS = ("collectives", "cross_host_collectives", "intra_host_collectives")
+DENSE_KEYS = ("dense_allreduce_bytes", "dense_allreduce_payload_bytes", "dense_allreduce_messages",
+              "dense_allreduce_collectives")
+BROADCAST_KEYS = ("broadcast_bytes", "broadcast_messages", "broadcast_collectives")
+ALL_KEYS = EXCHANGE_KEYS + COUNT_KEYS + DENSE_KEYS + BROADCAST_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
 class CollectiveRecord:
     """One collective call as this rank saw it."""
 
-    op: str  # e.g. "all_to_all_single", "funcol.all_to_all_single"
+    op: str  # the Python API name, e.g. "all_to_all_single", "funcol.all_to_all_single"
     step: int
     group: tuple[int, ...]  # global ranks, in group-rank order
     sent: tuple[tuple[int, str, float], ...]  # (destination global rank, "id"|"embedding", bytes)
+    family: str = "exchange"  # or "all_reduce", "broadcast"
+    group_kind: str = MIXED_GROUP  # GroupKind.PEER, GroupKind.INTRA_HOST or MIXED_GROUP
+    payload_bytes: float = 0.0  # bytes of the tensors handed to the call (all-reduce: reduced)
+    phase: str = "forward"  # "backward" when issued while autograd runs a backward pass
 
     def per_destination(self) -> dict[int, float]:
         out: dict[int, float] = defaultdict(float)
@@ -102,94 +82,29 @@ class CollectiveRecord:
         return dict(out)
 
 
-def _kind(t: torch.Tensor) -> str:
-    return "embedding" if (t.dtype.is_floating_point or t.dtype.is_complex) else "id"
+def group_kind(ranks: Sequence[int], topology: Topology) -> str:
+    """GroupKind.INTRA_HOST for ranks of one host, GroupKind.PEER for one rank per host with
+    the same local rank, MIXED_GROUP otherwise."""
+    hosts = {topology.host_of(r) for r in ranks}
+    if len(hosts) == 1:
+        return GroupKind.INTRA_HOST
+    locals_ = {r % topology.local_world_size for r in ranks}
+    return GroupKind.PEER if len(hosts) == len(ranks) and len(locals_) == 1 else MIXED_GROUP
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+class _CollectiveMode(TorchDispatchMode):
+    """Passes every op through; reports the c10d ones to the meter after they ran."""
 
+    def __init__(self, meter: TrafficMeter) -> None:
+        super().__init__()
+        self._meter = meter
 
-def _group_ranks(group: Any) -> list[int] | None:
-    """Global ranks of `group` in group-rank order; None if this rank is not a member."""
-    if group is None:
-        group = dist.group.WORLD
-    if group is dist.GroupMember.NON_GROUP_MEMBER:
-        return None
-    return list(dist.get_process_group_ranks(group))
-
-
-def _funcol_group_ranks(group: Any, tag: str = "") -> list[int]:
-    from torch.distributed import _functional_collectives as funcol
-    from torch.distributed.distributed_c10d import _resolve_process_group
-
-    if isinstance(group, dist.ProcessGroup):
-        return _group_ranks(group) or []
-    return _group_ranks(_resolve_process_group(funcol._resolve_group_name(group, tag))) or []
-
-
-# ---------------------------------------------------------------- what each op sends
-# Each returns [(group rank of destination, kind, bytes)], including the rank itself
-# (dropped later); `n` is the group size, `me` this rank's group rank.
-
-
-def _a2a_single(tensor: torch.Tensor, splits: Sequence[int] | None, n: int) -> list:
-    kind = _kind(tensor)
-    if splits is None:
-        return [(i, kind, _nbytes(tensor) / n) for i in range(n)]
-    rows = tensor.size(0) if tensor.dim() else 1
-    row_bytes = _nbytes(tensor) / rows if rows else 0
-    return [(i, kind, int(s) * row_bytes) for i, s in enumerate(splits)]
-
-
-def _to_all(tensor: torch.Tensor, n: int) -> list:
-    return [(i, _kind(tensor), _nbytes(tensor)) for i in range(n)]
-
-
-def _chunks(tensor: torch.Tensor, n: int) -> list:
-    return [(i, _kind(tensor), _nbytes(tensor) / n) for i in range(n)]
-
-
-def _ring(tensor: torch.Tensor, n: int) -> list:
-    # Ring all-reduce: 2*(n-1)/n * bytes sent per rank, spread evenly over the n-1 others.
-    return [(i, _kind(tensor), 2 * _nbytes(tensor) / n) for i in range(n)]
-
-
-def _c10d_sent(op: str, a: Mapping[str, Any], n: int, me: int, ranks: list[int]) -> list:
-    if op == "all_to_all_single":
-        return _a2a_single(a["input"], a.get("input_split_sizes"), n)
-    if op == "all_to_all":
-        return [(i, _kind(t), _nbytes(t)) for i, t in enumerate(a["input_tensor_list"])]
-    if op == "all_gather":
-        return _to_all(a["tensor"], n)
-    if op == "all_gather_into_tensor":
-        return _to_all(a["input_tensor"], n)
-    if op == "reduce_scatter":
-        return [(i, _kind(t), _nbytes(t)) for i, t in enumerate(a["input_list"])]
-    if op == "reduce_scatter_tensor":
-        return _chunks(a["input"], n)
-    if op == "all_reduce":
-        return _ring(a["tensor"], n)
-    if op == "broadcast":
-        src, group_src = a.get("src"), a.get("group_src")
-        source = group_src if group_src is not None else (ranks.index(src) if src in ranks else None)
-        return _to_all(a["tensor"], n) if source == me else []
-    raise AssertionError(op)
-
-
-def _funcol_sent(op: str, a: Mapping[str, Any], n: int) -> list:
-    if op == "all_to_all_single":
-        return _a2a_single(a["self"], a.get("input_split_sizes"), n)
-    if op == "all_gather_tensor":
-        return _to_all(a["self"], n)
-    if op == "reduce_scatter_tensor":
-        return _chunks(a["self"], n)
-    if op == "all_reduce":
-        return _ring(a["self"], n)
-    raise AssertionError(op)
-
-
-# ---------------------------------------------------------------- the meter
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))  # a call that raises sent nothing
+        collective = OPS.get(func)
+        if collective is not None:
+            self._meter.observe(collective, args)
+        return out
 
 
 class TrafficMeter:
@@ -197,16 +112,17 @@ class TrafficMeter:
 
     Usage (on every rank)::
 
-        with TrafficMeter(topology, dist.get_rank()) as meter:
-            for batch in batches:
+        meter = TrafficMeter(topology, dist.get_rank())
+        for batch in batches:
+            with meter:
                 loss = loss_fn(model(batch)); loss.backward(); optimizer.step()
-                meter.step()
+            meter.step()
         print(meter.summary(skip=1))   # per-step means, warm-up step excluded
 
     Records made after the last `step()` belong to an open step that `summary` ignores.
     """
 
-    _current: TrafficMeter | None = None  # the active meter of this process
+    _active: TrafficMeter | None = None  # one meter per process: two would see the same calls
 
     def __init__(self, topology: Topology, rank: int) -> None:
         if not 0 <= rank < topology.world_size:
@@ -216,88 +132,50 @@ class TrafficMeter:
         self.rank = rank
         self.records: list[CollectiveRecord] = []
         self._step = 0
-        self._patches: list[tuple[Any, str, Any]] = []
-        self._active = False
+        self._mode: _CollectiveMode | None = None
 
     # -- lifecycle
 
     def __enter__(self) -> TrafficMeter:
-        if TrafficMeter._current is not None:
+        if TrafficMeter._active is not None:
             raise DMTError("a TrafficMeter entered while another is active",
                            "one active meter per process (both would see the same calls)",
                            ["leave the first meter's `with` block first"])
-        from torch.distributed import _functional_collectives as funcol
-        from torch.distributed import distributed_c10d as c10d
-
-        replacements: dict[int, Any] = {}  # id(original) -> wrapper
-        for name in C10D_FUNCTIONS:
-            original = getattr(c10d, name)
-            replacements[id(original)] = self._wrap(original, name, funcol=False)
-        for name in FUNCOL_FUNCTIONS:
-            original = getattr(funcol, name)
-            replacements[id(original)] = self._wrap(original, name, funcol=True)
-        modules = [dist, c10d, funcol] + [m for key, m in list(sys.modules.items())
-                                          if m is not None and key.startswith(_SCANNED_PREFIXES)]
-        seen: set[int] = set()
-        names = set(C10D_FUNCTIONS) | set(FUNCOL_FUNCTIONS)
-        for module in modules:
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
-            namespace = getattr(module, "__dict__", {})
-            for name in names:
-                current = namespace.get(name)
-                if current is not None and id(current) in replacements:
-                    self._patches.append((module, name, current))
-                    setattr(module, name, replacements[id(current)])
-        self._active = True
-        TrafficMeter._current = self
+        self._mode = _CollectiveMode(self)
+        self._mode.__enter__()
+        TrafficMeter._active = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for module, name, original in reversed(self._patches):
-            setattr(module, name, original)
-        self._patches.clear()
-        self._active = False
-        TrafficMeter._current = None
+        mode, self._mode = self._mode, None
+        TrafficMeter._active = None
+        if mode is not None:
+            mode.__exit__(*exc)
 
-    def _wrap(self, original: Callable, name: str, funcol: bool) -> Callable:
-        signature = inspect.signature(original)
-        label = f"funcol.{name}" if funcol else name
+    # -- what the mode reports
 
-        @functools.wraps(original)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if not self._active or getattr(_guard, "busy", False):
-                return original(*args, **kwargs)
-            _guard.busy = True
-            try:
-                result = original(*args, **kwargs)  # a call that raises sent nothing
-            finally:
-                _guard.busy = False
-            try:
-                self._record(label, name, funcol, signature.bind(*args, **kwargs))
-            except Exception as exc:  # a miscount must not pass silently
-                raise DMTError(f"traffic accounting failed on {label}: {type(exc).__name__}: {exc}",
-                               "a collective call the meter understands",
-                               ["report this call; run without the meter meanwhile"]) from exc
-            return result
+    def observe(self, collective: Collective, args: Sequence[Any]) -> None:
+        """Record one call of `collective` with the op's positional `args`."""
+        try:
+            self._record(collective, args)
+        except Exception as exc:  # a miscount must not pass silently
+            raise DMTError(f"traffic accounting failed on {collective.name}: {type(exc).__name__}: {exc}",
+                           "a collective call the meter understands",
+                           ["report this call; run without the meter meanwhile"]) from exc
 
-        return wrapper
-
-    def _record(self, label: str, name: str, funcol: bool, bound: inspect.BoundArguments) -> None:
-        bound.apply_defaults()
-        a = bound.arguments
-        if funcol:
-            ranks = _funcol_group_ranks(a["group"], a.get("tag", ""))
-        else:
-            ranks = _group_ranks(a.get("group"))
-        if not ranks or self.rank not in ranks:
+    def _record(self, collective: Collective, args: Sequence[Any]) -> None:
+        ranks = group_ranks(args[collective.group_arg])
+        if self.rank not in ranks:
             return  # not a member: the call is a no-op on this rank
-        n, me = len(ranks), ranks.index(self.rank)
-        sent = _funcol_sent(name, a, n) if funcol else _c10d_sent(name, a, n, me, ranks)
+        me = ranks.index(self.rank)
+        sent = collective.sent(args, len(ranks), me)
+        payload = sum(t.numel() * t.element_size() for t in _tensors(args[0])) if collective.family == "all_reduce" \
+            else sum(nbytes for _, _, nbytes in sent)
         self.records.append(CollectiveRecord(
-            op=label, step=self._step, group=tuple(ranks),
-            sent=tuple((ranks[i], kind, float(nbytes)) for i, kind, nbytes in sent if i != me)))
+            op=collective.name, step=self._step, group=tuple(ranks), family=collective.family,
+            group_kind=group_kind(ranks, self.topology), phase=_phase(),
+            payload_bytes=float(payload),
+            sent=tuple((ranks[i], k, float(nbytes)) for i, k, nbytes in sent if i != me)))
 
     # -- steps and results
 
@@ -310,41 +188,12 @@ class TrafficMeter:
         """Completed steps."""
         return self._step
 
-    def _classify(self, record: CollectiveRecord) -> dict[str, float]:
-        host = self.topology.host_of(self.rank)
-        out = defaultdict(float)
-        for dst, nbytes in record.per_destination().items():
-            tier = "cross_host" if self.topology.host_of(dst) != host else "intra_host"
-            if nbytes > 0:
-                out[f"{tier}_messages"] += 1
-        for dst, kind, nbytes in record.sent:
-            tier = "cross_host" if self.topology.host_of(dst) != host else "intra_host"
-            out[f"{tier}_bytes"] += nbytes
-            out[f"{tier}_{kind}_bytes"] += nbytes
-        return out
-
     def per_step(self) -> list[dict[str, Any]]:
         """Totals of every completed step, in order."""
-        keys = ("cross_host_bytes", "cross_host_id_bytes", "cross_host_embedding_bytes", "cross_host_messages",
-                "intra_host_bytes", "intra_host_id_bytes", "intra_host_embedding_bytes", "intra_host_messages")
-        steps: list[dict[str, Any]] = []
-        for _ in range(self._step):
-            row: dict[str, Any] = {k: 0.0 for k in keys}
-            row.update(collectives=0, cross_host_collectives=0, by_op={})
-            steps.append(row)
+        steps = [_empty_row() for _ in range(self._step)]
         for record in self.records:
-            if record.step >= self._step:
-                continue  # open step
-            row = steps[record.step]
-            counts = self._classify(record)
-            row["collectives"] += 1
-            row["cross_host_collectives"] += int(counts["cross_host_messages"] > 0)
-            for k in keys:
-                row[k] += counts[k]
-            op = row["by_op"].setdefault(record.op, {"calls": 0, **{k: 0.0 for k in keys}})
-            op["calls"] += 1
-            for k in keys:
-                op[k] += counts[k]
+            if record.step < self._step:  # later records belong to the open step
+                _add(steps[record.step], record, self.topology, self.rank)
         return steps
 
     def summary(self, skip: int = 0) -> dict[str, Any]:
@@ -352,53 +201,109 @@ class TrafficMeter:
 
         Keys: cross_host_{,id_,embedding_}bytes, cross_host_messages,
         intra_host_{,id_,embedding_}bytes, intra_host_messages, collectives,
-        cross_host_collectives (calls with at least one cross-host message), steps (how
-        many were averaged), by_op {op: same keys + calls}. DDP's C++ all-reduce is not
-        included (see `ddp_allreduce_bytes`)."""
+        cross_host_collectives, intra_host_collectives (exchanges only); the measured dense
+        all-reduce: dense_allreduce_bytes (ring model: bytes this rank sends),
+        dense_allreduce_payload_bytes (the gradient bytes reduced), dense_allreduce_messages
+        (ring steps), dense_allreduce_collectives; broadcast_{bytes,messages,collectives}
+        (sent as the root); steps (how many were averaged);
+        by_op {op: same keys + calls}; by_group {group kind: same keys + calls}."""
         rows = self.per_step()[skip:]
-        count = len(rows)
-        out: dict[str, Any] = {"steps": count}
-        numeric = [k for k in (rows[0] if rows else {}) if k != "by_op"]
-        for k in numeric:
-            out[k] = sum(r[k] for r in rows) / count
-        by_op: dict[str, dict[str, float]] = {}
-        for r in rows:
-            for op, values in r["by_op"].items():
-                acc = by_op.setdefault(op, defaultdict(float))
-                for k, v in values.items():
-                    acc[k] += v / count
-        out["by_op"] = {op: dict(v) for op, v in sorted(by_op.items())}
-        if not rows:
-            for k in ("cross_host_bytes", "cross_host_id_bytes", "cross_host_embedding_bytes",
-                      "cross_host_messages", "intra_host_bytes", "intra_host_id_bytes",
-                      "intra_host_embedding_bytes", "intra_host_messages", "collectives",
-                      "cross_host_collectives"):
-                out[k] = 0.0
+        count = max(len(rows), 1)
+        out: dict[str, Any] = {"steps": len(rows)}
+        for key in ALL_KEYS:
+            out[key] = sum(r[key] for r in rows) / count
+        for table in ("by_op", "by_group"):
+            merged: dict[str, dict[str, float]] = {}
+            for r in rows:
+                for name, values in r[table].items():
+                    acc = merged.setdefault(name, defaultdict(float))
+                    for k, v in values.items():
+                        acc[k] += v / count
+            out[table] = {name: dict(v) for name, v in sorted(merged.items())}
         return out
 
 
-# ---------------------------------------------------------------- DDP (not measured)
+# ---------------------------------------------------------------- per-step rows
+
+
+def _phase() -> str:
+    # the autograd engine sets a graph task id on the threads that run a backward pass
+    return "backward" if torch._C._current_graph_task_id() >= 0 else "forward"
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _empty_row() -> dict[str, Any]:
+    row: dict[str, Any] = {k: 0.0 for k in ALL_KEYS}
+    row.update({k: 0 for k in COUNT_KEYS}, by_op={}, by_group={})
+    return row
+
+
+def _classify(record: CollectiveRecord, topology: Topology, rank: int) -> dict[str, float]:
+    """The exchange fields of one call, from this rank's point of view."""
+    host = topology.host_of(rank)
+    out: dict[str, float] = defaultdict(float)
+    for dst, nbytes in record.per_destination().items():
+        if nbytes > 0:
+            out[f"{_tier(topology, host, dst)}_messages"] += 1
+    for dst, kind, nbytes in record.sent:
+        tier = _tier(topology, host, dst)
+        out[f"{tier}_bytes"] += nbytes
+        out[f"{tier}_{kind}_bytes"] += nbytes
+    return out
+
+
+def _tier(topology: Topology, host: int, dst: int) -> str:
+    return "cross_host" if topology.host_of(dst) != host else "intra_host"
+
+
+def _values(record: CollectiveRecord, topology: Topology, rank: int) -> dict[str, float]:
+    """The per-step fields one call adds to, by family."""
+    if record.family == "exchange":
+        counts = _classify(record, topology, rank)
+        values = {k: counts[k] for k in EXCHANGE_KEYS}
+        values.update(collectives=1, cross_host_collectives=int(counts["cross_host_messages"] > 0),
+                      intra_host_collectives=int(counts["intra_host_messages"] > 0))
+        return values
+    if record.family == "all_reduce":
+        return {"dense_allreduce_bytes": sum(b for _, _, b in record.sent),
+                "dense_allreduce_payload_bytes": record.payload_bytes,
+                "dense_allreduce_messages": 2 * (len(record.group) - 1), "dense_allreduce_collectives": 1}
+    return {"broadcast_bytes": sum(b for _, _, b in record.sent),
+            "broadcast_messages": sum(1 for b in record.per_destination().values() if b > 0),
+            "broadcast_collectives": 1}
+
+
+def _add(row: dict[str, Any], record: CollectiveRecord, topology: Topology, rank: int) -> None:
+    values = _values(record, topology, rank)
+    for key, value in values.items():
+        row[key] += value
+    for table, name in (("by_op", record.op), ("by_group", record.group_kind)):
+        acc = row[table].setdefault(name, defaultdict(float))
+        acc["calls"] += 1
+        for key, value in values.items():
+            acc[key] += value
+
+
+# ---------------------------------------------------------------- DDP
 
 
 def ddp_allreduce_bytes(num_dense_params_bytes: int | float, topology: Topology) -> float:
-    """ESTIMATE of the bytes one rank sends per step in DDP's gradient all-reduce.
-
-    DDP all-reduces gradients from C++ (the Reducer), which Python patching cannot see.
-    This models it as one ring all-reduce over the whole world of N ranks:
-    2 * (N - 1) / N * num_dense_params_bytes per rank per step (bucketing does not change
-    the total). Report it separately from `TrafficMeter.summary()`: it is a model, not a
-    measurement. In a ring ordered by rank, H of the N hops cross hosts."""
+    """ESTIMATE of the bytes one rank sends per step in DDP's gradient all-reduce: one ring
+    all-reduce over the whole world of N ranks, 2 (N - 1) / N * num_dense_params_bytes
+    (bucketing does not change the total). The meter measures it (`dense_allreduce_bytes`);
+    this estimate stays for records and readers that compare the two."""
     n = topology.world_size
     return 2.0 * (n - 1) / n * float(num_dense_params_bytes)
 
 
 def ddp_param_bytes(module: nn.Module) -> int:
     """Bytes of the gradients every DistributedDataParallel inside `module` all-reduces."""
-    from torch.nn.parallel import DistributedDataParallel
-
     total = 0
     for sub in module.modules():
-        if isinstance(sub, DistributedDataParallel):
+        if isinstance(sub, nn.parallel.DistributedDataParallel):
             ignore = getattr(sub, "parameters_to_ignore", set())
             seen: set[int] = set()
             for name, p in sub.module.named_parameters():

@@ -1,0 +1,47 @@
+"""The one byte model: what TorchRec's exchanges carry, as the traffic meter measures it.
+
+Used by the plan report (`dmt-fx plan`), the analytic traffic of the cost model and the
+tests that hold the meter to it. Read from torchrec 1.8 (`torchrec/distributed/dist_data.py`):
+
+* `KJTAllToAll` sends, to every destination, three tensors in three collectives:
+  1. a split-size handshake: one int64 per tensor that follows (lengths, values, and
+     weights for a weighted KJT) plus the batch size: `handshake_bytes()`;
+  2. the lengths of the destination's features: one per sample and feature, in the
+     input KJT's own dtype, unchanged (`KeyedJaggedTensor.dist_tensors`). Every dmt_fx
+     model and data loader builds KJTs from `torch.randint` lengths, i.e. int64: 8 bytes;
+  3. the values: one int64 per id (and one fp32 weight per id when weighted).
+* `PooledEmbeddingsAllToAll` sends B x width fp32 pooled embeddings forward, and their
+  gradient, the same bytes, backward.
+
+A KJT whose lengths are int32 sends 4 bytes per length: pass `length_bytes=4` (the meter
+counts what the tensors hold; `tests/test_traffic.py` checks both against it).
+"""
+
+from __future__ import annotations
+
+ID_BYTES = 8  # int64 ids (KJT values)
+LENGTH_BYTES = 8  # int64 lengths, one per sample and feature (see above)
+WEIGHT_BYTES = 4  # fp32 per-id weights of a weighted KJT
+EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
+SPLIT_BYTES = 8  # int64 split sizes of the handshake
+ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values (weights ride a 4th when weighted)
+
+__all__ = ["EMBEDDING_BYTES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES",
+           "handshake_bytes", "kjt_bytes", "pooled_bytes"]
+
+
+def handshake_bytes(*, weighted: bool = False) -> int:
+    """Bytes of KJTAllToAll's split-size handshake to ONE destination: an int64 per tensor
+    sent (lengths, values[, weights]) and the batch size."""
+    return (3 + int(weighted)) * SPLIT_BYTES
+
+
+def kjt_bytes(samples: float, features: float, ids: float, *, weighted: bool = False,
+              length_bytes: int = LENGTH_BYTES, id_bytes: int = ID_BYTES) -> float:
+    """Bytes of a KJT's payload: `samples` x `features` lengths and `ids` ids (+ weights)."""
+    return samples * features * length_bytes + ids * (id_bytes + (WEIGHT_BYTES if weighted else 0))
+
+
+def pooled_bytes(samples: float, width: float, *, elem_bytes: int = EMBEDDING_BYTES) -> float:
+    """Bytes of `samples` pooled embedding rows `width` elements wide (one direction)."""
+    return samples * width * elem_bytes
