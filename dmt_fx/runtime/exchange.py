@@ -46,6 +46,15 @@ def output_dist(group: dist.ProcessGroup, widths: Sequence[int]) -> PooledEmbedd
     return dist_module
 
 
+def empty_rows(num_rows: int, device: torch.device) -> torch.Tensor:
+    """What a host without tables (or without a tower module) sends: no columns, but a tensor
+    that requires grad. TorchRec's pooled all-to-all runs its backward collective only where
+    its input requires grad; a rank whose input did not would skip the backward all-to-all
+    that its peers wait in, and the job would hang (issue 12: a collection with no table on
+    some host)."""
+    return torch.zeros(num_rows, 0, device=device, requires_grad=True)
+
+
 class HostLookup(nn.Module):
     """SPTT steps 2-3 for one collection on this rank: peer ids in, host lookup.
 
@@ -64,7 +73,7 @@ class HostLookup(nn.Module):
         local_batch = kjt.stride()
         received = self.input_dist(ops.select_features(kjt, self.keys)).wait().wait()
         if self.lookup is None:  # this host owns no table of the collection: empty rows
-            return torch.empty(local_batch * self.me.topology.num_hosts, 0, device=kjt.device())
+            return empty_rows(local_batch * self.me.topology.num_hosts, kjt.device())
         pooled = self.lookup(received)
         pooled = pooled.wait() if hasattr(pooled, "wait") else pooled
         # The sharded lookup orders its output by shard placement; peers expect the host's
@@ -107,7 +116,7 @@ class HostTowerBlock(nn.Module):
         # Columns in tower order: collections in model order, features in table order.
         x = torch.cat([lookup(kjt) for lookup, kjt in zip(self.host_lookups, kjts)], dim=1)
         if self.tower_module is None:
-            y = torch.empty(x.shape[0], 0, device=x.device)
+            y = empty_rows(x.shape[0], x.device)
         else:
             y = self.tower_module(x)[0]
         rows = self.output_dist(y).wait()
