@@ -38,8 +38,8 @@ from dmt_fx.runtime.optim import combined_optimizer, fused_params
 from dmt_fx.runtime.shardings import SHARDINGS
 
 # Names this module offered before the runtime was split; kept importable from here.
-__all__ = ["DEFAULT_TIMEOUT", "SHARDINGS", "DistributedDMT", "RankInfo", "check_world", "distribute",
-           "fused_params"]
+__all__ = ["DEFAULT_TIMEOUT", "SHARDINGS", "DistributedDMT", "RankInfo", "check_distributable", "check_world",
+           "distribute", "fused_params"]
 
 
 class DistributedDMT(nn.Module):
@@ -77,7 +77,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     Takes ownership of `module`: the dense parameters are trained in place."""
     result = dmt_result(module)
     me = check_world(result.topology)  # before any collective
-    _check_model(result)
+    check_distributable(result)
     SHARDINGS.get(sharding)  # an unknown name fails here, on every rank, before any collective
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
@@ -95,7 +95,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     return DistributedDMT(ddp, me), optimizer
 
 
-def _check_model(result: DMTResult) -> None:
+def check_distributable(result: DMTResult) -> None:
+    """Raise DMTError when `distribute` cannot run this model; needs no process group, so the
+    CLI calls it before torchrun starts."""
     plain = [s.module for s in result.sites.sites if s.kind != "torchrec_ebc"]
     if plain:
         raise DMTError(f"plain PyTorch embedding lookups {plain[:3]}",
