@@ -9,7 +9,8 @@ torch.distributed world. The typed contract between them lives in `dmt_fx.ir`.
 from __future__ import annotations
 
 from dmt_fx.compiler.interactions import register_interaction
-from dmt_fx.compiler.tower_module import TowerSpec
+from dmt_fx.compiler.partitioners import register_partitioner
+from dmt_fx.compiler.tower_modules import TowerSpec, register_tower_module
 from dmt_fx.compiler.transform import transform
 from dmt_fx.ir.errors import (
     CaptureError,
@@ -31,6 +32,6 @@ __all__ = [
     "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
     "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "dmt_result",
-    "register_interaction", "tower_plan", "transform",
+    "register_interaction", "register_partitioner", "register_tower_module", "tower_plan", "transform",
 ]
 __version__ = "0.1.0"

@@ -7,12 +7,15 @@ partitioners}/, one file each), so these tests exercise the path a new built-in 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import PlanError, TowerSpec
+from dmt_fx.cli import main
 from dmt_fx.compiler.interactions import INTERACTIONS, InteractionContext, module_matcher
 from dmt_fx.compiler.partitioners import PARTITIONERS, PartitionRequest, register_partitioner
 from dmt_fx.compiler.tower_modules import TOWER_MODULES, register_tower_module
@@ -20,10 +23,10 @@ from examples import torchrec_dlrm
 
 
 @pytest.fixture(autouse=True)
-def fresh_registries(monkeypatch):
-    """What a test registers must not outlive it (the registries have no public unregister)."""
-    for registry in (TOWER_MODULES, INTERACTIONS, PARTITIONERS):
-        monkeypatch.setattr(registry, "_entries", dict(registry.items()))
+def fresh_registries():
+    """What a test registers must not outlive it."""
+    with TOWER_MODULES.scoped(), INTERACTIONS.scoped(), PARTITIONERS.scoped():
+        yield
 
 
 def _logits_equal(model: nn.Module, gm: torch.fx.GraphModule, inputs: tuple) -> bool:
@@ -181,3 +184,70 @@ def test_a_partitioner_that_drops_a_feature_is_refused() -> None:
     model, inputs = torchrec_dlrm.build()
     with pytest.raises(PlanError, match="missing features"):
         dmt_fx.transform(model, "2x2", example_inputs=inputs, partitioner="lossy")
+
+
+# ---------------------------------------------------------------- the same kinds through the CLI
+
+TARGET_SOURCE = '''
+"""A user's model file that brings its own tower-module kind and partitioner."""
+import torch.nn as nn
+
+import dmt_fx
+from examples import torchrec_dlrm
+
+
+class HalfTower(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.proj = nn.Linear(spec.in_width, spec.out_width)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def first_and_last(request):
+    names = [f.name for f in request.sites.features]
+    return [[names[0], names[-1]], names[1:-1]]
+
+
+dmt_fx.register_tower_module("half", HalfTower)
+dmt_fx.register_partitioner("first_and_last", first_and_last)
+
+
+def build():
+    return torchrec_dlrm.build()
+'''
+
+
+def _plan_json(capsys, *argv: str) -> dict:
+    assert main(["plan", *argv, "--topology", "2x2", "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_kinds_a_target_registers_work_through_the_cli(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "user_model_with_kinds.py").write_text(TARGET_SOURCE)
+    target = f"{tmp_path}/user_model_with_kinds.py:build"
+    data = _plan_json(capsys, target, "--tower-module", "half", "--compression", "2",
+                      "--partitioner", "first_and_last")
+    assert [set(t["features"]) for t in data["plan"]["towers"]] == [{"f0", "f3"}, {"f1", "f2"}]
+    assert data["changes_model"] and data["plan"]["partitioner"] == "first_and_last"
+
+
+def test_kinds_registered_in_process_work_through_the_cli(capsys) -> None:
+    register_tower_module("gated", GatedTower)
+    register_partitioner("outer_pairs", outer_pairs)
+    data = _plan_json(capsys, "examples/torchrec_dlrm.py:build", "--tower-module", "gated", "--compression", "2",
+                      "--partitioner", "outer_pairs")
+    assert [set(t["features"]) for t in data["plan"]["towers"]] == [{"f0", "f3"}, {"f1", "f2"}]
+    assert main(["diff", "examples/torchrec_dlrm.py:build", "--topology", "2x2", "--tower-module", "gated",
+                 "--compression", "2", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rewritten"]
+    assert [r["role"] for r in rows].count("tower_module") == 2  # one gated module per tower
+
+
+def test_an_unregistered_kind_is_one_cli_error_listing_the_registered_ones(capsys) -> None:
+    assert main(["plan", "examples/torchrec_dlrm.py:build", "--topology", "2x2", "--tower-module", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dmt-fx: error:") and err.count("\n") == 1
+    assert all(kind in err for kind in TOWER_MODULES.names())

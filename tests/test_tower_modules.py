@@ -248,9 +248,12 @@ def test_unknown_interaction_says_how_to_register() -> None:
         dmt_fx.transform(_SumInteraction(), "2x1", example_inputs=_sum_inputs(), tower_module="linear")
 
 
-def test_registered_interaction(monkeypatch) -> None:
-    # A fresh table for this test: the kind must not outlive it (no public unregister yet).
-    monkeypatch.setattr(INTERACTIONS, "_entries", dict(INTERACTIONS.items()))
+def test_registered_interaction() -> None:
+    with INTERACTIONS.scoped():  # the kind must not outlive the test
+        _check_registered_interaction()
+
+
+def _check_registered_interaction() -> None:
 
     def matcher(gm, node) -> bool:
         return node.target is __import__("operator").add

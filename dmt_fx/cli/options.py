@@ -8,9 +8,10 @@ import argparse
 import torch.fx as fx
 
 from dmt_fx.cli.report import original_graph
-from dmt_fx.compiler.partition import PARTITIONERS
-from dmt_fx.compiler.tower_module import KINDS
+from dmt_fx.compiler.partitioners import PARTITIONERS
+from dmt_fx.compiler.tower_modules import TOWER_MODULES
 from dmt_fx.compiler.transform import transform
+from dmt_fx.ir.registry import Registry
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.target import load_target
 
@@ -28,17 +29,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def registered(registry: Registry) -> str:
+    """A help text's list of a registry's names, plus where more come from."""
+    return f"{', '.join(registry.names())} or one TARGET registers"
+
+
 def add_transform_options(parser: argparse.ArgumentParser) -> None:
     """TARGET, --topology, --format and every option of `dmt_fx.transform` the CLI exposes."""
     parser.add_argument("target", metavar="TARGET", help="pkg.module:factory or path/to/file.py:factory")
     parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
     parser.add_argument("--format", choices=FORMATS, default="rich", help="output format (default rich)")
     parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
-    parser.add_argument("--partitioner", choices=PARTITIONERS, default="balanced",
-                        help="how towers are chosen without --plan (default balanced; learned wants a "
-                             "trained model from TARGET)")
-    parser.add_argument("--tower-module", choices=KINDS, default="identity",
-                        help="per-tower module (default identity: the model is unchanged)")
+    # No argparse choices: TARGET may register its own kinds, and it is imported after parsing.
+    # transform() checks the names against the registries and lists them when one is unknown.
+    parser.add_argument("--partitioner", default="balanced", metavar="NAME",
+                        help=f"how towers are chosen without --plan: {registered(PARTITIONERS)} "
+                             "(default balanced; learned wants a trained model from TARGET)")
+    parser.add_argument("--tower-module", default="identity", metavar="KIND",
+                        help=f"per-tower module: {registered(TOWER_MODULES)} (default identity: the model "
+                             "is unchanged)")
     parser.add_argument("--compression", type=positive_int, default=1,
                         help="with a compressing --tower-module: divide each tower's cross-host width by this")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned / random partitioner")

@@ -14,7 +14,7 @@ from torch.fx.node import _get_qualified_name
 
 from dmt_fx.bench import bytes as wire
 from dmt_fx.compiler.capture import capture
-from dmt_fx.compiler.tower_module import CompressingTowerModule
+from dmt_fx.compiler.tower_modules import CompressingTowerModule
 from dmt_fx.ir.result import dmt_result
 
 EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")

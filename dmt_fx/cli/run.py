@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dmt_fx.baselines import BASELINES
+from dmt_fx.cli.options import registered
 from dmt_fx.cli.tables import console, results_table
+from dmt_fx.compiler.tower_modules import TOWER_MODULES
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.runs import RunSpec, run_many
 from dmt_fx.jobs.target import target_module
@@ -32,8 +34,9 @@ def add_parser(verbs: Any) -> None:
     parser.add_argument("--baseline", default="flat-table_wise",
                         help=f"{' | '.join((*BASELINES.names(), NO_BASELINE))} (default %(default)s); "
                              "a TARGET file can add its own with dmt_fx.baselines.register_baseline")
-    parser.add_argument("--tower-module", default="identity", choices=("identity", "linear", "dot", "dcn"),
-                        help="DMT tower modules (anything but identity changes the model)")
+    parser.add_argument("--tower-module", default="identity", metavar="KIND",
+                        help=f"DMT tower modules: {registered(TOWER_MODULES)} (anything but identity "
+                             "changes the model)")
     parser.add_argument("--compression", type=int, default=1, help="c: tower outputs are 1/c as wide")
     parser.set_defaults(run=run_run)
 

@@ -8,6 +8,7 @@ call users make, and CLI choices, help texts and benchmark variant lists are rea
 
 from __future__ import annotations
 
+import contextlib
 from typing import Generic, Iterator, TypeVar
 
 from dmt_fx.ir.errors import DMTError
@@ -29,6 +30,18 @@ class Registry(Generic[T]):
             raise DMTError(f"a {self.what} named {name!r}", "a non-empty string name", ["pass a name such as 'mine'"])
         self._entries[name] = entry
         return entry
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator[Registry[T]]:
+        """Registrations made inside are undone on exit (tests, a kind tried once)."""
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries = saved
 
     def get(self, name: str) -> T:
         if name not in self._entries:
