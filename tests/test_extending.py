@@ -246,6 +246,19 @@ def test_kinds_registered_in_process_work_through_the_cli(capsys) -> None:
     assert [r["role"] for r in rows].count("tower_module") == 2  # one gated module per tower
 
 
+def weighted_sum_model() -> tuple[nn.Module, tuple]:
+    """A TARGET factory for the CLI test below."""
+    return WeightedSumModel(), _weighted_sum_inputs()
+
+
+def test_an_interaction_kind_registered_in_process_works_through_the_cli(capsys) -> None:
+    dmt_fx.register_interaction("weighted_sum", module_matcher(is_weighted_sum), rewrite_weighted_sum,
+                                vectors=True, module=is_weighted_sum)
+    target = "tests/test_extending.py:weighted_sum_model"
+    data = _plan_json(capsys, target, "--tower-module", "linear", "--compression", "2")
+    assert data["interaction"]["kind"] == "weighted_sum" and data["changes_model"]
+
+
 def test_an_unregistered_kind_is_one_cli_error_listing_the_registered_ones(capsys) -> None:
     assert main(["plan", "examples/torchrec_dlrm.py:build", "--topology", "2x2", "--tower-module", "nope"]) == 2
     err = capsys.readouterr().err
