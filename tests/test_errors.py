@@ -7,7 +7,14 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
-from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+from torchrec import (
+    EmbeddingBagCollection,
+    EmbeddingBagConfig,
+    EmbeddingCollection,
+    EmbeddingConfig,
+    KeyedJaggedTensor,
+    PoolingType,
+)
 
 import dmt_fx
 from dmt_fx import (
@@ -44,13 +51,79 @@ class _SequenceModel(nn.Module):
 
 
 def test_unsupported_embedding_kind() -> None:
-    with pytest.raises(UnsupportedEmbeddingError, match="EmbeddingCollection") as info:
+    with pytest.raises(UnsupportedEmbeddingError, match="EmbeddingCollection.*at 'ec'") as info:
         dmt_fx.transform(_SequenceModel(), "2x2")
     _assert_helpful(info.value)
+    assert "unsharded, float" not in str(info.value)  # a remedy that does not apply to it
+
+
+def test_the_sequence_remedy_works() -> None:
+    """Issue 11, class 10: the first remedy for an EmbeddingCollection (same tables in an
+    EmbeddingBagCollection with sum pooling) transforms and computes the summed sequences."""
+    sequence = _SequenceModel()
+    config = EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=10, feature_names=["f"],
+                                pooling=PoolingType.SUM)
+    pooled = _Pooled(EmbeddingBagCollection(tables=[config]))
+    pooled.ebc.embedding_bags["t"].weight.data.copy_(sequence.ec.embeddings["t"].weight.data)
+    kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2, 3, 4]), torch.tensor([3, 1]))
+    expected = torch.stack([sequence.ec(kjt)["f"].to_dense()[i].sum(0) for i in range(2)])
+    gm = dmt_fx.transform(pooled, "2x2", example_inputs=(kjt,))
+    assert torch.equal(gm(kjt), expected)
+
+
+class _Pooled(nn.Module):
+    def __init__(self, ebc: EmbeddingBagCollection) -> None:
+        super().__init__()
+        self.ebc = ebc
+
+    def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        return self.ebc(kjt)["f"]
+
+
+class _Quantized(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = torch.ao.nn.quantized.EmbeddingBag(10, 4)
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.bag(ids, offsets)
+
+
+def test_quantized_embeddings_are_refused_by_type() -> None:
+    with pytest.raises(UnsupportedEmbeddingError, match="quantized.*at 'bag'") as info:
+        dmt_fx.transform(_Quantized(), "2x2")
+    _assert_helpful(info.value)
+    assert "float model" in str(info.value)
+
+
+class _Attention(nn.Module):
+    """Self-attention over the embeddings (AutoInt style): out_proj is a
+    NonDynamicallyQuantizableLinear, which a class-name test took for quantization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bags = nn.ModuleList(nn.EmbeddingBag(10, 8) for _ in range(3))
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8 * 4, 1)
+        self.dense = nn.Linear(5, 8)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        tokens = [self.dense(dense)] + [bag(ids[:, i:i + 1]) for i, bag in enumerate(self.bags)]
+        x = torch.stack(tokens, dim=1)
+        y, _ = self.attention(x, x, x)
+        return self.out(y.flatten(1))
+
+
+def test_attention_is_not_quantization() -> None:
+    """Issue 11, class 3."""
+    model = _Attention()
+    inputs = (torch.randn(4, 5), torch.randint(0, 10, (4, 3)))
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)
+    assert torch.equal(gm(*inputs), model(*inputs))
 
 
 class _EmbeddingsOnly(nn.Module):
-    """Embeddings never meet a dense input."""
+    """Embeddings never meet a dense input (factorization-machine style)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -61,10 +134,19 @@ class _EmbeddingsOnly(nn.Module):
         return self.out(torch.cat([self.a(ids_a, off_a), self.b(ids_b, off_b)], dim=1))
 
 
-def test_no_interaction() -> None:
-    with pytest.raises(NoInteractionError, match="no node joins all 2 embedding lookups") as info:
-        dmt_fx.transform(_EmbeddingsOnly(), "2x2")
+def test_no_dense_input_transforms_and_only_compressing_towers_refuse() -> None:
+    """Issue 11, class 2: the identity rewrite needs no interaction site."""
+    model = _EmbeddingsOnly()
+    ids, off = torch.randint(0, 10, (6,)), torch.tensor([0, 2, 4])
+    inputs = (ids, off, ids.flip(0), off)
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)
+    assert torch.equal(gm(*inputs), model(*inputs))
+    assert dmt_fx.dmt_result(gm).sites.interaction.kind == "none"
+    with pytest.raises(NoInteractionError, match="tower_module='linear' on a model whose 2 embedding lookups "
+                                                 "never meet dense data") as info:
+        dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="linear", compression=2)
     _assert_helpful(info.value)
+    assert "tower_module='identity'" in str(info.value)
 
 
 @pytest.mark.parametrize("text", ["2y4", "0x2"])

@@ -16,7 +16,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.interactions import match_interaction
 from dmt_fx.ir.errors import NoEmbeddingError, NoInteractionError
-from dmt_fx.ir.sites import EmbeddingSite, Feature, InteractionSite, ModelSites, Table
+from dmt_fx.ir.sites import NO_INTERACTION, EmbeddingSite, Feature, InteractionSite, ModelSites, Table
 
 _POOLING = {0: "sum", 1: "mean", 2: "max"}
 _EXPORT_BAG_OPS = {
@@ -123,13 +123,53 @@ def _inputs(node: fx.Node) -> Iterable[fx.Node]:
     return node.all_input_nodes
 
 
-def _dense_placeholders(gm: fx.GraphModule, site_nodes: set[str]) -> set[str]:
-    """Placeholders that feed no embedding lookup: the dense inputs."""
-    feeds_sparse: set[str] = set()
+# Nodes that read only a tensor's shape: a batch size taken from the ids is not dense data.
+_METADATA_METHODS = {"size", "stride", "dim", "numel", "keys"}
+_METADATA_ATTRS = {"shape", "dtype", "device"}
+_METADATA_FUNCTIONS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_stride.int, torch.ops.aten.sym_numel.default,
+                       len, torch._assert, torch.ops.aten._assert_scalar.default}
+_GUARDS = "_guards_fn"  # torch.export's shape guards: they check inputs and return nothing
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return node.target == _GUARDS
+    if node.op == "call_method":
+        return node.target in _METADATA_METHODS
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in _METADATA_ATTRS
+    return node.op == "call_function" and node.target in _METADATA_FUNCTIONS
+
+
+def _ids_only(gm: fx.GraphModule, site_nodes: set[str]) -> set[str]:
+    """Nodes whose every use is as ids of a lookup (directly, through other such nodes, or
+    for their shape): the sparse side of the inputs."""
+    ids_only: set[str] = set()
     for node in reversed(gm.graph.nodes):
-        if node.name in site_nodes or node.name in feeds_sparse:
-            feeds_sparse.update(n.name for n in _inputs(node) if n.op != "get_attr")
-    return {n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name not in feeds_sparse}
+        users = list(node.users)
+        if users and node.name not in site_nodes and all(
+                u.name in site_nodes or u.name in ids_only or _is_metadata(u) for u in users):
+            ids_only.add(node.name)
+    return ids_only
+
+
+def _dense_nodes(gm: fx.GraphModule, site_nodes: set[str]) -> set[str]:
+    """Nodes carrying dense data: "dense" is a property of the data flow (what reaches the
+    output without a lookup), not of a placeholder. A batch object, a dict or one float
+    tensor holding id columns next to dense ones is dense; its parts used only as ids are not."""
+    ids_only = _ids_only(gm, site_nodes)
+    dense: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.name in ids_only or node.name in site_nodes or _is_metadata(node):
+            continue
+        if node.op == "placeholder" or any(n.name in dense for n in _inputs(node)):
+            dense.add(node.name)
+    return dense
+
+
+def _dense_placeholders(gm: fx.GraphModule, site_nodes: set[str]) -> set[str]:
+    """The inputs carrying dense data (the validator checks their batch size)."""
+    return {n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name in _dense_nodes(gm, site_nodes)}
 
 
 def _kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -143,28 +183,34 @@ def _kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
 
 
 def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> InteractionSite:
-    """The first node that depends on every embedding output and on a dense input."""
+    """The first node that depends on every embedding output and on dense data, or a site of
+    kind "none" when the embeddings never meet dense data (factorization machines, two-tower
+    retrieval): the identity rewrite needs none; compressing tower modules refuse such models."""
     bit = {s.output: 1 << i for i, s in enumerate(sites)}
     everything = (1 << len(sites)) - 1
-    dense = _dense_placeholders(gm, {s.node for s in sites})
+    dense = _dense_nodes(gm, {s.node for s in sites})
     masks: dict[str, int] = {}
-    is_dense: dict[str, bool] = {}
     for node in gm.graph.nodes:
-        ins = list(_inputs(node))
         masks[node.name] = bit.get(node.name, 0)
-        for n in ins:
+        for n in _inputs(node):
             masks[node.name] |= masks.get(n.name, 0)
-        is_dense[node.name] = node.name in dense or any(is_dense.get(n.name, False) for n in ins)
-        if node.op != "output" and masks[node.name] == everything and is_dense[node.name]:
+        if node.op != "output" and masks[node.name] == everything and node.name in dense:
             module = node.target if node.op == "call_module" else None
             return InteractionSite(node.name, _kind_of(gm, node), module)
+    return InteractionSite("", NO_INTERACTION, None)
+
+
+def require_interaction(sites: ModelSites, why: str) -> None:
+    """Refuse `why` (a compressing tower module) on a model without an interaction site."""
+    if sites.interaction.found:
+        return
     raise NoInteractionError(
-        f"no node joins all {len(sites)} embedding lookups with a dense input "
-        f"(dense inputs: {sorted(dense) or 'none'})",
-        "an interaction layer (e.g. torchrec InteractionArch, a pairwise dot or a concatenation) "
-        "that combines the pooled embeddings with the dense features",
-        ["DMT rewrites DLRM-style models: pass a model whose forward() combines embeddings with dense features",
-         "if the embeddings are combined only among themselves, add the dense input to that combination"],
+        f"{why} on a model whose {len(sites.sites)} embedding lookups never meet dense data in one node "
+        f"(dense inputs: {', '.join(sites.dense_inputs) or 'none'})",
+        "an interaction layer (e.g. torchrec InteractionArch, a pairwise dot or a concatenation) that "
+        "combines the pooled embeddings with the dense features, for the compressed towers to feed",
+        ["keep tower_module='identity' (the default): it needs no interaction site and preserves the model",
+         "register your combination of embeddings with dmt_fx.register_interaction and pass the dense input to it"],
     )
 
 

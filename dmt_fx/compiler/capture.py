@@ -2,7 +2,8 @@
 
 Algorithm:
   1. Refuse models holding embedding modules we cannot rewrite (sharded, quantized,
-     sequence collections) and models with no embedding module at all.
+     sequence collections; decided by type in support.py) and models with no embedding
+     module at all.
   2. Route "symbolic": torchrec's fx tracer with embedding collections, embedding bags and
      the modules registered interaction kinds recognise (torchrec's arches) as leaves. Works for TorchRec models and plain models
      written with explicit tensor arguments.
@@ -11,6 +12,7 @@ Algorithm:
      non-strict `torch.export` with every input dimension `Dim.AUTO`, then `.module()`.
      Embedding lookups become aten ops tagged with their module path in `nn_module_stack`.
   4. Otherwise raise a CaptureError naming the user's line that broke tracing.
+  5. Buffers that are not in the model's state dict (constants) become non-persistent.
 """
 
 from __future__ import annotations
@@ -23,50 +25,11 @@ import torch.nn as nn
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.interactions import keeps_whole
-from dmt_fx.ir.errors import CaptureError, NoEmbeddingError, UnsupportedEmbeddingError
-
-EMBEDDING_TYPES = (EmbeddingBagCollection, nn.EmbeddingBag, nn.Embedding)
-
-
-def _unsupported_reason(module: nn.Module) -> str | None:
-    """Why `module` cannot be rewritten, or None. Checked by name to avoid heavy imports."""
-    name = type(module).__name__
-    mod = type(module).__module__
-    if isinstance(module, EmbeddingCollection):
-        return "a torchrec EmbeddingCollection (sequence, unpooled embeddings)"
-    if "Sharded" in name or name == "DistributedModelParallel":
-        return f"an already sharded module ({name})"
-    if mod.startswith("torchrec.quant") or "Quant" in name:
-        return f"a quantized embedding module ({name})"
-    if name in ("FeatureProcessedEmbeddingBagCollection", "ManagedCollisionEmbeddingBagCollection"):
-        return f"a {name}"
-    return None
-
-
-def check_supported(model: nn.Module) -> None:
-    """Step 1: refuse what we cannot rewrite, before any tracing."""
-    found_embedding = False
-    for fqn, module in model.named_modules():
-        reason = _unsupported_reason(module)
-        if reason is not None:
-            raise UnsupportedEmbeddingError(
-                f"{reason} at {fqn or '<root>'!r}",
-                "embeddings as torchrec EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding",
-                [
-                    "pass the unsharded, float model to transform() and shard it afterwards with dmt_fx.distribute",
-                    "replace the module by an EmbeddingBagCollection (pooled lookups)",
-                ],
-            )
-        found_embedding |= isinstance(module, EMBEDDING_TYPES)
-    if not found_embedding:
-        raise NoEmbeddingError(
-            f"{type(model).__name__} has no embedding module",
-            "at least one EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding",
-            ["DMT splits embedding lookups into towers; a model without them has nothing to split"],
-        )
+from dmt_fx.compiler.support import EMBEDDING_TYPES, check_supported
+from dmt_fx.ir.errors import CaptureError
 
 
 class _DMTTracer(Tracer):
@@ -143,6 +106,23 @@ def _user_frame(exc: BaseException) -> str:
 def capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     """Return (graph module, route) where route is "symbolic" or "export"."""
     check_supported(model)
+    gm, route = _capture(model, example_inputs)
+    keep_state_dict_keys(model, gm)
+    return gm, route
+
+
+def keep_state_dict_keys(model: nn.Module, gm: nn.Module) -> None:
+    """Constants are not state: every buffer of `gm` the model's state dict lacks becomes
+    non-persistent (tracing turns non-persistent buffers and plain tensor attributes into
+    persistent buffers, e.g. `_tensor_constant0`, which broke loading the model's checkpoints)."""
+    keys = set(model.state_dict().keys())
+    for fqn, buffer in list(gm.named_buffers(remove_duplicate=False)):
+        if fqn not in keys:
+            owner, _, leaf = fqn.rpartition(".")
+            gm.get_submodule(owner).register_buffer(leaf, buffer, persistent=False)
+
+
+def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     try:
         return symbolic_capture(model), "symbolic"
     except Exception as exc:  # tracing failures come as many exception types

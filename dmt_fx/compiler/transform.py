@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from dmt_fx.compiler.analysis import analyze
+from dmt_fx.compiler.analysis import analyze, require_interaction
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.eager import eval_mode, run_with_hooks
 from dmt_fx.compiler.interactions import interaction_kind
@@ -83,6 +83,8 @@ def transform(
     pooling = _pooling_by_feature(sites, pooling)
     kind = tower_module_kind(tower_module)
     changes_model = kind.changes_model
+    if changes_model:  # compressed towers feed the interaction: a model must have one
+        require_interaction(sites, f"tower_module={kind.name!r}")
     tower_plan_ = dataclasses.replace(_make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed),
                                       changes_model=changes_model)
     specs = tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)

@@ -3,7 +3,8 @@ never a crash inside a kernel or a silently wrong lookup.
 
 `InputValidator` is inserted at the top of the graph by passes/validate_inputs.py (on by
 default; `transform(..., validate_inputs=False)` turns it off for speed). It checks, per
-KeyedJaggedTensor input: missing and unexpected keys, dtypes (integer ids and lengths,
+KeyedJaggedTensor input: missing keys (keys the model never reads
+are accepted, as the original accepts them), dtypes (integer ids and lengths,
 float weights), lengths that do not sum to the number of ids, ids outside
 [0, rows of the feature's table); per plain lookup: id dtype and range, offsets; and that
 every dense and sparse input has the same batch size. All checks are vectorised: one pass
@@ -65,11 +66,12 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
         _fail(f"argument {argument!r} of type {type(kjt).__name__}", "a KeyedJaggedTensor",
               "pass the sparse features as a torchrec KeyedJaggedTensor")
     given = list(kjt.keys())
+    # Keys the model never reads are accepted, as the original accepts them; missing ones
+    # would fail inside the lookup.
     missing = [k for k in keys if k not in given]
-    unexpected = [k for k in given if k not in rows]
-    if missing or unexpected:
-        _fail(f"argument {argument!r} with keys {given} (missing {missing}, unexpected {unexpected})",
-              f"the keys {list(keys)}", "build the KeyedJaggedTensor with exactly the model's feature keys")
+    if missing:
+        _fail(f"argument {argument!r} with keys {given} (missing {missing})",
+              f"at least the keys {list(keys)}", "add the missing features to the KeyedJaggedTensor")
     values, lengths = kjt.values(), kjt.lengths()
     if values.dtype not in _INT or lengths.dtype not in _INT:
         _fail(f"argument {argument!r} with ids of dtype {values.dtype} and lengths of dtype {lengths.dtype}",
@@ -87,7 +89,9 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
               "one length per key and sample", "rebuild the KeyedJaggedTensor with from_lengths_sync")
     # One vectorised range check: each id against the rows of its key's table.
     per_key = lengths.view(len(given), stride).sum(1)
-    limit = torch.repeat_interleave(torch.tensor([rows[k] for k in given], device=values.device), per_key)
+    unread = torch.iinfo(torch.int64).max  # ids of keys no lookup reads are never used
+    limit = torch.repeat_interleave(torch.tensor([rows.get(k, unread) for k in given], device=values.device),
+                                    per_key)
     bad = (values < 0) | (values >= limit)
     if bad.any():
         i = int(bad.nonzero()[0])

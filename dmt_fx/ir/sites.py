@@ -47,11 +47,19 @@ class EmbeddingSite:
     output: str
 
 
+NO_INTERACTION = "none"  # the kind of the site of a model whose embeddings never meet dense data
+
+
 @dataclasses.dataclass(frozen=True)
 class InteractionSite:
-    node: str
-    kind: str  # torchrec.InteractionArch | ... | pairwise_dot | concat | other:<op>
+    node: str  # "" when there is none
+    kind: str  # torchrec.InteractionArch | ... | pairwise_dot | concat | other:<op> | none
     module: str | None
+
+    @property
+    def found(self) -> bool:
+        """Whether the model has one: the identity rewrite needs none, compressing towers do."""
+        return self.kind != NO_INTERACTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +69,7 @@ class ModelSites:
     features: tuple[Feature, ...]
     tables: tuple[Table, ...]
     interaction: InteractionSite
-    dense_inputs: tuple[str, ...] = ()  # placeholders that feed no lookup
+    dense_inputs: tuple[str, ...] = ()  # placeholders carrying dense data (reaching the output without a lookup)
 
     def feature(self, name: str) -> Feature:
         return self._feature_index[name]
