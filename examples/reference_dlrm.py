@@ -147,3 +147,17 @@ def build(
         sigmoid_top=len(ln_top) - 2,
     )
     return model, make_inputs(8, seed)
+
+
+def slice_inputs(
+    inputs: tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]], start: int, stop: int
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Samples [start, stop) of a batch: the flat id lists are cut at their bag offsets."""
+    dense_x, lS_o, lS_i = inputs
+    offsets, indices = [], []
+    for o, i in zip(lS_o, lS_i):
+        lo = int(o[start]) if start < len(o) else i.numel()
+        hi = int(o[stop]) if stop < len(o) else i.numel()
+        offsets.append(o[start:stop] - lo)
+        indices.append(i[lo:hi])
+    return dense_x[start:stop], offsets, indices

@@ -29,12 +29,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
-from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
+from dmt_fx.runtime.plain import plain_lookups
 from dmt_fx.runtime.shardings import SHARDINGS
 
 # Names this module offered before the runtime was split; kept importable from here.
@@ -77,7 +77,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     Takes ownership of `module`: the dense parameters are trained in place."""
     result = dmt_result(module)
     me = check_world(result.topology)  # before any collective
-    check_distributable(result)
+    check_distributable(module)
     SHARDINGS.get(sharding)  # an unknown name fails here, on every rank, before any collective
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
@@ -95,12 +95,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     return DistributedDMT(ddp, me), optimizer
 
 
-def check_distributable(result: DMTResult) -> None:
+def check_distributable(model: DMTResult | fx.GraphModule) -> None:
     """Raise DMTError when `distribute` cannot run this model; needs no process group, so the
-    CLI calls it before torchrun starts."""
-    plain = [s.module for s in result.sites.sites if s.kind != "torchrec_ebc"]
-    if plain:
-        raise DMTError(f"plain PyTorch embedding lookups {plain[:3]}",
-                       "TorchRec EmbeddingBagCollections (what TorchRec's sharders shard)",
-                       ["express the tables as an EmbeddingBagCollection taking a KeyedJaggedTensor",
-                        "plain nn.EmbeddingBag models transform and run in one process"])
+    CLI calls it before torchrun starts. Pass the transformed GraphModule: its plain lookups'
+    options (pooling mode, max_norm, padding_idx, ...) are read from its graph and modules."""
+    if isinstance(model, fx.GraphModule):
+        plain_lookups(model, dmt_result(model))

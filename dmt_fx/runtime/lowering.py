@@ -50,6 +50,19 @@ from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange
 from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
 from dmt_fx.runtime.optim import copy_into_shards
+from dmt_fx.runtime.plain import (
+    PlainKJT,
+    PlainLookup,
+    host_collection,
+    original_weights,
+    plain_groups,
+    plain_kjt_inputs,
+    plain_kjt_path,
+    plain_lookups,
+    pooled_output,
+    received_output,
+    table_attr,
+)
 from dmt_fx.runtime.shardings import host_sharding_plan
 
 PASS = "distribute"
@@ -78,20 +91,29 @@ class _Lowering:
         # Step 1
         self.physical = fx.GraphModule(gm, copy_graph(gm), class_name="DMTRankModule")
         copy_missing_state(gm, self.physical)
+        keep_constants_out_of_state(gm, self.physical)
         self.graph = self.physical.graph
-        # id of a sharded lookup -> (the lookup, its site, the names of its tables)
-        self.sharded: dict[int, tuple[nn.Module, EmbeddingSite, tuple[str, ...]]] = {}
+        # id of a sharded lookup -> (the lookup, its table names -> the original tables' module paths)
+        self.sharded: dict[int, tuple[nn.Module, dict[str, str]]] = {}
         self.fused: list[tuple[str, KeyedOptimizer]] = []
 
     def run(self) -> Lowered:
-        sites = self.result.sites.sites
-        lookups = [self.host_lookup(index, site) for index, site in enumerate(sites)]  # Step 2
+        sites = [s for s in self.result.sites.sites if s.kind == "torchrec_ebc"]
+        # Step 2: TorchRec collections, then the plain lookups as virtual collections
+        lookups = [self.host_lookup(index, site) for index, site in enumerate(sites)]
+        kjts = [next(nodes_with_role(self.graph, Role.SELECT_FEATURES, origin=s.node)).args[0] for s in sites]
+        self.plain = plain_groups(plain_lookups(self.physical, self.result))
+        for index, group in enumerate(self.plain, start=len(sites)):
+            lookups.append(self.plain_host_lookup(index, group))
+            kjts.append(self.plain_kjt(index, group))
         if self.result.plan.changes_model:  # Step 3
-            tower_module = self.lower_tower_block(lookups)
+            tower_module = self.lower_tower_block(lookups, kjts)
         else:
             tower_module = None
             for index, (site, lookup) in enumerate(zip(sites, lookups)):
                 self.lower_exchange(index, site, lookup)
+            for index, group in enumerate(self.plain, start=len(sites)):
+                self.lower_plain_exchange(index, group, lookups[index], kjts[index])
         return self.finish(tower_module)  # Step 4
 
     # ------------------------------------------------------------ step 2
@@ -103,16 +125,41 @@ class _Lowering:
         mine, lookup = per_host[self.me.host], None
         if mine:
             host_ebc = sub_collection(mine)
-            sharder = EmbeddingBagCollectionSharder(fused_params=self.fused_params)
-            plan = host_sharding_plan(host_ebc, self.sharding, self.result.topology, self.me.host, sharder)
-            # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
-            # (its state_dict re-prefixes every key of a shared destination).
-            lookup = sharder.shard(host_ebc, plan, ShardingEnv.from_process_group(self.groups.of(GroupKind.INTRA_HOST)),
-                                   runtime_device())
-            copy_into_shards(lookup.state_dict(), host_ebc.state_dict())
-            self.fused.append((f"collection_{index}", lookup.fused_optimizer))
-            self.sharded[id(lookup)] = (lookup, site, tuple(host_ebc.embedding_bags))
+            lookup = self.shard(index, host_ebc, host_ebc.state_dict())
+            self.sharded[id(lookup)] = (lookup, {n: table_path(site.module, n) for n in host_ebc.embedding_bags})
         return HostLookup(slices, lookup, self.groups.of(self.input_group(site)), self.me)
+
+    def shard(self, index: int, host_ebc: EmbeddingBagCollection, weights: dict[str, Any]) -> nn.Module:
+        """`host_ebc` sharded over the host's ranks, starting from `weights` (its state-dict keys)."""
+        sharder = EmbeddingBagCollectionSharder(fused_params=self.fused_params)
+        plan = host_sharding_plan(host_ebc, self.sharding, self.result.topology, self.me.host, sharder)
+        # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
+        # (its state_dict re-prefixes every key of a shared destination).
+        lookup = sharder.shard(host_ebc, plan, ShardingEnv.from_process_group(self.groups.of(GroupKind.INTRA_HOST)),
+                               runtime_device())
+        copy_into_shards(lookup.state_dict(), weights)
+        self.fused.append((f"collection_{index}", lookup.fused_optimizer))
+        return lookup
+
+    def plain_host_lookup(self, index: int, group: list[PlainLookup]) -> HostLookup:
+        """Plain lookups: this host's tables in one TorchRec collection, sharded like the others."""
+        per_host = [[lk for lk in group if lk.host == h] for h in range(self.result.topology.num_hosts)]
+        slices = [HostSlice(tuple(lk.feature for lk in mine), tuple(lk.feature for lk in mine),
+                            tuple(lk.dim for lk in mine)) for mine in per_host]
+        mine, lookup = per_host[self.me.host], None
+        if mine:
+            lookup = self.shard(index, host_collection(mine), original_weights(self.gm, mine))
+            self.sharded[id(lookup)] = (lookup, {table_attr(lk.table): lk.table for lk in mine})
+        group_kind = one_group({lk.exchange for lk in group})
+        return HostLookup(slices, lookup, self.groups.of(group_kind), self.me)
+
+    def plain_kjt(self, index: int, group: list[PlainLookup]) -> fx.Node:
+        """The node that turns the lookups' local id tensors into one KJT, before any exchange."""
+        path = plain_kjt_path(index)
+        self.physical.add_submodule(path, PlainKJT(group))
+        first = next(n for n in self.graph.nodes if n in {lk.exchange for lk in group})
+        with self.graph.inserting_before(first):
+            return tag(self.graph.call_module(path, tuple(plain_kjt_inputs(group))), PASS, Role.SELECT_FEATURES)
 
     def tower_collections(self, site: EmbeddingSite) -> list[list[EmbeddingBagCollection]]:
         """Per host, the tower collections of `site` of the towers the plan puts there."""
@@ -143,12 +190,31 @@ class _Lowering:
                          Role.MERGE, origin=site.node)
         merge.replace_all_uses_with(merged)
 
-    def lower_tower_block(self, lookups: list[HostLookup]) -> nn.Module | None:
+    def lower_plain_exchange(self, index: int, group: list[PlainLookup], lookup: HostLookup, kjt: fx.Node) -> None:
+        """Identity tower modules: the plain lookups' exchanges and lookups become one
+        HostTowerExchange; each lookup's users read its columns in the original shape."""
+        received = [received_output(self.graph, lk) for lk in group]
+        path = host_exchange_path(index)
+        self.physical.add_submodule(path, HostTowerExchange(lookup, self.groups.of(one_group(
+            {node.args[0] for node in received}))))
+        first = next(n for n in self.graph.nodes if n in set(received))
+        with self.graph.inserting_before(first):
+            exchange = tag(self.graph.call_module(path, (kjt,)), PASS, Role.HOST_TOWER_EXCHANGE)
+            for lk, node in zip(group, received):
+                out = self.graph.call_function(pooled_output, (exchange, lk.feature, lk.form, lk.indices))
+                node.replace_all_uses_with(out)
+        stable_toposort(self.graph)
+
+    def lower_tower_block(self, lookups: list[HostLookup], kjts: list[fx.Node]) -> nn.Module | None:
         """One HostTowerBlock for all collections; each tower output reads its host's slice.
 
         Returns the logical tower module this rank runs (None when its host has no tower)."""
         towers = [self.result.tower_modules(t.index) for t in self.result.plan.towers]
         hosts = [t.host for t in towers]
+        if self.plain and len(lookups) > 1:
+            raise DMTError(f"{len(lookups)} collections (plain lookups with and without per-sample weights, "
+                           "or plain and TorchRec lookups)", "one collection per model for distributed tower modules",
+                           ["use the identity tower module", "read every table with per-sample weights or none"])
         if len(set(hosts)) != len(hosts):
             raise DMTError(f"towers on hosts {hosts}", "one tower per host for distributed tower modules",
                            ["use the default plan (one tower per host)"])
@@ -163,8 +229,6 @@ class _Lowering:
         outputs = list(nodes_with_role(self.graph, Role.TOWER_OUTPUT))
         group = one_group(out.args[0] for out in outputs)  # each output is item 0 of its exchange
         self.physical.add_submodule(HOST_TOWER_BLOCK_PATH, HostTowerBlock(lookups, runs, widths, self.groups.of(group)))
-        kjts = [next(nodes_with_role(self.graph, Role.SELECT_FEATURES, origin=site.node)).args[0]
-                for site in self.result.sites.sites]
         with self.graph.inserting_before(outputs[0]):
             block = tag(self.graph.call_module(HOST_TOWER_BLOCK_PATH, tuple(kjts)), PASS, Role.HOST_TOWER_BLOCK)
         for out in outputs:
@@ -180,6 +244,8 @@ class _Lowering:
 
     def finish(self, tower_module: nn.Module | None) -> Lowered:
         self.graph.eliminate_dead_code()
+        for lookup in self.plain_tables():
+            drop_table(self.physical, lookup)
         for attr in LOGICAL_ATTRS:
             if hasattr(self.physical, attr):
                 delattr(self.physical, attr)
@@ -187,15 +253,17 @@ class _Lowering:
         install_state_dict_hooks(self.physical, self.renames(tower_module), list(self.gm.state_dict().keys()))
         return Lowered(self.physical, [entry[0] for entry in self.sharded.values()], self.fused)
 
+    def plain_tables(self) -> list[PlainLookup]:
+        return [lk for group in self.plain for lk in group]
+
     def renames(self, tower_module: nn.Module | None) -> dict[str, str]:
         """Physical module paths -> the original model's, found by identity, not built as strings."""
         renames = {}
         logical = {id(m): path for path, m in self.gm.named_modules()}
         for path, module in self.physical.named_modules():
             if id(module) in self.sharded:
-                _, site, tables = self.sharded[id(module)]
-                for name in tables:
-                    renames[table_path(path, name)] = table_path(site.module, name)
+                for name, original in self.sharded[id(module)][1].items():
+                    renames[table_path(path, name)] = original
             elif module is tower_module and path.startswith(RUNTIME_ATTR + "."):
                 renames[path] = logical[id(module)]
         return renames
@@ -210,6 +278,20 @@ def host_slice(ebcs: list[EmbeddingBagCollection]) -> HostSlice:
     names = tuple(n for ebc in ebcs for n in ebc._embedding_names)
     widths = tuple(w for ebc in ebcs for w in ebc._lengths_per_embedding)
     return HostSlice(keys, names, widths)
+
+
+def drop_table(physical: fx.GraphModule, lookup: PlainLookup) -> None:
+    """The original plain table left the rank's graph for a sharded collection: keep it out of
+    DDP, the dense optimizer and the state dict."""
+    owner_path, _, attr = lookup.param.rpartition(".")
+    try:
+        owner = physical.get_submodule(owner_path)
+    except AttributeError:
+        return
+    if isinstance(owner, (nn.Embedding, nn.EmbeddingBag)):
+        physical.delete_submodule(owner_path)
+    elif hasattr(owner, attr):
+        delattr(owner, attr)
 
 
 def one_group(exchanges: Iterable[fx.Node]) -> str:
@@ -245,6 +327,21 @@ def copy_missing_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:
     for name in names(gm):
         if name not in have and not name.startswith(logical):
             _copy_attr(gm, physical, name)
+
+
+def keep_constants_out_of_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:
+    """Tensor constants of the graph (the export route's `lifted_tensor_N`: index lists built in
+    forward) are plain attributes of the logical model, which GraphModule() turns into buffers:
+    keep them out of the rank's state dict, as they are out of the original's."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner, _, name = str(node.target).rpartition(".")
+        logical, module = gm.get_submodule(owner), physical.get_submodule(owner)
+        persistent = name in logical._parameters or (
+            name in logical._buffers and name not in logical._non_persistent_buffers_set)
+        if not persistent and name in module._buffers:
+            module._non_persistent_buffers_set.add(name)
 
 
 def copy_graph(gm: fx.GraphModule) -> fx.Graph:
