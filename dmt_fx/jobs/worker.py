@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import signal
@@ -66,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True)
     p.add_argument("--save-checkpoint", default=None, help="DCP directory written after training")
     p.add_argument("--load-checkpoint", default=None, help="DCP directory loaded before training")
+    p.add_argument("--plan", default=None, help="a tower plan (JSON file or string) for transform")
+    p.add_argument("--cases", default=None,
+                   help='JSON file: [{"name": N, "args": [worker flags]}, ...]; each case runs in turn in this '
+                        "process group with these flags added, results in OUT/<name>/")
     p.add_argument("--tower-module", default="identity", help="identity | linear | dot | dcn")
     p.add_argument("--compression", type=int, default=1)
     p.add_argument("--record-outputs", action="store_true")
@@ -82,11 +87,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def target_hook(spec: str, name: str) -> Any:
+    """A helper of the TARGET: the factory's attribute `name` (one module can hold several
+    factories, each with its own inputs), else the target module's, else None."""
+    module, attr = target_module(spec)
+    factory = functools.reduce(getattr, attr.split("."), module)
+    return getattr(factory, name, None) or getattr(module, name, None)
+
+
 def batch_maker(spec: str, example_inputs: tuple | None, gm: Any) -> Callable[[int, int], tuple]:
-    """The target module's `make_inputs(batch, seed)` if it has one, else synthetic batches."""
-    module, _ = target_module(spec)
-    if hasattr(module, "make_inputs"):
-        return module.make_inputs
+    """The target's `make_inputs(batch, seed)` (see `target_hook`) if it has one, else synthetic batches."""
+    make = target_hook(spec, "make_inputs")
+    if make is not None:
+        return make
     if example_inputs is None:
         raise DMTError(f"target {spec} without make_inputs() or example inputs",
                        "a factory returning (model, example_inputs), or a make_inputs(batch, seed) beside it",
@@ -94,6 +107,12 @@ def batch_maker(spec: str, example_inputs: tuple | None, gm: Any) -> Callable[[i
     sites = dmt_fx.dmt_result(gm).sites
     rows = {f.key: sites.table(f.table).num_embeddings for f in sites.features}
     return lambda batch, seed: synthetic_inputs(example_inputs, rows, batch, seed)
+
+
+def batch_slicer(spec: str) -> Callable[[Any, int, int], Any]:
+    """The target's `slice_inputs(inputs, start, stop)` if it has one (inputs the generic
+    slicer cannot cut, e.g. flat id lists with offsets), else `slice_batch`."""
+    return target_hook(spec, "slice_inputs") or slice_batch
 
 
 def broadcast_model(model: torch.nn.Module) -> None:
@@ -111,7 +130,7 @@ def build(args: argparse.Namespace, topology: Topology):
         kind, compression = (kind if kind != "identity" else "linear"), int(args.variant[len("dmt-c"):])
     torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
-                          compression=compression)
+                          compression=compression, plan=args.plan)
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
     if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
@@ -143,7 +162,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
     losses, times, outputs = [], [], []
-    B = args.batch_size
+    B, cut = args.batch_size, batch_slicer(args.target)
     kill_rank, kill_step, kill_signal = _fault(args)
     for step in range(first, args.steps):
         args.current_step = step
@@ -151,7 +170,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
             os.kill(os.getpid(), kill_signal)
         inputs = make(B * world, step)
         y = clicks(inputs, step)
-        local = slice_batch(inputs, rank * B, (rank + 1) * B)
+        local = cut(inputs, rank * B, (rank + 1) * B)
         start = time.perf_counter()
         with meter if step in metered else contextlib.nullcontext():
             out = module(*local)
@@ -206,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topology = Topology.parse(args.topology)
         check_world(topology)  # before the first collective, on every rank
+        if args.cases:
+            return _train_cases(argv, args, topology)
         if args.variants:
             return _train_variants(args, topology)
         result = train(args, topology)
@@ -214,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # a peer died or stopped answering: say so, exit non-zero, no hang
         where = f"at step {args.current_step}" if hasattr(args, "current_step") else "during setup"
-        if args.variants:
-            where += f" of variant {args.variant}"
+        if args.variants or args.cases:
+            where += f" of {'case' if args.cases else 'variant'} {getattr(args, 'case', args.variant)}"
         print(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
               f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
         traceback.print_exc()
@@ -243,6 +264,50 @@ def _train_variants(args: argparse.Namespace, topology: Topology) -> int:
             json.dump(result, handle)
         dist.barrier()  # the next variant's setup starts together on every rank
     args.out = base_out
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def fresh_world(number: int, timeout_s: float) -> None:
+    """A new default process group for case `number`, on its own prefix of torchrun's store.
+
+    Cases must not see each other's groups: TorchRec's ShardingEnv creates a group per sharded
+    collection on the ranks that hold tables, so after a plan where some host holds none the
+    ranks disagree on the name of the next group and the next case's groups would hang."""
+    dist.barrier()
+    dist.destroy_process_group()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout,
+                            store=dist.PrefixStore(f"dmt_fx_case_{number}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+def _train_cases(argv: list[str] | None, args: argparse.Namespace, topology: Topology) -> int:
+    """Every case of `--cases` in turn, same process group: the command line plus the case's
+    flags (argparse keeps the last value of a flag), results in OUT/<name>/."""
+    base = list(sys.argv[1:] if argv is None else argv)
+    with open(args.cases) as handle:
+        cases = json.load(handle)
+    rank = dist.get_rank()
+    for number, case in enumerate(cases):
+        if number:
+            fresh_world(number, args.timeout_s)
+        args.case = case["name"]
+        out = os.path.join(args.out, case["name"])
+        os.makedirs(out, exist_ok=True)
+        case_args = parse_args([*base, *case.get("args", ()), "--out", out])
+        try:
+            result = train(case_args, topology)
+        finally:  # a failure message names the step of this case
+            vars(args).pop("current_step", None)
+            if hasattr(case_args, "current_step"):
+                args.current_step = case_args.current_step
+        with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
+            json.dump(result, handle)
+        dist.barrier()  # the next case's setup starts together on every rank
     dist.barrier()
     dist.destroy_process_group()
     return 0
