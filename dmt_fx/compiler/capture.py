@@ -67,7 +67,8 @@ def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphMod
     return gm
 
 
-_MODE_DEPENDENT = (nn.Dropout, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+# modules whose train and eval behaviour differ
+MODE_DEPENDENT = (nn.Dropout, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
 
 
 def _restore_train_eval(model: nn.Module, gm: nn.Module) -> None:
@@ -77,7 +78,7 @@ def _restore_train_eval(model: nn.Module, gm: nn.Module) -> None:
     matters (dropout, batch norm)."""
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
-    dependent = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _MODE_DEPENDENT)})
+    dependent = sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_DEPENDENT)})
     if dependent:
         warnings.warn(f"dmt_fx: captured with torch.export in {'train' if model.training else 'eval'} mode; "
                       f"{', '.join(dependent)} keep that mode's behaviour in the DMT model", stacklevel=3)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -28,7 +29,7 @@ from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.analysis import analyze, require_interaction
-from dmt_fx.compiler.capture import capture
+from dmt_fx.compiler.capture import MODE_DEPENDENT, capture
 from dmt_fx.compiler.eager import eval_mode, run_with_hooks
 from dmt_fx.compiler.interactions import interaction_kind
 from dmt_fx.compiler.partitioners import Partitioner, make_partition
@@ -277,8 +278,12 @@ def _copy_state_entry(model: nn.Module, gm: fx.GraphModule, fqn: str) -> None:
 
 
 def _verify(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
-    """A last guard against a silently wrong rewrite: equal outputs on the example inputs."""
-    with torch.no_grad(), eval_mode(model, gm):
+    """A last guard against a silently wrong rewrite: equal outputs on the example inputs.
+
+    In the mode the model was captured in (a traced `if self.training:` is fixed in the
+    graph), unless the model has dropout or batch norm, which need eval mode to be repeatable."""
+    mode_dependent = any(isinstance(m, MODE_DEPENDENT) for m in model.modules())
+    with torch.no_grad(), eval_mode(model, gm) if mode_dependent else contextlib.nullcontext():
         expected = pytree.tree_leaves(model(*inputs))
         got = pytree.tree_leaves(gm(*inputs))
     for e, g in zip(expected, got):

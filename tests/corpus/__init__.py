@@ -1,0 +1,17 @@
+"""The capture corpus of issue 11: real models as their authors wrote them.
+
+`CORPUS` lists entries (name, style, build); `build(seed)` returns (model, example_inputs).
+torchrec_models.py: the models shipped in the installed torchrec, each also as a user's copy
+(its source file executed as another module); styles.py: small models written here, one
+per input style (batch dataclass, dict, one float tensor with id columns, attention, no
+dense input)."""
+
+from __future__ import annotations
+
+from tests.corpus.entry import Entry
+from tests.corpus.styles import STYLE_ENTRIES
+from tests.corpus.torchrec_models import TORCHREC_ENTRIES
+
+CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES
+
+__all__ = ["CORPUS", "Entry"]

@@ -1,0 +1,158 @@
+"""Issue 11: real models as their authors wrote them transform and stay exactly equivalent.
+
+For every corpus entry (tests/corpus: torchrec's shipped models, each also as a user's copy,
+and one small model per input style): transform on 2x2 with the example batch, then
+  - outputs and parameter gradients equal the original's (bitwise; 1e-6 where kernels differ),
+  - the state dict has the original's keys in the original's order,
+  - checkpoints round-trip both ways (original -> DMT -> original),
+  - every physical embedding table is in exactly one tower.
+`python -m tests.test_corpus` prints the results table shown in the README.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+import dmt_fx
+from tests.corpus import CORPUS, Entry
+
+TOPOLOGY = "2x2"
+TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    style: str
+    route: str
+    equivalence: str
+    towers: str
+
+
+def _float_leaves(out: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def _run(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """Outputs of one forward and backward (of the sum of every differentiable output)."""
+    out = _float_leaves(model(*inputs))
+    loss = sum(o.sum() for o in out if o.requires_grad)
+    loss.backward()
+    return [o.detach() for o in out]
+
+
+def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b)), "different structure"
+    return max([(x.double() - y.double()).abs().max().item() for x, y in zip(a, b) if x.numel()] or [0.0])
+
+
+def _grads(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    return [n for n, _ in named], [g for _, g in named]
+
+
+def check_equivalence(model: nn.Module, pristine: nn.Module, gm: nn.Module, inputs: tuple) -> str:
+    ref = copy.deepcopy(pristine)
+    expected, got = _run(ref, inputs), _run(gm, inputs)
+    ref_names, ref_grads = _grads(ref)
+    names, grads = _grads(model)  # gm shares the model's parameters
+    assert names == ref_names and ref_grads, f"gradients of {sorted(set(names) ^ set(ref_names))} differ in presence"
+    out_diff, grad_diff = _max_diff(expected, got), _max_diff(ref_grads, grads)
+    assert max(out_diff, grad_diff) <= TOLERANCE, f"outputs differ by {out_diff:.3g}, gradients by {grad_diff:.3g}"
+    if out_diff == grad_diff == 0:
+        return "bitwise"
+    return f"<= 1e-6 (outputs {out_diff:.1g}, grads {grad_diff:.1g})"
+
+
+def check_checkpoints(pristine: nn.Module, gm: nn.Module, inputs: tuple) -> None:
+    keys = list(pristine.state_dict().keys())
+    assert list(gm.state_dict().keys()) == keys, f"keys differ: {sorted(set(gm.state_dict()) ^ set(keys))}"
+    other = copy.deepcopy(pristine)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    gm.load_state_dict(other.state_dict())  # original -> DMT
+    with torch.no_grad():
+        assert _max_diff(_float_leaves(other(*inputs)), _float_leaves(gm(*inputs))) == 0
+    back = copy.deepcopy(pristine)
+    back.load_state_dict(gm.state_dict())  # DMT -> original
+    for key, value in other.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+def physical_tables(model: nn.Module) -> set[int]:
+    """The distinct embedding weight tensors of the model (by identity)."""
+    tables = set()
+    for module in model.modules():
+        if isinstance(module, EmbeddingBagCollection):
+            tables |= {id(bag.weight) for bag in module.embedding_bags.values()}
+        elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            tables.add(id(module.weight))
+    return tables
+
+
+def check_towers(model: nn.Module, gm: nn.Module) -> str:
+    result = dmt_fx.dmt_result(gm)
+    sites, plan = result.sites, result.plan
+    per_tower = [{sites.feature(f).table for f in tower.features} for tower in plan.towers]
+    placed = [t for tables in per_tower for t in tables]
+    assert len(placed) == len(set(placed)), f"a table in two towers: {placed}"
+    assert set(placed) == {t.name for t in sites.tables}, "a table in no tower"
+    assert len(sites.tables) == len(physical_tables(model)), (
+        f"{len(physical_tables(model))} physical tables, {len(sites.tables)} in the analysis")
+    return "; ".join(f"h{t.host}: {', '.join(t.features)}" for t in plan.towers)
+
+
+def check(entry: Entry, seed: int = 0) -> Row:
+    model, inputs = entry.build(seed)
+    pristine = copy.deepcopy(model)
+    gm = dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs)
+    towers = check_towers(model, gm)
+    equivalence = check_equivalence(model, pristine, gm, inputs)
+    check_checkpoints(pristine, gm, inputs)
+    return Row(entry.name, entry.style, dmt_fx.dmt_result(gm).route, equivalence, towers)
+
+
+def _param(entry: Entry) -> Any:
+    marks = [pytest.mark.xfail(reason=entry.xfail, strict=True)] if entry.xfail else []
+    return pytest.param(entry, id=entry.name.replace(" ", "_"), marks=marks)
+
+
+ROWS: list[Row] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_table(request: pytest.FixtureRequest):
+    yield
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if ROWS and capture is not None:
+        with capture.global_and_fixture_disabled():  # the table, even under -q
+            print("\n" + "\n".join(table(ROWS)))
+
+
+@pytest.mark.parametrize("entry", [_param(e) for e in CORPUS])
+def test_corpus_model(entry: Entry) -> None:
+    ROWS.append(check(entry))
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = ["| model | style | capture | equivalence | towers (2x2) |", "|---|---|---|---|---|"]
+    return lines + [f"| {r.model} | {r.style} | {r.route} | {r.equivalence} | {r.towers} |" for r in rows]
+
+
+if __name__ == "__main__":
+    rows = []
+    for e in CORPUS:
+        try:
+            rows.append(check(e))
+        except Exception as exc:  # the table says what fails, and why
+            rows.append(Row(e.name, e.style, "-", f"FAILS: {type(exc).__name__}: {str(exc).splitlines()[0]}", "-"))
+    print("\n".join(table(rows)))
