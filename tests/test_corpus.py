@@ -22,6 +22,7 @@ from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 import dmt_fx
+from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from tests.corpus import CORPUS, Entry
 
 TOPOLOGY = "2x2"
@@ -108,6 +109,10 @@ def check_towers(model: nn.Module, gm: nn.Module) -> str:
     assert set(placed) == {t.name for t in sites.tables}, "a table in no tower"
     assert len(sites.tables) == len(physical_tables(model)), (
         f"{len(physical_tables(model))} physical tables, {len(sites.tables)} in the analysis")
+    tower_of = plan.tower_of()
+    for path in user_tower_paths(model):  # an author's EmbeddingTower stays whole (the default plan)
+        features = [f for site in sites.sites if site.module.startswith(path + ".") for f in site.features]
+        assert features and len({tower_of[f] for f in features}) == 1, f"user tower {path} split: {features}"
     return "; ".join(f"h{t.host}: {', '.join(t.features)}" for t in plan.towers)
 
 
@@ -156,3 +161,15 @@ if __name__ == "__main__":
         except Exception as exc:  # the table says what fails, and why
             rows.append(Row(e.name, e.style, "-", f"FAILS: {type(exc).__name__}: {str(exc).splitlines()[0]}", "-"))
     print("\n".join(table(rows)))
+
+
+def test_user_towers_are_the_default_plan_and_can_be_overridden() -> None:
+    """Issue 11, class 9: an already-towered model keeps its author's towers by default."""
+    entry = next(e for e in CORPUS if e.name == "TestTowerSparseNN")
+    model, inputs = entry.build(0)
+    default = dmt_fx.tower_plan(dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs))
+    assert default.partitioner == "user_towers"
+    tower_of = default.tower_of()
+    assert tower_of["feature_2"] == tower_of["feature_3"]  # tower_0's collection holds tables 2 and 3
+    chosen = dmt_fx.tower_plan(dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs, partitioner="balanced"))
+    assert chosen.partitioner == "balanced"

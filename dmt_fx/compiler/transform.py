@@ -33,6 +33,7 @@ from dmt_fx.compiler.capture import MODE_DEPENDENT, capture
 from dmt_fx.compiler.eager import eval_mode, run_with_hooks
 from dmt_fx.compiler.interactions import interaction_kind
 from dmt_fx.compiler.partitioners import Partitioner, make_partition
+from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from dmt_fx.compiler.pass_runner import Pass, run_passes
 from dmt_fx.compiler.plans import validate_plan
 from dmt_fx.compiler.tower_modules import TowerModuleFactory, TowerModuleKind, TowerSpec, out_width, tower_module_kind
@@ -57,7 +58,7 @@ def transform(
     *,
     example_inputs: Sequence[Any] | None = None,
     plan: TowerPlan | Mapping | str | None = None,
-    partitioner: str | Partitioner = "balanced",
+    partitioner: str | Partitioner | None = None,
     tower_module: str | TowerModuleFactory = "identity",
     compression: int = 1,
     seed: int = 0,
@@ -68,7 +69,9 @@ def transform(
     """Rewrite a flat DLRM into DMT form. The result shares the model's parameters.
 
     `partitioner` names a registered partitioner (`PARTITIONERS`: "balanced", "learned",
-    "random", ...) or is a function `(PartitionRequest) -> TowerPlan | feature groups`.
+    "random", ...) or is a function `(PartitionRequest) -> TowerPlan | feature groups`; by
+    default "user_towers" for a model already towered with torchrec EmbeddingTowers (their
+    towers stay whole), else "balanced".
     `tower_module` names a registered kind (`TOWER_MODULES`) or is a factory
     `(TowerSpec) -> nn.Module`. "identity" preserves numerics; the compressing kinds
     ("linear", "dot", "dcn", factories) compress each tower's output by `compression` before
@@ -179,11 +182,13 @@ def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float
 # ---------------------------------------------------------------- plan, tower modules and passes
 
 
-def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partitioner, sites: ModelSites,
+def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partitioner | None, sites: ModelSites,
                topology: Topology, pooling: Mapping[str, float], model: nn.Module, inputs: tuple | None,
                seed: int) -> TowerPlan:
     if plan is not None:
         return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
+    if partitioner is None:  # the author's own towers, when the model has them
+        partitioner = "user_towers" if user_tower_paths(model) else "balanced"
     return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed)
 
 

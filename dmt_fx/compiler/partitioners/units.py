@@ -29,7 +29,7 @@ def unit_shares(units: list[list[str]], sites: ModelSites,
                 pooling: Mapping[str, float]) -> tuple[list[float], list[float]]:
     """(lookup cost shares, memory shares) of the units."""
     costs = [sum(pooling.get(f, 1.0) * sites.feature(f).dim for f in u) for u in units]
-    mems = [sites.table(sites.feature(u[0]).table).memory_bytes for u in units]
+    mems = [sum(sites.table(t).memory_bytes for t in {sites.feature(f).table for f in u}) for u in units]
     total_c, total_m = sum(costs) or 1.0, sum(mems) or 1.0
     return [c / total_c for c in costs], [m / total_m for m in mems]
 
