@@ -6,7 +6,8 @@ modes (``a``: sum/dim 8, ``b``: mean/dim 4, ``c``: sum/dim 4) taking
 length B), plus one ``nn.Embedding`` (``d``, dim 8) on dense ids [B, 1]
 squeezed to [B, 8]; concatenated with a dense MLP output and an over-arch.
 Inputs: (dense [B, 8], ids_a, offsets_a, ids_b, offsets_b, ids_c, offsets_c,
-ids_d [B, 1]). Output: logits [B, 1].
+ids_d [B, 1]). Output: logits [B, 1]. `slice_inputs` cuts a batch per rank (the flat
+id lists at their offsets), for the distributed worker.
 """
 
 from __future__ import annotations
@@ -75,3 +76,15 @@ def make_inputs(batch_size: int, seed: int) -> tuple[torch.Tensor, ...]:
 def build(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(seed)
     return PlainEmbeddingModel(), make_inputs(8, seed)
+
+
+def slice_inputs(inputs: tuple[torch.Tensor, ...], start: int, stop: int) -> tuple[torch.Tensor, ...]:
+    """Samples [start, stop) of a batch: each bag's flat ids are cut at its offsets (bag
+    starts, length B); the dense rows and the [B, 1] ids of ``d`` along dim 0."""
+    dense, *pairs, ids_d = inputs
+    out: list[torch.Tensor] = [dense[start:stop]]
+    for ids, offsets in zip(pairs[0::2], pairs[1::2]):
+        lo = int(offsets[start]) if start < len(offsets) else ids.numel()
+        hi = int(offsets[stop]) if stop < len(offsets) else ids.numel()
+        out += [ids[lo:hi], offsets[start:stop] - lo]
+    return (*out, ids_d[start:stop])

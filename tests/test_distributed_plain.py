@@ -1,21 +1,30 @@
 """Plain PyTorch lookups (nn.EmbeddingBag / nn.Embedding, symbolic and export capture) on
 TorchRec's sharded tables, on real gloo worlds launched by torchrun (one agent per host).
 
-One launch per topology runs several cases in the same process group (the worker's
-`--cases`): the reference DLRM (export route, flat id lists + offsets) and the NVIDIA-style
+One launch per topology runs several cases (the worker's `--cases`, a fresh default group
+each). Models: the reference DLRM (export route, flat id lists + offsets), the NVIDIA-style
 model (symbolic route, one nn.Embedding per column of a [B, F] index, one sparse=True
-table), each trained with SGD and with Adagrad, a checkpoint of the single-process original
-loaded into a DMT job, and linear tower modules (c = 2) on the reference DLRM. Every step's
-outputs and the final parameters (read back from the DMT job's DCP checkpoint into the
-single-process original) must be within 1e-5 of the original trained in one process on the
-same global batches.
+table), `plain_embedding` (flat ids + offsets, mean pooling, nn.Embedding on [B, 1] ids,
+its own `slice_inputs`) and `plain_mixed` (tables of dims 4/16/8/12 each projected to a
+common dim by an nn.Linear; mean pooling, per-sample weights, nn.Embedding on [B, 1],
+sparse=True; `build_small`: 2 tables, fewer than the 4x1 world has hosts).
+  2x2: every model with SGD and Adagrad where the launch allows, checkpoints both ways,
+       linear tower modules (c = 2) on the reference DLRM;
+  4x1: one table per host, hosts without tables, the export route;
+  2x1: a plan that puts a single table on a host, the NVIDIA-style model;
+  1x4: every table on one host, sharded table-wise over its 4 ranks (@slow: ~50 s).
+Every step's outputs and the final parameters (read back from the DMT job's DCP checkpoint
+into the single-process original) must be within 1e-5 of the original trained in one
+process on the same global batches. The refusals are checked without torchrun.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -30,32 +39,77 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.jobs.data import clicks
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
+from dmt_fx.runtime.plain import PlainKJT, plain_groups, plain_lookups
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, STEPS, LR = 4, 5, 0.1
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
-MODELS = ("reference_dlrm", "nvidia_dlrm")
 TOLERANCE = 1e-5
-MAX_DIFFS: dict[str, float] = {}  # case -> max |difference| over outputs and parameters
+MAX_DIFFS: dict[str, tuple[float, float]] = {}  # "topology case" -> (outputs, parameters)
 
 
-def example(name: str):
-    return importlib.import_module(f"examples.{name}")
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One case of a launch: the TARGET factory `model` (examples/<file>.py:<factory>)."""
+
+    model: str  # file:factory
+    optimizer: str = "sgd"
+    plan: tuple[tuple[str, ...], ...] | None = None  # per host, the features of its one tower
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.replace(':', '.')}-{self.optimizer}" + ("-plan" if self.plan else "")
+
+    def args(self, topology: str, tmp) -> list[str]:
+        file, factory = self.model.split(":")
+        args = ["--target", f"{ROOT}/examples/{file}.py:{factory}", "--optimizer", self.optimizer,
+                "--save-checkpoint", str(tmp / f"{topology}-{self.name}.ckpt")]
+        return args + (["--plan", json.dumps(self.plan_json(topology))] if self.plan else [])
+
+    def plan_json(self, topology: str) -> dict | None:
+        if not self.plan:
+            return None
+        towers = [{"host": h, "features": list(f)} for h, f in enumerate(self.plan) if f]
+        return {"topology": topology, "towers": towers}
 
 
-def target(name: str) -> str:
-    return f"{ROOT}/examples/{name}.py:build"
+REF, NVIDIA, PLAIN, MIXED, SMALL = "reference_dlrm:build", "nvidia_dlrm:build", "plain_embedding:build", \
+    "plain_mixed:build", "plain_mixed:build_small"
+JOBS: dict[str, list[Job]] = {
+    "2x2": [Job(REF), Job(REF, "adagrad"), Job(NVIDIA), Job(NVIDIA, "adagrad"), Job(MIXED), Job(PLAIN, "adagrad")],
+    # Balanced plans: MIXED puts one table per host; SMALL leaves hosts 2 and 3 without tables.
+    "4x1": [Job(MIXED, "adagrad"), Job(SMALL), Job(REF), Job(PLAIN)],
+    # A single table (the sparse nn.Embedding on [B, 1]) alone on host 0.
+    "2x1": [Job(MIXED, "sgd", (("user",), ("recent", "item", "geo"))), Job(NVIDIA, "adagrad")],
+    "1x4": [Job(MIXED)],  # ~50 s for one case (4 ranks on one host): slow
+}
+SLOW = {"1x4"}
+CASES = [pytest.param(topology, job, id=f"{topology}-{job.name}",
+                      marks=[pytest.mark.slow] if topology in SLOW else [])
+         for topology, jobs in JOBS.items() for job in jobs]
 
 
-def train_original(name: str, optimizer: str, world: int, model: nn.Module | None = None,
+def factory(model: str) -> tuple[Any, Callable[..., tuple[nn.Module, Any]]]:
+    file, name = model.split(":")
+    module = importlib.import_module(f"examples.{file}")
+    return module, getattr(module, name)
+
+
+def make_inputs(model: str) -> Callable[[int, int], Any]:
+    """The batches the worker makes: the factory's make_inputs, else the module's."""
+    module, build = factory(model)
+    return getattr(build, "make_inputs", None) or module.make_inputs
+
+
+def train_original(model_name: str, optimizer: str, world: int, model: nn.Module | None = None,
                    steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     """Single-process training of the original model on the global batches the job sees."""
-    module = example(name)
-    model = model if model is not None else module.build()[0]
+    model = model if model is not None else factory(model_name)[1]()[0]
+    make = make_inputs(model_name)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
     outputs = []
     for step in range(steps):
-        inputs = module.make_inputs(B * world, step)
+        inputs = make(B * world, step)
         out = model(*inputs)
         outputs.append(out.detach())
         loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
@@ -80,80 +134,107 @@ def state_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def checkpoint_into_original(name: str, path: str) -> dict[str, torch.Tensor]:
-    model = example(name).build(seed=123)[0]  # other weights: everything must come from the checkpoint
-    state = model.state_dict()
+def checkpoint_into_original(model: str, path: str) -> dict[str, torch.Tensor]:
+    original = factory(model)[1](seed=123)[0]  # other weights: everything must come from the checkpoint
+    state = original.state_dict()
     dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state)
-    return model.state_dict()
+    original.load_state_dict(state)
+    return original.state_dict()
 
 
-def cases(tmp_path) -> list[dict]:
-    """The cases of the 2x2 launch: (model x optimizer) with a checkpoint, the reverse load,
-    linear tower modules."""
-    out = []
-    for name in MODELS:
-        for opt in OPTIMIZERS:
-            out.append({"name": f"{name}-{opt}", "args": ["--target", target(name), "--optimizer", opt,
-                                                          "--save-checkpoint", str(tmp_path / f"{name}-{opt}.ckpt")]})
-        out.append({"name": f"{name}-load", "args": ["--target", target(name), "--steps", "1",
-                                                     "--load-checkpoint", str(tmp_path / f"{name}-original.ckpt")]})
-    out.append({"name": "reference_dlrm-linear", "args": ["--target", target("reference_dlrm"),
-                                                          "--tower-module", "linear", "--compression", "2"]})
+def extra_cases(tmp) -> list[dict]:
+    """2x2 only: the original's checkpoint loaded by a job, and linear tower modules."""
+    out = [{"name": f"{model}-load", "args": ["--target", f"{ROOT}/examples/{model.split(':')[0]}.py:build",
+                                               "--steps", "1", "--load-checkpoint", str(tmp / f"{model}.original")]}
+           for model in (REF, NVIDIA)]
+    out.append({"name": "linear", "args": ["--target", f"{ROOT}/examples/reference_dlrm.py:build",
+                                           "--tower-module", "linear", "--compression", "2"]})
     return out
 
 
-@pytest.fixture(scope="module")
-def job_2x2(tmp_path_factory):
-    """One torchrun launch on 2x2 running every case; the single-process checkpoints first."""
-    tmp = tmp_path_factory.mktemp("plain2x2")
-    for name in MODELS:
-        _, trained = train_original(name, "sgd", 4, steps=3)
-        dcp.save(trained.state_dict(), checkpoint_id=str(tmp / f"{name}-original.ckpt"))
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(cases(tmp), handle)
-    args = ["--target", target(MODELS[0]), "--topology", "2x2", "--steps", str(STEPS), "--batch-size", str(B),
-            "--lr", str(LR), "--out", str(tmp / "out"), "--timeout-s", "60", "--record-outputs",
-            "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse("2x2"), args, str(tmp / "out"), deadline_s=600, grace_s=60)
+def run_launch(topology: str, tmp) -> None:
+    cases = [{"name": job.name, "args": job.args(topology, tmp)} for job in JOBS[topology]]
+    if topology == "2x2":
+        for model in (REF, NVIDIA):
+            _, trained = train_original(model, "sgd", 4, steps=3)
+            dcp.save(trained.state_dict(), checkpoint_id=str(tmp / f"{model}.original"))
+        cases += extra_cases(tmp)
+    with open(tmp / f"cases-{topology}.json", "w") as handle:
+        json.dump(cases, handle)
+    out = str(tmp / f"out-{topology}")
+    args = ["--target", f"{ROOT}/examples/{REF.split(':')[0]}.py:build", "--topology", topology,
+            "--steps", str(STEPS), "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60",
+            "--record-outputs", "--cases", str(tmp / f"cases-{topology}.json")]
+    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)
-    return tmp
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-def test_plain_training_equals_single_process(job_2x2, name: str, optimizer: str) -> None:
-    case = f"{name}-{optimizer}"
-    expected, trained = train_original(name, optimizer, 4)
-    outputs = max_diff(expected, gathered(str(job_2x2 / "out" / case), 4))
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """topology -> the folder of its one torchrun launch (launched on first use)."""
+    tmp, done = tmp_path_factory.mktemp("plain"), set()
+
+    def launched(topology: str):
+        if topology not in done:
+            done.add(topology)
+            run_launch(topology, tmp)
+        return tmp
+
+    yield launched
+    if MAX_DIFFS:
+        print("\nmax |diff| vs single-process training (outputs, parameters):")
+        for case, (outputs, params) in MAX_DIFFS.items():
+            print(f"  {case:45s} {outputs:9.3g} {params:9.3g}")
+
+
+@pytest.mark.parametrize("topology, job", CASES)
+def test_plain_training_equals_single_process(jobs, topology: str, job: Job) -> None:
+    tmp, world = jobs(topology), Topology.parse(topology).world_size
+    expected, trained = train_original(job.model, job.optimizer, world)
+    outputs = max_diff(expected, gathered(str(tmp / f"out-{topology}" / job.name), world))
     # The DMT job's checkpoint (original keys, tables as ShardedTensors) loads into the original.
-    params = state_diff(checkpoint_into_original(name, str(job_2x2 / f"{case}.ckpt")), trained.state_dict())
-    MAX_DIFFS[f"{case} 2x2"] = max(outputs, params)
-    print(f"{case} 2x2: max |diff| outputs {outputs:.3g}, parameters {params:.3g}")
+    params = state_diff(checkpoint_into_original(job.model, str(tmp / f"{topology}-{job.name}.ckpt")),
+                        trained.state_dict())
+    MAX_DIFFS[f"{topology} {job.name}"] = (outputs, params)
+    print(f"{topology} {job.name}: max |diff| outputs {outputs:.3g}, parameters {params:.3g}")
     assert outputs <= TOLERANCE and params <= TOLERANCE, (outputs, params)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_checkpoint_of_the_original_starts_a_dmt_job(job_2x2, name: str) -> None:
+def test_plans_of_the_4x1_and_2x1_cases() -> None:
+    """The 4x1 cases leave hosts without tables and the 2x1 plan a single table on a host
+    (guards the cases above against a partitioner change)."""
+    def hosts(model: str, topology: str, plan: dict | None = None) -> dict[int, tuple[str, ...]]:
+        original, inputs = factory(model)[1]()
+        gm = dmt_fx.transform(original, topology, example_inputs=inputs, plan=plan)
+        return {t.host: t.features for t in dmt_fx.tower_plan(gm).towers}
+
+    assert [len(f) for f in hosts(MIXED, "4x1").values()] == [1, 1, 1, 1]
+    assert len(hosts(SMALL, "4x1")) == 2
+    assert hosts(MIXED, "2x1", JOBS["2x1"][0].plan_json("2x1"))[0] == ("user",)
+
+
+@pytest.mark.parametrize("model", [REF, NVIDIA])
+def test_checkpoint_of_the_original_starts_a_dmt_job(jobs, model: str) -> None:
     """The reverse direction: the single-process original's DCP checkpoint, loaded by the job."""
-    _, trained = train_original(name, "sgd", 4, steps=3)
-    expected = trained(*example(name).make_inputs(B * 4, 0)).detach()
-    got = gathered(str(job_2x2 / "out" / f"{name}-load"), 4)[0]
+    tmp = jobs("2x2")
+    _, trained = train_original(model, "sgd", 4, steps=3)
+    expected = trained(*make_inputs(model)(B * 4, 0)).detach()
+    got = gathered(str(tmp / "out-2x2" / f"{model}-load"), 4)[0]
     diff = float((expected - got).abs().max())
-    print(f"{name}-load 2x2: max |diff| first outputs {diff:.3g}")
+    MAX_DIFFS[f"2x2 {model}-load (first outputs)"] = (diff, 0.0)
     assert diff <= 1e-6, diff
 
 
-def test_tower_modules_on_a_plain_model(job_2x2) -> None:
+def test_tower_modules_on_a_plain_model(jobs) -> None:
     """Linear tower modules (c = 2) on the reference DLRM: the job equals the logical DMT-TM
     model trained in one process."""
-    module = example("reference_dlrm")
-    model, inputs = module.build()
+    tmp = jobs("2x2")
+    model, inputs = factory(REF)[1]()
     torch.manual_seed(0)  # as the worker does before transform
     gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="linear", compression=2)
-    expected, _ = train_original("reference_dlrm", "sgd", 4, model=gm)
-    diff = max_diff(expected, gathered(str(job_2x2 / "out" / "reference_dlrm-linear"), 4))
-    print(f"reference_dlrm-linear-c2 2x2: max |diff| outputs {diff:.3g}")
+    expected, _ = train_original(REF, "sgd", 4, model=gm)
+    diff = max_diff(expected, gathered(str(tmp / "out-2x2" / "linear"), 4))
+    MAX_DIFFS["2x2 reference_dlrm linear c=2 (outputs)"] = (diff, 0.0)
     assert diff <= TOLERANCE, diff
 
 
@@ -170,6 +251,25 @@ class _Bag(nn.Module):
         return torch.cat([self.dense(dense), self.bag(ids, offsets)], dim=1).sum(1, keepdim=True)
 
 
+class _Sequence(nn.Module):
+    """nn.Embedding on [B, L] ids: a [B, L, D] sequence, which a pooled table cannot return."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Embedding(20, 4)
+        self.dense = nn.Linear(3, 4)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.dense(dense), self.seq(ids).sum(1)], dim=1).sum(1, keepdim=True)
+
+
+def assert_names_module_and_fix(error: DMTError, module: str, says: str) -> None:
+    text = str(error)
+    assert says in error.found and repr(module) in error.found, text
+    assert error.fixes and any(repr(module) in fix for fix in error.fixes), text
+    assert "Possible solutions:" in text, text
+
+
 @pytest.mark.parametrize("options, says", [
     ({"mode": "max"}, "mode='max'"),
     ({"max_norm": 1.0}, "max_norm=1.0"),
@@ -182,10 +282,22 @@ def test_what_torchrec_cannot_compute_is_refused_by_name(options: dict, says: st
     assert isinstance(gm, fx.GraphModule)
     with pytest.raises(DMTError) as info:
         check_distributable(gm)
-    assert says in str(info.value) and "'bag'" in str(info.value), str(info.value)
+    assert_names_module_and_fix(info.value, "bag", says)
+
+
+def test_sequence_outputs_are_refused_by_name() -> None:
+    """The id shape is known only at run time (symbolic capture keeps no shapes): the rank's
+    PlainKJT refuses [B, L] ids before the peer exchange, so every rank stops there, no hang."""
+    inputs = (torch.rand(4, 3), torch.randint(0, 20, (4, 3)))
+    gm = dmt_fx.transform(_Sequence(), "2x1", example_inputs=inputs)
+    to_kjt = PlainKJT(plain_groups(plain_lookups(gm, dmt_fx.dmt_result(gm)))[0])
+    assert to_kjt(inputs[1][:, :1]).lengths().tolist() == [1, 1, 1, 1]  # [B, 1] ids are fine
+    with pytest.raises(DMTError) as info:
+        to_kjt(inputs[1])
+    assert_names_module_and_fix(info.value, "seq", "(4, 3)")
 
 
 def test_supported_plain_models_pass_the_check() -> None:
-    for name in (*MODELS, "plain_embedding"):
-        model, inputs = example(name).build()
-        check_distributable(dmt_fx.transform(model, "2x2", example_inputs=inputs))
+    for model in (REF, NVIDIA, PLAIN, MIXED, SMALL):
+        original, inputs = factory(model)[1]()
+        check_distributable(dmt_fx.transform(original, "2x2", example_inputs=inputs))
