@@ -17,8 +17,10 @@ Algorithm:
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,13 +55,43 @@ def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
 
 
+def register_batch_dataclasses(value: Any) -> None:
+    """Let torch.export flatten batch objects: every dataclass type in `value` (a batch as
+    training scripts hand it over) that pytree does not know yet is registered with
+    `torch.export.register_dataclass` (a process-wide registration, as torch's own is)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if type(value) not in pytree.SUPPORTED_NODES:
+            torch.export.register_dataclass(type(value))
+        children: Any = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    elif isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        children = list(value)
+    else:
+        return
+    for child in children:
+        register_batch_dataclasses(child)
+
+
+def _dynamic_shapes(value: Any) -> Any:
+    """Dim.AUTO for every dimension of every tensor, shaped as torch.export wants: like the
+    inputs for built-in containers, as the flattened fields for a registered batch class."""
+    if isinstance(value, torch.Tensor):
+        return {i: Dim.AUTO for i in range(value.dim())}
+    if isinstance(value, dict):
+        return {k: _dynamic_shapes(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_dynamic_shapes(v) for v in value)
+    if type(value) in pytree.SUPPORTED_NODES:
+        return [_dynamic_shapes(v) for v in pytree.SUPPORTED_NODES[type(value)].flatten_fn(value)[0]]
+    return None
+
+
 def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
+    register_batch_dataclasses(example_inputs)
     # Every tensor dimension AUTO: batch and bag sizes stay symbolic, while dimensions
     # the model fixes (feature counts, embedding dims) are specialised without error.
-    dynamic = pytree.tree_map(
-        lambda x: {i: Dim.AUTO for i in range(x.dim())} if isinstance(x, torch.Tensor) else None,
-        example_inputs,
-    )
+    dynamic = _dynamic_shapes(tuple(example_inputs))
     program = torch.export.export(model, tuple(example_inputs), strict=False, dynamic_shapes=dynamic)
     gm = program.module()
     _share_parameters(model, gm)

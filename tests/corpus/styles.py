@@ -153,6 +153,40 @@ class ConstantsModel(nn.Module):
         return self.top(torch.cat([x, dots], dim=1))
 
 
+@dataclasses.dataclass
+class ListBatch:
+    """The reference DLRM's inputs in one object: dense, per-table offsets and ids."""
+
+    dense: torch.Tensor
+    offsets: list[torch.Tensor]
+    ids: list[torch.Tensor]
+
+
+class ListBatchModel(nn.Module):
+    """Zips its bags with the batch's lists: symbolic tracing fails, torch.export captures it."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.bags = nn.ModuleList(nn.EmbeddingBag(ROWS, DIM, mode="sum") for _ in range(FIELDS))
+        self.bottom = nn.Linear(DENSE, DIM)
+        self.top = nn.Linear(DIM * (FIELDS + 1), 1)
+
+    def forward(self, batch: ListBatch) -> torch.Tensor:
+        pooled = [bag(ids, offsets) for bag, ids, offsets in zip(self.bags, batch.ids, batch.offsets)]
+        return self.top(torch.cat([self.bottom(batch.dense)] + pooled, dim=1))
+
+
+class ShapeColumnsModel(FloatColumnsModel):
+    """One float tensor with id columns, and an int taken from its shape: captured by export."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, width = x.shape
+        ids = x[:, DENSE:].long()
+        embedded = [self.bags[i](ids[:, i:i + 1]) for i in range(width - DENSE)]
+        return self.top(torch.cat([self.bottom(x[:, :DENSE])] + embedded, dim=1))
+
+
 def _labels(seed: int) -> torch.Tensor:
     return torch.randint(0, 2, (BATCH,), generator=torch.Generator().manual_seed(seed))
 
@@ -181,6 +215,18 @@ def constants_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
     return ConstantsModel(seed), (dense(seed), kjt(seed))
 
 
+def list_batch_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
+    g = torch.Generator().manual_seed(seed + 3)
+    lengths = [torch.randint(0, 4, (BATCH,), generator=g) for _ in range(FIELDS)]
+    offsets = [torch.cat([torch.zeros(1, dtype=torch.long), n.cumsum(0)[:-1]]) for n in lengths]
+    ids = [torch.randint(0, ROWS, (int(n.sum()),), generator=g) for n in lengths]
+    return ListBatchModel(seed), (ListBatch(dense(seed), offsets, ids),)
+
+
+def shape_columns_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
+    return ShapeColumnsModel(seed), (torch.cat([dense(seed), _ids(seed).float()], dim=1),)
+
+
 def two_tower(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
     return TwoTower(seed), (kjt(seed),)
 
@@ -192,5 +238,7 @@ STYLE_ENTRIES: tuple[Entry, ...] = (
     Entry("AttentionModel", "attention over embeddings", attention_model),
     Entry("FactorizationMachine", "no dense input, LongTensor [B, F]", factorization_machine),
     Entry("TwoTower", "no dense input, KJT alone", two_tower),
+    Entry("ListBatchModel", "batch dataclass of per-table lists (export)", list_batch_model),
+    Entry("ShapeColumnsModel", "one float tensor, int from its shape (export)", shape_columns_model),
     Entry("ConstantsModel", "index constants in forward (non-persistent buffer)", constants_model),
 )
