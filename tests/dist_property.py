@@ -114,7 +114,7 @@ def distributable(spec: TorchRecSpec | PlainSpec, topology: str) -> bool:
         return False  # distribute refuses it (runtime/plain.py), though check_distributable does not yet
     model, inputs = build_from(spec)
     try:
-        check_distributable(dmt_fx.dmt_result(dmt_fx.transform(model, topology, example_inputs=inputs)))
+        check_distributable(dmt_fx.transform(model, topology, example_inputs=inputs))
     except DMTError:
         return False
     return True

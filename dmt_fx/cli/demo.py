@@ -19,7 +19,7 @@ from rich.console import Console
 from dmt_fx.baselines import baseline_names
 from dmt_fx.baselines.registry import FLAT
 from dmt_fx.cli.report import graph_diff, original_graph, plan_report
-from dmt_fx.cli.run import add_job_options, train
+from dmt_fx.cli.run import add_job_options, check_job, train
 from dmt_fx.cli.tables import console, results_table, side_by_side, towers_table
 from dmt_fx.compiler.transform import transform
 from dmt_fx.ir.result import dmt_result
@@ -36,6 +36,7 @@ def add_parser(verbs: Any) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     out = console()
     topology = Topology.parse(args.topology)
+    check_job(args)  # a model distribute refuses stops here, before any output or torchrun
     model, inputs = load_target(args.target)
     original = original_graph(model, inputs)
     gm = transform(copy.deepcopy(model), topology, example_inputs=inputs)

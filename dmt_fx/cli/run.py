@@ -20,10 +20,12 @@ from dmt_fx.baselines import BASELINES
 from dmt_fx.cli.options import registered
 from dmt_fx.cli.tables import console, results_table
 from dmt_fx.compiler.tower_modules import TOWER_MODULES
+from dmt_fx.compiler.transform import transform
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.runs import RunSpec, run_many
-from dmt_fx.jobs.target import target_module
+from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.models.zoo import DEFAULT_TARGET
+from dmt_fx.runtime.distribute import check_distributable
 
 NO_BASELINE = "none"
 
@@ -57,6 +59,7 @@ def add_job_options(parser: argparse.ArgumentParser, steps: int) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     variants = ["dmt", *baseline_variants(args.target, args.baseline)]
+    check_job(args)
     out = console()
     rows = train(args, variants, out)
     if args.format == "json":
@@ -74,6 +77,16 @@ def baseline_variants(target: str, baseline: str) -> list[str]:
     target_module(target)  # importing TARGET runs its register_baseline calls, as on every rank
     BASELINES.get(baseline)  # an unknown name: a DMTError listing the registered ones
     return [baseline]
+
+
+def check_job(args: argparse.Namespace) -> None:
+    """Refuse before torchrun starts what every rank would refuse: transform TARGET here as the
+    worker does and check that `distribute` takes the result. A DMTError reaches main() whole,
+    printed once, exit code 2 (from the ranks, the launcher could only quote their first lines)."""
+    model, inputs = load_target(args.target)
+    gm = transform(model, Topology.parse(args.topology), example_inputs=inputs,
+                   tower_module=getattr(args, "tower_module", "identity"), compression=getattr(args, "compression", 1))
+    check_distributable(gm)
 
 
 def job_spec(args: argparse.Namespace) -> RunSpec:
