@@ -286,8 +286,8 @@ def test_what_torchrec_cannot_compute_is_refused_by_name(options: dict, says: st
 
 
 def test_sequence_outputs_are_refused_by_name() -> None:
-    """The id shape is known only at run time (symbolic capture keeps no shapes): the rank's
-    PlainKJT refuses [B, L] ids before the peer exchange, so every rank stops there, no hang."""
+    """Symbolic capture keeps no shapes, so the ids' shape is known at run time only: the
+    rank's PlainKJT refuses [B, L] ids before the peer exchange (every rank stops there)."""
     inputs = (torch.rand(4, 3), torch.randint(0, 20, (4, 3)))
     gm = dmt_fx.transform(_Sequence(), "2x1", example_inputs=inputs)
     to_kjt = PlainKJT(plain_groups(plain_lookups(gm, dmt_fx.dmt_result(gm)))[0])
@@ -295,6 +295,31 @@ def test_sequence_outputs_are_refused_by_name() -> None:
     with pytest.raises(DMTError) as info:
         to_kjt(inputs[1])
     assert_names_module_and_fix(info.value, "seq", "(4, 3)")
+
+
+class _ExportedSequence(nn.Module):
+    """Per-table id lists iterated in forward (the export route, whose nodes keep shapes):
+    table 0 on [B, L] ids (a sequence), table 1 on [B, 1] ids (fine)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.ModuleList([nn.Embedding(20, 4), nn.Embedding(20, 4)])
+        self.dense = nn.Linear(3, 4)
+
+    def forward(self, dense: torch.Tensor, ids: list[torch.Tensor]) -> torch.Tensor:
+        out = [self.dense(dense)]
+        for k, table_ids in enumerate(ids):
+            out.append(self.seq[k](table_ids).sum(1))
+        return torch.cat(out, dim=1).sum(1, keepdim=True)
+
+
+def test_sequence_outputs_of_the_export_route_are_refused_by_check_distributable() -> None:
+    inputs = (torch.rand(4, 3), [torch.randint(0, 20, (4, 3)), torch.randint(0, 20, (4, 1))])
+    gm = dmt_fx.transform(_ExportedSequence(), "2x1", example_inputs=inputs)
+    assert dmt_fx.dmt_result(gm).sites.route == "export"
+    with pytest.raises(DMTError) as info:
+        check_distributable(gm)
+    assert_names_module_and_fix(info.value, "seq.0", "on ids of shape (")
 
 
 def test_supported_plain_models_pass_the_check() -> None:

@@ -98,6 +98,8 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     args, options = _arguments(gm, node)
     _check(site.module, options)
     form = EMBEDDING if options["form"] == EMBEDDING else EMBEDDING_BAG
+    if form == EMBEDDING:
+        _check_ids(site.module, _local(args["indices"]))
     exchange = args["indices"].args[0]
     return PlainLookup(site.node, feature.key, table.name, table.param, table.num_embeddings, table.embedding_dim,
                        node.meta["dmt"]["host"], exchange, form, options["pooling"], bool(options["include_last_offset"]),
@@ -154,6 +156,15 @@ def _check(module: str, options: dict[str, Any]) -> None:
             raise DMTError(f"embedding lookup {module!r} with {found}", expected,
                            [f"build {module!r} without that option to distribute it",
                             "run the transformed model in one process (it keeps every option)"])
+
+
+def _check_ids(module: str, ids: fx.Node | None) -> None:
+    """Sequence outputs, where the capture kept the ids' shape (the export route's `val`; a
+    symbolic capture keeps none, and `bags` refuses them on the rank, before any exchange).
+    A size that is not the literal 1 (a symbolic size, or L > 1) means [B, L] ids."""
+    shape = tuple(getattr(ids.meta.get("val"), "shape", ())) if ids is not None else ()
+    if len(shape) == 2 and not (type(shape[1]) is int and shape[1] == 1):
+        raise sequence_error(module, "(" + ", ".join(str(size) for size in shape) + ")")
 
 
 # ---------------------------------------------------------------- step 2: virtual collections
@@ -233,13 +244,18 @@ def bags(key: str, form: str, ids: torch.Tensor, offsets: torch.Tensor | None,
         starts = offsets[:-1] if include_last_offset else offsets
         return ids, (ends - starts).long()
     if form == EMBEDDING and ids.dim() == 2 and ids.shape[1] != 1:
-        raise DMTError(f"nn.Embedding {key!r} on ids of shape {tuple(ids.shape)} (a [B, L, D] sequence output)",
-                       "ids of shape [B] or [B, 1]: one id per sample, which a pooled table returns",
-                       [f"pool the sequence in the model (nn.EmbeddingBag for {key!r})",
-                        "run the transformed model in one process"])
+        raise sequence_error(key, str(tuple(ids.shape)))
     if ids.dim() == 1:
         return ids, torch.ones_like(ids, dtype=torch.long)
     return ids.reshape(-1), torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
+
+
+def sequence_error(module: str, shape: str) -> DMTError:
+    """nn.Embedding on [B, L] ids returns a [B, L, D] sequence; TorchRec's pooled tables cannot."""
+    return DMTError(f"nn.Embedding {module!r} on ids of shape {shape} (a [B, L, D] sequence output)",
+                    "ids of shape [B] or [B, 1]: one id per sample, which a pooled table returns",
+                    [f"pool the sequence in the model (nn.EmbeddingBag for {module!r})",
+                     "run the transformed model in one process"])
 
 
 def pooled_output(kt: KeyedTensor, key: str, form: str, ids: torch.Tensor) -> torch.Tensor:
