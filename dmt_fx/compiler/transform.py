@@ -128,7 +128,8 @@ def _as_tuple(example_inputs: Any) -> tuple:
 
 
 def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], float]:
-    """Run the model once on the example inputs; record ids per bag of each lookup."""
+    """Run the model once on the example inputs; record ids per bag of each lookup (per
+    sample for nn.Embedding, whose [B, F] ids are F lookups)."""
     _check_signature(model, inputs)
     stats: dict[tuple[str, str], float] = {}
     calls: dict[str, int] = {}
@@ -145,10 +146,17 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
         index = calls[fqn] = calls.get(fqn, -1) + 1
         stats[(fqn, str(index))] = ids.numel() / max(bags, 1)
 
+    def embedding_hook(fqn: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # nn.Embedding on [B, F] ids does F lookups per sample (one per field), on [B] one.
+        ids = args[0] if args else kwargs["input"]
+        index = calls[fqn] = calls.get(fqn, -1) + 1
+        stats[(fqn, str(index))] = ids.numel() / max(ids.shape[0], 1) if ids.dim() > 1 else 1.0
+
     handles = []
     for fqn, module in model.named_modules():
         hook = ebc_hook if isinstance(module, EmbeddingBagCollection) else (
-            bag_hook if isinstance(module, nn.EmbeddingBag) else None)
+            bag_hook if isinstance(module, nn.EmbeddingBag) else (
+                embedding_hook if isinstance(module, nn.Embedding) else None))
         if hook is not None:
             handles.append(module.register_forward_pre_hook(functools.partial(hook, fqn), with_kwargs=True))
     run_with_hooks(model, inputs, handles,
