@@ -30,30 +30,26 @@ gradients); F = 16 and a 4096-sample batch take about a second. Quadratic in F: 
 hundreds of features pass your own plan (or affinity to partitioners.learned.learned_plan) instead.
 An example batch of one sample gives every pair 0 (with a warning).
 
-Embedding CKA (`feature_embeddings` + `feature_affinity`):
-
-    affinity(i, j) = debiased linear CKA(E_i, E_j)
-                   = HSIC_1(K_i, K_j) / sqrt(HSIC_1(K_i, K_i) HSIC_1(K_j, K_j)),  K_i = E_i E_i^T,
-
-with HSIC_1 the unbiased HSIC estimator (Song et al. 2012; "debiased CKA", Nguyen et al.
-2021), clipped to [0, 1]; E_i is the (batch x d_i) matrix of feature i's pooled
-embeddings: the strength of the linear dependence of two features' embeddings, defined for
-different dims, invariant to rotation and scale (below 4 samples the biased CKA is used).
+Embedding CKA (`feature_embeddings` + `feature_affinity`, diagnostics only): see dmt_fx.compiler.cka.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Any, Callable, Iterable, Mapping
+import sys
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
+from rich.console import Console
 from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from dmt_fx.compiler.eager import hooked_runs, run_with_hooks
+from dmt_fx.compiler.cka import feature_affinity as feature_affinity  # re-exported: its old home
+from dmt_fx.compiler.eager import eval_mode, hooked_runs, run_with_hooks
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.sites import ModelSites
 
@@ -76,7 +72,22 @@ def _per_sample(output: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1).clone()
 
 
-def _hooks(model: nn.Module, sites: ModelSites, on_output: Callable) -> list:
+def _kt_columns(fqn: str, module: EmbeddingBagCollection, features: Iterable[str], feature_of: Mapping[str, Any],
+                output: KeyedTensor) -> list[tuple[str, int, int]]:
+    """(feature, first column, end column) of each of `features` in an EBC's KeyedTensor."""
+    key_of = _ebc_key_of(fqn, module)
+    keys, offsets = output.keys(), output.offset_per_key()
+    position = {k: i for i, k in enumerate(keys)}
+    found = []
+    for name in features:
+        f = feature_of[name]
+        k = position.get(key_of.get((f.table, f.key), f.key))
+        if k is not None:
+            found.append((name, offsets[k], offsets[k + 1]))
+    return found
+
+
+def _hooks(model: nn.Module, sites: ModelSites, on_output: Callable, on_kt: Callable | None = None) -> list:
     """Forward hooks on the embedding modules the analysis found (by module path).
 
     on_output(name, output, read, write) is called for every feature `name` whose lookup the
@@ -85,7 +96,8 @@ def _hooks(model: nn.Module, sites: ModelSites, on_output: Callable) -> list:
     EmbeddingBagCollection gives a KeyedTensor, one column block per feature; an
     nn.EmbeddingBag / nn.Embedding called k times gives features `fqn`, `fqn@1`, ... in call
     order (the analysis names them in graph order, which is call order). Features whose module
-    is not a submodule of `model` are left out."""
+    is not a submodule of `model` are left out. `on_kt(columns, output)`, when given, takes an
+    EBC's whole KeyedTensor with its [(feature, lo, hi)] columns instead of one call per feature."""
     feature_of = {f.name: f for f in sites.features}
     by_module: dict[str, list] = {}
     for site in sites.sites:
@@ -98,14 +110,10 @@ def _hooks(model: nn.Module, sites: ModelSites, on_output: Callable) -> list:
             return None
         site = by_module[fqn][k]
         if site.kind == "torchrec_ebc" and isinstance(module, EmbeddingBagCollection):
-            key_of = _ebc_key_of(fqn, module)
-            keys, offsets = output.keys(), output.offset_per_key()
-            for name in site.features:
-                f = feature_of[name]
-                column = key_of.get((f.table, f.key), f.key)
-                if column not in keys:
-                    continue
-                lo, hi = offsets[keys.index(column)], offsets[keys.index(column) + 1]
+            columns = _kt_columns(fqn, module, site.features, feature_of, output)
+            if on_kt is not None:  # the whole KeyedTensor at once (one op instead of one per feature)
+                return on_kt(columns, output)
+            for name, lo, hi in columns:
                 output = on_output(name, output, functools.partial(_kt_read, output, lo, hi),
                                    functools.partial(_kt_write, output, lo, hi))
             return output
@@ -160,6 +168,11 @@ def feature_embeddings(model: nn.Module, sites: ModelSites, example_inputs: Iter
 
 def _per_sample_output(output: Any, batch: int) -> torch.Tensor:
     """The model's output as (batch, k) float64: every floating tensor leaf whose first dim is the batch."""
+    return _output_columns(output, batch).detach().to(torch.float64)
+
+
+def _output_columns(output: Any, batch: int) -> torch.Tensor:
+    """(batch, k), differentiable: every floating tensor leaf of the output whose first dim is the batch."""
     leaves = [t for t in pytree.tree_leaves(output)
               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == batch]
     if not leaves:
@@ -167,17 +180,80 @@ def _per_sample_output(output: Any, batch: int) -> torch.Tensor:
                        f"an output holding a float tensor of shape ({batch}, ...) for the {batch} example samples",
                        ["return the logits (batch, ...) from forward()",
                         "or pass partitioner='balanced', or your own plan=..."])
-    return torch.cat([t.detach().to(torch.float64).reshape(batch, -1) for t in leaves], dim=1)
+    return torch.cat([t.reshape(batch, -1) for t in leaves], dim=1)
 
 
-def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: Iterable[Any]) -> dict[tuple[str, str], float]:
+EXACT_MAX_FEATURES = 24  # method="auto": the exact pairs up to here (<= 301 runs, no sampling noise)
+DEFAULT_PROBES = 32  # sampled: 2 x 32 forward + backward passes, whatever F
+
+
+def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: Iterable[Any], *,
+                         method: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
+                         progress: bool | None = None) -> dict[tuple[str, str], float]:
     """How strongly the trained model combines features i and j NON-additively: the learned
     Tower Partitioner's affinity (see the module docstring). Symmetric, in [0, 1] (divided by
-    the largest pair), no (a, a) entries; deterministic (no random state).
+    the largest pair), no (a, a) entries; deterministic for a seed.
 
-    Runs the original model 1 + F + F(F-1)/2 times on example_inputs, each time with some
-    features' pooled embeddings taken from the neighbouring sample (row b gets row b-1's)."""
+    method: "exact" (1 + F + F(F-1)/2 runs), "sampled" (2 x probes gradient runs) or "auto"
+    (exact up to EXACT_MAX_FEATURES features). progress: a progress bar on stderr (None: only
+    when stderr is a terminal)."""
+    names, matrix = interaction_matrix(model, sites, example_inputs, method=method, probes=probes, seed=seed,
+                                       progress=progress)
+    values = matrix.tolist()
+    return {(a, b): values[i][j] for i, a in enumerate(names) for j, b in enumerate(names) if i != j}
+
+
+def interaction_matrix(model: nn.Module, sites: ModelSites, example_inputs: Iterable[Any], *,
+                       method: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
+                       progress: bool | None = None) -> tuple[list[str], torch.Tensor]:
+    """interaction_affinity as (feature names, F x F float64 matrix, zero diagonal)."""
+    names = [f.name for f in sites.features]
+    if method not in ("auto", "exact", "sampled"):
+        raise DMTError(f"affinity method {method!r}", "'auto', 'exact' or 'sampled'", ["use method='auto'"])
+    exact = method == "exact" or (method == "auto" and len(names) <= EXACT_MAX_FEATURES)
     inputs = _inputs(example_inputs)
+    with _progress_bar(progress) as bar:
+        raw = _exact(model, sites, inputs, bar) if exact else _sampled(model, sites, inputs, probes, seed, bar)
+    raw = raw.clamp(min=0.0).fill_diagonal_(0.0)
+    top = float(raw.max()) if raw.numel() else 0.0
+    return names, (raw / top).round(decimals=12) if top > 0 else raw
+
+
+@contextlib.contextmanager
+def _progress_bar(progress: bool | None) -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """Yields start(label, total) -> advance(); a rich bar on stderr when asked (or on a terminal)."""
+    if not (sys.stderr.isatty() if progress is None else progress):
+        yield lambda label, total: lambda: None
+        return
+    from rich.progress import Progress  # not a cycle: rich is only needed when a bar is shown
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        def start(label: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+        yield start
+
+
+def _batch_of(model: nn.Module, sites: ModelSites, inputs: tuple) -> int:
+    """The example batch size (one plain run; a failing run is an ExampleInputsError)."""
+    seen: list[int] = []
+    run_with_hooks(model, inputs, _hooks(model, sites, lambda name, out, read, write: seen.append(read().shape[0])
+                                         or out))
+    return seen[0] if seen else 0
+
+
+def _too_small(batch: int) -> bool:
+    if batch < 2:
+        log.warning("learned partitioner: example batch of %d sample(s); the interaction affinity needs "
+                    ">= 2 (every pair gets 0)", batch)
+    return batch < 2
+
+
+def _exact(model: nn.Module, sites: ModelSites, inputs: tuple, bar: Callable) -> torch.Tensor:
+    """Mean squared double difference of every pair: 1 + F + F(F-1)/2 runs, no gradients."""
+    names = [f.name for f in sites.features]
+    n = len(names)
+    strength = torch.zeros(n, n, dtype=torch.float64)
     swap: set[str] = set()
     seen: dict[str, int] = {}
 
@@ -188,88 +264,121 @@ def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: It
             return output
         return write(current.roll(1, dims=0))  # a derangement of the batch for batch >= 2
 
-    names = [f.name for f in sites.features]
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    if 1 + len(names) + len(pairs) > 5000:
-        log.warning("learned partitioner: %d features need %d runs of the model for their pairwise "
-                    "interaction affinity; this may take long (pass plan=... to skip it)",
-                    len(names), 1 + len(names) + len(pairs))
+    if 1 + n + n * (n - 1) // 2 > 5000:
+        log.warning("learned partitioner: %d features need %d runs of the model (method='exact'); "
+                    "method='sampled' needs %d", n, 1 + n + n * (n - 1) // 2, 2 * DEFAULT_PROBES)
+    advance = bar("affinity (exact pairs)", 1 + n + n * (n - 1) // 2)
     with hooked_runs(model, inputs, _hooks(model, sites, perturb)) as run:
         raw = run()
         batch = next(iter(seen.values()), 0)
-        if batch < 2:
-            log.warning("learned partitioner: example batch of %d sample(s); the interaction affinity needs "
-                        ">= 2 (every pair gets 0)", batch)
-            return {(a, b): 0.0 for x, y in pairs for a, b in ((x, y), (y, x))}
+        if _too_small(batch):
+            return strength
         base = _per_sample_output(raw, batch)
         single = {}
         for name in names:
             swap.clear()
             swap.add(name)
             single[name] = _per_sample_output(run(), batch) if name in seen else base
-        strength = {}
-        for a, b in pairs:
-            if a not in seen or b not in seen:
-                strength[(a, b)] = 0.0
-                continue
-            swap.clear()
-            swap.update((a, b))
-            delta = _per_sample_output(run(), batch) - single[a] - single[b] + base
-            strength[(a, b)] = float((delta * delta).mean())
-    top = max(strength.values(), default=0.0)
-    out: dict[tuple[str, str], float] = {}
-    for (a, b), value in strength.items():
-        out[(a, b)] = out[(b, a)] = round(value / top, 12) if top > 0 else 0.0
-    return out
+            advance()
+        for i, a in enumerate(names):
+            for j in range(i + 1, n):
+                b = names[j]
+                if a in seen and b in seen:
+                    swap.clear()
+                    swap.update((a, b))
+                    delta = _per_sample_output(run(), batch) - single[a] - single[b] + base
+                    strength[i, j] = strength[j, i] = float((delta * delta).mean())
+                advance()
+    return strength
 
 
-class _Stats:
-    """What the HSIC estimators need of one feature's embeddings E (n x d), centred."""
-
-    def __init__(self, e: torch.Tensor) -> None:
-        self.x = e - e.mean(dim=0, keepdim=True)
-        n = self.x.shape[0]
-        self.diag = (self.x * self.x).sum(dim=1)  # K_ii
-        self.rows = self.x @ self.x.sum(dim=0) - self.diag  # row sums of K with a zeroed diagonal
-        self.total = float(self.rows.sum())
-        self.gram = self.x.T @ self.x  # for the biased estimator (n < 4)
-        self.n = n
-
-
-def _hsic(a: _Stats, b: _Stats, cross: torch.Tensor) -> float:
-    """Unbiased HSIC_1 (without the constant 1/(n(n-3)), which cancels in CKA); `cross` = X_a^T X_b."""
-    n = a.n
-    trace = float((cross * cross).sum()) - float(a.diag @ b.diag)  # tr(K~_a K~_b)
-    return trace + a.total * b.total / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(a.rows @ b.rows)
-
-
-def _cka(a: _Stats, b: _Stats, self_a: float, self_b: float) -> float:
-    if a.n != b.n or a.n < 2:
-        return 0.0
-    cross = a.x.T @ b.x
-    if a.n < 4:  # biased linear CKA
-        num = float((cross * cross).sum())
-        den = float(torch.linalg.matrix_norm(a.gram)) * float(torch.linalg.matrix_norm(b.gram))
-        return min(max(num / den, 0.0), 1.0) if den > 0 else 0.0
-    if self_a <= 0 or self_b <= 0:
-        return 0.0
-    return min(max(_hsic(a, b, cross) / (self_a * self_b) ** 0.5, 0.0), 1.0)
+def _sampled(model: nn.Module, sites: ModelSites, inputs: tuple, probes: int, seed: int,
+             bar: Callable) -> torch.Tensor:
+    """Randomised antithetic design on the mixing weights (module docstring): 2 x probes runs with
+    gradients; returns the unbiased estimate of mean delta_ij^2 (symmetrised, may dip below 0)."""
+    n = len(sites.features)
+    batch = _batch_of(model, sites, inputs)
+    if _too_small(batch) or probes < 2:
+        return torch.zeros(n, n, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    mixer = _Mixer(model, sites)
+    advance = bar("affinity (sampled)", probes)
+    diffs, signs = [], []
+    try:
+        for _ in range(probes):
+            sign = torch.randint(0, 2, (batch, n), generator=generator, dtype=torch.float64) * 2 - 1
+            x = (1 + sign) / 2  # a vertex of the mixing cube and its complement
+            diffs.append(mixer.gradient(inputs, x, batch) - mixer.gradient(inputs, 1 - x, batch))  # (k, B, F)
+            signs.append(sign)
+            advance()
+    finally:
+        mixer.close()
+    return _pair_strength(torch.stack(diffs), torch.stack(signs))
 
 
-def feature_affinity(embeddings: Mapping[str, torch.Tensor]) -> dict[tuple[str, str], float]:
-    """Debiased linear CKA between every two features (see the module docstring).
+def _pair_strength(diffs: torch.Tensor, signs: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """U-statistic of beta_ji^2 from z_k = D_kj s_ki over the K probes, summed over samples and
+    output columns: (sum_k z)^2 - sum_k z^2 over K(K-1) (s^2 = 1, so sum_k z^2 = sum_k D_kj^2)."""
+    probes, columns, batch, n = diffs.shape
+    total = torch.zeros(n, n, dtype=torch.float64)
+    for c in range(columns):
+        for lo in range(0, batch, chunk):
+            d, s = diffs[:, c, lo:lo + chunk], signs[:, lo:lo + chunk]
+            first = torch.einsum("kbj,kbi->bji", d, s)
+            total += (first * first).sum(0) - (d * d).sum((0, 1)).unsqueeze(1)
+    total /= probes * (probes - 1) * columns * batch
+    return (total + total.T) / 2
 
-    Symmetric: both (a, b) and (b, a) are keys, with the same value; no (a, a) entries."""
-    names = list(embeddings)
-    stats = {n: _Stats(embeddings[n].detach().to(torch.float64).reshape(embeddings[n].shape[0], -1))
-             for n in names}
-    self_hsic = {n: (_hsic(s, s, s.gram) if s.n >= 4 else 0.0) for n, s in stats.items()}
-    out: dict[tuple[str, str], float] = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            value = round(_cka(stats[a], stats[b], self_hsic[a], self_hsic[b]), 12)
-            out[(a, b)] = out[(b, a)] = value
-    return out
+
+class _Mixer:
+    """Hooks that replace each feature's pooled embedding e_i by e_i + x_i (e_i' - e_i), e_i' the
+    previous sample's, and the gradient of each output column with respect to x (B, F)."""
+
+    def __init__(self, model: nn.Module, sites: ModelSites) -> None:
+        self.model, self.x = model, None
+        self.index = {f.name: i for i, f in enumerate(sites.features)}
+        self.handles = _hooks(model, sites, self._one, self._kt)
+
+    def _weight(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        w = self.x[:, i].to(like.dtype)
+        return w.reshape(w.shape[0], *([1] * (like.dim() - 1)))
+
+    def _one(self, name: str, output: Any, read: Callable, write: Callable) -> Any:
+        current = read()
+        return write(current + self._weight(self.index[name], current) * (current.roll(1, dims=0) - current))
+
+    def _kt(self, columns: list[tuple[str, int, int]], kt: KeyedTensor) -> KeyedTensor:
+        values = kt.values()
+        which = torch.full((values.shape[kt.key_dim()],), len(self.index), dtype=torch.long)
+        for name, lo, hi in columns:
+            which[lo:hi] = self.index[name]
+        x = torch.cat([self.x, torch.zeros_like(self.x[:, :1])], dim=1).to(values.dtype)[:, which]  # (B, D)
+        shape = [1] * values.dim()
+        shape[0], shape[kt.key_dim()] = x.shape[0], x.shape[1]
+        mixed = values + x.reshape(shape) * (values.roll(1, dims=0) - values)
+        return KeyedTensor(keys=kt.keys(), length_per_key=kt.length_per_key(), values=mixed, key_dim=kt.key_dim())
+
+    def gradient(self, inputs: tuple, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """d output[:, c] / d x for every column c: (k, B, F) float64."""
+        self.x = x.clone().requires_grad_(True)
+        with eval_mode(self.model), torch.enable_grad():
+            try:
+                out = _output_columns(self.model(*inputs), batch)
+            except DMTError:
+                raise
+            except Exception as exc:
+                raise DMTError(f"the model fails when run with gradients: {type(exc).__name__}: {exc}",
+                               "a model differentiable in its pooled embeddings (method='sampled')",
+                               ["pass method='exact' (no gradients) for a few features, or your own plan=..."]) from exc
+            grads = [torch.autograd.grad(out[:, c].sum(), self.x, retain_graph=c + 1 < out.shape[1],
+                                         allow_unused=True)[0] for c in range(out.shape[1])]
+        self.x = None
+        return torch.stack([g if g is not None else torch.zeros(batch, len(self.index), dtype=torch.float64)
+                            for g in grads]).to(torch.float64)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def within_tower_affinity(groups: Iterable[Iterable[str]], affinity: Mapping[tuple[str, str], float]) -> float:

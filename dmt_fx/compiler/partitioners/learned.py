@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from dmt_fx.compiler.affinity import interaction_affinity
+import numpy as np
+
+from dmt_fx.compiler.affinity import interaction_matrix
 from dmt_fx.compiler.partitioners.base import PartitionRequest, register_partitioner
 from dmt_fx.compiler.partitioners.search import GAIN, TOL, Assignment, groups_of, tower_of
 from dmt_fx.compiler.partitioners.units import (
@@ -41,62 +43,92 @@ from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
 
 
-def _unit_weights(units: list[list[str]], affinity: Mapping[tuple[str, str], float]) -> list[list[float]]:
-    n = len(units)
-    w = [[0.0] * n for _ in range(n)]
-    for u in range(n):
-        for v in range(u + 1, n):
-            total = sum(affinity.get((f, g), 0.0) for f in units[u] for g in units[v])
-            w[u][v] = w[v][u] = total
+def _unit_weights(units: list[list[str]], names: list[str], matrix: np.ndarray) -> np.ndarray:
+    """Units x units: the summed affinity of their features (zero diagonal)."""
+    index = {f: i for i, f in enumerate(names)}
+    member = np.zeros((len(units), len(names)))
+    for u, unit in enumerate(units):
+        for f in unit:
+            if f in index:
+                member[u, index[f]] = 1.0
+    w = member @ matrix @ member.T
+    np.fill_diagonal(w, 0.0)
     return w
+
+
+def _as_matrix(names: list[str], affinity: Mapping[tuple[str, str], float]) -> np.ndarray:
+    index = {f: i for i, f in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)))
+    for (a, b), value in affinity.items():
+        if a in index and b in index and a != b:
+            matrix[index[a], index[b]] = value
+    return matrix
 
 
 Loads = list[float]
 Limits = tuple[float, float]
 
 
-def _merge_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]],
+def _merge_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: np.ndarray,
               limits: Limits) -> None:
     """Merge the most affine pair of parts that fits the limits (else the lightest pair) until T remain."""
     while len(parts) > num_towers:
+        member = np.zeros((len(parts), len(weights)))
+        for i, p in enumerate(parts):
+            member[i, p] = 1.0
+        between = member @ weights @ member.T
         best = None
         for i in range(len(parts)):
             for j in range(i + 1, len(parts)):
                 c, m = _load(parts[i] + parts[j], cost, mem)
                 fits = num_towers * c <= limits[0] + TOL and num_towers * m <= limits[1] + TOL
-                inter = sum(weights[u][v] for u in parts[i] for v in parts[j])
-                key = (fits, inter, -max(c, m))
+                key = (fits, float(between[i, j]), -max(c, m))
                 if best is None or key > best[0]:
                     best = (key, i, j)
         _, i, j = best
         parts[i] = sorted(parts[i] + parts.pop(j))
 
 
-def _split_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]]) -> None:
+def _split_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: np.ndarray) -> None:
     """Move the least attached unit of the heaviest part to a part of its own until T exist."""
     while len(parts) < num_towers:
         splittable = [p for p in parts if len(p) > 1]
         heaviest = max(splittable, key=lambda p: max(_load(p, cost, mem)))  # first of equals
-        loner = min(heaviest, key=lambda u: (sum(weights[u][v] for v in heaviest if v != u),
-                                             -max(cost[u], mem[u]), u))
-        heaviest.remove(loner)
-        parts.append([loner])
+        attached = weights[np.ix_(heaviest, heaviest)].sum(axis=1)
+        loner = min(range(len(heaviest)), key=lambda k: (float(attached[k]), -max(cost[heaviest[k]], mem[heaviest[k]]),
+                                                         heaviest[k]))
+        parts.append([heaviest.pop(loner)])
 
 
 def _load(part: list[int], cost: Loads, mem: Loads) -> tuple[float, float]:
     return sum(cost[u] for u in part), sum(mem[u] for u in part)
 
 
-def _louvain_parts(weights: list[list[float]], num_towers: int, cost: Loads, mem: Loads, limits: Limits,
+SPARSE_ABOVE, NEIGHBOURS = 64, 16  # Louvain on each unit's 16 strongest edges above 64 units
+
+
+def _edges(weights: np.ndarray) -> list[tuple[int, int, float]]:
+    """The graph's edges: every positive pair, or above SPARSE_ABOVE units the NEIGHBOURS strongest
+    of each unit (the sampled affinity's noise floor would make the graph dense and Louvain slow)."""
+    n = len(weights)
+    keep = weights > 0
+    if n > SPARSE_ABOVE:
+        top = np.argsort(-weights, axis=1, kind="stable")[:, :NEIGHBOURS]
+        near = np.zeros_like(keep)
+        near[np.arange(n)[:, None], top] = True
+        keep &= near | near.T
+    us, vs = np.nonzero(np.triu(keep, k=1))
+    return [(int(u), int(v), float(weights[u, v])) for u, v in zip(us, vs)]
+
+
+def _louvain_parts(weights: np.ndarray, num_towers: int, cost: Loads, mem: Loads, limits: Limits,
                    seed: int) -> list[list[int]]:
     """Step 4b: seeded Louvain communities of the affinity graph, merged or split to T parts."""
     import networkx as nx  # not a cycle: only this partitioner needs networkx (import cost)
 
-    n = len(weights)
     graph = nx.Graph()
-    graph.add_nodes_from(range(n))
-    graph.add_weighted_edges_from((u, v, weights[u][v]) for u in range(n) for v in range(u + 1, n)
-                                  if weights[u][v] > 0)
+    graph.add_nodes_from(range(len(weights)))
+    graph.add_weighted_edges_from(_edges(weights))
     communities = nx.community.louvain_communities(graph, weight="weight", seed=seed)
     parts = sorted((sorted(c) for c in communities), key=lambda p: p[0])
     _merge_to(parts, num_towers, cost, mem, weights, limits)
@@ -104,17 +136,19 @@ def _louvain_parts(weights: list[list[float]], num_towers: int, cost: Loads, mem
     return parts
 
 
-def _affinity(sites: ModelSites, model: Any, example_inputs: Sequence[Any] | None) -> dict[tuple[str, str], float]:
+def _affinity(sites: ModelSites, model: Any, example_inputs: Sequence[Any] | None,
+              progress: bool | None) -> np.ndarray:
     if example_inputs is None or model is None:
         missing = "example_inputs" if example_inputs is None else "a model"
         raise DMTError(f"partitioner='learned' without {missing}",
                        "the learned partitioner needs example_inputs: one batch to measure how features interact",
                        ["pass example_inputs=(...) (one batch the model accepts)",
                         "or use partitioner='balanced', which needs no inputs"])
-    return interaction_affinity(model, sites, example_inputs)
+    _, matrix = interaction_matrix(model, sites, example_inputs, progress=progress)
+    return matrix.numpy()
 
 
-def _best_of(candidates: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: list[list[float]],
+def _best_of(candidates: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: np.ndarray,
              limits: Limits) -> Assignment:
     """Step 4: repair and improve each candidate; the one keeping the most affinity (first of equals)."""
     budget = 8 * len(weights) * max(num_towers, 2) + 16
@@ -136,13 +170,18 @@ DEFAULT_BALANCE_SLACK = 0.25
 def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *,
                  model: Any, example_inputs: Sequence[Any] | None, seed: int = 0,
                  balance_slack: float | None = DEFAULT_BALANCE_SLACK,
-                 affinity: Mapping[tuple[str, str], float] | None = None) -> TowerPlan:
+                 affinity: Mapping[tuple[str, str], float] | None = None,
+                 progress: bool | None = None) -> TowerPlan:
     """Towers of strongly interacting features (interaction affinity), within the balance limits.
 
     `affinity` (optional) replaces the one computed from `model` on `example_inputs`;
-    `balance_slack=None` allows the whole balanced bound (see the module docstring)."""
+    `balance_slack=None` allows the whole balanced bound (see the module docstring);
+    `progress`: the affinity's progress bar (None: only when stderr is a terminal)."""
+    names = [f.name for f in sites.features]
     if affinity is None:
-        affinity = _affinity(sites, model, example_inputs)
+        matrix = _affinity(sites, model, example_inputs, progress)
+    else:
+        matrix = _as_matrix(names, affinity)
     # Steps 1-3
     units = table_units(sites)
     num_towers = min(topology.num_hosts, len(units))
@@ -153,7 +192,7 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
     if balance_slack is not None:
         lookup, memory = imbalances(seed_parts, cost, mem, num_towers)
         limits = (min(bound, lookup + balance_slack), min(bound, memory + balance_slack))
-    weights = _unit_weights(units, affinity)
+    weights = _unit_weights(units, names, matrix)
     # Step 4
     candidates = [tower_of(seed_parts, len(units))]
     if num_towers > 1:
