@@ -28,6 +28,15 @@ from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.partitioners.learned import learned_plan
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads per process can be 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.lru_cache(maxsize=None)
 def _planted(num_features: int, batch: int = 64):
     model, inputs = planted_dlrm(num_features), planted_inputs(num_features, batch)
@@ -51,19 +60,20 @@ def test_learned_recovers_planted_groups_at_64_features() -> None:
 def test_sampled_separates_within_from_cross_pairs() -> None:
     model, inputs, sites = _planted(64)
     names, matrix = interaction_matrix(model, sites, inputs, method="sampled", seed=0)
+    assert names == [f.name for f in sites.features]
     group = torch.arange(64) % GROUPS
     same = group[:, None] == group[None, :]
     off = ~torch.eye(64, dtype=torch.bool)
     within, cross = matrix[same & off], matrix[~same]
     assert within.mean() > 20 * cross.mean()  # noise floor far below the planted pairs
     assert float(matrix.max()) == 1.0 and torch.equal(matrix, matrix.T) and float(matrix.min()) >= 0.0
-    again = interaction_matrix(model, sites, inputs, method="sampled", seed=0)[1]
-    assert torch.equal(matrix, again)  # deterministic for a seed
+    few = [interaction_matrix(model, sites, inputs, probes=4, seed=s)[1] for s in (0, 0, 1)]
+    assert torch.equal(few[0], few[1]) and not torch.equal(few[0], few[2])  # deterministic for a seed
 
 
 def test_sampled_agrees_with_exact_on_a_small_model() -> None:
     """Same quantity: on 12 features the exact and sampled pair strengths correlate closely."""
-    model, inputs, sites = _planted(12, batch=128)
+    model, inputs, sites = _planted(12)
     exact = interaction_affinity(model, sites, inputs, method="exact")
     sampled = interaction_affinity(model, sites, inputs, method="sampled", probes=64)
     keys = sorted(exact)

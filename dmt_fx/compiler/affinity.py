@@ -18,19 +18,31 @@ over-arch it is w_ij (e_i - e_i')·(e_j - e_j') in each linear region, the dot p
 weight times how much that dot product varies. affinity(i, j) = mean over samples (and
 output columns) of delta_ij^2, divided by the largest pair's value: in [0, 1], symmetric.
 
-Why not embedding similarity: an earlier version used the debiased linear CKA of two
-features' per-sample embeddings (`feature_affinity`, kept for diagnostics). It measures
-co-occurrence, and features that interact in the label are often drawn independently (the
-quality benchmark's generator does exactly that): CKA was ~0 for every pair there and the
-towers it chose matched the planted groups with ARI 0.07; the interaction affinity
-separates within-group pairs (min 0.52) from cross-group ones (max 0.009), ARI 1.0.
+Why not embedding similarity (`feature_affinity`, dmt_fx.compiler.cka, diagnostics only):
+it measures co-occurrence, and features that interact in the label are often drawn
+independently; on the quality benchmark CKA was ~0 for every pair (towers ARI 0.07).
 
-Cost: 1 + F + F(F-1)/2 eager runs of the original model on the example batch (no
-gradients); F = 16 and a 4096-sample batch take about a second. Quadratic in F: with
-hundreds of features pass your own plan (or affinity to partitioners.learned.learned_plan) instead.
+Two estimators (method=; "auto" picks exact up to EXACT_MAX_FEATURES = 24 features):
+* exact: 1 + F + F(F-1)/2 no-grad runs (F = 16, 4096 samples: ~1 s; O(F^2)), no noise.
+* sampled: 2K runs with gradients (K = probes, default 32), whatever F. Each sample's
+  embeddings become e_i + x_i (e_i' - e_i), x in [0,1]^F (x_i = 1 is the swap above); for
+  random signs s in {-1,1}^F (per sample and probe) one backward at x = (1+s)/2 and one at
+  its complement give D_j = dF/dx_j(x) - dF/dx_j(1-x). If F is bilinear in the x's (a dot
+  interaction with the over-arch in one linear region), D_j = sum_i delta_ji s_i exactly:
+  main effects cancel in the antithetic pair, and z = D_j s_i is unbiased for delta_ij
+  with noise sum_{l != i} delta_jl^2 (j's other partners only); ((sum_k z_k)^2 - sum_k
+  z_k^2) / (K(K-1)) is unbiased for delta_ij^2 (averaged over samples, symmetrised,
+  clipped at 0). In general: the effect of swapping i on the slope in j, averaged over
+  random contexts (others swapped or not).
+  Cost: 2K forward + backward passes plus O(B F^2 K) arithmetic for the pair sums. Planted
+  groups (benchmarks/partition_scale.py): ARI 1.0 at 64 and 256 features, 0.998 at 1,000.
+  What it can miss or blur: additive pairs get noise, not 0 (floor ~ g / (K sqrt(B)) of a
+  planted pair's value for g partners per feature); a pair whose interaction lives only
+  at x_j strictly between 0 and 1 (the slope is read at the swap's end points, not
+  integrated along it); interactions of three or more features are spread over their
+  pairs; a model that is not differentiable in its pooled embeddings is refused (use
+  method="exact").
 An example batch of one sample gives every pair 0 (with a warning).
-
-Embedding CKA (`feature_embeddings` + `feature_affinity`, diagnostics only): see dmt_fx.compiler.cka.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 from rich.console import Console
+from rich.progress import Progress
 from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
@@ -225,8 +238,6 @@ def _progress_bar(progress: bool | None) -> Iterator[Callable[[str, int], Callab
     if not (sys.stderr.isatty() if progress is None else progress):
         yield lambda label, total: lambda: None
         return
-    from rich.progress import Progress  # not a cycle: rich is only needed when a bar is shown
-
     with Progress(console=Console(stderr=True), transient=True) as bar:
         def start(label: str, total: int) -> Callable[[], None]:
             task = bar.add_task(label, total=total)
@@ -264,9 +275,6 @@ def _exact(model: nn.Module, sites: ModelSites, inputs: tuple, bar: Callable) ->
             return output
         return write(current.roll(1, dims=0))  # a derangement of the batch for batch >= 2
 
-    if 1 + n + n * (n - 1) // 2 > 5000:
-        log.warning("learned partitioner: %d features need %d runs of the model (method='exact'); "
-                    "method='sampled' needs %d", n, 1 + n + n * (n - 1) // 2, 2 * DEFAULT_PROBES)
     advance = bar("affinity (exact pairs)", 1 + n + n * (n - 1) // 2)
     with hooked_runs(model, inputs, _hooks(model, sites, perturb)) as run:
         raw = run()

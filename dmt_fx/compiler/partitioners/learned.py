@@ -4,8 +4,10 @@ Algorithm:
   1. Same units, shares, T = min(hosts, units) and bound as the balanced partitioner.
   2. Affinity: how strongly the trained model combines two features non-additively, measured
      on example_inputs by swapping their pooled embeddings with another sample's
-     (dmt_fx.compiler.affinity.interaction_affinity). A networkx graph has the units as nodes,
-     edges weighted by the summed affinity of their features.
+     (dmt_fx.compiler.affinity.interaction_matrix: exact pairs up to 24 features, above that
+     a sampled estimate from 2 x 32 gradient runs whatever F). A networkx graph has the units
+     as nodes, edges weighted by the summed affinity of their features (above 64 units only
+     each unit's 16 strongest edges: the sampled noise floor would make it dense).
   3. Objective: maximise the affinity kept inside towers (= minimise the cut), subject to
      both imbalances <= limit, every tower non-empty. limit = the balanced bound, tightened
      by default to (the balanced plan's own imbalance + `balance_slack`, 0.25) per metric:
@@ -17,6 +19,7 @@ Algorithm:
      moves/swaps (dropped if that fails). Each candidate is improved by best-improvement
      local search over unit moves and pairwise swaps that keep the limits; the candidate
      keeping the most affinity wins (ties: the balanced one). Deterministic for a seed.
+     Steps are scored with numpy (search.Assignment): 1,000 units plan in seconds.
 """
 
 from __future__ import annotations
