@@ -40,6 +40,7 @@ from dmt_fx.jobs.data import clicks
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
 from dmt_fx.runtime.plain import PlainKJT, plain_groups, plain_lookups
+from tests.random_models import CollectionSpec, TableSpec, TorchRecSpec, build_torchrec_model, make_torchrec_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B, STEPS, LR = 4, 5, 0.1
@@ -326,3 +327,53 @@ def test_supported_plain_models_pass_the_check() -> None:
     for model in (REF, NVIDIA, PLAIN, MIXED, SMALL):
         original, inputs = factory(model)[1]()
         check_distributable(dmt_fx.transform(original, "2x2", example_inputs=inputs))
+
+
+class _SharedBag(nn.Module):
+    """One nn.EmbeddingBag called for two fields (dim `dim`): per-sample weights on the second
+    call only when `mixed`."""
+
+    def __init__(self, dim: int = 4, mixed: bool = False) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, dim, mode="sum")
+        self.dense = nn.Linear(3, 4)
+        self.mixed = mixed
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor,
+                weights: torch.Tensor) -> torch.Tensor:
+        second = self.bag(ids, offsets, per_sample_weights=weights if self.mixed else None)
+        return torch.cat([self.dense(dense), self.bag(ids, offsets), second], dim=1).sum(1, keepdim=True)
+
+
+SHARED_INPUTS = (torch.rand(4, 3), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2, 3, 3]), torch.rand(4))
+
+
+def test_a_table_read_with_and_without_weights_is_refused_by_check_distributable() -> None:
+    """distribute refuses it (one TorchRec collection is weighted or not); the check, which
+    the CLI runs before torchrun, must refuse it too."""
+    gm = dmt_fx.transform(_SharedBag(mixed=True), "2x1", example_inputs=SHARED_INPUTS)
+    with pytest.raises(DMTError) as info:
+        check_distributable(gm)
+    assert "'bag'" in info.value.found and "per_sample_weights" in info.value.found, str(info.value)
+    check_distributable(dmt_fx.transform(_SharedBag(), "2x1", example_inputs=SHARED_INPUTS))
+
+
+@pytest.mark.parametrize("dim", [2, 6])
+def test_dims_not_a_multiple_of_4_are_refused_by_name(dim: int) -> None:
+    """FBGEMM's batched tables (under TorchRec's sharded ones) assert dim % 4 == 0, on CPU too:
+    refused before any process group, naming the table, its dim and the dim to use."""
+    gm = dmt_fx.transform(_SharedBag(dim=dim), "2x1", example_inputs=SHARED_INPUTS)
+    for model in (gm, dmt_fx.dmt_result(gm)):  # the GraphModule, or its DMTResult alone
+        with pytest.raises(DMTError) as info:
+            check_distributable(model)
+        assert f"'bag' (dim {dim})" in info.value.found, str(info.value)
+        assert any(f"'bag': {dim} -> {dim + 4 - dim % 4}" in fix for fix in info.value.fixes), str(info.value)
+
+
+def test_torchrec_tables_of_odd_dims_are_refused_too() -> None:
+    tables = (TableSpec("t_0", 10, 2, "sum", ("f_0",)), TableSpec("t_1", 10, 8, "sum", ("f_1",)))
+    spec = TorchRecSpec((CollectionSpec("ebc0", False, tables, ("f_0", "f_1"), None),), ((2, 2),), 2, 1, 4, 4, 0)
+    gm = dmt_fx.transform(build_torchrec_model(spec), "2x1", example_inputs=make_torchrec_inputs(spec, 4, 0))
+    with pytest.raises(DMTError) as info:
+        check_distributable(gm)
+    assert "(dim 2)" in info.value.found and "t_1" not in info.value.found, str(info.value)

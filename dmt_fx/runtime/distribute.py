@@ -29,12 +29,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
+from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
-from dmt_fx.runtime.plain import plain_lookups
+from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.shardings import SHARDINGS
 
 # Names this module offered before the runtime was split; kept importable from here.
@@ -98,6 +99,24 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
 def check_distributable(model: DMTResult | fx.GraphModule) -> None:
     """Raise DMTError when `distribute` cannot run this model; needs no process group, so the
     CLI calls it before torchrun starts. Pass the transformed GraphModule: its plain lookups'
-    options (pooling mode, max_norm, padding_idx, ...) are read from its graph and modules."""
+    options (pooling mode, max_norm, padding_idx, per-sample weights, ...) are read from its
+    graph and modules; a DMTResult alone checks the tables' dims only."""
+    result = model if isinstance(model, DMTResult) else dmt_result(model)
+    check_table_dims(result)
     if isinstance(model, fx.GraphModule):
-        plain_lookups(model, dmt_result(model))
+        plain_groups(plain_lookups(model, result))
+
+
+def check_table_dims(result: DMTResult) -> None:
+    """TorchRec's sharded tables run on FBGEMM's batched tables, which assert (on CPU too)
+    that every embedding dim is a multiple of 4; refuse the others here, by name, rather than
+    let FBGEMM's AssertionError stop every rank inside `distribute`."""
+    odd = [t for t in result.sites.tables if t.embedding_dim % 4]
+    if odd:
+        found = ", ".join(f"{t.name!r} (dim {t.embedding_dim})" for t in odd)
+        widths = ", ".join(f"{t.name!r}: {t.embedding_dim} -> {-(-t.embedding_dim // 4) * 4}" for t in odd)
+        raise DMTError(f"embedding tables whose dim is not a multiple of 4: {found}",
+                       "every table's embedding dim a multiple of 4 (FBGEMM's batched tables, under "
+                       "TorchRec's sharded tables, require it)",
+                       [f"build the tables with dims that are multiples of 4 ({widths})",
+                        "run the transformed model in one process (any dim works there)"])

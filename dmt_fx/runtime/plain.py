@@ -41,7 +41,7 @@ class PlainLookup:
     """One plain tower lookup: which table, how it pools, and its local id tensors (graph nodes)."""
 
     origin: str  # the embedding site (node name of the original lookup)
-    feature: str  # the feature key (its KJT key here)
+    feature: str  # the feature's name, unique per call site: its KJT key and output name here
     table: str  # the original table's module path
     param: str  # the original weight's fully qualified name
     num_embeddings: int
@@ -101,7 +101,10 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     if form == EMBEDDING:
         _check_ids(site.module, _local(args["indices"]))
     exchange = args["indices"].args[0]
-    return PlainLookup(site.node, feature.key, table.name, table.param, table.num_embeddings, table.embedding_dim,
+    # The feature's name, not its key: a table called for several fields has one key (its
+    # module path) but one name per call site, and a KJT needs unique keys. The calls stay
+    # one TorchRec table with several feature_names (`host_collection`): shared weights.
+    return PlainLookup(site.node, feature.name, table.name, table.param, table.num_embeddings, table.embedding_dim,
                        node.meta["dmt"]["host"], exchange, form, options["pooling"], bool(options["include_last_offset"]),
                        _local(args["indices"]), _local(args.get("offsets")), _local(args.get("weights")))
 
