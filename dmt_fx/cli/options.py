@@ -42,9 +42,10 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
     # No argparse choices: TARGET may register its own kinds, and it is imported after parsing.
     # transform() checks the names against the registries and lists them when one is unknown.
-    parser.add_argument("--partitioner", default="balanced", metavar="NAME",
+    parser.add_argument("--partitioner", default=None, metavar="NAME",
                         help=f"how towers are chosen without --plan: {registered(PARTITIONERS)} "
-                             "(default balanced; learned wants a trained model from TARGET)")
+                             "(default: user_towers for a model built of torchrec EmbeddingTowers, else "
+                             "balanced; learned wants a trained model from TARGET)")
     parser.add_argument("--tower-module", default="identity", metavar="KIND",
                         help=f"per-tower module: {registered(TOWER_MODULES)} (default identity: the model "
                              "is unchanged)")
