@@ -93,3 +93,11 @@ def test_unknown_method() -> None:
 def test_learned_at_scale(num_features) -> None:
     row = measure(num_features, batch=64, probes=32)
     assert row["ari"] >= 0.9, row
+
+
+def test_progress_bar_only_when_asked(capfd) -> None:
+    model, inputs, sites = _planted(12, batch=8)
+    interaction_matrix(model, sites, inputs, method="sampled", probes=2)
+    assert capfd.readouterr().err == ""  # stderr is not a terminal under pytest: no bar
+    interaction_matrix(model, sites, inputs, method="sampled", probes=2, progress=True)
+    assert "affinity (sampled)" in capfd.readouterr().err

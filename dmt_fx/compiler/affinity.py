@@ -238,7 +238,7 @@ def _progress_bar(progress: bool | None) -> Iterator[Callable[[str, int], Callab
     if not (sys.stderr.isatty() if progress is None else progress):
         yield lambda label, total: lambda: None
         return
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with Progress(console=Console(stderr=True, force_terminal=True), transient=True) as bar:
         def start(label: str, total: int) -> Callable[[], None]:
             task = bar.add_task(label, total=total)
             return lambda: bar.advance(task)
