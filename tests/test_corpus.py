@@ -97,6 +97,8 @@ def physical_tables(model: nn.Module) -> set[int]:
             tables |= {id(bag.weight) for bag in module.embedding_bags.values()}
         elif isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
             tables.add(id(module.weight))
+        elif type(module).__name__ == "QREmbeddingBag":  # the reference DLRM's: weight_q and weight_r
+            tables |= {id(module.weight_q), id(module.weight_r)}
     return tables
 
 
@@ -110,6 +112,8 @@ def check_towers(model: nn.Module, gm: nn.Module) -> str:
     assert len(sites.tables) == len(physical_tables(model)), (
         f"{len(physical_tables(model))} physical tables, {len(sites.tables)} in the analysis")
     tower_of = plan.tower_of()
+    for unit in sites.composites():  # the tables of a quotient-remainder bag share a tower
+        assert len({tower_of[f.name] for f in sites.features if f.unit == unit}) == 1, f"{unit} split"
     for path in user_tower_paths(model):  # an author's EmbeddingTower stays whole (the default plan)
         features = [f for site in sites.sites if site.module.startswith(path + ".") for f in site.features]
         assert features and len({tower_of[f] for f in features}) == 1, f"user tower {path} split: {features}"

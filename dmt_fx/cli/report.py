@@ -136,7 +136,18 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
         "interaction": {"node": sites.interaction.node, "kind": sites.interaction.kind},
         "route": result.route,
         "changes_model": plan.changes_model,
+        "composites": _composites(sites, plan.tower_of()),
     }
+
+
+def _composites(sites: Any, tower_of: dict[str, int]) -> list[dict[str, Any]]:
+    """Embeddings made of several tables (a quotient-remainder pair): one tower each."""
+    rows = []
+    for unit, tables in sites.composites().items():
+        features = [f.name for f in sites.features if f.unit == unit]
+        rows.append({"module": unit, "tables": list(tables), "features": features,
+                     "tower": tower_of[features[0]]})
+    return rows
 
 
 def _compressed_widths(gm: fx.GraphModule) -> dict[int, int]:

@@ -88,9 +88,20 @@ def towers_table(towers: list[Record], title: str = "towers") -> Table:
     table = _table(title, ["tower", "host", "features", "tables", "lookup cost (B/sample)", "memory"],
                    right=("tower", "host"), left_title=True)
     for t in towers:
-        tables = ", ".join(name.rpartition(".")[2] for name in t["tables"])
+        leaves = [name.rpartition(".")[2] for name in t["tables"]]
+        # a leaf name shared by two tables (weight_q of two QR bags) would be ambiguous
+        tables = ", ".join(leaf if leaves.count(leaf) == 1 else name for leaf, name in zip(leaves, t["tables"]))
         table.add_row(str(t["tower"]), str(t["host"]), ", ".join(t["features"]), tables,
                       f"{t['lookup_cost']:g}", human_bytes(t["memory_bytes"]))
+    return table
+
+
+def composites_table(composites: list[Record]) -> Table:
+    """Embeddings made of several tables (quotient-remainder pairs), each kept in one tower."""
+    table = _table("composite embeddings (tables of one feature, one tower)", ["module", "tables", "tower"],
+                   right=("tower",), left_title=True)
+    for c in composites:
+        table.add_row(c["module"], " + ".join(c["tables"]), str(c["tower"]))
     return table
 
 

@@ -6,6 +6,7 @@ objects, so a plan built from them survives copies of the graph.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Iterable
 
@@ -49,65 +50,93 @@ def _ebc_site(node: fx.Node, fqn: str, ebc: EmbeddingBagCollection, taken: set[s
     return site, features, tables
 
 
-def _plain_site(node: fx.Node, fqn: str, kind: str, weight: torch.Tensor, param: str,
-                pooling: str, weighted: bool, output: fx.Node, taken: set[str], owners: dict[int, str]) -> Found:
-    # One module may be called several times (a shared table): name the calls apart.
-    name, k = fqn, 1
-    while name in taken:
-        name, k = f"{fqn}@{k}", k + 1
-    taken.add(name)
-    table_name = owners.setdefault(id(weight), fqn)  # tied weights share one table
-    table = Table(table_name, param, weight.shape[0], weight.shape[1], weight.element_size())
-    feature = Feature(name, table_name, weight.shape[1], pooling, weighted, node.name, fqn)
-    site = EmbeddingSite(node.name, kind, fqn, (name,), output.name)
-    return site, [feature], [table]
+@dataclasses.dataclass(frozen=True)
+class _PlainLookup:
+    """One plain lookup before naming: tables are named once every lookup is known."""
+    node: fx.Node
+    fqn: str  # the module that performs it
+    kind: str
+    weight: torch.Tensor
+    param: str
+    pooling: str
+    weighted: bool
+    output: fx.Node
 
 
-def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict[int, str]) -> Found | None:
+def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str]) -> Found | _PlainLookup | None:
     module = gm.get_submodule(node.target)
     if isinstance(module, EmbeddingBagCollection):
         return _ebc_site(node, node.target, module, taken)
     if isinstance(module, nn.EmbeddingBag):
         psw = node.kwargs.get("per_sample_weights", node.args[2] if len(node.args) > 2 else None)
-        return _plain_site(node, node.target, "embedding_bag", module.weight, f"{node.target}.weight",
-                           module.mode, psw is not None, node, taken, owners)
+        return _PlainLookup(node, node.target, "embedding_bag", module.weight, f"{node.target}.weight",
+                            module.mode, psw is not None, node)
     if isinstance(module, nn.Embedding):
-        return _plain_site(node, node.target, "embedding", module.weight, f"{node.target}.weight",
-                           "none", False, node, taken, owners)
+        return _PlainLookup(node, node.target, "embedding", module.weight, f"{node.target}.weight",
+                            "none", False, node)
     return None
 
 
-def _export_site(gm: fx.GraphModule, node: fx.Node, taken: set[str], owners: dict[int, str]) -> Found:
+def _export_site(gm: fx.GraphModule, node: fx.Node) -> _PlainLookup:
     weight_node = node.args[0]
     assert weight_node.op == "get_attr", f"embedding weight is {weight_node.op}"
     weight = gm.get_parameter(weight_node.target)
     stack = node.meta.get("nn_module_stack") or {}
     fqn = list(stack.values())[-1][0] if stack else weight_node.target.rpartition(".")[0]
     if node.target in _EXPORT_EMBEDDING_OPS:
-        return _plain_site(node, fqn, "embedding", weight, weight_node.target, "none", False,
-                           node, taken, owners)
+        return _PlainLookup(node, fqn, "embedding", weight, weight_node.target, "none", False, node)
     outputs = [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
     pooling = _POOLING.get(node.args[4] if len(node.args) > 4 else 0, "sum")
     psw = node.args[6] if len(node.args) > 6 else None
-    output = outputs[0] if outputs else node
-    return _plain_site(node, fqn, "embedding_bag", weight, weight_node.target, pooling,
-                       psw is not None, output, taken, owners)
+    return _PlainLookup(node, fqn, "embedding_bag", weight, weight_node.target, pooling, psw is not None,
+                        outputs[0] if outputs else node)
+
+
+def _composite_modules(lookups: list[_PlainLookup]) -> set[str]:
+    """Modules that read more than one table (a quotient-remainder bag reads weight_q and
+    weight_r): each of their tables is named by its parameter and they form one unit."""
+    weights: dict[str, set[int]] = {}
+    for lk in lookups:
+        weights.setdefault(lk.fqn, set()).add(id(lk.weight))
+    return {fqn for fqn, ids in weights.items() if len(ids) > 1}
+
+
+def _plain_site(lk: _PlainLookup, composite: bool, taken: set[str], owners: dict[int, str]) -> Found:
+    base = lk.param if composite else lk.fqn
+    # One module may be called several times (a shared table): name the calls apart.
+    name, k = base, 1
+    while name in taken:
+        name, k = f"{base}@{k}", k + 1
+    taken.add(name)
+    table_name = owners.setdefault(id(lk.weight), base)  # tied weights share one table
+    dim = lk.weight.shape[1]
+    table = Table(table_name, lk.param, lk.weight.shape[0], dim, lk.weight.element_size())
+    unit = lk.fqn if composite and lk.fqn else ""
+    feature = Feature(name, table_name, dim, lk.pooling, lk.weighted, lk.node.name, lk.fqn, unit)
+    site = EmbeddingSite(lk.node.name, lk.kind, lk.fqn, (name,), lk.output.name)
+    return site, [feature], [table]
 
 
 def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...], tuple[Feature, ...],
                                                         tuple[Table, ...]]:
-    """All embedding lookups in graph order: (sites, features, tables)."""
-    sites, features, tables, taken, owners = [], [], [], set(), {}
+    """All embedding lookups in graph order: (sites, features, tables). Every physical table
+    appears once, also the second table of a composite (quotient-remainder) embedding."""
+    found_or_lookups: list[Found | _PlainLookup] = []
+    taken: set[str] = set()
     for node in gm.graph.nodes:
-        found = None
         if node.op == "call_module":
-            found = _module_site(gm, node, taken, owners)
+            found = _module_site(gm, node, taken)
+            if found is not None:
+                found_or_lookups.append(found)
         elif node.op == "call_function" and node.target in _EXPORT_BAG_OPS | _EXPORT_EMBEDDING_OPS:
-            found = _export_site(gm, node, taken, owners)
-        if found is not None:
-            sites.append(found[0])
-            features += found[1]
-            tables += [t for t in found[2] if t.name not in {x.name for x in tables}]
+            found_or_lookups.append(_export_site(gm, node))
+    composite = _composite_modules([x for x in found_or_lookups if isinstance(x, _PlainLookup)])
+    sites, features, tables, owners = [], [], [], {}
+    for item in found_or_lookups:
+        found = _plain_site(item, item.fqn in composite, taken, owners) if isinstance(item, _PlainLookup) else item
+        sites.append(found[0])
+        features += found[1]
+        tables += [t for t in found[2] if t.name not in {x.name for x in tables}]
     if not sites:
         raise NoEmbeddingError(
             "the captured graph calls no embedding module",
@@ -127,7 +156,8 @@ def _inputs(node: fx.Node) -> Iterable[fx.Node]:
 _METADATA_METHODS = {"size", "stride", "dim", "numel", "keys"}
 _METADATA_ATTRS = {"shape", "dtype", "device"}
 _METADATA_FUNCTIONS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_stride.int, torch.ops.aten.sym_numel.default,
-                       len, torch._assert, torch.ops.aten._assert_scalar.default}
+                       len, torch._assert, torch.ops.aten._assert_scalar.default,
+                       torch.ops.aten._assert_tensor_metadata.default}  # export's check of a .long() cast
 _GUARDS = "_guards_fn"  # torch.export's shape guards: they check inputs and return nothing
 
 

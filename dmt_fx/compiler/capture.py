@@ -13,6 +13,9 @@ Algorithm:
      Embedding lookups become aten ops tagged with their module path in `nn_module_stack`.
   4. Otherwise raise a CaptureError naming the user's line that broke tracing.
   5. Buffers that are not in the model's state dict (constants) become non-persistent.
+Functional lookups (`F.embedding_bag(ids, self.weight_q, ...)`, the reference DLRM's
+quotient-remainder bags) are not modules a tracer can keep whole: a symbolic graph that
+calls them is captured again by torch.export, whose aten ops name each table's parameter.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
@@ -31,7 +35,10 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.interactions import keeps_whole
 from dmt_fx.compiler.support import EMBEDDING_TYPES, check_supported
-from dmt_fx.ir.errors import CaptureError
+from dmt_fx.ir.errors import CaptureError, NoEmbeddingError
+
+# Lookups written as functions on a parameter: torch.fx records them as call_function nodes.
+FUNCTIONAL_LOOKUPS = (F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag)
 
 
 class _DMTTracer(Tracer):
@@ -138,7 +145,7 @@ def _user_frame(exc: BaseException) -> str:
 
 def capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     """Return (graph module, route) where route is "symbolic" or "export"."""
-    check_supported(model)
+    _check_supported(model)
     gm, route = _capture(model, example_inputs)
     keep_state_dict_keys(model, gm)
     return gm, route
@@ -155,11 +162,45 @@ def keep_state_dict_keys(model: nn.Module, gm: nn.Module) -> None:
             gm.get_submodule(owner).register_buffer(leaf, buffer, persistent=False)
 
 
+def _check_supported(model: nn.Module) -> None:
+    """check_supported, except that a model whose tables are parameters read by functional
+    lookups (quotient-remainder bags hold no embedding module) goes on to the analysis,
+    which finds its lookups in the graph or refuses the model."""
+    try:
+        check_supported(model)
+    except NoEmbeddingError:
+        if not _table_parameters(model):
+            raise
+
+
+def _table_parameters(model: nn.Module) -> list[str]:
+    """2-D float parameters outside the dense layers: tables a functional lookup may read."""
+    dense = (nn.Linear, nn.Bilinear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
+    return [f"{fqn}.{name}" for fqn, m in model.named_modules() if not isinstance(m, dense)
+            for name, p in m.named_parameters(recurse=False) if p.dim() == 2 and p.is_floating_point()]
+
+
+def functional_lookups(gm: torch.fx.GraphModule) -> list[str]:
+    """Names of the nodes calling an embedding function (not an embedding module)."""
+    return [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_LOOKUPS]
+
+
 def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     try:
-        return symbolic_capture(model), "symbolic"
+        gm = symbolic_capture(model)
     except Exception as exc:  # tracing failures come as many exception types
         symbolic_error = exc
+    else:
+        calls = functional_lookups(gm)
+        if not calls:
+            return gm, "symbolic"
+        symbolic_error = CaptureError(
+            f"functional embedding lookups {calls} (e.g. F.embedding_bag on a parameter, as "
+            "quotient-remainder bags do), which symbolic tracing does not tie to a table",
+            "example_inputs, to capture them with torch.export (its aten ops name each table)",
+            ["pass example_inputs=(...) (one batch, batch size > 1) to dmt_fx.transform"])
+        if example_inputs is None:
+            raise symbolic_error
     where = _user_frame(symbolic_error)
     if example_inputs is None:
         raise CaptureError(

@@ -1,8 +1,8 @@
 """Building and checking tower plans against the analysed model and the topology.
 
 `build_plan` turns feature groups into a `TowerPlan` (loads, imbalances, fingerprint);
-`validate_plan` checks a user's plan (every feature once, tables whole, hosts in range,
-made for this model and topology).
+`validate_plan` checks a user's plan (every feature once, tables whole, composite embeddings
+whole, hosts in range, made for this model and topology).
 """
 
 from __future__ import annotations
@@ -95,9 +95,23 @@ def _check_tables(plan: TowerPlan, sites: ModelSites) -> None:
         for f in tower.features:
             where.setdefault(sites.feature(f).table, set()).add(tower.index)
     split = {t: sorted(ix) for t, ix in where.items() if len(ix) > 1}
+    _check_composites(plan, sites)
     if split:
         table, towers = next(iter(split.items()))
         sharing = [f.name for f in sites.features if f.table == table]
         raise PlanError(f"table {table!r} (features {sharing}) spread over towers {towers}",
                         "a table and all the features that share it in one tower",
                         [f"put {sharing} in the same tower"])
+
+
+def _check_composites(plan: TowerPlan, sites: ModelSites) -> None:
+    """The tables of one composite embedding (a quotient-remainder pair) share a tower."""
+    tower_of = plan.tower_of()
+    for unit, tables in sites.composites().items():
+        features = [f.name for f in sites.features if f.unit == unit]
+        towers = sorted({tower_of[f] for f in features})
+        if len(towers) > 1:
+            raise PlanError(f"composite embedding {unit!r} (tables {list(tables)}, features {features}) "
+                            f"spread over towers {towers}",
+                            "the tables of one composite embedding (e.g. a quotient-remainder pair) in one tower",
+                            [f"put {features} in the same tower"])

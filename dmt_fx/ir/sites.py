@@ -35,6 +35,9 @@ class Feature:
     weighted: bool
     site: str  # node name of the embedding site that looks it up
     key: str = ""  # the KJT key (TorchRec) or the module path (plain PyTorch)
+    # The composite embedding this lookup is one table of ("" when none): the module of a
+    # quotient-remainder bag, whose tables (one feature each) stay in one tower.
+    unit: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +79,14 @@ class ModelSites:
 
     def table(self, name: str) -> Table:
         return self._table_index[name]
+
+    def composites(self) -> dict[str, tuple[str, ...]]:
+        """Composite embeddings: unit -> its tables in lookup order (e.g. a QR pair)."""
+        units: dict[str, list[str]] = {}
+        for f in self.features:
+            if f.unit and f.table not in units.setdefault(f.unit, []):
+                units[f.unit].append(f.table)
+        return {u: tuple(t) for u, t in units.items()}
 
     # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
     @functools.cached_property

@@ -4,14 +4,16 @@
 torchrec_models.py: the models shipped in the installed torchrec, each also as a user's copy
 (its source file executed as another module); styles.py: small models written here, one
 per input style (batch dataclass, dict, one float tensor with id columns, attention, no
-dense input)."""
+dense input); composite.py: the reference DLRM's quotient-remainder (both combine modes)
+and mixed-dimension bags."""
 
 from __future__ import annotations
 
+from tests.corpus.composite import COMPOSITE_ENTRIES
 from tests.corpus.entry import Entry
 from tests.corpus.styles import STYLE_ENTRIES
 from tests.corpus.torchrec_models import TORCHREC_ENTRIES
 
-CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES
+CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES
 
 __all__ = ["CORPUS", "Entry"]

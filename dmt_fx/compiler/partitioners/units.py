@@ -1,6 +1,7 @@
 """What every partitioner shares: units, their load shares, the balance bound and placements.
 
-Units are tables with every feature that shares them (a table never spans towers). Each
+Units are tables with every feature that shares them (a table never spans towers), joined
+with the other tables of their composite embedding (a quotient-remainder pair). Each
 unit has a lookup cost (pooling factor x dim x 4 bytes per sample) and a memory (rows x dim
 x dtype size), both taken as shares of the model's totals. The greedy placement puts each
 unit on the tower whose current load max(cost share, memory share) is smallest (ties:
@@ -18,10 +19,21 @@ from dmt_fx.ir.sites import ModelSites
 
 
 def table_units(sites: ModelSites) -> list[list[str]]:
-    """Features grouped by table, in model order."""
+    """Features grouped by table and by composite embedding (the tables of one
+    quotient-remainder bag stay together), in model order."""
+    parent: dict[str, str] = {}
+
+    def root(label: str) -> str:
+        while parent.setdefault(label, label) != label:
+            label = parent[label]
+        return label
+
+    for f in sites.features:  # a feature joins its table and its composite into one group
+        if f.unit:
+            parent[root(f"unit:{f.unit}")] = root(f"table:{f.table}")
     units: dict[str, list[str]] = {}
     for f in sites.features:
-        units.setdefault(f.table, []).append(f.name)
+        units.setdefault(root(f"table:{f.table}"), []).append(f.name)
     return list(units.values())
 
 
