@@ -377,3 +377,21 @@ def test_torchrec_tables_of_odd_dims_are_refused_too() -> None:
     with pytest.raises(DMTError) as info:
         check_distributable(gm)
     assert "(dim 2)" in info.value.found and "t_1" not in info.value.found, str(info.value)
+
+
+def test_models_one_after_another_in_one_process_group(tmp_path) -> None:
+    """`--variants` trains models one after the other in the SAME default group (no fresh
+    group per model, unlike `--cases`). The first model's plan leaves host 1 without tables:
+    TorchRec's ShardingEnv builds a device mesh (a `new_group` counted on the default group),
+    so the lowering must build it on every rank, or the ranks disagree on the next group's
+    name and the second model hangs."""
+    topology, out = "2x1", str(tmp_path / "variants")
+    plan = {"topology": topology, "towers": [{"host": 0, "features": ["recent", "item"]}]}
+    args = ["--target", f"{ROOT}/examples/plain_mixed.py:build_small", "--topology", topology,
+            "--variants", "dmt,dmt-identity", "--steps", "2", "--batch-size", str(B), "--lr", str(LR),
+            "--out", out, "--timeout-s", "30", "--plan", json.dumps(plan)]
+    result = launch(Topology.parse(topology), args, out, deadline_s=240, grace_s=30)
+    assert result.ok, result.log_tail(40)
+    for variant in ("dmt", "dmt-identity"):
+        losses = [json.load(open(os.path.join(out, variant, f"rank{r}.json")))["losses"] for r in range(2)]
+        assert losses[0] and all(loss == loss for loss in losses[0]), losses  # trained, finite

@@ -96,6 +96,11 @@ class _Lowering:
         # id of a sharded lookup -> (the lookup, its table names -> the original tables' module paths)
         self.sharded: dict[int, tuple[nn.Module, dict[str, str]]] = {}
         self.fused: list[tuple[str, KeyedOptimizer]] = []
+        # One sharding environment, made on EVERY rank: TorchRec's ShardingEnv builds a device
+        # mesh, whose `new_group` call counts on the default group. Made per sharded collection,
+        # only the ranks of hosts with tables would count it, the ranks would then disagree on
+        # the names of later groups, and the next model in this process group would hang.
+        self.env = ShardingEnv.from_process_group(groups.of(GroupKind.INTRA_HOST))
 
     def run(self) -> Lowered:
         sites = [s for s in self.result.sites.sites if s.kind == "torchrec_ebc"]
@@ -135,8 +140,7 @@ class _Lowering:
         plan = host_sharding_plan(host_ebc, self.sharding, self.result.topology, self.me.host, sharder)
         # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
         # (its state_dict re-prefixes every key of a shared destination).
-        lookup = sharder.shard(host_ebc, plan, ShardingEnv.from_process_group(self.groups.of(GroupKind.INTRA_HOST)),
-                               runtime_device())
+        lookup = sharder.shard(host_ebc, plan, self.env, runtime_device())
         copy_into_shards(lookup.state_dict(), weights)
         self.fused.append((f"collection_{index}", lookup.fused_optimizer))
         return lookup
