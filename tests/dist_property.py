@@ -102,54 +102,67 @@ def plans(draw, spec: TorchRecSpec | PlainSpec, topology: str) -> dict[str, Any]
     return {"topology": topology, "towers": [{"host": h, "features": f} for h, f in sorted(per_host.items())]}
 
 
-def mixed_weights(spec: PlainSpec) -> bool:
-    """A table read both with and without per_sample_weights."""
-    return any(len({w for t, w in zip(spec.feature_table, spec.feature_weighted) if t == table}) > 1
-               for table in set(spec.feature_table))
-
-
-def distributable(spec: TorchRecSpec | PlainSpec, topology: str) -> bool:
-    """Whether `distribute` accepts the model (plain lookups only once the runtime lowers them)."""
-    if isinstance(spec, PlainSpec) and mixed_weights(spec):
-        return False  # distribute refuses it (runtime/plain.py), though check_distributable does not yet
+def refusal(spec: TorchRecSpec | PlainSpec, topology: str) -> DMTError | None:
+    """Why `distribute` would refuse the model (check_distributable, no process group), or None."""
     model, inputs = build_from(spec)
     try:
         check_distributable(dmt_fx.transform(model, topology, example_inputs=inputs))
-    except DMTError:
-        return False
-    return True
+    except DMTError as error:
+        return error
+    return None
 
 
 def widen(spec: TorchRecSpec | PlainSpec) -> TorchRecSpec | PlainSpec:
-    """Dims 2 -> 4: TorchRec's sharded tables need dims divisible by 4 (FBGEMM asserts it at
-    `distribute`), while transform and single-process runs take any dim."""
+    """Dims rounded up to a multiple of 4, which TorchRec's sharded tables need (FBGEMM)."""
+    def up(dim: int) -> int:
+        return -(-dim // 4) * 4
+
     if isinstance(spec, PlainSpec):
-        return dataclasses.replace(spec, tables=tuple(dataclasses.replace(t, dim=max(t.dim, 4)) for t in spec.tables))
+        return dataclasses.replace(spec, tables=tuple(dataclasses.replace(t, dim=up(t.dim)) for t in spec.tables))
     return dataclasses.replace(spec, collections=tuple(
-        dataclasses.replace(c, tables=tuple(dataclasses.replace(t, dim=max(t.dim, 4)) for t in c.tables))
+        dataclasses.replace(c, tables=tuple(dataclasses.replace(t, dim=up(t.dim)) for t in c.tables))
         for c in spec.collections))
+
+
+def accepted(spec: TorchRecSpec | PlainSpec, topology: str, counts: dict[str, int]) -> TorchRecSpec | PlainSpec | None:
+    """`spec` if check_distributable accepts it; else the refusal is counted (by reason) and,
+    where the dims were the reason, the spec with dims widened to multiples of 4 is tried."""
+    kind = "plain" if isinstance(spec, PlainSpec) else "torchrec"
+    for attempt in (spec, widen(spec)):
+        error = refusal(attempt, topology)
+        if error is None:
+            return attempt
+        reason = "dim" if "multiple of 4" in error.found else "weights" if "per_sample_weights" in error.found \
+            else error.found
+        # A widened spec is never refused for its dims: the check names exactly the odd ones.
+        assert attempt is spec or reason != "dim", str(error)
+        counts[f"{kind} refused ({reason})"] = counts.get(f"{kind} refused ({reason})", 0) + 1
+        if reason != "dim":
+            return None
+    return None
 
 
 @st.composite
 def cases(draw, topology: str, name: str, folder: str, counts: dict[str, int]) -> Case:
-    """A generated model (TorchRec or, when distributable, plain) with a random plan, as a Case."""
-    spec: TorchRecSpec | PlainSpec
+    """A generated model (TorchRec or plain, with the dims drawn) with a random plan, as a
+    Case; a model check_distributable refuses is counted, then widened or redrawn."""
+    spec: TorchRecSpec | PlainSpec | None = None
     if draw(st.booleans()):
-        spec = widen(draw(plain_specs(max_features=MAX_FEATURES)))
-        if distributable(spec, topology):
-            counts["plain"] = counts.get("plain", 0) + 1
-        else:
-            counts["plain refused"] = counts.get("plain refused", 0) + 1
-            spec = widen(draw(torchrec_specs(max_features=MAX_FEATURES)))
-    else:
-        spec = widen(draw(torchrec_specs(max_features=MAX_FEATURES)))
-    if isinstance(spec, TorchRecSpec):
-        counts["torchrec"] = counts.get("torchrec", 0) + 1
+        spec = accepted(draw(plain_specs(max_features=MAX_FEATURES)), topology, counts)
+    while spec is None:  # TorchRec specs are refused for their dims only: widened, accepted
+        spec = accepted(draw(torchrec_specs(max_features=MAX_FEATURES)), topology, counts)
+    kind = "plain" if isinstance(spec, PlainSpec) else "torchrec"
+    counts[kind] = counts.get(kind, 0) + 1
+    return spec_case(spec, topology, name, folder, draw(plans(spec, topology)))
+
+
+def spec_case(spec: TorchRecSpec | PlainSpec, topology: str, name: str, folder: str, plan: dict[str, Any]) -> Case:
+    """`spec` as a Case whose TARGET file the ranks import."""
     path = os.path.join(folder, f"{name}.py")  # the file's stem names its module on the ranks: unique
     with open(path, "w") as handle:
         handle.write(TARGET_TEMPLATE.format(root=ROOT, spec=spec))
     return Case(name, f"{path}:build", lambda: build_from(spec)[0], lambda b, s: inputs_from(spec, b, s),
-                draw(plans(spec, topology)), batch_size=spec.batch_size)
+                plan, batch_size=spec.batch_size)
 
 
 def draw_cases(topology: str, examples: int, folder: str, counts: dict[str, int]) -> list[Case]:
