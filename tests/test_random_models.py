@@ -7,7 +7,8 @@ table are in one tower; there are min(num_hosts, num_tables) towers.
 
 Example counts come from the Hypothesis profile (tests/conftest.py: 200 in CI,
 DMT_HYPOTHESIS_EXAMPLES overrides). The plain-PyTorch family goes through torch.export
-(~0.5 s per example), so it runs a fifth of that.
+(~0.5 s per example), so it runs a fifth of that. The input styles of issue 11
+(tests/random_styles.py) run a tenth in CI and at least 2,000 with -m slow.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import collections
 import copy
 
+import pytest
 import torch
 from hypothesis import event, given, note, settings
 
@@ -31,6 +33,7 @@ from tests.random_models import (
     plain_specs,
     torchrec_specs,
 )
+from tests.random_styles import StyleSpec, build_style_model, make_style_inputs, style_specs
 
 PLAIN_EXAMPLES = max(1, settings.default.max_examples // 5)
 
@@ -162,3 +165,41 @@ def test_key_looked_up_in_two_tables() -> None:
     _check_equivalence(ref, gm, x)
     towers = [gm.get_submodule(f"dmt_towers.tower_{t.index}.ebc") for t in plan.towers]
     assert sorted(n for t in towers for n in t.embedding_bags) == ["t0", "t1"]
+
+
+# ---------------------------------------------------------------- input styles (issue 11)
+
+STYLE_EXAMPLES = max(1, settings.default.max_examples // 10)
+SOAK_EXAMPLES = max(2000, settings.default.max_examples)
+
+
+def _check_style(spec: StyleSpec) -> None:
+    """Transform succeeds (no exception at all: every style is valid), outputs and gradients
+    are bitwise equal on a fresh batch, every table is in one tower and QR pairs share one."""
+    model = build_style_model(spec)
+    ref = copy.deepcopy(model)
+    gm = dmt_fx.transform(model, spec.topology, example_inputs=make_style_inputs(spec, 4, spec.seed))
+    event(f"style {spec.style}{'' if spec.has_dense else ', no dense input'}")
+    event(f"route {dmt_fx.dmt_result(gm).route}")
+    _check_equivalence(ref, gm, make_style_inputs(spec, spec.batch_size, spec.seed + 1))
+    result = dmt_fx.dmt_result(gm)
+    assert len(result.sites.tables) == spec.num_tables, "a physical table is missing from the analysis"
+    tower_of = result.plan.tower_of()
+    for f in result.sites.features:
+        partners = [g.name for g in result.sites.features if g.table == f.table or (f.unit and g.unit == f.unit)]
+        assert len({tower_of[g] for g in partners}) == 1, f"{f.name}'s table or composite spans towers"
+    assert len(result.plan.towers) == min(spec.num_hosts, len(spec.rows))
+
+
+@settings(max_examples=STYLE_EXAMPLES)
+@given(spec=style_specs())
+def test_random_style_model(spec: StyleSpec) -> None:
+    _check_style(spec)
+
+
+@pytest.mark.slow
+@settings(max_examples=SOAK_EXAMPLES)
+@given(spec=style_specs())
+def test_random_style_model_soak(spec: StyleSpec) -> None:
+    """Opt-in (-m slow): at least 2,000 examples of the styles."""
+    _check_style(spec)

@@ -21,6 +21,7 @@ calls them is captured again by torch.export, whose aten ops name each table's p
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import traceback
 import warnings
 from typing import Any
@@ -94,11 +95,21 @@ def _dynamic_shapes(value: Any) -> Any:
     return None
 
 
+def _by_signature(model: nn.Module, dynamic: tuple) -> tuple:
+    """torch.export matches dynamic shapes to forward()'s parameters: a `*args` parameter
+    takes one entry, the tuple of the shapes of the arguments it collects."""
+    kinds = [p.kind for p in inspect.signature(model.forward).parameters.values()]
+    if inspect.Parameter.VAR_POSITIONAL not in kinds:
+        return dynamic
+    fixed = kinds.index(inspect.Parameter.VAR_POSITIONAL)
+    return (*dynamic[:fixed], tuple(dynamic[fixed:]))
+
+
 def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
     register_batch_dataclasses(example_inputs)
     # Every tensor dimension AUTO: batch and bag sizes stay symbolic, while dimensions
     # the model fixes (feature counts, embedding dims) are specialised without error.
-    dynamic = _dynamic_shapes(tuple(example_inputs))
+    dynamic = _by_signature(model, _dynamic_shapes(tuple(example_inputs)))
     program = torch.export.export(model, tuple(example_inputs), strict=False, dynamic_shapes=dynamic)
     gm = program.module()
     _share_parameters(model, gm)

@@ -1,0 +1,117 @@
+"""Random models in the input styles real code uses (issue 11), for property tests.
+
+`StyleSpec` draws one of: a batch dataclass, a dict, one float tensor holding dense values
+and id columns, id-only fields (a LongTensor [B, F], no dense input), quotient-remainder
+bags combined by multiply or concatenation (functional lookups: the export route), and
+multi-head attention over the embeddings; the dataclass, dict and attention styles with or
+without a dense input. Each field has its own table (nn.Embedding on one id column, or a
+QR pair); fields share one dim so attention can stack them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn as nn
+from hypothesis import strategies as st
+
+from tests.corpus.composite import QREmbeddingBag
+from tests.random_models import set_seed_params
+
+STYLES = ("dataclass", "dict", "float_columns", "ids_only", "qr_mult", "qr_concat", "attention")
+DENSE_IN = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleSpec:
+    style: str
+    rows: tuple[int, ...]  # per field
+    dim: int
+    has_dense: bool
+    num_hosts: int
+    local_world_size: int
+    batch_size: int
+    seed: int
+
+    @property
+    def topology(self) -> str:
+        return f"{self.num_hosts}x{self.local_world_size}"
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.rows) * (2 if self.style.startswith("qr") else 1)
+
+
+@st.composite
+def style_specs(draw: Any) -> StyleSpec:
+    style = draw(st.sampled_from(STYLES))
+    fields = draw(st.integers(1, 6))
+    has_dense = style in ("float_columns", "qr_mult", "qr_concat") or (
+        style in ("dataclass", "dict", "attention") and draw(st.booleans()))
+    return StyleSpec(style, tuple(draw(st.integers(1, 30)) for _ in range(fields)), draw(st.sampled_from([2, 4, 8])),
+                     has_dense, draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(2, 6)),
+                     draw(st.integers(0, 2**16)))
+
+
+@dataclasses.dataclass
+class StyleBatch:
+    ids: torch.Tensor
+    dense: torch.Tensor | None
+
+
+class StyleModel(nn.Module):
+    def __init__(self, spec: StyleSpec) -> None:
+        super().__init__()
+        self.style, self.has_dense, self.num_fields = spec.style, spec.has_dense, len(spec.rows)
+        if spec.style.startswith("qr"):
+            operation = spec.style[3:]
+            self.fields = nn.ModuleList(QREmbeddingBag(n, spec.dim, 3, operation=operation) for n in spec.rows)
+        else:
+            self.fields = nn.ModuleList(nn.Embedding(n, spec.dim) for n in spec.rows)
+        width = spec.dim * (2 if spec.style == "qr_concat" else 1)
+        self.bottom = nn.Linear(DENSE_IN, width) if spec.has_dense else None
+        self.attention = nn.MultiheadAttention(width, 1, batch_first=True) if spec.style == "attention" else None
+        self.top = nn.Linear(width * (self.num_fields + int(spec.has_dense)), 1)
+
+    def combine(self, ids: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+        if self.style.startswith("qr"):
+            embedded = [bag(ids[:, i:i + 1]) for i, bag in enumerate(self.fields)]
+        else:
+            embedded = [emb(ids[:, i]) for i, emb in enumerate(self.fields)]
+        tokens = ([self.bottom(dense)] if self.bottom is not None else []) + embedded
+        if self.attention is None:
+            return self.top(torch.cat(tokens, dim=1))
+        stacked = torch.stack(tokens, dim=1)
+        attended, _ = self.attention(stacked, stacked, stacked)
+        return self.top((attended + stacked).flatten(1))
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        if self.style == "dataclass":
+            return self.combine(args[0].ids, args[0].dense)
+        if self.style == "dict":
+            return self.combine(args[0]["ids"], args[0]["dense"] if self.has_dense else None)
+        if self.style == "float_columns":
+            return self.combine(args[0][:, DENSE_IN:].long(), args[0][:, :DENSE_IN])
+        return self.combine(args[0], args[1] if self.has_dense else None)
+
+
+def build_style_model(spec: StyleSpec) -> nn.Module:
+    torch.manual_seed(spec.seed)
+    model = StyleModel(spec)
+    set_seed_params(model, spec.seed)
+    return model
+
+
+def make_style_inputs(spec: StyleSpec, batch_size: int, seed: int) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for n in spec.rows], dim=1)
+    dense = torch.rand(batch_size, DENSE_IN, generator=g) if spec.has_dense else None
+    if spec.style == "dataclass":
+        return (StyleBatch(ids, dense),)
+    if spec.style == "dict":
+        return ({"ids": ids, **({"dense": dense} if dense is not None else {})},)
+    if spec.style == "float_columns":
+        return (torch.cat([dense, ids.float()], dim=1),)
+    return (ids,) if dense is None else (ids, dense)
