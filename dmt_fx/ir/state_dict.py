@@ -24,11 +24,13 @@ class KeyRenamer:
         self.order = {k: i for i, k in enumerate(order)}
 
     def rename(self, key: str, prefix: str) -> str:
-        """The longest mapped module path wins (a tower module maps with its children)."""
+        """The longest mapped path wins: a whole key (a table that is one parameter of a module
+        holding several, e.g. a quotient-remainder bag's `weight_q`), else a module path (a
+        tower module maps with its children)."""
         if not key.startswith(prefix):
             return key
         parts = key[len(prefix):].split(".")
-        for cut in range(len(parts) - 1, 0, -1):
+        for cut in range(len(parts), 0, -1):
             path = ".".join(parts[:cut])
             if path in self.table:
                 return prefix + ".".join([self.table[path], *parts[cut:]])

@@ -153,7 +153,9 @@ class _Lowering:
         mine, lookup = per_host[self.me.host], None
         if mine:
             lookup = self.shard(index, host_collection(mine), original_weights(self.gm, mine))
-            self.sharded[id(lookup)] = (lookup, {table_attr(lk.table): lk.table for lk in mine})
+            # Whole keys: the original weight's name, which for a module with several tables is
+            # not `<module>.weight`.
+            self.sharded[id(lookup)] = (lookup, {f"{table_attr(lk.table)}.weight": lk.param for lk in mine})
         group_kind = one_group({lk.exchange for lk in group})
         return HostLookup(slices, lookup, self.groups.of(group_kind), self.me)
 

@@ -1,0 +1,33 @@
+"""Composite embeddings on a real world (issue 12 item 1, the forms the capture work adds): a
+quotient-remainder bag (two physical tables per feature, combined by multiply or concatenation)
+and mixed-dimension bags (a projection after the lookup), trained on 2x2 equal to single-process
+training of the original: every step's outputs and the final parameters within 1e-5."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dmt_fx import Topology
+from tests import dist_composite
+from tests.corpus.composite import CompositeDLRM, make_inputs
+from tests.dist_cases import Case, check_case, run_cases
+
+TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_composite.py")
+STEPS = 5
+CASES = [
+    Case("qr-mult", f"{TARGET}:qr_mult", lambda: CompositeDLRM(dist_composite.SEED, "qr", "mult"), make_inputs),
+    Case("qr-concat", f"{TARGET}:qr_concat", lambda: CompositeDLRM(dist_composite.SEED, "qr", "concat"), make_inputs),
+    Case("mixed-dims", f"{TARGET}:mixed_dims", lambda: CompositeDLRM(dist_composite.SEED, "md"), make_inputs),
+]
+
+
+@pytest.mark.parametrize("topology", ["2x2"])
+def test_composite_embeddings_train_equal_to_single_process(tmp_path, topology: str) -> None:
+    world = Topology.parse(topology).world_size
+    result = run_cases(tmp_path, topology, CASES, steps=STEPS)
+    assert result.ok, result.log_tail(60)
+    for case in CASES:
+        out_diff, param_diff = check_case(result, case, world, STEPS)
+        print(f"{topology} {case.name}: max |output diff| {out_diff:.3g}, max |param diff| {param_diff:.3g}")
