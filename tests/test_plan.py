@@ -79,7 +79,9 @@ def test_plan_errors(tmp_path) -> None:
     _bad(model, inputs, {"tower": []}, "cannot be read")
     _bad(model, inputs, "{not json", "invalid JSON")
     _bad(model, inputs, str(tmp_path / "missing.json"), "cannot be read")
-    other_topology = TowerPlan.from_dict({**plan.to_dict(), "fingerprint": plan.fingerprint.replace("2x2", "2x4")})
+    # what `dmt-fx plan --topology 2x4` writes: the plan's topology and its fingerprint say 2x4
+    other_topology = TowerPlan.from_dict({**plan.to_dict(), "topology": "2x4",
+                                          "fingerprint": plan.fingerprint.replace("2x2", "2x4")})
     _bad(model, inputs, other_topology, "made for topology")
     other_model = TowerPlan.from_dict({**plan.to_dict(), "fingerprint": "0" * 16 + "-2x2"})
     _bad(model, inputs, other_model, "made for another model")
