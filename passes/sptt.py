@@ -3,16 +3,21 @@
 Algorithm:
   1. For each tower, gather the id inputs of its features: for a TorchRec collection a
      `select_features` node (the tower's keys of the KJT), for a plain lookup its tensor
-     inputs (indices, offsets, per-sample weights).
+     inputs (indices, offsets, per-sample weights), for a field of a joint table its id
+     column minus the field's row offset.
   2. One `peer_input_exchange` per tower over all those inputs (cross-host group).
   3. Tower lookups on the exchanged ids (intra-host): a tower EmbeddingBagCollection that
-     holds the *original* table modules (no copies), or a copy of the plain lookup node.
+     holds the *original* table modules (no copies), or a copy of the plain lookup node, or
+     per field of a joint table `aten.embedding` on the field's rows of the original weight
+     (a `narrow` view: the same parameter, one checkpoint key).
   4. One `peer_output_exchange` per tower over the tower's lookup outputs.
   5. Rewire the users: a plain lookup's users read the exchanged output; a collection's
-     users read `merge_keyed_tensors` of its towers' parts, in the original key order.
+     users read `merge_keyed_tensors` of its towers' parts, in the original key order; a
+     joint table's users read its fields' outputs stacked in field order.
   6. Erase the original lookups and restore a topological order.
 Preserves numerics: in one process both exchanges are the identity, lookups read the same
-tables with the same ids, and merging only slices and concatenates.
+tables with the same ids, and merging only slices and concatenates (a joint field reads row
+o + i of the weight as row i of its view: the same row; its gradient lands on the same row).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import logging
 import operator
 
+import torch
 import torch.fx as fx
 
+from dmt_fx.compiler.joint import ids_of
 from dmt_fx.ir import ops
 from dmt_fx.ir.collections import sub_collection
 from dmt_fx.ir.graph import stable_toposort, tag
@@ -31,6 +38,8 @@ from dmt_fx.ir.sites import EmbeddingSite, ModelSites
 
 log = logging.getLogger(__name__)
 PASS = "sptt"
+SELECT_FIELD = "select_field"  # role of a joint field's local ids (its column minus its row offset)
+FIELD_ROWS = "field_rows"  # role of the view of a joint field's rows of the weight
 
 
 def _id_inputs(node: fx.Node) -> list[fx.Node]:
@@ -73,6 +82,8 @@ class _Rewriter:
                 kjt = node.args[0] if node.args else node.kwargs["features"]
                 ids = [self._call(ops.select_features, (kjt, keys), Role.SELECT_FEATURES, tower)]
                 ids[0].meta["dmt"]["origin"] = site.node
+            elif self.is_joint(site):
+                ids = [self.field_ids(node, self.sites.feature(f).field, f, tower) for f in features]
             else:
                 ids = _id_inputs(node)
             slots.append((len(inputs), len(ids)))
@@ -82,13 +93,44 @@ class _Rewriter:
                               self._collective_kwargs(tower))
         received = [self._call(operator.getitem, (exchange, i), Role.RECEIVED_IDS, tower) for i in range(len(inputs))]
         # Step 3
-        lookups = [self.lookup(site, features, received[s:s + n], tower)
-                   for (site, features), (s, n) in zip(entries, slots)]
+        lookups = [(site, out) for (site, features), (s, n) in zip(entries, slots)
+                   for out in self.lookups(site, features, received[s:s + n], tower)]
         # Step 4
-        back = self._call(ops.peer_output_exchange, (tuple(lookups),), Role.PEER_OUTPUT_EXCHANGE, tower,
-                          self._collective_kwargs(tower))
-        for i, (site, _) in enumerate(entries):
-            self.parts[site.node].append(self._call(operator.getitem, (back, i), Role.RECEIVED_EMBEDDINGS, tower))
+        back = self._call(ops.peer_output_exchange, (tuple(out for _, out in lookups),), Role.PEER_OUTPUT_EXCHANGE,
+                          tower, self._collective_kwargs(tower))
+        for i, (site, out) in enumerate(lookups):
+            part = self._call(operator.getitem, (back, i), Role.RECEIVED_EMBEDDINGS, tower)
+            self.parts[site.node].append(part)
+            if self.is_joint(site):
+                part.meta["dmt"]["features"] = out.meta["dmt"]["features"]
+
+    def is_joint(self, site: EmbeddingSite) -> bool:
+        return self.sites.feature(site.features[0]).field >= 0
+
+    def field_ids(self, node: fx.Node, field: int, feature: str, tower: Tower) -> fx.Node:
+        """Step 1 for a joint field: its ids column minus its row offset (local row ids)."""
+        ids = ids_of(node)
+        offset = self.sites.table(self.sites.feature(feature).table).row_offset
+        column = self._call(torch.select, (ids, -1, field), SELECT_FIELD, tower)
+        local = self._call(operator.sub, (column, offset), SELECT_FIELD, tower)
+        for n in (column, local):
+            n.meta["dmt"].update(origin=node.name, features=(feature,))
+        return local
+
+    def lookups(self, site: EmbeddingSite, features: list[str], ids: list[fx.Node], tower: Tower) -> list[fx.Node]:
+        """Step 3: the tower's lookups of one site (one per field of a joint table)."""
+        if not self.is_joint(site):
+            return [self.lookup(site, features, ids, tower)]
+        return [self.field_lookup(site, f, i, tower) for f, i in zip(features, ids)]
+
+    def field_lookup(self, site: EmbeddingSite, feature: str, ids: fx.Node, tower: Tower) -> fx.Node:
+        """One field of a joint table: aten.embedding on a view of the field's rows."""
+        table = self.sites.table(self.sites.feature(feature).table)
+        weight = tag(self.graph.get_attr(table.param), PASS, FIELD_ROWS, tower=tower.index, host=tower.host)
+        rows = self._call(torch.narrow, (weight, 0, table.row_offset, table.num_embeddings), FIELD_ROWS, tower)
+        new = self.graph.call_function(torch.ops.aten.embedding.default, (rows, ids))
+        return tag(new, PASS, Role.TOWER_LOOKUP, tower=tower.index, host=tower.host, origin=site.node,
+                   features=(feature,))
 
     def lookup(self, site: EmbeddingSite, features: list[str], ids: list[fx.Node], tower: Tower) -> fx.Node:
         node = self.nodes[site.node]
@@ -120,6 +162,12 @@ class _Rewriter:
             merged = self.graph.call_function(ops.merge_keyed_tensors, (tuple(parts), keys))
             tag(merged, PASS, Role.MERGE, origin=site.node)
             self.nodes[site.node].replace_all_uses_with(merged)
+        elif self.is_joint(site):  # the fields' [..., D] outputs back as the [..., F, D] the lookup returned
+            field = {f: self.sites.feature(f).field for f in site.features}
+            ordered = sorted(parts, key=lambda p: field[p.meta["dmt"]["features"][0]])
+            merged = tag(self.graph.call_function(torch.stack, (tuple(ordered), -2)), PASS, Role.MERGE,
+                         origin=site.node)
+            self.nodes[site.output].replace_all_uses_with(merged)
         else:
             self.nodes[site.output].replace_all_uses_with(parts[0])
 

@@ -54,7 +54,8 @@ def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
         ids = node.args[1] if node.op == "call_function" else (node.args[0] if node.args else node.kwargs["input"])
         if ids.target is __import__("operator").getitem and ids.args[0].target is ops.peer_input_exchange:
             ids = ids.args[0].args[0][ids.args[1]]
-        feature = sites.feature(site_of[node.meta["dmt"]["origin"]].features[0])
+        # a joint table's field lookups name their feature (each its own row range)
+        feature = sites.feature(node.meta["dmt"].get("features", site_of[node.meta["dmt"]["origin"]].features)[0])
         specs.append((ids.name, feature.name, sites.table(feature.table).num_embeddings))
         nodes.append(ids)
     return specs, nodes

@@ -79,7 +79,8 @@ def check_checkpoints(pristine: nn.Module, gm: nn.Module, inputs: tuple) -> None
     other = copy.deepcopy(pristine)
     with torch.no_grad():
         for p in other.parameters():
-            p.add_(torch.randn_like(p))
+            if p.is_floating_point():  # not a frozen integer parameter (joint offsets held as one)
+                p.add_(torch.randn_like(p))
     gm.load_state_dict(other.state_dict())  # original -> DMT
     with torch.no_grad():
         assert _max_diff(_float_leaves(other(*inputs)), _float_leaves(gm(*inputs))) == 0
@@ -109,9 +110,16 @@ def check_towers(model: nn.Module, gm: nn.Module) -> str:
     placed = [t for tables in per_tower for t in tables]
     assert len(placed) == len(set(placed)), f"a table in two towers: {placed}"
     assert set(placed) == {t.name for t in sites.tables}, "a table in no tower"
-    assert len(sites.tables) == len(physical_tables(model)), (
-        f"{len(physical_tables(model))} physical tables, {len(sites.tables)} in the analysis")
+    # a joint table split by field is one physical weight and one table per field
+    assert len({t.param for t in sites.tables}) == len(physical_tables(model)), (
+        f"{len(physical_tables(model))} physical tables, {len({t.param for t in sites.tables})} in the analysis")
     tower_of = plan.tower_of()
+    for name, fields in sites.joint_tables().items():  # the fields' row ranges cut the whole weight
+        weight = model.get_parameter(fields[0].param)
+        assert [t.row_offset for t in fields] == [0] + [t.row_offset + t.num_embeddings for t in fields[:-1]]
+        assert fields[-1].row_offset + fields[-1].num_embeddings == weight.shape[0], name
+    if sites.joint_tables():  # split by field, the towers balance: no tower is left empty
+        assert all(t.features for t in plan.towers), f"an empty tower: {plan}"
     for unit in sites.composites():  # the tables of a quotient-remainder bag share a tower
         assert len({tower_of[f.name] for f in sites.features if f.unit == unit}) == 1, f"{unit} split"
     for path in user_tower_paths(model):  # an author's EmbeddingTower stays whole (the default plan)
@@ -125,6 +133,8 @@ def check(entry: Entry, seed: int = 0) -> Row:
     pristine = copy.deepcopy(model)
     gm = dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs)
     towers = check_towers(model, gm)
+    warnings = dmt_fx.tower_plan(gm).warnings
+    assert any(entry.warns in w for w in warnings) if entry.warns else not warnings, warnings
     equivalence = check_equivalence(model, pristine, gm, inputs)
     check_checkpoints(pristine, gm, inputs)
     return Row(entry.name, entry.style, dmt_fx.dmt_result(gm).route, equivalence, towers)

@@ -7,6 +7,7 @@ objects, so a plan built from them survives copies of the graph.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import operator
 from typing import Iterable
 
@@ -16,6 +17,7 @@ import torch.nn as nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.interactions import match_interaction
+from dmt_fx.compiler.joint import JointOffsets, joint_offsets
 from dmt_fx.ir.errors import NoEmbeddingError, NoInteractionError
 from dmt_fx.ir.sites import NO_INTERACTION, EmbeddingSite, Feature, InteractionSite, ModelSites, Table
 
@@ -27,6 +29,7 @@ _EXPORT_BAG_OPS = {
 }
 _EXPORT_EMBEDDING_OPS = {torch.ops.aten.embedding.default}
 Found = tuple[EmbeddingSite, list[Feature], list[Table]]  # one lookup's site, its features and tables
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- embedding sites
@@ -117,10 +120,61 @@ def _plain_site(lk: _PlainLookup, composite: bool, taken: set[str], owners: dict
     return site, [feature], [table]
 
 
+def _joint_site(lk: _PlainLookup, offsets: tuple[int, ...], taken: set[str]) -> Found:
+    """A joint table split by field: one feature and one table (its row range) per field."""
+    base, k = lk.fqn, 1
+    while base in taken:
+        base, k = f"{lk.fqn}@{k}", k + 1
+    taken.add(base)
+    rows = lk.weight.shape[0]
+    ends = offsets[1:] + (rows,)
+    dim, size = lk.weight.shape[1], lk.weight.element_size()
+    tables = [Table(f"{lk.fqn}[{i}]", lk.param, end - start, dim, size, start, lk.fqn)
+              for i, (start, end) in enumerate(zip(offsets, ends))]
+    features = [Feature(f"{base}[{i}]", t.name, dim, lk.pooling, False, lk.node.name, lk.fqn, "", i)
+                for i, t in enumerate(tables)]
+    site = EmbeddingSite(lk.node.name, lk.kind, lk.fqn, tuple(f.name for f in features), lk.output.name)
+    return site, features, tables
+
+
+def _lookup_options(gm: fx.GraphModule, lk: _PlainLookup) -> list[str]:
+    """Options of an nn.Embedding lookup that a per-field row range would not keep."""
+    if lk.node.op == "call_module":
+        m = gm.get_submodule(lk.node.target)
+        found = {"padding_idx": m.padding_idx is not None, "max_norm": m.max_norm is not None,
+                 "scale_grad_by_freq": m.scale_grad_by_freq, "sparse": m.sparse}
+    else:
+        args = list(lk.node.args) + [None] * 5
+        found = {"padding_idx": args[2] not in (None, -1), "scale_grad_by_freq": bool(args[3]),
+                 "sparse": bool(args[4])}
+    return [name for name, on in found.items() if on]
+
+
+def _joint_verdict(gm: fx.GraphModule, lk: _PlainLookup, readers: int) -> JointOffsets | None:
+    """Whether an nn.Embedding lookup is a joint table that splits by field, or why not."""
+    if lk.kind != "embedding":
+        return None
+    verdict = joint_offsets(gm, lk.node, lk.weight.shape[0])
+    if verdict is None or not verdict.splits:
+        return verdict
+    options = _lookup_options(gm, lk)
+    if options:
+        return JointOffsets(reason=f"it is built with {', '.join(options)}, which a per-field row range "
+                                   "would not keep")
+    if readers > 1:
+        return JointOffsets(reason=f"its weight is read by {readers} lookups (a split needs one)")
+    return verdict
+
+
+def _joint_warning(lk: _PlainLookup, reason: str) -> str:
+    return f"joint table {lk.fqn!r} stays whole (one tower): {reason}"
+
+
 def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...], tuple[Feature, ...],
-                                                        tuple[Table, ...]]:
-    """All embedding lookups in graph order: (sites, features, tables). Every physical table
-    appears once, also the second table of a composite (quotient-remainder) embedding."""
+                                                        tuple[Table, ...], tuple[str, ...]]:
+    """All embedding lookups in graph order: (sites, features, tables, warnings). Every
+    physical table appears once, also the second table of a composite (quotient-remainder)
+    embedding; a joint table with constant per-field offsets appears as one table per field."""
     found_or_lookups: list[Found | _PlainLookup] = []
     taken: set[str] = set()
     for node in gm.graph.nodes:
@@ -130,10 +184,20 @@ def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...],
                 found_or_lookups.append(found)
         elif node.op == "call_function" and node.target in _EXPORT_BAG_OPS | _EXPORT_EMBEDDING_OPS:
             found_or_lookups.append(_export_site(gm, node))
-    composite = _composite_modules([x for x in found_or_lookups if isinstance(x, _PlainLookup)])
-    sites, features, tables, owners = [], [], [], {}
+    plain = [x for x in found_or_lookups if isinstance(x, _PlainLookup)]
+    composite = _composite_modules(plain)
+    readers = [id(lk.weight) for lk in plain]
+    sites, features, tables, owners, warnings = [], [], [], {}, []
     for item in found_or_lookups:
-        found = _plain_site(item, item.fqn in composite, taken, owners) if isinstance(item, _PlainLookup) else item
+        if isinstance(item, _PlainLookup):
+            verdict = _joint_verdict(gm, item, readers.count(id(item.weight)))
+            if verdict is not None and not verdict.splits:
+                warnings.append(_joint_warning(item, verdict.reason))
+                log.warning("analysis: %s", warnings[-1])
+            found = (_joint_site(item, verdict.offsets, taken) if verdict is not None and verdict.splits
+                     else _plain_site(item, item.fqn in composite, taken, owners))
+        else:
+            found = item
         sites.append(found[0])
         features += found[1]
         tables += [t for t in found[2] if t.name not in {x.name for x in tables}]
@@ -143,7 +207,7 @@ def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...],
             "at least one EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding called in forward()",
             ["check that forward() performs the embedding lookups (modules defined but never called are ignored)"],
         )
-    return tuple(sites), tuple(features), tuple(tables)
+    return tuple(sites), tuple(features), tuple(tables), tuple(warnings)
 
 
 # ---------------------------------------------------------------- interaction site
@@ -245,8 +309,8 @@ def require_interaction(sites: ModelSites, why: str) -> None:
 
 
 def analyze(gm: fx.GraphModule, route: str) -> ModelSites:
-    sites, features, tables = find_embedding_sites(gm)
+    sites, features, tables, warnings = find_embedding_sites(gm)
     interaction = find_interaction(gm, sites)
     dense = _dense_placeholders(gm, {s.node for s in sites})
     return ModelSites(route, sites, features, tables, interaction,
-                      tuple(n.name for n in gm.graph.nodes if n.name in dense))
+                      tuple(n.name for n in gm.graph.nodes if n.name in dense), warnings)

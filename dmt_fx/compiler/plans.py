@@ -40,7 +40,7 @@ def build_plan(groups: list[list[str]], sites: ModelSites, topology: Topology, p
                    for i, (g, h, (cost, mem, tables)) in enumerate(zip(groups, hosts, loads)))
     return TowerPlan(towers, str(topology), plan_fingerprint(sites, topology), partitioner,
                      round(imbalance([l[0] for l in loads]), 4), round(imbalance([l[1] for l in loads]), 4),
-                     balance_bound)
+                     balance_bound, warnings=sites.warnings)
 
 
 def plan_fingerprint(sites: ModelSites, topology: Topology) -> str:

@@ -36,6 +36,9 @@ class TowerPlan:
     memory_imbalance: float = 1.0
     balance_bound: float = float("inf")  # the partitioner guarantees both imbalances <= this
     changes_model: bool = False  # True once a compressing tower module is inserted
+    # What the analysis could not do for this model and why (e.g. a joint table whose offsets
+    # are not constants stays whole, in one tower): shown by `dmt-fx plan`.
+    warnings: tuple[str, ...] = ()
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -53,6 +56,7 @@ class TowerPlan:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.append(f"topology {self.topology}, partitioner {self.partitioner}, lookup imbalance "
                      f"{self.lookup_imbalance:g}, memory imbalance {self.memory_imbalance:g} (bound {self.balance_bound:g})")
+        lines += [f"WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +83,7 @@ class TowerPlan:
                        str(data.get("partitioner", "user")), float(data.get("lookup_imbalance", 1.0)),
                        float(data.get("memory_imbalance", 1.0)),
                        float("inf") if bound is None else float(bound),
-                       bool(data.get("changes_model", False)))
+                       bool(data.get("changes_model", False)), tuple(str(w) for w in data.get("warnings", ())))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanError(
                 f"a plan that cannot be read ({type(exc).__name__}: {exc})",

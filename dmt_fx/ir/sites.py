@@ -20,6 +20,11 @@ class Table:
     num_embeddings: int
     embedding_dim: int
     dtype_bytes: int
+    # A field of a joint table (one weight for all fields, indexed with constant per-field
+    # offsets): its rows are [row_offset, row_offset + num_embeddings) of `param`, and `joint`
+    # names the whole table ("" for a table that is a whole weight).
+    row_offset: int = 0
+    joint: str = ""
 
     @property
     def memory_bytes(self) -> int:
@@ -38,6 +43,9 @@ class Feature:
     # The composite embedding this lookup is one table of ("" when none): the module of a
     # quotient-remainder bag, whose tables (one feature each) stay in one tower.
     unit: str = ""
+    # The column of the ids this feature reads, for a field of a joint table (-1 otherwise):
+    # its ids are ids[..., field] - the field's row offset.
+    field: int = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +81,9 @@ class ModelSites:
     tables: tuple[Table, ...]
     interaction: InteractionSite
     dense_inputs: tuple[str, ...] = ()  # placeholders carrying dense data (reaching the output without a lookup)
+    # What the analysis could not do and why, for the plan and the CLI (e.g. a joint table
+    # whose offsets are not constants stays whole).
+    warnings: tuple[str, ...] = ()
 
     def feature(self, name: str) -> Feature:
         return self._feature_index[name]
@@ -88,6 +99,14 @@ class ModelSites:
                 units[f.unit].append(f.table)
         return {u: tuple(t) for u, t in units.items()}
 
+    def joint_tables(self) -> dict[str, tuple[Table, ...]]:
+        """Joint tables split by field: the whole table -> its field tables in field order."""
+        joint: dict[str, list[Table]] = {}
+        for t in self.tables:
+            if t.joint:
+                joint.setdefault(t.joint, []).append(t)
+        return {name: tuple(sorted(ts, key=lambda t: t.row_offset)) for name, ts in joint.items()}
+
     # cached_property writes the instance __dict__ directly, so it works on a frozen dataclass.
     @functools.cached_property
     def _feature_index(self) -> dict[str, Feature]:
@@ -100,5 +119,6 @@ class ModelSites:
     def fingerprint(self) -> str:
         """Identifies the model's embedding layout (features, tables, sizes)."""
         parts = [f"{f.name}|{f.table}|{f.dim}|{f.pooling}|{f.weighted}" for f in self.features]
-        parts += [f"{t.name}|{t.num_embeddings}|{t.embedding_dim}" for t in self.tables]
+        parts += [f"{t.name}|{t.num_embeddings}|{t.embedding_dim}" + (f"|{t.row_offset}" if t.joint else "")
+                  for t in self.tables]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -16,3 +16,4 @@ class Entry:
     style: str
     build: Build
     xfail: str | None = None  # a precise reason, when the entry is known to fail
+    warns: str = ""  # a part of the plan warning the entry must give (e.g. why a joint table stays whole)
