@@ -13,8 +13,8 @@ the identity DMT model trained 3 steps next to the original on the GPU (losses c
 then step times of TorchRec's flat table-wise DMP against distributed DMT identity and c = 4.
 
 Each part records what ran, and where it failed the error and its traceback: nothing is
-hidden. Writes OUT/gpu_check.json. On a machine without CUDA it runs part 1 on the CPU
-(a dry run of the script itself) and skips part 2.
+hidden. Writes OUT/gpu_check.json. On a machine without CUDA both parts run on the CPU, part 2 on
+gloo: a dry run of the script itself.
 """
 
 from __future__ import annotations
@@ -150,17 +150,19 @@ def part2(device: torch.device, args: argparse.Namespace, record: dict[str, Any]
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args.port), RANK="0", WORLD_SIZE="1",
                       LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", rank=0, world_size=1)
+    backend = "nccl" if device.type == "cuda" else "gloo"  # gloo: the CPU dry run of this part
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=0, world_size=1)
     ran = record.setdefault("ran", [])
-    ran.append("nccl world of 1 rank")
+    ran.append(f"{backend} world of 1 rank")
     topology = Topology.parse("1x1")
     model, example = zoo.default_dlrm(0)
     original = copy.deepcopy(model).to(device)
     opt_ref = torch.optim.SGD(original.parameters(), lr=0.05)
     gm = dmt_fx.transform(copy.deepcopy(model), topology, example_inputs=example)
     dmt, opt = dmt_fx.distribute(gm, optimizer_class=torch.optim.SGD, optimizer_kwargs={"lr": 0.05})
-    ran.append("distribute (identity) on nccl")
+    ran.append(f"distribute (identity) on {backend}")
     losses = []
     for s in range(3):
         inputs = to_device(zoo.make_inputs(args.check_batch, s), device)
@@ -184,7 +186,7 @@ def part2(device: torch.device, args: argparse.Namespace, record: dict[str, Any]
             module, optimizer = dmt_fx.distribute(g, optimizer_class=torch.optim.SGD,
                                                   optimizer_kwargs={"lr": 0.05})
         variants[name] = step_fn(module, optimizer)
-        ran.append(f"built {name} on nccl")
+        ran.append(f"built {name} on {backend}")
     record["distributed_timing"] = {}
     for batch in args.batch_sizes:
         batches = [(to_device(zoo.make_inputs(batch, s), device), clicks(zoo.make_inputs(batch, s), s).to(device))
@@ -238,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             result["versions"][module] = f"import failed: {exc}"
     result["single_process"] = run_part("part 1 (single process)", part1, device, args)
-    if cuda:
-        result["nccl_world_of_one"] = run_part("part 2 (nccl world of one)", part2, device, args)
+    result["nccl_world_of_one" if cuda else "gloo_world_of_one"] = run_part("part 2 (world of one)", part2, device, args)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as handle:
         json.dump(result, handle, indent=1)
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1, default=str)[:6000])
