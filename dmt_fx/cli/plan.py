@@ -14,7 +14,7 @@ from rich.console import Console
 
 from dmt_fx.cli.options import add_transform_options, positive_int, transform_target
 from dmt_fx.cli.report import plan_report
-from dmt_fx.cli.tables import collectives_table, composites_table, console, towers_table
+from dmt_fx.cli.tables import collectives_table, console, plan_extras, towers_table
 from dmt_fx.ir.result import dmt_result
 
 
@@ -46,8 +46,8 @@ def render(out: Console, data: dict[str, Any], *, target: str, tower_module: str
         out.print(f"tower modules: {tower_module}, compression {compression} "
                   "(this changes the model: it must be trained)")
     out.print(towers_table(data["towers"]))
-    if data.get("composites"):
-        out.print(composites_table(data["composites"]))
+    for extra in plan_extras(data):  # composite embeddings, joint tables split by field, warnings
+        out.print(extra)
     out.print(collectives_table(data["collectives"], data["batch_size"]))
     bound = "none" if data["balance_bound"] is None else f"{data['balance_bound']:g}"
     out.print(f"lookup imbalance {data['lookup_imbalance']:g}, memory imbalance "

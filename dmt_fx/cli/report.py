@@ -137,7 +137,25 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
         "route": result.route,
         "changes_model": plan.changes_model,
         "composites": _composites(sites, plan.tower_of()),
+        "joint_tables": _joint_tables(sites, plan),
+        "warnings": list(plan.warnings),
     }
+
+
+def _joint_tables(sites: Any, plan: Any) -> list[dict[str, Any]]:
+    """Joint tables split by field: table -> fields -> (row range, tower, host)."""
+    tower_of, host_of = plan.tower_of(), {t.index: t.host for t in plan.towers}
+    rows = []
+    for name, tables in sites.joint_tables().items():
+        fields = []
+        for table in tables:
+            feature = next(f for f in sites.features if f.table == table.name)
+            tower = tower_of[feature.name]
+            fields.append({"feature": feature.name, "field": feature.field, "table": table.name,
+                           "rows": [table.row_offset, table.row_offset + table.num_embeddings],
+                           "tower": tower, "host": host_of[tower]})
+        rows.append({"table": name, "param": tables[0].param, "fields": fields})
+    return rows
 
 
 def _composites(sites: Any, tower_of: dict[str, int]) -> list[dict[str, Any]]:

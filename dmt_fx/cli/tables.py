@@ -105,6 +105,36 @@ def composites_table(composites: list[Record]) -> Table:
     return table
 
 
+def joint_table(joint: list[Record]) -> Table:
+    """Joint tables split by field: each field's row range of the one weight, and its tower."""
+    table = _table("joint tables split by field (one weight, one row range per field)",
+                   ["table", "field", "feature", "rows", "tower", "host"], right=("field", "tower", "host"),
+                   left_title=True)
+    for j in joint:
+        for f in j["fields"]:
+            table.add_row(j["table"], str(f["field"]), f["feature"], f"{f['rows'][0]}..{f['rows'][1] - 1}",
+                          str(f["tower"]), str(f["host"]))
+    return table
+
+
+def warnings_text(warnings: list[str]) -> Text:
+    """The plan's warnings (what the analysis could not do, and why), one per line."""
+    return Text("\n".join(f"WARNING: {w}" for w in warnings), style="bold yellow")
+
+
+def plan_extras(data: Record) -> list[Any]:
+    """What `dmt-fx plan` shows after the towers, when the model has it: composite embeddings
+    (quotient-remainder pairs), joint tables split by field, warnings."""
+    extras: list[Any] = []
+    if data.get("composites"):
+        extras.append(composites_table(data["composites"]))
+    if data.get("joint_tables"):
+        extras.append(joint_table(data["joint_tables"]))
+    if data.get("warnings"):
+        extras.append(warnings_text(data["warnings"]))
+    return extras
+
+
 def collectives_table(collectives: list[Record], batch_size: int) -> Table:
     """The plan's exchanges with their estimated bytes per step."""
     table = _table(f"collectives (estimated bytes per step per rank, local batch {batch_size})",
