@@ -33,7 +33,7 @@ STEPS = 3
 LR = 0.1
 TOL = 1e-5
 TABLE_TOL = 1e-6  # tables move ~5e-5 in 3 steps: a looser bound could miss untrained tables
-TIMEOUT_S = 85
+TIMEOUT_S = 240  # a ceiling: 4 ranks share 2 cores with whatever else runs
 BUILT_IN = BASELINES.names()  # before any test registers its own
 
 
@@ -57,6 +57,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
     import dmt_fx
     from dmt_fx.baselines import build_baseline
+    from dmt_fx.baselines.two_d import local_shards
     from dmt_fx.jobs.data import labels, slice_batch
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
@@ -82,8 +83,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             if table is None:
                 dense[key] = value.detach().clone()
             else:
-                for shard in value.local_shards():
-                    shards.append((table, tuple(shard.metadata.shard_offsets), shard.tensor.detach().clone()))
+                for offsets, tensor in local_shards(value):  # ShardedTensor, or DTensor (torchrec-2d)
+                    shards.append((table, offsets, tensor.detach().clone()))
         result[name] = {"outputs": outputs, "dense": dense, "shards": shards}
         timings[name] = time.monotonic() - started
     dist.barrier()
@@ -144,13 +145,15 @@ def test_dense_parameters_match_after_training(name, ranks, reference):
 
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_table_shards_match_and_trained(name, ranks, reference):
-    covered = {table: 0 for table in reference["tables"]}
+    covered, seen = {table: 0 for table in reference["tables"]}, set()
     for r in range(N):
         for table, (row, col), tensor in ranks[r][name]["shards"]:
             rows, cols = tensor.shape
             want = reference["tables"][table][row:row + rows, col:col + cols]
             assert torch.allclose(tensor, want, atol=TABLE_TOL, rtol=0), f"{name} rank {r} {table}"
-            covered[table] += tensor.numel()
+            if (table, row, col) not in seen:  # torchrec-2d: every shard once per replica group
+                seen.add((table, row, col))
+                covered[table] += tensor.numel()
     assert covered == {t: v.numel() for t, v in reference["tables"].items()}, "shards do not tile the tables"
     for table, trained in reference["tables"].items():
         moved = (trained - reference["initial_tables"][table]).abs().max().item()

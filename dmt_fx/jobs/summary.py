@@ -10,6 +10,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Sequence
 
+from dmt_fx.jobs.breakdown import merge_ranks
+
 LOSS_WINDOW = 10  # final_loss: mean of the last steps, one step's loss is noisy
 
 
@@ -21,10 +23,10 @@ def slowest_step_times(ranks: Sequence[dict[str, Any]]) -> list[float]:
 
 def timed_step_times(ranks: Sequence[dict[str, Any]], warmup: int) -> tuple[list[float], bool]:
     """The slowest rank's step times after `warmup`, without the steps the traffic meter
-    watched (`metered_steps`: it slows them down); the metered ones only when no other is
-    left. Returns (times, whether they are metered steps)."""
+    watched (`metered_steps`: it slows them down) and the profiled ones (`profiled_steps`);
+    those only when no other is left. Returns (times, whether they are metered steps)."""
     first = ranks[0].get("first_step", 0)
-    metered = set(ranks[0].get("metered_steps", ()))
+    metered = set(ranks[0].get("metered_steps", ())) | set(ranks[0].get("profiled_steps", ()))
     times = slowest_step_times(ranks)
     after_warmup = [(first + i, t) for i, t in enumerate(times) if i >= warmup]
     unmetered = [t for step, t in after_warmup if step not in metered]
@@ -45,6 +47,12 @@ def _traffic_means(ranks: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Mean over ranks of every numeric traffic field (whatever the meter reports)."""
     keys = [k for k, v in ranks[0]["traffic"].items() if isinstance(v, (int, float)) and k != "steps"]
     return {k: statistics.fmean(r["traffic"].get(k, 0.0) for r in ranks) for k in keys}
+
+
+def _breakdown(ranks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over ranks of each rank's per-stage medians (`dmt_fx.jobs.breakdown`)."""
+    fields = ("breakdown_s", "exposed_comm_s", "comm_thread_s")
+    return {f: merge_ranks([r.get(f, {}) for r in ranks]) for f in fields}
 
 
 def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> dict[str, Any]:
@@ -69,6 +77,7 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
         "dense_allreduce_bytes_estimate": ranks[0].get("dense_allreduce_bytes_estimate", 0.0),
         "step_time_median_s": median, "step_time_iqr_s": q3 - q1, "step_time_q1_s": q1, "step_time_q3_s": q3,
         "timed_steps": len(times), "step_times_s": times, "step_times_metered": metered_times,
+        **_breakdown(ranks), "profiled_steps": ranks[0].get("profiled_steps", []),
         "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],
     }
     return record

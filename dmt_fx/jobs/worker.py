@@ -38,7 +38,9 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.ir.topology import Topology
+from dmt_fx.jobs import breakdown
 from dmt_fx.jobs.data import clicks, slice_batch, synthetic_inputs
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
@@ -81,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kill-step", type=int, default=-1, help="... at the start of this step")
     p.add_argument("--timeout-s", type=float, default=float(os.environ.get("DMT_FX_TIMEOUT_S", 120)))
     p.add_argument("--warmup", type=int, default=2, help="steps left out of time and traffic means")
+    p.add_argument("--profile-steps", type=int, default=3,
+                   help="steps run under torch.profiler after the metered ones, for breakdown_s (0: none); "
+                        "left out of the step times like the metered steps")
     p.add_argument("--traffic-steps", type=int, default=2,
                    help="steps the traffic meter watches after the warm-up (-1: all); the meter slows the "
                         "steps it watches, which the results list as metered_steps")
@@ -152,6 +157,42 @@ def metered_steps(args: argparse.Namespace, first: int) -> range:
     return range(start, stop)
 
 
+def profiled_steps(args: argparse.Namespace, metered: range) -> range:
+    """--profile-steps steps right after the metered ones (the profiler slows a step less
+    than the meter, but still: the summary leaves them out of the step times too)."""
+    start = max(metered.stop, min(args.warmup, args.steps))
+    return range(start, min(args.steps, start + max(args.profile_steps, 0)))
+
+
+def train_step(module: torch.nn.Module, optimizer: Any, local: tuple, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step inside the worker's stage ranges (the runtime opens the DMT ones)."""
+    with torch.profiler.record_function(stage_range(Stage.DENSE_FORWARD)):
+        out = module(*local)
+        loss = F.binary_cross_entropy_with_logits(out, y)
+    with torch.profiler.record_function(stage_range(Stage.OPTIMIZER)):
+        optimizer.zero_grad()
+    with torch.profiler.record_function(stage_range(Stage.BACKWARD)):
+        loss.backward()
+    with torch.profiler.record_function(stage_range(Stage.OPTIMIZER)):
+        optimizer.step()
+    return out, loss
+
+
+def _profiled(enabled: bool, steps: list) -> Any:
+    if not enabled:
+        return contextlib.nullcontext()
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    steps.append(prof)
+    return prof
+
+
+def _breakdown(profiles: list) -> dict[str, Any]:
+    per_step = [breakdown.step_breakdown(list(p.events())) for p in profiles]
+    stages = breakdown.medians([b for b, _ in per_step])
+    return {"breakdown_s": stages, "exposed_comm_s": breakdown.exposed_comm(stages),
+            "comm_thread_s": breakdown.medians([c for _, c in per_step])}
+
+
 def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     module, optimizer, make = build(args, topology)
@@ -161,6 +202,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         module.load_state_dict(state)
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
+    profiled, profiles = profiled_steps(args, metered), []
     losses, times, outputs = [], [], []
     B, cut = args.batch_size, batch_slicer(args.target)
     kill_rank, kill_step, kill_signal = _fault(args)
@@ -172,12 +214,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         y = clicks(inputs, step)
         local = cut(inputs, rank * B, (rank + 1) * B)
         start = time.perf_counter()
-        with meter if step in metered else contextlib.nullcontext():
-            out = module(*local)
-            loss = F.binary_cross_entropy_with_logits(out, y[rank * B:(rank + 1) * B])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        with meter if step in metered else contextlib.nullcontext(), _profiled(step in profiled, profiles):
+            out, loss = train_step(module, optimizer, local, y[rank * B:(rank + 1) * B])
         times.append(time.perf_counter() - start)
         if step in metered:
             meter.step()
@@ -196,6 +234,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
             "step_times_s": times, "traffic": traffic, "metered_steps": list(metered),
+            "profiled_steps": list(profiled), **_breakdown(profiles),
             "dense_param_bytes": dense_bytes, "dense_allreduce_bytes": traffic["dense_allreduce_bytes"],
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
 
