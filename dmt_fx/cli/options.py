@@ -34,10 +34,26 @@ def registered(registry: Registry) -> str:
     return f"{', '.join(registry.names())} or one TARGET registers"
 
 
+RANKS_PER_HOST_HELP = ("torchrun ranks per host when a fast domain spans several hosts: --topology 2x2 "
+                       "--ranks-per-host 1 is 2 domains of 2 ranks on 4 hosts of 1 rank (default: a host "
+                       "is a whole domain)")
+
+
+def add_ranks_per_host(parser: argparse.ArgumentParser) -> None:
+    """--ranks-per-host: --topology then gives DOMAINSxRANKS_PER_DOMAIN (towers map to domains)."""
+    parser.add_argument("--ranks-per-host", type=positive_int, default=None, metavar="R", help=RANKS_PER_HOST_HELP)
+
+
+def topology_of(args: argparse.Namespace) -> Topology:
+    """The parsed --topology with --ranks-per-host (when the verb has it)."""
+    return Topology.parse(args.topology, ranks_per_host=getattr(args, "ranks_per_host", None))
+
+
 def add_transform_options(parser: argparse.ArgumentParser) -> None:
     """TARGET, --topology, --format and every option of `dmt_fx.transform` the CLI exposes."""
     parser.add_argument("target", metavar="TARGET", help="pkg.module:factory or path/to/file.py:factory")
     parser.add_argument("--topology", required=True, help="HOSTSxRANKS_PER_HOST, e.g. 2x4")
+    add_ranks_per_host(parser)
     parser.add_argument("--format", choices=FORMATS, default="rich", help="output format (default rich)")
     parser.add_argument("--plan", metavar="FILE", help="a JSON tower plan (from `dmt-fx plan --format json | jq .plan`)")
     # No argparse choices: TARGET may register its own kinds, and it is imported after parsing.
@@ -57,7 +73,7 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
 def transform_target(args: argparse.Namespace, keep_original: bool = False,
                      ) -> tuple[fx.GraphModule | None, fx.GraphModule]:
     """(the original graph when asked, the DMT graph) of TARGET under the parsed options."""
-    topology = Topology.parse(args.topology)  # before the (slow) model build: fail fast
+    topology = topology_of(args)  # before the (slow) model build: fail fast
     model, inputs = load_target(args.target)
     original = original_graph(model, inputs) if keep_original else None
     gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,

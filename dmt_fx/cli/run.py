@@ -17,11 +17,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dmt_fx.baselines import BASELINES
-from dmt_fx.cli.options import registered
+from dmt_fx.cli.options import add_ranks_per_host, registered, topology_of
 from dmt_fx.cli.tables import console, results_table
 from dmt_fx.compiler.tower_modules import TOWER_MODULES
 from dmt_fx.compiler.transform import transform
-from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.runs import RunSpec, run_many
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.models.zoo import DEFAULT_TARGET
@@ -48,6 +47,7 @@ def add_job_options(parser: argparse.ArgumentParser, steps: int) -> None:
     parser.add_argument("target", metavar="TARGET", nargs="?", default=DEFAULT_TARGET,
                         help=f"pkg.module:factory or path/to/file.py:factory (default {DEFAULT_TARGET})")
     parser.add_argument("--topology", default="2x2", help="HOSTSxRANKS_PER_HOST emulated on this machine")
+    add_ranks_per_host(parser)
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
     parser.add_argument("--lr", type=float, default=0.05)
@@ -84,7 +84,7 @@ def check_job(args: argparse.Namespace) -> None:
     worker does and check that `distribute` takes the result. A DMTError reaches main() whole,
     printed once, exit code 2 (from the ranks, the launcher could only quote their first lines)."""
     model, inputs = load_target(args.target)
-    gm = transform(model, Topology.parse(args.topology), example_inputs=inputs,
+    gm = transform(model, topology_of(args), example_inputs=inputs,
                    tower_module=getattr(args, "tower_module", "identity"), compression=getattr(args, "compression", 1))
     check_distributable(gm)
 
@@ -92,7 +92,7 @@ def check_job(args: argparse.Namespace) -> None:
 def job_spec(args: argparse.Namespace) -> RunSpec:
     extra = ("--tower-module", args.tower_module, "--compression", str(args.compression)) \
         if getattr(args, "tower_module", "identity") != "identity" else ()
-    return RunSpec(args.target, Topology.parse(args.topology), args.steps, args.batch_size, args.lr,
+    return RunSpec(args.target, topology_of(args), args.steps, args.batch_size, args.lr,
                    args.optimizer, args.out, extra)
 
 

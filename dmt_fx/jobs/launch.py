@@ -1,7 +1,10 @@
 """Launch a `dmt_fx.jobs.worker` job through torchrun, one agent per emulated host.
 
 Each agent gets `--nnodes=H --node-rank=h --nproc-per-node=L`, so LOCAL_WORLD_SIZE and
-the intra-host / cross-host groups are real. The launcher never waits forever: when an
+the intra-host / cross-host groups are real. H and L are the topology's physical hosts
+(`num_physical_hosts`, `ranks_per_host`): a fast domain wider than a host is launched as
+several agents of `ranks_per_host` ranks each, and the ranks group into domains by
+`Topology`, not by LOCAL_WORLD_SIZE. The launcher never waits forever: when an
 agent fails, the others get `grace_s` to exit on their own (their workers see the broken
 collective), then everything is killed; the whole job has a deadline too. An exception in
 the launcher itself (Ctrl-C included) kills every agent before it propagates.
@@ -62,8 +65,8 @@ def free_port() -> int:
 def agent_command(topology: Topology, host: int, port: int, worker_args: Sequence[str], *,
                   master_addr: str = "127.0.0.1", module: str = "dmt_fx.jobs.worker",
                   prefix: Sequence[str] = ()) -> list[str]:
-    return [*prefix, sys.executable, "-m", "torch.distributed.run", f"--nnodes={topology.num_hosts}",
-            f"--nproc-per-node={topology.local_world_size}", f"--node-rank={host}",
+    return [*prefix, sys.executable, "-m", "torch.distributed.run", f"--nnodes={topology.num_physical_hosts}",
+            f"--nproc-per-node={topology.ranks_per_host}", f"--node-rank={host}",
             f"--master-addr={master_addr}", f"--master-port={port}", "--max-restarts=0",
             "-m", module, *worker_args]
 
@@ -73,7 +76,7 @@ def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, dead
            prefix: Callable[[int], Sequence[str]] | None = None, master_addr: str = "127.0.0.1",
            host_env: Callable[[int], Mapping[str, str]] | None = None,
            module: str = "dmt_fx.jobs.worker") -> LaunchResult:
-    """Start H agents, wait (bounded), return their exit codes. Logs: OUT/agent<h>.log."""
+    """Start one agent per physical host, wait (bounded), return their exit codes. Logs: OUT/agent<h>.log."""
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(out_dir, "pid_rank*")):
         os.remove(stale)
@@ -81,7 +84,7 @@ def launch(topology: Topology, worker_args: Sequence[str], out_dir: str, *, dead
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     agents: list[subprocess.Popen] = []
     try:
-        for host in range(topology.num_hosts):
+        for host in range(topology.num_physical_hosts):
             command = agent_command(topology, host, port, worker_args, master_addr=master_addr, module=module,
                                     prefix=prefix(host) if prefix is not None else ())
             with open(os.path.join(out_dir, f"agent{host}.log"), "w") as log:

@@ -1,9 +1,10 @@
 """Step 0 of the runtime: check the world, then build this rank's process groups.
 
-A (host x local) world has two kinds of groups besides the world itself (`GroupKind` in
-`dmt_fx.ir.names`): the intra-host group (the ranks of one host: the sharded lookups and
-the tower modules' DDP) and the peer group (the ranks with the same local rank on every
-host: the exchanges). The rewritten graph names the kind of each collective in its
+A (domain x local) world has two kinds of groups besides the world itself (`GroupKind` in
+`dmt_fx.ir.names`): the intra-host group (the ranks of one fast domain: the sharded lookups
+and the tower modules' DDP) and the peer group (the ranks with the same index in every
+domain: the exchanges). A domain is one torchrun host by default, or several whole hosts
+(`Topology.ranks_per_host`): the groups follow the domains, never LOCAL_WORLD_SIZE. The rewritten graph names the kind of each collective in its
 `group=` argument; `ProcessGroups.of(kind)` turns that name into this rank's group. No
 process group is cached at module level: each `distribute` call builds its own.
 """
@@ -34,20 +35,23 @@ class RankInfo:
 
     @property
     def host(self) -> int:
+        """This rank's domain (its tower's "host")."""
         return self.topology.host_of(self.rank)
 
     @property
     def local_rank(self) -> int:
+        """The index in this rank's domain (not torchrun's LOCAL_RANK when a domain spans hosts)."""
         return self.rank % self.topology.local_world_size
 
     @property
     def host_ranks(self) -> tuple[int, ...]:
-        """The global ranks of this rank's host, in local-rank order."""
+        """The global ranks of this rank's domain, in local-rank order."""
         return tuple(self.topology.intra_host_ranks(self.host))
 
 
 def check_world(topology: Topology) -> RankInfo:
-    """On every rank and before any collective: the topology must be the world's."""
+    """On every rank and before any collective: the topology must be the world's (the same
+    number of ranks, and domains made of whole torchrun hosts of LOCAL_WORLD_SIZE ranks)."""
     if not dist.is_available() or not dist.is_initialized():
         raise DMTError("torch.distributed is not initialised",
                        "init_process_group() called on every rank before dmt_fx.distribute",
@@ -74,7 +78,8 @@ class ProcessGroups:
 
 
 def build_groups(topology: Topology, timeout: datetime.timedelta) -> ProcessGroups:
-    """The intra-host and peer groups of this rank: the groups of a ("host", "local") DeviceMesh.
+    """The intra-domain and peer groups of this rank: the groups of a ("domain", "local") DeviceMesh
+    (a domain may span several torchrun hosts: the groups come from the topology, not the env).
 
     Built explicitly: `new_group` would give them torch's 30-minute default timeout instead of
     the job's, and a stuck peer would hang the job. Every rank makes the same calls."""
