@@ -29,47 +29,21 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
 from typing import Any, Mapping, Union
 
 from dmt_fx.bench import bytes as wire
+from dmt_fx.compiler.auto_plan.steptime import Tier, Tiers, tiers_of
 from dmt_fx.ir.topology import Topology
 
 __all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from", "tiers_of"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Tier:
-    """One link tier: alpha (seconds per message) and beta (bytes per second)."""
-
-    alpha_s: float
-    beta_Bps: float
-
-    def time(self, messages: float, nbytes: float) -> float:
-        return self.alpha_s * messages + (nbytes / self.beta_Bps if nbytes else 0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Tiers:
-    intra: Tier
-    inter: Tier
-
-    def to_dict(self) -> dict[str, dict[str, float]]:
-        return {"intra": dataclasses.asdict(self.intra), "inter": dataclasses.asdict(self.inter)}
-
-
+# Tier, Tiers and tiers_of live with the compiler's step-time arithmetic (plan="auto" ranks
+# candidates with them; the compiler may not import dmt_fx.bench) and are re-exported here.
 Links = Union[Tiers, Topology]
-
-
-def tiers_of(links: Links) -> Tiers:
-    """The tiers of a Topology's link fields (GB/s and us), or `links` if already Tiers."""
-    if isinstance(links, Tiers):
-        return links
-    return Tiers(intra=Tier(links.intra_host_latency_us / 1e6, links.intra_host_bandwidth_gbps * 1e9),
-                 inter=Tier(links.inter_host_latency_us / 1e6, links.inter_host_bandwidth_gbps * 1e9))
 
 
 def _cross_bytes(record: Mapping[str, Any]) -> float:

@@ -29,6 +29,7 @@ from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.analysis import analyze, require_interaction
+from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
 from dmt_fx.compiler.capture import MODE_DEPENDENT, capture
 from dmt_fx.compiler.eager import eval_mode, run_with_hooks
 from dmt_fx.compiler.interactions import interaction_kind
@@ -57,7 +58,7 @@ def transform(
     topology: Topology | str,
     *,
     example_inputs: Sequence[Any] | None = None,
-    plan: TowerPlan | Mapping | str | None = None,
+    plan: TowerPlan | Mapping | str | AutoOptions | None = None,
     partitioner: str | Partitioner | None = None,
     tower_module: str | TowerModuleFactory = "identity",
     compression: int = 1,
@@ -72,6 +73,9 @@ def transform(
     "random", ...) or is a function `(PartitionRequest) -> TowerPlan | feature groups`; by
     default "user_towers" for a model already towered with torchrec EmbeddingTowers (their
     towers stay whole), else "balanced".
+    `plan="auto"` (or `plan=AutoOptions(memory_per_rank=..., quality_budget=...)`) lets the cost
+    model choose the towers, the compression (c > 1 only with a compressing `tower_module`)
+    and each tower's sharding; `gm.meta["dmt_auto"]` keeps the candidates and the reason.
     `tower_module` names a registered kind (`TOWER_MODULES`) or is a factory
     `(TowerSpec) -> nn.Module`. "identity" preserves numerics; the compressing kinds
     ("linear", "dot", "dcn", factories) compress each tower's output by `compression` before
@@ -86,6 +90,11 @@ def transform(
     sites = analyze(gm, route)
     pooling = _pooling_by_feature(sites, pooling)
     kind = tower_module_kind(tower_module)
+    auto = None
+    if plan == "auto" or isinstance(plan, AutoOptions):  # the cost model picks towers, c and shardings
+        auto = auto_plan(sites, topology, pooling, kind=kind, model=model, example_inputs=inputs, seed=seed,
+                         options=plan if isinstance(plan, AutoOptions) else None)
+        plan, compression, kind = auto.plan, auto.compression, tower_module_kind(auto.tower_module)
     changes_model = kind.changes_model
     if changes_model:  # compressed towers feed the interaction: a model must have one
         require_interaction(sites, f"tower_module={kind.name!r}")
@@ -99,6 +108,8 @@ def transform(
     records = run_passes(gm, passes, disabled=disable_passes)
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult.of(gm, tower_plan_, sites, topology, route, records, renames)
+    if auto is not None:  # why plan="auto" chose this plan (dmt-fx plan --auto renders it)
+        gm.meta["dmt_auto"] = auto
     install_state_dict_hooks(gm, renames, list(model.state_dict().keys()))
     if verify and inputs is not None and not changes_model:
         _verify(model, gm, inputs)

@@ -1,0 +1,171 @@
+"""One candidate of plan="auto": towers, compression, per-tower sharding, and its predicted cost.
+
+Algorithm (`evaluate`):
+  1. each tower's tables as the cost model sees them (rows, dim, features, ids per sample);
+  2. per tower host, every known sharding (shardings.py) on H x B samples per rank: the one
+     whose busiest rank is fastest among those that fit the memory per rank;
+  3. per rank: lookup rows, tower-module work, intra-host bytes (its sharding) and
+     cross-host bytes (the peer all-to-alls of DMT.md: ids out, tower outputs back and
+     their gradients), timed by steptime.py; the step takes the busiest rank's time;
+  4. the kept affinity of the towers, and a refusal reason when memory or quality fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+from dmt_fx.compiler.affinity import within_tower_affinity
+from dmt_fx.compiler.auto_plan.shardings import SHARDING_MODELS, HostLoad, TableLoad
+from dmt_fx.compiler.auto_plan.steptime import (
+    EMBEDDING_BYTES,
+    EMBEDDING_COLLECTIVES,
+    ID_COLLECTIVES,
+    Hardware,
+    RankLoad,
+    Tiers,
+    handshake_bytes,
+    kjt_bytes,
+)
+from dmt_fx.ir.sites import ModelSites
+
+COLLECTIVES = ID_COLLECTIVES + EMBEDDING_COLLECTIVES  # per step, per exchange (peer or intra-host)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What every candidate of one auto plan shares."""
+
+    sites: ModelSites
+    pooling: Mapping[str, float]
+    hosts: int
+    ranks: int  # per host
+    batch: int  # local batch per rank
+    tiers: Tiers
+    hardware: Hardware
+    memory_per_rank: int | None
+    quality_budget: float
+    affinity: Mapping[tuple[str, str], float] | None
+    shardings: tuple[str, ...] = tuple(SHARDING_MODELS)  # the ones a tower may get
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    towers: int
+    compression: int
+    tower_module: str
+    groups: tuple[tuple[str, ...], ...]
+    shardings: tuple[str, ...]  # per tower
+    step_s: float
+    breakdown: Mapping[str, float]  # the busiest rank's terms, seconds
+    busiest_rank: int
+    memory_per_rank: int  # table bytes on the busiest rank
+    cross_bytes: float  # bytes the busiest rank sends across hosts per step
+    kept_affinity: float | None
+    refused: str = ""  # why it cannot be chosen ("" when it can)
+
+    @property
+    def label(self) -> str:
+        kind = "identity" if self.compression == 1 else f"{self.tower_module} c={self.compression}"
+        return f"{self.towers} tower{'s' if self.towers > 1 else ''}, {kind}, {'/'.join(sorted(set(self.shardings)))}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["groups"] = [list(g) for g in self.groups]
+        data["breakdown"] = dict(self.breakdown)
+        data["label"] = self.label
+        return data
+
+
+def tower_tables(setup: Setup, features: Sequence[str]) -> list[TableLoad]:
+    """Step 1: the tower's tables, each with the features that read it."""
+    by_table: dict[str, list[str]] = {}
+    for f in features:
+        by_table.setdefault(setup.sites.feature(f).table, []).append(f)
+    out = []
+    for name, names in by_table.items():
+        table = setup.sites.table(name)
+        out.append(TableLoad(name, table.num_embeddings, table.embedding_dim, table.dtype_bytes, len(names),
+                             sum(setup.pooling.get(f, 1.0) for f in names)))
+    return out
+
+
+def intra_bytes(setup: Setup, load: HostLoad, rank: int) -> float:
+    """What the rank sends inside its host: its sharding's traffic and the KJT handshakes."""
+    return load.sent[rank] + handshake_bytes() * (setup.ranks - 1)
+
+
+def _host_time(setup: Setup, load: HostLoad, rank: int) -> float:
+    messages = COLLECTIVES * (setup.ranks - 1)
+    return setup.hardware.lookup_s(load.row_bytes[rank]) + setup.tiers.intra.time(messages,
+                                                                                   intra_bytes(setup, load, rank))
+
+
+def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostLoad, bool]:
+    """Step 2: (name, load, fits): the fastest sharding that fits; else the one needing least memory."""
+    samples = setup.hosts * setup.batch
+    loads = {name: SHARDING_MODELS[name](tables, setup.ranks, samples) for name in setup.shardings}
+    limit = setup.memory_per_rank
+    fitting = [n for n, l in loads.items() if limit is None or max(l.memory) <= limit]
+    if not fitting:
+        name = min(loads, key=lambda n: (max(loads[n].memory), n))
+        return name, loads[name], False
+    name = min(fitting, key=lambda n: (max(_host_time(setup, loads[n], r) for r in range(setup.ranks)), n))
+    return name, loads[name], True
+
+
+def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float], out: list[int]) -> tuple[float, float]:
+    """Step 3: (messages, bytes) one rank of `host` sends across hosts per step."""
+    if setup.hosts == 1:
+        return 0.0, 0.0
+    sent = handshake_bytes() * (setup.hosts - 1)
+    for t, h in enumerate(tower_host):
+        if h == host:  # its tower's outputs for the other hosts' samples (forward)
+            sent += (setup.hosts - 1) * setup.batch * out[t] * EMBEDDING_BYTES
+        else:  # its samples' ids to the tower, the gradient of the tower's output back
+            sent += ids[t] + setup.batch * out[t] * EMBEDDING_BYTES
+    return float(COLLECTIVES * (setup.hosts - 1)), sent
+
+
+def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, tower_module: str,
+             widths: Sequence[int], macs_per_row: Sequence[float], refused: str = "") -> Candidate:
+    """A candidate: towers t on hosts 0..T-1 with `widths[t]` floats per sample sent back."""
+    tables = [tower_tables(setup, g) for g in groups]
+    chosen = [best_sharding(setup, t) for t in tables]
+    ids = [kjt_bytes(setup.batch, len(g), setup.batch * sum(setup.pooling.get(f, 1.0) for f in g)) for g in groups]
+    tower_host = list(range(len(groups)))
+    rows_per_rank = setup.hosts * setup.batch / setup.ranks  # the tower module runs data-parallel in the host
+    best: tuple[float, int, dict[str, float], RankLoad] | None = None
+    for host in range(setup.hosts):
+        messages, cross = cross_load(setup, host, tower_host, ids, list(widths))
+        for r in range(setup.ranks):
+            load = chosen[host][1] if host < len(groups) else None
+            rank = RankLoad(load.row_bytes[r] if load else 0.0,
+                            macs_per_row[host] * rows_per_rank if load else 0.0,
+                            COLLECTIVES * (setup.ranks - 1) if load else 0.0,
+                            intra_bytes(setup, load, r) if load else 0.0,
+                            messages, cross)
+            terms = rank.breakdown(setup.tiers, setup.hardware)
+            if best is None or terms["total"] > best[0]:
+                best = (terms["total"], host * setup.ranks + r, terms, rank)
+    assert best is not None
+    memory = max(max(load.memory) for _, load, _ in chosen)
+    kept = _kept(setup, groups)
+    if not refused:
+        refused = _refusal(setup, chosen, memory, compression, kept)
+    return Candidate(len(groups), compression, tower_module, tuple(tuple(g) for g in groups),
+                     tuple(name for name, _, _ in chosen), best[0], best[2], best[1], memory, best[3].cross_bytes,
+                     kept, refused)
+
+
+def _kept(setup: Setup, groups: Sequence[Sequence[str]]) -> float | None:
+    return None if setup.affinity is None else within_tower_affinity(groups, setup.affinity)
+
+
+def _refusal(setup: Setup, chosen: list[tuple[str, HostLoad, bool]], memory: int, compression: int,
+             kept: float | None) -> str:
+    if not all(fits for _, _, fits in chosen):
+        return f"memory: {memory:,} B of tables on the busiest rank > {setup.memory_per_rank:,} B"
+    if compression > 1 and kept is not None and kept < setup.quality_budget:
+        return f"quality: keeps {kept:.3f} of the affinity < budget {setup.quality_budget:g}"
+    return ""

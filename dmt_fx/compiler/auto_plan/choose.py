@@ -1,0 +1,244 @@
+"""plan="auto": the number of towers, the compression and each tower's sharding, chosen by
+the cost model's predicted step time under the memory per rank and a quality budget.
+
+Algorithm (`auto_plan`):
+  1. compressions: c = 1 (identity towers: the model unchanged) always; c in 2, 4, 8 when
+     the tower-module kind compresses (opt-in: it changes the model), the model has an
+     interaction site and example inputs (to measure the interaction affinity);
+  2. tower counts T = 1 .. min(hosts, units) (one tower per host: the plan format today),
+     tower t on host t. Features per tower: the balanced partitioner's for c = 1 (the model
+     is unchanged: only balance matters), the learned partitioner's (most affinity kept,
+     within the balance limits) for c > 1;
+  3. every (T, c) is evaluated (candidates.py): per-tower sharding, busiest rank's time and
+     memory, kept affinity; refused when its tables do not fit the memory per rank, or when
+     it compresses and keeps less than the quality budget of the pairwise affinity;
+  4. the fastest candidate that is not refused wins (ties: smaller c, then more towers);
+     none fits the memory: a DMTError with the arithmetic.
+
+The quality budget only binds compressing candidates: identity towers compute the original
+model whatever the split. DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen
+for you") from benchmarks/quality_budget.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from dmt_fx.compiler.affinity import interaction_affinity
+from dmt_fx.compiler.auto_plan.candidates import Candidate, Setup, evaluate
+from dmt_fx.compiler.auto_plan.shardings import SHARDING_MODELS
+from dmt_fx.compiler.auto_plan.steptime import Hardware, tiers_of
+from dmt_fx.compiler.interactions import interaction_kind
+from dmt_fx.compiler.partitioners.learned import learned_plan
+from dmt_fx.compiler.partitioners.units import (
+    balance_bound,
+    balanced_placement,
+    table_units,
+    unit_features,
+    unit_shares,
+)
+from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.tower_modules import TowerModuleKind, out_width
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.plan import TowerPlan
+from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.topology import Topology
+
+DEFAULT_QUALITY_BUDGET = 0.9
+COMPRESSIONS = (1, 2, 4, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoOptions:
+    """What plan="auto" optimises for; `transform(plan=AutoOptions(...))` passes them."""
+
+    memory_per_rank: int | None = None  # bytes of tables a rank may hold (None: no limit)
+    quality_budget: float = DEFAULT_QUALITY_BUDGET  # share of pairwise affinity kept inside towers
+    batch_size: int = 512  # local batch per rank the step time is predicted for
+    compressions: tuple[int, ...] = COMPRESSIONS
+    hardware: Hardware = Hardware()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quality_budget <= 1.0:
+            raise DMTError(f"quality_budget={self.quality_budget!r}", "a share of affinity in [0, 1]",
+                           [f"pass e.g. quality_budget={DEFAULT_QUALITY_BUDGET}"])
+        if self.memory_per_rank is not None and self.memory_per_rank < 1:
+            raise DMTError(f"memory_per_rank={self.memory_per_rank!r}", "a positive number of bytes",
+                           ["pass e.g. memory_per_rank=40e9 for 40 GB of tables per rank"])
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoPlan:
+    """The chosen plan and why: every candidate, the winner and the reason."""
+
+    plan: TowerPlan
+    compression: int
+    tower_module: str  # the kind to build ("identity" when c = 1)
+    shardings: tuple[str, ...]  # per tower: the intra-host sharding chosen
+    candidates: tuple[Candidate, ...]
+    winner: int  # index into candidates
+    options: AutoOptions
+    links: Mapping[str, Mapping[str, float]]
+    why: str
+    notes: tuple[str, ...] = ()
+
+    sharding: str = ""  # the best ONE sharding for every tower: what `distribute(..., sharding=)` takes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"towers": len(self.plan.towers), "compression": self.compression, "tower_module": self.tower_module,
+                "shardings": list(self.shardings), "sharding": self.sharding,
+                "predicted_step_s": self.candidates[self.winner].step_s, "winner": self.winner, "why": self.why,
+                "notes": list(self.notes), "quality_budget": self.options.quality_budget,
+                "memory_per_rank": self.options.memory_per_rank, "batch_size": self.options.batch_size,
+                "hardware": dataclasses.asdict(self.options.hardware), "links": dict(self.links),
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+
+def _macs_per_row(kind: str, dims: Sequence[int], out: int) -> float:
+    """Multiply-adds of one sample through a built-in tower module (unknown kinds: one projection)."""
+    width, n = sum(dims), len(dims)
+    pairs = n * (n - 1) // 2
+    per_kind = {"dot": pairs * (dims[0] if dims else 0) + (width + pairs) * out, "dcn": width * width + width * out}
+    return float(per_kind.get(kind, width * out))
+
+
+def _compressions(sites: ModelSites, kind: TowerModuleKind, inputs: tuple | None,
+                  options: AutoOptions) -> tuple[list[int], list[str]]:
+    """Step 1: the c values to try, and why others are not."""
+    if not kind.changes_model:
+        return [1], [f"c > 1 not considered: tower_module={kind.name!r} keeps the model "
+                     "(pass tower_module='dot', 'linear' or 'dcn' to let plan='auto' compress)"]
+    if not sites.interaction.found or inputs is None:
+        why = "the model has no interaction site" if not sites.interaction.found else "no example_inputs"
+        return [1], [f"c > 1 not considered: {why} (compressing towers need both)"]
+    return sorted({1, *options.compressions}), []
+
+
+def _vector_dim(sites: ModelSites) -> int | None:
+    if not interaction_kind(sites.interaction.kind).vectors:
+        return None
+    dims = {f.dim for f in sites.features}
+    return dims.pop() if len(dims) == 1 else -1  # -1: vectors of unequal dims cannot be compressed
+
+
+def _groups(sites: ModelSites, pooling: Mapping[str, float], towers: int, ranks: int, compressing: bool,
+            affinity: Mapping[tuple[str, str], float] | None, seed: int) -> list[list[str]]:
+    """Step 2: features per tower for T towers."""
+    if compressing and affinity is not None and towers > 1:
+        plan = learned_plan(sites, Topology(towers, ranks), pooling, model=None, example_inputs=None, seed=seed,
+                            affinity=affinity)
+        return [list(t.features) for t in plan.towers]
+    units = table_units(sites)
+    cost, mem = unit_shares(units, sites, pooling)
+    return unit_features(units, balanced_placement(cost, mem, towers))
+
+
+def _candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleKind,
+               vector_dim: int | None) -> Candidate:
+    dims = [[setup.sites.feature(f).dim for f in g] for g in groups]
+    if c == 1:
+        return evaluate(setup, groups, 1, "identity", [sum(d) for d in dims], [0.0] * len(groups))
+    refused = ""
+    if vector_dim == -1:
+        refused = "kind: a vector interaction over unequal embedding dims cannot take compressed towers"
+    elif kind.name == "dot" and any(len(set(d)) > 1 for d in dims):
+        refused = "kind: tower_module='dot' needs one embedding dim per tower"
+    vd = None if vector_dim == -1 else vector_dim
+    widths = [out_width(tuple(d), c, vd) for d in dims]
+    narrow = [t for t, (d, w) in enumerate(zip(dims, widths)) if len(d) * (len(d) - 1) // 2 > w]
+    if kind.name == "dot" and narrow and not refused:  # the dot module passes its dots on only when they fit
+        n = len(dims[narrow[0]])
+        refused = (f"quality: tower {narrow[0]}'s {n * (n - 1) // 2} within-tower dot products do not fit "
+                   f"its {widths[narrow[0]]} output floats")
+    macs = [_macs_per_row(kind.name, d, w) for d, w in zip(dims, widths)]
+    return evaluate(setup, groups, c, kind.name, widths, macs, refused)
+
+
+def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *, kind: TowerModuleKind,
+              model: Any = None, example_inputs: tuple | None = None, options: AutoOptions | None = None,
+              seed: int = 0) -> AutoPlan:
+    """Choose towers, compression and shardings (see the module docstring)."""
+    options = options or AutoOptions()
+    compressions, notes = _compressions(sites, kind, example_inputs, options)
+    affinity = (interaction_affinity(model, sites, example_inputs)
+                if model is not None and example_inputs is not None and len(sites.features) > 1 else None)
+    setup = Setup(sites, pooling, topology.num_hosts, topology.local_world_size, options.batch_size,
+                  tiers_of(topology), options.hardware, options.memory_per_rank, options.quality_budget, affinity)
+    vector_dim = _vector_dim(sites) if max(compressions) > 1 else None
+    candidates = []
+    for towers in range(1, min(topology.num_hosts, len(table_units(sites))) + 1):
+        plain = _groups(sites, pooling, towers, topology.local_world_size, False, affinity, seed)
+        learned = (_groups(sites, pooling, towers, topology.local_world_size, True, affinity, seed)
+                   if max(compressions) > 1 else plain)
+        candidates += [_candidate(setup, plain if c == 1 else learned, c, kind, vector_dim) for c in compressions]
+    winner = _winner(candidates, options)
+    chosen = candidates[winner]
+    plan = _plan(sites, topology, pooling, chosen)
+    return AutoPlan(plan, chosen.compression, chosen.tower_module, chosen.shardings, tuple(candidates), winner,
+                    options, tiers_of(topology).to_dict(), _why(candidates, winner, options), tuple(notes),
+                    _uniform_sharding(setup, chosen, kind, vector_dim))
+
+
+def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, vector_dim: int | None) -> str:
+    """The runtime applies one sharding to every host: the fastest single one for the chosen towers."""
+    if len(set(chosen.shardings)) == 1:
+        return chosen.shardings[0]
+    timed = {}
+    for name in SHARDING_MODELS:
+        one = _candidate(dataclasses.replace(setup, shardings=(name,)), [list(g) for g in chosen.groups],
+                         chosen.compression, kind, vector_dim)
+        if not one.refused.startswith("memory"):
+            timed[name] = one.step_s
+    return min(timed, key=lambda n: (timed[n], n)) if timed else chosen.shardings[0]
+
+
+def _plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], chosen: Candidate) -> TowerPlan:
+    units = table_units(sites)
+    cost, mem = unit_shares(units, sites, pooling)
+    return build_plan([list(g) for g in chosen.groups], sites, topology, pooling, partitioner="auto",
+                      balance_bound=balance_bound(chosen.towers, cost, mem))
+
+
+def _winner(candidates: Sequence[Candidate], options: AutoOptions) -> int:
+    """Step 4: the fastest candidate not refused; none fits the memory: the arithmetic."""
+    open_ = [i for i, c in enumerate(candidates) if not c.refused]
+    if open_:
+        return min(open_, key=lambda i: (candidates[i].step_s, candidates[i].compression, -candidates[i].towers))
+    raise _memory_error(candidates, options)
+
+
+def _memory_error(candidates: Sequence[Candidate], options: AutoOptions) -> DMTError:
+    best = min(candidates, key=lambda c: (c.memory_per_rank, c.step_s))
+    limit = options.memory_per_rank or 0
+    return DMTError(
+        f"{best.memory_per_rank:,} bytes of tables on the busiest rank (the least of {len(candidates)} "
+        f"candidates: {best.label}, rank {best.busiest_rank})",
+        f"<= {limit:,} bytes per rank (memory_per_rank)",
+        [f"raise the memory per rank to at least {best.memory_per_rank:,} bytes",
+         f"use more ranks per host: the busiest rank needs about {math.ceil(best.memory_per_rank / limit)}x fewer "
+         "table bytes" if limit else "use more ranks per host",
+         "shrink the largest tables (fewer rows, a smaller dim, hashing)"])
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def _why(candidates: Sequence[Candidate], winner: int, options: AutoOptions) -> str:
+    chosen = candidates[winner]
+    others = sorted((c for i, c in enumerate(candidates) if i != winner and not c.refused), key=lambda c: c.step_s)
+    terms = {k: v for k, v in chosen.breakdown.items() if k != "total"}
+    top = max(terms, key=terms.get)
+    text = (f"{chosen.label}: fastest of {len(candidates) - sum(bool(c.refused) for c in candidates)} admissible "
+            f"candidates, {_ms(chosen.step_s)} per step predicted (busiest rank {chosen.busiest_rank}; largest term "
+            f"{top} {_ms(terms[top])})")
+    if others:
+        runner = others[0]
+        text += f"; runner-up {runner.label} {_ms(runner.step_s)} ({runner.step_s / chosen.step_s:.3f}x)"
+    refused = {k: sum(c.refused.startswith(k) for c in candidates) for k in ("memory", "quality", "kind")}
+    said = [f"{n} for {k}" for k, n in refused.items() if n]
+    if said:
+        text += f"; refused: {', '.join(said)} (quality budget {options.quality_budget:g} of the affinity)"
+    return text

@@ -1,0 +1,183 @@
+"""plan="auto" (issue 14 item 4): towers, compression and shardings chosen by the cost model.
+
+The traffic the candidates are timed on is held to MEASURED bytes (the traffic meter's
+figures of `dmt-fx bench traffic` in the README), the sharding model to the runtime's own
+placement rule, the memory refusal to its threshold, and the CLI is rendered."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+import dmt_fx
+from dmt_fx.bench import bytes as wire
+from dmt_fx.cli.main import main
+from dmt_fx.cli.plan import memory_size
+from dmt_fx.compiler.auto_plan import SHARDING_MODELS, AutoOptions, steptime
+from dmt_fx.compiler.auto_plan.candidates import Setup, cross_load, evaluate, intra_bytes
+from dmt_fx.compiler.auto_plan.shardings import TableLoad, table_wise_slots
+from dmt_fx.compiler.partitioners.balanced import balanced_plan
+from dmt_fx.models.wide import wide_model
+from dmt_fx.models.zoo import default_dlrm
+from dmt_fx.runtime.shardings import SHARDINGS, HostRanks
+from dmt_fx.runtime.shardings.table_wise import table_wise_sharding
+
+TARGET = "dmt_fx.models.zoo:default_dlrm"
+
+
+@pytest.fixture(scope="module")
+def wide_sites():
+    model, inputs = wide_model()
+    return dmt_fx.dmt_result(dmt_fx.transform(model, "2x2", example_inputs=inputs)).sites
+
+
+# Measured by the traffic meter in real gloo runs (README, "Exact traffic": bytes one rank sends
+# per step, mean over ranks, wide_model, local batch 32): topology -> (x-host id B, x-host
+# embedding B at c = 1, intra-host B).
+MEASURED = {"2x2": (4_120, 32_768, 36_888), "2x4": (4_120, 32_768, 55_368), "4x2": (6_216, 49_152, 36_888)}
+
+
+@pytest.mark.parametrize("topology", sorted(MEASURED))
+@pytest.mark.parametrize("c", [1, 2, 4, 8])
+def test_candidate_traffic_matches_the_measured_bytes(wide_sites, topology, c):
+    topo = dmt_fx.Topology.parse(topology)
+    pooling = {f.name: 1.0 for f in wide_sites.features}
+    groups = [list(t.features) for t in balanced_plan(wide_sites, topo, pooling).towers]
+    setup = Setup(wide_sites, pooling, topo.num_hosts, topo.local_world_size, 32, steptime.tiers_of(topo),
+                  steptime.Hardware(), None, 0.0, None, shardings=("table_wise",))
+    widths = [16 * len(g) // c for g in groups]  # concat interaction: W_t / c exactly
+    candidate = evaluate(setup, groups, c, "linear", widths, [0.0] * len(groups))
+    ids, embedding, intra = MEASURED[topology]
+    id_bytes = [steptime.kjt_bytes(32, len(g), 32 * len(g)) for g in groups]
+    cross = [cross_load(setup, h, list(range(len(groups))), id_bytes, widths)[1] for h in range(topo.num_hosts)]
+    assert sum(cross) / len(cross) == ids + embedding // c  # the meter's figure is the mean over ranks
+    assert candidate.cross_bytes == max(cross)
+    sent = []
+    for group in groups:  # every rank of every host
+        tables = [TableLoad(f.table, 10, 16, 4, 1, 1.0) for f in wide_sites.features if f.name in group]
+        load = SHARDING_MODELS["table_wise"](tables, topo.local_world_size, topo.num_hosts * 32)
+        sent += [intra_bytes(setup, load, r) for r in range(topo.local_world_size)]
+    assert sum(sent) / len(sent) == intra
+
+
+def test_byte_sizes_agree_with_the_one_byte_model():
+    assert (steptime.ID_BYTES, steptime.LENGTH_BYTES, steptime.EMBEDDING_BYTES, steptime.ID_COLLECTIVES) == (
+        wire.ID_BYTES, wire.LENGTH_BYTES, wire.EMBEDDING_BYTES, wire.ID_COLLECTIVES)
+    assert steptime.handshake_bytes() == wire.handshake_bytes()
+
+
+def test_sharding_models_follow_the_runtime():
+    assert set(SHARDING_MODELS) <= set(SHARDINGS.names())
+    rows = [20_000, 5_000, 2_000, 2_000, 1_000, 500, 300, 100]
+    configs = sorted((EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=r, feature_names=[f"f{i}"])
+                      for i, r in enumerate(rows)), key=lambda c: -c.num_embeddings)
+    runtime = table_wise_sharding(configs, HostRanks(0, (0, 1, 2)))
+    slots = table_wise_slots([TableLoad(f"t{i}", r, 16, 4, 1, 1.0) for i, r in enumerate(rows)], 3)
+    ours = {t.name: rank for rank, slot in enumerate(slots) for t in slot}
+    # TorchRec's generator holds the rank it was given in its closure (table_wise(rank=r))
+    theirs = {name: dict(zip(gen.__code__.co_freevars, (c.cell_contents for c in gen.__closure__)))["rank"]
+              for name, gen in runtime.items()}
+    assert ours == theirs
+
+
+@pytest.fixture(scope="module")
+def built_in():
+    return default_dlrm()
+
+
+def test_transform_auto_identity_keeps_the_model_and_explains(built_in):
+    model, inputs = built_in
+    gm = dmt_fx.transform(model, "2x4", example_inputs=inputs, plan="auto")  # verify=True: outputs equal
+    auto = gm.meta["dmt_auto"]
+    plan = dmt_fx.tower_plan(gm)
+    assert plan.partitioner == "auto" and auto.compression == 1 and auto.tower_module == "identity"
+    assert [c.towers for c in auto.candidates] == [1, 2]  # one tower per host: T = 1 .. min(hosts, tables)
+    admissible = [c for c in auto.candidates if not c.refused]
+    assert auto.candidates[auto.winner].step_s == min(c.step_s for c in admissible)
+    assert len(plan.towers) == auto.candidates[auto.winner].towers
+    assert all(0.0 <= c.kept_affinity <= 1.0 for c in auto.candidates)
+    assert auto.candidates[0].kept_affinity == 1.0  # one tower keeps every pair
+    assert "fastest of 2" in auto.why and auto.notes  # says why c > 1 was not tried
+    assert auto.sharding in SHARDINGS.names()
+
+
+def test_quality_budget_refuses_compressing_candidates(built_in):
+    model, inputs = built_in
+    options = AutoOptions(quality_budget=1.0)
+    gm = dmt_fx.transform(model, "4x1", example_inputs=inputs, plan=options, tower_module="dot")
+    auto = gm.meta["dmt_auto"]
+    assert sorted({c.compression for c in auto.candidates}) == [1, 2, 4, 8]
+    for c in auto.candidates:
+        if c.compression > 1 and c.kept_affinity < 1.0 and not c.refused.startswith("kind"):
+            assert c.refused.startswith("quality"), c
+        if c.compression == 1:
+            assert not c.refused  # identity towers compute the original model whatever the split
+    chosen = auto.candidates[auto.winner]
+    assert chosen.compression == 1 or chosen.kept_affinity == 1.0
+
+
+def test_compression_wins_when_quality_allows(built_in):
+    model, inputs = built_in
+    gm = dmt_fx.transform(model, "4x1", example_inputs=inputs, plan=AutoOptions(quality_budget=0.0),
+                          tower_module="dot")
+    auto = gm.meta["dmt_auto"]
+    assert auto.compression > 1 and dmt_fx.tower_plan(gm).changes_model
+    same_towers = [c for c in auto.candidates if c.towers == auto.candidates[auto.winner].towers]
+    identity = next(c for c in same_towers if c.compression == 1)
+    assert auto.candidates[auto.winner].cross_bytes < identity.cross_bytes
+
+
+def test_memory_that_cannot_fit_is_refused_with_the_arithmetic(built_in):
+    model, inputs = built_in
+    with pytest.raises(dmt_fx.DMTError) as info:
+        dmt_fx.transform(model, "2x4", example_inputs=inputs, plan=AutoOptions(memory_per_rank=1000))
+    message = str(info.value)
+    assert "bytes of tables on the busiest rank" in message and "<= 1,000" in message
+    least = int(message.split(" bytes of tables")[0].split()[-1].replace(",", ""))
+    total = sum(t.num_embeddings * t.embedding_dim * 4 for t in model.sparse_arch.embedding_bag_collection
+                .embedding_bag_configs())
+    assert math.ceil(total / 8) <= least <= 20_000 * 16 * 4  # an even spread .. the largest table whole
+    gm = dmt_fx.transform(model, "2x4", example_inputs=inputs, plan=AutoOptions(memory_per_rank=least))
+    assert gm.meta["dmt_auto"].candidates[gm.meta["dmt_auto"].winner].memory_per_rank <= least
+
+
+def test_memory_limit_steers_the_sharding(built_in):
+    """On 2x8 a 16-wide table cannot split by columns (2-column shards): unlimited, the user_id
+    table stays whole (table_wise); one byte short of it, its tower must spread it by rows."""
+    model, inputs = built_in
+    limit = 20_000 * 16 * 4 - 1
+    chosen = {}
+    for memory in (None, limit):
+        auto = dmt_fx.transform(model, "2x8", example_inputs=inputs,
+                                plan=AutoOptions(memory_per_rank=memory)).meta["dmt_auto"]
+        best = auto.candidates[auto.winner]
+        chosen[memory] = (best.shardings[next(i for i, g in enumerate(best.groups) if "user_id" in g)],
+                          best.memory_per_rank)
+    assert chosen[None] == ("table_wise", 20_000 * 16 * 4)
+    assert chosen[limit][0] == "row_wise" and chosen[limit][1] <= limit
+
+
+def test_memory_size_parser():
+    assert memory_size("512MiB") == 512 * 2**20
+    assert memory_size("40GB") == 40 * 10**9
+    assert memory_size("4e10") == 4 * 10**10
+
+
+def test_cli_plan_auto_json_and_table(capsys):
+    assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    auto = data["auto"]
+    assert data["plan"]["partitioner"] == "auto" and len(auto["candidates"]) == 2
+    assert {"step_s", "kept_affinity", "memory_per_rank", "refused", "shardings"} <= set(auto["candidates"][0])
+    assert auto["why"] and auto["quality_budget"] == dmt_fx.compiler.auto_plan.DEFAULT_QUALITY_BUDGET
+    assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--link-bandwidths", "450,5"]) == 0
+    out = capsys.readouterr().out
+    assert "plan=auto: candidates" in out and "chosen" in out and "run it: distribute" in out
+
+
+def test_cli_plan_auto_refuses_memory(capsys):
+    assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--memory-per-rank", "1kB"]) == 2
+    assert "bytes of tables on the busiest rank" in capsys.readouterr().err
