@@ -33,6 +33,7 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids
+from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
@@ -46,13 +47,15 @@ __all__ = ["DEFAULT_TIMEOUT", "SHARDINGS", "DistributedDMT", "RankInfo", "check_
 class DistributedDMT(nn.Module):
     """This rank's DMT model: takes the rank's local batch, returns its local outputs.
 
-    `state_dict()` uses the original model's keys (tables as ShardedTensors), so
+    `state_dict()` uses the original model's keys (tables as ShardedTensors; a joint table
+    split by field is one ShardedTensor over the world, `JointState`), so
     torch.distributed.checkpoint files load into the original model and back."""
 
-    def __init__(self, ddp: DistributedDataParallel, rank_info: RankInfo) -> None:
+    def __init__(self, ddp: DistributedDataParallel, rank_info: RankInfo, joint: JointState | None = None) -> None:
         super().__init__()
         self.ddp = ddp
         self.rank_info = rank_info
+        self.joint = joint
 
     @property
     def physical(self) -> fx.GraphModule:
@@ -62,9 +65,12 @@ class DistributedDMT(nn.Module):
         return self.ddp(*args, **kwargs)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return self.physical.state_dict(*args, **kwargs)
+        state = self.physical.state_dict(*args, **kwargs)
+        return self.joint.merge(state) if self.joint is not None else state
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        if self.joint is not None:
+            state_dict = self.joint.split(state_dict, self.physical.state_dict())
         return self.physical.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -83,7 +89,10 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     groups = build_groups(result.topology, timeout)
+    order = list(module.state_dict().keys())  # the original's keys, before lowering takes the tables
+    joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=fused)
+    _drop_joint_weights(lowered.module, joints)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
@@ -93,7 +102,22 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     # Everything but the sharded tables (updated by their fused optimizers): the dense layers
     # and the tower modules.
     optimizer = combined_optimizer(lowered.module, lowered.lookups, optimizer_class, kwargs, lowered.fused)
-    return DistributedDMT(ddp, me), optimizer
+    joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
+    return DistributedDMT(ddp, me, joint), optimizer
+
+
+def _drop_joint_weights(physical: nn.Module, joints: list[JointTable]) -> None:
+    """A joint weight lives on in its fields' TorchRec tables: keep the whole weight out of DDP,
+    the dense optimizer and the rank's state dict (the lowering drops an nn.Embedding owner;
+    an exported module's owner is a plain module holding the parameter)."""
+    for table in joints:
+        owner_path, _, attr = table.key.rpartition(".")
+        try:
+            owner = physical.get_submodule(owner_path)
+        except AttributeError:
+            continue
+        if attr in owner._parameters:
+            delattr(owner, attr)
 
 
 def check_distributable(model: DMTResult | fx.GraphModule) -> None:

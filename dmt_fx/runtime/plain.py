@@ -54,6 +54,10 @@ class PlainLookup:
     indices: fx.Node
     offsets: fx.Node | None
     weights: fx.Node | None
+    # A field of a joint table: its rows [row_offset, row_offset + num_embeddings) of the
+    # original weight `weight` (`param` is then the field's own key, `joint_field_key`).
+    row_offset: int = 0
+    weight: str = ""  # the original weight's name when `param` is a joint field's key
 
     @property
     def weighted(self) -> bool:
@@ -71,8 +75,16 @@ def plain_kjt_path(collection: int) -> str:
 
 
 def table_attr(table: str) -> str:
-    """The table's name in a TorchRec collection (one attribute: no dots)."""
-    return table.replace(".", "__")
+    """The table's name in a TorchRec collection (one attribute: no dots; a joint table's
+    field `emb[2]` becomes `emb__field2`)."""
+    return table.replace(".", "__").replace("[", "__field").replace("]", "")
+
+
+def joint_field_key(param: str, row_offset: int, rows: int) -> str:
+    """The rank's state-dict key of one field of a joint table before `JointState` merges the
+    fields back into the original key (no dot after the weight's: the owner module is found
+    by the part before the last dot)."""
+    return f"{param}[{row_offset}:{row_offset + rows}]"
 
 
 # ---------------------------------------------------------------- step 1: read the graph
@@ -93,8 +105,10 @@ def _is_collection(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     site = next(s for s in result.sites.sites if s.node == node.meta["dmt"]["origin"])
-    feature = result.sites.feature(site.features[0])
+    # a field lookup of a joint table names its feature (each field its own table)
+    feature = result.sites.feature(node.meta["dmt"].get("features", site.features)[0])
     table = result.sites.table(feature.table)
+    param = joint_field_key(table.param, table.row_offset, table.num_embeddings) if table.joint else table.param
     args, options = _arguments(gm, node)
     _check(site.module, options)
     form = EMBEDDING if options["form"] == EMBEDDING else EMBEDDING_BAG
@@ -104,9 +118,10 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     # The feature's name, not its key: a table called for several fields has one key (its
     # module path) but one name per call site, and a KJT needs unique keys. The calls stay
     # one TorchRec table with several feature_names (`host_collection`): shared weights.
-    return PlainLookup(site.node, feature.name, table.name, table.param, table.num_embeddings, table.embedding_dim,
+    return PlainLookup(site.node, feature.name, table.name, param, table.num_embeddings, table.embedding_dim,
                        node.meta["dmt"]["host"], exchange, form, options["pooling"], bool(options["include_last_offset"]),
-                       _local(args["indices"]), _local(args.get("offsets")), _local(args.get("weights")))
+                       _local(args["indices"]), _local(args.get("offsets")), _local(args.get("weights")),
+                       table.row_offset, table.param)
 
 
 def _arguments(gm: fx.GraphModule, node: fx.Node) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,7 +213,13 @@ def host_collection(lookups: Sequence[PlainLookup]) -> EmbeddingBagCollection:
 
 def original_weights(gm: nn.Module, lookups: Sequence[PlainLookup]) -> dict[str, torch.Tensor]:
     """The original tables under the collection's state-dict keys (for `copy_into_shards`)."""
-    return {f"embedding_bags.{table_attr(lk.table)}.weight": gm.get_parameter(lk.param).detach() for lk in lookups}
+    return {f"embedding_bags.{table_attr(lk.table)}.weight": _rows(gm.get_parameter(lk.weight or lk.param), lk)
+            for lk in lookups}
+
+
+def _rows(weight: torch.Tensor, lookup: PlainLookup) -> torch.Tensor:
+    """The lookup's rows of the weight: all of them, or a joint table field's range."""
+    return weight.detach().narrow(0, lookup.row_offset, lookup.num_embeddings)
 
 
 # ---------------------------------------------------------------- steps 3-4: run time
@@ -271,7 +292,11 @@ def pooled_output(kt: KeyedTensor, key: str, form: str, ids: torch.Tensor) -> to
 def lookup_output(graph: fx.Graph, lookup: PlainLookup) -> fx.Node:
     """The node the logical tower lookup's output is read from (item 0 on the export route)."""
     outputs = list(nodes_with_role(graph, Role.LOOKUP_OUTPUT, origin=lookup.origin))
-    return outputs[0] if outputs else next(nodes_with_role(graph, Role.TOWER_LOOKUP, origin=lookup.origin))
+    if outputs:
+        return outputs[0]
+    # the fields of a joint table are several lookups of one origin: each names its feature
+    return next(n for n in nodes_with_role(graph, Role.TOWER_LOOKUP, origin=lookup.origin)
+                if lookup.feature in n.meta["dmt"].get("features", (lookup.feature,)))
 
 
 def received_output(graph: fx.Graph, lookup: PlainLookup) -> fx.Node:

@@ -100,6 +100,14 @@ class NvidiaJointDLRM(nn.Module):
         return self.top(torch.cat([self.bottom(numerical), embedded], dim=1))
 
 
+class SymbolicJointDLRM(NvidiaJointDLRM):
+    """The same model written for torch.fx (flatten instead of an int from a shape)."""
+
+    def forward(self, numerical: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        embedded = self.embeddings(categorical)[0].flatten(1)
+        return self.top(torch.cat([self.bottom(numerical), embedded], dim=1))
+
+
 class LearnedOffsetsModel(nn.Module):
     """Offsets held as a parameter (a learned value, even if frozen): the table stays whole."""
 
@@ -128,8 +136,13 @@ class DataOffsetsModel(nn.Module):
         return self.top(torch.cat([dense, self.embedding(ids + offsets).flatten(1)], dim=1))
 
 
-def _dense(seed: int) -> torch.Tensor:
-    return torch.rand(BATCH, DENSE, generator=torch.Generator().manual_seed(seed + 6))
+def _dense(seed: int, batch: int = BATCH) -> torch.Tensor:
+    return torch.rand(batch, DENSE, generator=torch.Generator().manual_seed(seed + 6))
+
+
+def make_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense [B, DENSE], ids [B, F]) for the joint DLRMs: the distributed tests' batches."""
+    return _dense(seed, batch), field_ids(seed, batch)
 
 
 def torchfm_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
