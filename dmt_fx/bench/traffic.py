@@ -12,6 +12,14 @@ W_t / c wide (W_t = 16 x features of tower t), exact for c = 2, 4, 8 whatever th
 so the cross-host embedding bytes of dmt-c<N> show the compression exactly. (The built-in
 DLRM's dot interaction needs whole D-wide vectors: ceil(n_t / c) x D, not exact for
 c = 8 with 2 to 4 features per tower.)
+
+Fast domains wider than a host (`ranks_per_host`, `--ranks-per-host`): "2x2" with
+ranks_per_host=1 is 2 domains of 2 ranks run as 4 torchrun agents of 1 rank. The meter's
+tiers follow the topology's domains (its `host_of`), so on such a world `cross_host_*` is
+the traffic that leaves a domain; the record repeats it as `cross_domain_*` (and
+`intra_host_*` as `intra_domain_*`) and says the world: `ranks_per_host`,
+`num_physical_hosts`, `world` ("2x2 (domains of 2 hosts x 1 ranks)"). With one rank per
+host every intra-domain byte also leaves its host.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ VARIANTS = (*baseline_names(), *DMT_VARIANTS)  # every registered baseline, then
 def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str] = VARIANTS, *,
                   target: str = BENCH_TARGET, steps: int = 3, warmup: int = 1, batch_size: int = 32,
                   out: str = "results/traffic", deadline_s: float = 600,
-                  on_topology: Callable[[str], None] | None = None) -> list[dict]:
+                  on_topology: Callable[[str], None] | None = None,
+                  ranks_per_host: int | None = None) -> list[dict]:
     """Measure every variant on every topology; a record per (topology, variant).
 
     One torchrun launch per topology (all variants in its process group, one after the
@@ -47,17 +56,18 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
     collectives), averaged over the `steps - warmup` measured steps and over ranks; DDP's
     dense all-reduce is C++ and only estimated (`dense_allreduce_bytes_estimate`).
     `step_time_median_s`: median over measured steps of the slowest rank's step time:
-    emulated hosts sharing a small CPU, noisy, informative only."""
+    emulated hosts sharing a small CPU, noisy, informative only. `ranks_per_host`: torchrun
+    hosts of that many ranks in every topology (None: a host per domain)."""
     if steps <= warmup:
         raise DMTError(f"steps={steps}, warmup={warmup}", "more steps than warm-up steps",
                        ["pass e.g. --steps 3 --warmup 1"])
     records = []
     for spec in topologies:
-        topology = Topology.parse(spec)
-        out_dir = os.path.join(out, str(topology))
+        topology = Topology.parse(spec, ranks_per_host=ranks_per_host)
+        out_dir = os.path.join(out, _dir_name(topology))
         shutil.rmtree(out_dir, ignore_errors=True)
         if on_topology is not None:
-            on_topology(str(topology))
+            on_topology(topology.describe())
         args = ["--target", target, "--topology", str(topology), "--variants", ",".join(variants),
                 "--steps", str(steps), "--warmup", str(warmup), "--batch-size", str(batch_size),
                 "--optimizer", "sgd", "--lr", "0.05", "--out", out_dir]
@@ -74,8 +84,24 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
             if len(ranks) != topology.world_size:
                 raise DMTError(f"{len(ranks)} rank results for {variant} on {topology}",
                                f"{topology.world_size}", [f"read {out_dir}/agent*.log"])
-            records.append({**summarize(variant, ranks, warmup=warmup), "launch_wall_s": wall})
+            record = summarize(variant, ranks, warmup=warmup)
+            records.append({**record, **domain_fields(topology, record), "launch_wall_s": wall})
     return records
+
+
+DOMAIN_KEYS = {f"cross_domain{k}": f"cross_host{k}" for k in ("_bytes", "_id_bytes", "_embedding_bytes", "_messages")}
+DOMAIN_KEYS.update({f"intra_domain{k}": f"intra_host{k}" for k in ("_bytes", "_messages")})
+
+
+def domain_fields(topology: Topology, record: dict[str, Any]) -> dict[str, Any]:
+    """The world of a record and its traffic per domain tier (the meter's host tier is the domain)."""
+    return {"world": topology.describe(), "ranks_per_host": topology.ranks_per_host,
+            "num_physical_hosts": topology.num_physical_hosts,
+            **{ours: record.get(theirs, 0.0) for ours, theirs in DOMAIN_KEYS.items()}}
+
+
+def _dir_name(topology: Topology) -> str:
+    return str(topology) if topology.hosts_per_domain == 1 else f"{topology}-hosts-of-{topology.ranks_per_host}"
 
 
 def write_json(path: str, payload: Any) -> None:

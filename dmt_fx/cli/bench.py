@@ -19,6 +19,7 @@ from rich.console import Console
 
 from dmt_fx.bench import emulated
 from dmt_fx.bench import traffic as bench
+from dmt_fx.cli.options import positive_int
 from dmt_fx.cli.tables import console, emulated_table, traffic_table
 
 
@@ -40,6 +41,9 @@ def _add_traffic(subs: Any) -> None:
     parser.add_argument("--topologies", default=",".join(bench.TOPOLOGIES),
                         help="comma-separated HOSTSxRANKS (default %(default)s)")
     parser.add_argument("--variants", default=",".join(bench.VARIANTS), help="comma-separated (default: all)")
+    parser.add_argument("--ranks-per-host", type=positive_int, default=None, metavar="R",
+                        help="torchrun hosts of R ranks: each topology's domains span several hosts (e.g. "
+                             "--topologies 2x2 --ranks-per-host 1: 2 domains on 4 hosts); cross_domain_* fields")
     parser.add_argument("--target", default=bench.BENCH_TARGET,
                         help="model factory (default %(default)s: concat interaction, c = 2, 4, 8 exact)")
     parser.add_argument("--steps", type=int, default=3, help="steps per variant (default 3)")
@@ -66,7 +70,7 @@ def run_traffic(args: argparse.Namespace) -> int:
     work = args.out[:-5] if args.out.endswith(".json") else args.out + ".d"
     records = bench.traffic_bench(_split(args.topologies), _split(args.variants), target=args.target,
                                   steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                                  out=work, on_topology=announce)
+                                  out=work, on_topology=announce, ranks_per_host=args.ranks_per_host)
     bench.write_json(args.out, records)
     if quiet:
         print(json.dumps(records, indent=2))
