@@ -4,8 +4,10 @@
 and id columns, id-only fields (a LongTensor [B, F], no dense input), quotient-remainder
 bags combined by multiply or concatenation (functional lookups: the export route), and
 multi-head attention over the embeddings; the dataclass, dict and attention styles with or
-without a dense input. Each field has its own table (nn.Embedding on one id column, or a
-QR pair); fields share one dim so attention can stack them.
+without a dense input; joint tables (one nn.Embedding for all fields, indexed with per-field
+offsets: constant ones, split by field, or ones computed from the batch, kept whole with a
+warning). Otherwise each field has its own table (nn.Embedding on one id column, or a QR
+pair); fields share one dim so attention can stack them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from tests.corpus.composite import QREmbeddingBag
 from tests.random_models import set_seed_params
 
-STYLES = ("dataclass", "dict", "float_columns", "ids_only", "qr_mult", "qr_concat", "attention")
+STYLES = ("dataclass", "dict", "float_columns", "ids_only", "qr_mult", "qr_concat", "attention", "joint",
+          "joint_data")
 DENSE_IN = 3
 
 
@@ -41,7 +44,20 @@ class StyleSpec:
 
     @property
     def num_tables(self) -> int:
+        """Tables in the analysis: a joint table split by field counts one per field."""
+        if self.style == "joint_data":
+            return 1
         return len(self.rows) * (2 if self.style.startswith("qr") else 1)
+
+    @property
+    def num_units(self) -> int:
+        """Partition units: one per field, except a joint table that stays whole."""
+        return 1 if self.style == "joint_data" else len(self.rows)
+
+    @property
+    def warns(self) -> bool:
+        """Whether the plan must warn: a joint table whose offsets depend on the batch."""
+        return self.style == "joint_data"
 
 
 @st.composite
@@ -49,7 +65,7 @@ def style_specs(draw: Any) -> StyleSpec:
     style = draw(st.sampled_from(STYLES))
     fields = draw(st.integers(1, 6))
     has_dense = style in ("float_columns", "qr_mult", "qr_concat") or (
-        style in ("dataclass", "dict", "attention") and draw(st.booleans()))
+        style in ("dataclass", "dict", "attention", "joint", "joint_data") and draw(st.booleans()))
     return StyleSpec(style, tuple(draw(st.integers(1, 30)) for _ in range(fields)), draw(st.sampled_from([2, 4, 8])),
                      has_dense, draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(2, 6)),
                      draw(st.integers(0, 2**16)))
@@ -68,6 +84,9 @@ class StyleModel(nn.Module):
         if spec.style.startswith("qr"):
             operation = spec.style[3:]
             self.fields = nn.ModuleList(QREmbeddingBag(n, spec.dim, 3, operation=operation) for n in spec.rows)
+        elif spec.style.startswith("joint"):  # NVIDIA's JointEmbedding: one table, an offsets buffer
+            self.joint = nn.Embedding(sum(spec.rows), spec.dim)
+            self.register_buffer("offsets", torch.tensor((0,) + spec.rows[:-1]).cumsum(0))
         else:
             self.fields = nn.ModuleList(nn.Embedding(n, spec.dim) for n in spec.rows)
         width = spec.dim * (2 if spec.style == "qr_concat" else 1)
@@ -78,6 +97,10 @@ class StyleModel(nn.Module):
     def combine(self, ids: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
         if self.style.startswith("qr"):
             embedded = [bag(ids[:, i:i + 1]) for i, bag in enumerate(self.fields)]
+        elif self.style == "joint":
+            embedded = list(self.joint(ids + self.offsets).unbind(1))
+        elif self.style == "joint_data":  # offsets that depend on the batch (numerically the same)
+            embedded = list(self.joint(ids + (ids[:1] * 0 + self.offsets)).unbind(1))
         else:
             embedded = [emb(ids[:, i]) for i, emb in enumerate(self.fields)]
         tokens = ([self.bottom(dense)] if self.bottom is not None else []) + embedded

@@ -152,11 +152,12 @@ def _lookup_options(gm: fx.GraphModule, lk: _PlainLookup) -> list[str]:
 
 def _joint_verdict(gm: fx.GraphModule, lk: _PlainLookup, readers: int) -> JointOffsets | None:
     """Whether an nn.Embedding lookup is a joint table that splits by field, or why not."""
-    if lk.kind != "embedding":
-        return None
     verdict = joint_offsets(gm, lk.node, lk.weight.shape[0])
     if verdict is None or not verdict.splits:
-        return verdict
+        return verdict if lk.kind == "embedding" else None
+    if lk.kind != "embedding":  # a bag of one id per field sums the fields: a split would reorder the sum
+        return JointOffsets(reason="an nn.EmbeddingBag pools the fields of a sample into one bag; split by "
+                                   "field is done for nn.Embedding (one output row per field)")
     options = _lookup_options(gm, lk)
     if options:
         return JointOffsets(reason=f"it is built with {', '.join(options)}, which a per-field row range "
@@ -191,8 +192,8 @@ def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...],
     for item in found_or_lookups:
         if isinstance(item, _PlainLookup):
             verdict = _joint_verdict(gm, item, readers.count(id(item.weight)))
-            if verdict is not None and not verdict.splits:
-                warnings.append(_joint_warning(item, verdict.reason))
+            if verdict is not None and not verdict.splits and _joint_warning(item, verdict.reason) not in warnings:
+                warnings.append(_joint_warning(item, verdict.reason))  # once for a table read twice
                 log.warning("analysis: %s", warnings[-1])
             found = (_joint_site(item, verdict.offsets, taken) if verdict is not None and verdict.splits
                      else _plain_site(item, item.fqn in composite, taken, owners))

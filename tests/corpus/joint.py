@@ -2,9 +2,11 @@
 per-field row offsets added in forward.
 
 - `TorchFMModel`: torchfm's FeaturesLinear + FeaturesEmbedding + a factorization machine,
-  as torchfm writes them (`x + x.new_tensor(self.offsets).unsqueeze(0)`): two joint tables.
+  as torchfm writes them (offsets a numpy array, `x + x.new_tensor(self.offsets).unsqueeze(0)`,
+  which torch.fx cannot trace and torch.export captures): two joint tables.
 - `NvidiaJointDLRM`: NVIDIA DLRM's JointEmbedding (offsets a buffer, `offsets[:-1]`), with a
-  dense bottom MLP and an int taken from the ids' shape (captured by torch.export).
+  dense bottom MLP and an int taken from the ids' shape (captured by torch.export);
+  `SymbolicJointDLRM` the same written for torch.fx.
 - `LearnedOffsetsModel` / `DataOffsetsModel`: offsets that are a parameter, or computed from
   the batch: the table stays whole and the plan says why.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -33,12 +36,12 @@ def _offsets(rows: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class FeaturesEmbedding(nn.Module):
-    """torchfm's: offsets a tuple (torchfm: a numpy array) turned into a tensor in forward."""
+    """torchfm's: offsets a numpy array turned into a tensor in forward."""
 
     def __init__(self, field_dims: tuple[int, ...], embed_dim: int) -> None:
         super().__init__()
         self.embedding = nn.Embedding(sum(field_dims), embed_dim)
-        self.offsets = _offsets(field_dims)
+        self.offsets = np.array((0, *np.cumsum(field_dims)[:-1]), dtype=np.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + x.new_tensor(self.offsets).unsqueeze(0)
@@ -50,7 +53,7 @@ class FeaturesLinear(nn.Module):
         super().__init__()
         self.fc = nn.Embedding(sum(field_dims), output_dim)
         self.bias = nn.Parameter(torch.zeros((output_dim,)))
-        self.offsets = _offsets(field_dims)
+        self.offsets = np.array((0, *np.cumsum(field_dims)[:-1]), dtype=np.int64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + x.new_tensor(self.offsets).unsqueeze(0)
@@ -153,6 +156,10 @@ def nvidia_joint_dlrm(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
     return NvidiaJointDLRM(seed), (_dense(seed), field_ids(seed))
 
 
+def symbolic_joint_dlrm(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
+    return SymbolicJointDLRM(seed), (_dense(seed), field_ids(seed))
+
+
 def learned_offsets_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
     return LearnedOffsetsModel(seed), (_dense(seed), field_ids(seed))
 
@@ -162,8 +169,9 @@ def data_offsets_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
 
 
 JOINT_ENTRIES: tuple[Entry, ...] = (
-    Entry("torchfm FM", "joint tables, constant offsets (torchfm FeaturesEmbedding)", torchfm_model),
+    Entry("torchfm FM", "joint tables, numpy offsets (torchfm FeaturesEmbedding; export)", torchfm_model),
     Entry("NVIDIA joint DLRM", "joint table, offsets buffer (NVIDIA JointEmbedding; export)", nvidia_joint_dlrm),
+    Entry("NVIDIA joint DLRM (fx)", "joint table, offsets buffer, torch.fx-traceable", symbolic_joint_dlrm),
     Entry("joint, learned offsets", "joint table, offsets a parameter: stays whole", learned_offsets_model,
           warns="is a parameter"),
     Entry("joint, data offsets", "joint table, offsets from the batch: stays whole", data_offsets_model,
