@@ -112,3 +112,31 @@ def test_short_benchmark_run(tmp_path) -> None:
     assert network["cross_host_shaped_bandwidth_bytes_per_s"] < 1.5 * network["inter_host_rate_bytes_per_s_per_rank"]
     assert "netem" in network["delay_emulation"]
     assert (tmp_path / "emulated.png").stat().st_size > 0
+    # the breakdown: stages of the DMT runtime and of the worker, and its stacked bars
+    assert {"peer_input_exchange", "dense_forward", "backward", "optimizer"} <= set(row["breakdown_s"])
+    assert row["exposed_comm_s"]["cross_host"] > 0
+    assert (tmp_path / "emulated_breakdown.png").stat().st_size > 0
+
+
+def test_ideal_speedup_from_the_bytes_on_the_shaped_link() -> None:
+    """Independent arithmetic: flat 100 ms with 1 MB cross-host at 20 MB/s (50 ms on the wire);
+    a variant with 250 kB needs 12.5 ms: 100 / (100 - 50 + 12.5) = 1.6x."""
+    from dmt_fx.bench.breakdown_plot import add_ideal_speedups
+
+    flat = {"variant": "flat-table_wise", "is_best_flat": True, "step_time_median_s": 0.1, "cross_host_bytes": 1e6,
+            "breakdown_s": {"dense_forward": 0.02, "input_dist": 0.03, "output_dist": 0.04, "backward": 0.01},
+            "exposed_comm_s": {"cross_host": 0.0, "intra_host": 0.0, "mixed": 0.07}}
+    dmt = {"variant": "dmt-c4", "is_best_flat": False, "step_time_median_s": 0.08, "cross_host_bytes": 2.5e5}
+    add_ideal_speedups([flat, dmt], rate_bytes_per_s=20e6)
+    assert dmt["ideal_speedup_vs_best_flat"] == pytest.approx(1.6)
+    assert flat["ideal_speedup_vs_best_flat"] == pytest.approx(1.0)
+    assert flat["cross_host_wire_share"] == pytest.approx(0.5)
+    assert flat["exposed_exchange_share"] == pytest.approx(0.7)
+
+
+def test_grid_and_2d_count_as_flat_plans() -> None:
+    assert {"flat-grid_shard", "torchrec-2d"} <= set(emulated.DEFAULT_VARIANTS)
+    rows = [{"variant": v, "step_time_median_s": t} for v, t in
+            (("flat-table_wise", 0.2), ("torchrec-2d", 0.1), ("dmt-c4", 0.05))]
+    emulated.best_flat(rows)
+    assert rows[0]["best_flat"] == "torchrec-2d" and rows[2]["speedup_vs_best_flat"] == pytest.approx(2.0)

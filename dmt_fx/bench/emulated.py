@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 from dmt_fx.baselines import baseline_names
 from dmt_fx.baselines.registry import FLAT
+from dmt_fx.bench.breakdown_plot import add_ideal_speedups, plot_breakdown
 from dmt_fx.bench.netns import SUBNET, EmulatedCluster, EmulationError, check_requirements, netem_available
 from dmt_fx.bench.probe import probe
 from dmt_fx.ir.errors import DMTError
@@ -123,6 +124,10 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
                                   "none: the netem qdisc is not available on this kernel, so no latency is added "
                                   "(rate limit only)")
     records = _records(runs, topology, variants, network, model, args)
+    breakdown_png = os.path.join(args.out, "emulated_breakdown.png")
+    plot_breakdown(records, breakdown_png, f"{topology} emulated hosts: where a step goes (median of "
+                                           f"{len(records[0].get('profiled_steps', []))} "
+                                           "profiled steps, mean over ranks)")
     report = {"network": network, "model": model, "batch_size": args.batch_size, "steps": args.steps,
               "warmup": args.warmup, "records": records, "wall_s": time.monotonic() - started}
     with open(os.path.join(args.out, "emulated.json"), "w") as handle:
@@ -178,7 +183,7 @@ def _train_all(cluster: EmulatedCluster, topology: Topology, variants: list[str]
                 say(f"  {v} done ({time.monotonic() - start:.0f} s)")
 
     say(f"training {', '.join(variants)} in one launch ({args.warmup} + {args.steps} steps each)")
-    worker_args = ["--target", TARGET, "--topology", str(topology), "--steps", str(args.steps + args.warmup),
+    worker_args = ["--target", getattr(args, "target", None) or TARGET, "--topology", str(topology), "--steps", str(args.steps + args.warmup),
                    "--batch-size", str(args.batch_size), "--lr", "0.05", "--optimizer", "adagrad",
                    "--warmup", str(args.warmup), "--timeout-s", "120", "--variants", ",".join(variants), "--out", out]
     result = launch(topology, worker_args, out, deadline_s=deadline_s, on_poll=poll, prefix=cluster.prefix,
@@ -231,7 +236,7 @@ def _records(runs: dict[str, dict[str, Any]], topology: Topology, variants: list
             "model": model, "batch_size": args.batch_size, "delay_emulation": network["delay_emulation"],
         })
         rows.append(row)
-    return best_flat(rows)
+    return add_ideal_speedups(best_flat(rows), network["inter_host_rate_bytes_per_s_per_rank"])
 
 
 def best_flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

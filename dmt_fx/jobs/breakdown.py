@@ -5,7 +5,8 @@ Every event whose name is a stage range (`dmt_fx.ir.stages`: the runtime opens t
 stages, the worker opens dense forward, backward and optimizer) is a *stage*; a few
 TorchRec and FBGEMM names are classified too, so the flat baselines, which have no DMT
 stages, show theirs: `input_dist` (TorchRec's KJT all-to-all ranges), `output_dist` (its
-pooled all-to-all ranges), `lookup` (FBGEMM's table-batched lookup op), `grad_allreduce`
+pooled all-to-all ranges; row-wise plans: its reduce-scatter), `all_to_all_backward` (the
+backward of TorchRec's pooled all-to-alls, flat or the DMT exchanges alike), `lookup` (FBGEMM's table-batched lookup op), `grad_allreduce`
 (DDP's all-reduce calls and bucket copies), `replica_sync` (TorchRec 2D's weight and
 optimizer-state sync). A TorchRec or FBGEMM event inside a runtime stage belongs to that
 stage (the tower lookup of DMT is TorchRec too); it is classified only under the worker's
@@ -34,8 +35,10 @@ WORKER_STAGES = (Stage.DENSE_FORWARD, Stage.BACKWARD, Stage.OPTIMIZER)
 # (substring of a TorchRec / FBGEMM / DDP event name, key), first match wins
 FOREIGN = (
     ("all2all_data", "input_dist"),
+    ("All2All_Pooled_bwd", "all_to_all_backward"),
     ("All2All_Pooled", "output_dist"),
     ("all2all_pooled", "output_dist"),
+    ("reduce_scatter", "output_dist"),
     ("2d_weight_sync", "replica_sync"),
     ("2d_optimizer_sync", "replica_sync"),
     ("fbgemm::split_embedding_codegen_lookup", Stage.LOOKUP.value),
@@ -45,7 +48,7 @@ FOREIGN = (
 TIERS = {
     "cross_host": (Stage.PEER_INPUT.value, Stage.PEER_OUTPUT.value),
     "intra_host": (Stage.INTRA_INPUT.value, Stage.INTRA_OUTPUT.value),
-    "mixed": ("input_dist", "output_dist", Stage.GRAD_ALLREDUCE.value, "replica_sync"),
+    "mixed": ("input_dist", "output_dist", "all_to_all_backward", Stage.GRAD_ALLREDUCE.value, "replica_sync"),
 }
 COMM_THREAD_PREFIX = "gloo:"
 

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
+from dmt_fx.bench.breakdown_plot import plot_breakdown
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
@@ -30,12 +31,17 @@ class RunSpec:
                 "--optimizer", self.optimizer, "--warmup", str(self.warmup), "--out", out_dir, *self.extra]
 
 
-def run_variant(spec: RunSpec, variant: str, *, on_poll: Callable[[], None] | None = None,
-                deadline_s: float = 1800) -> LaunchResult:
-    out_dir = os.path.join(spec.out, variant)
+def _clear(out_dir: str) -> None:
+    """Leave no result of an earlier run where this one writes its own."""
     for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
         if name.startswith(("rank", "progress", "outputs_rank", "pid_rank")):
             os.remove(os.path.join(out_dir, name))
+
+
+def run_variant(spec: RunSpec, variant: str, *, on_poll: Callable[[], None] | None = None,
+                deadline_s: float = 1800) -> LaunchResult:
+    out_dir = os.path.join(spec.out, variant)
+    _clear(out_dir)
     result = launch(spec.topology, spec.worker_args(variant, out_dir), out_dir, deadline_s=deadline_s,
                     on_poll=on_poll)
     if not result.ok:
@@ -54,6 +60,33 @@ def _failure_lines(result: LaunchResult) -> str:
     return "\n".join(sorted(set(lines))[:8]) or result.log_tail(15)
 
 
+def run_together(spec: RunSpec, variants: Sequence[str], *, deadline_s: float = 1800) -> list[dict[str, Any]]:
+    """All variants in ONE torchrun launch (the worker's --variants: same process group, one
+    after the other, results in OUT/<variant>/): a launch's start-up paid once."""
+    out_dir = spec.out
+    for variant in variants:
+        _clear(os.path.join(out_dir, variant))
+    args = [*spec.worker_args(variants[0], out_dir), "--variants", ",".join(variants)]
+    result = launch(spec.topology, args, out_dir, deadline_s=deadline_s)
+    if not result.ok:
+        reason = "timed out" if result.timed_out else f"exit codes {result.returncodes}"
+        raise DMTError(f"the run of {', '.join(variants)} on {spec.topology} failed ({reason}); logs in "
+                       f"{out_dir}/agent*.log:\n{_failure_lines(result)}", "every rank to finish its steps",
+                       ["read the agent logs named above", "run with fewer steps or a smaller batch to isolate it"])
+    rows = []
+    for variant in variants:
+        ranks = LaunchResult(result.returncodes, result.seconds, os.path.join(out_dir, variant), False).ranks()
+        rows.append({**summarize(variant, ranks, warmup=spec.warmup), "wall_s": result.seconds})
+    _plot(spec, rows)
+    return rows
+
+
+def _plot(spec: RunSpec, rows: list[dict[str, Any]]) -> None:
+    os.makedirs(spec.out, exist_ok=True)
+    plot_breakdown(rows, os.path.join(spec.out, "breakdown.png"),
+                   f"{spec.target} on {spec.topology}: where a step goes (profiled steps, mean over ranks)")
+
+
 def run_many(spec: RunSpec, variants: Sequence[str], progress=None) -> list[dict[str, Any]]:
     """Run variants one after the other (side by side in one invocation); a row each."""
     rows = []
@@ -61,4 +94,5 @@ def run_many(spec: RunSpec, variants: Sequence[str], progress=None) -> list[dict
         poll = progress(variant, os.path.join(spec.out, variant, "progress")) if progress else None
         result = run_variant(spec, variant, on_poll=poll)
         rows.append({**summarize(variant, result.ranks(), warmup=spec.warmup), "wall_s": result.seconds})
+    _plot(spec, rows)
     return rows
