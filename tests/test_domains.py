@@ -14,6 +14,8 @@ import pytest
 
 from dmt_fx import Topology
 from dmt_fx.bench.traffic import traffic_bench
+from dmt_fx.cli.main import main, parser
+from dmt_fx.cli.options import topology_of
 from dmt_fx.jobs.launch import launch
 from tests.test_distributed import STEPS, B, gathered_outputs, load_checkpoint_into_original, reference, target
 
@@ -59,3 +61,14 @@ def test_bench_traffic_counts_cross_domain_bytes_as_a_two_host_job_sends_across_
     print(f"cross-domain bytes per rank per step {domains['cross_domain_bytes']:.0f} "
           f"(2-host job: cross-host {hosts['cross_host_bytes']:.0f})")
 
+
+
+def test_cli_ranks_per_host(capsys) -> None:
+    """--ranks-per-host on every verb that takes a topology; a host that does not tile the
+    domain is refused before the model is built, with the arithmetic."""
+    for argv in (["plan", "T", "--topology", "2x2"], ["diff", "T", "--topology", "2x2"],
+                 ["run", "--topology", "2x2"], ["demo", "--topology", "2x2"]):
+        assert topology_of(parser().parse_args([*argv, "--ranks-per-host", "1"])) == DOMAINS, argv
+    assert parser().parse_args(["bench", "traffic", "--ranks-per-host", "1"]).ranks_per_host == 1
+    assert main(["plan", target("torchrec_dlrm"), "--topology", "2x2", "--ranks-per-host", "3"]) == 2
+    assert "2 / 3 is not a whole number of hosts" in capsys.readouterr().err
