@@ -32,7 +32,7 @@ from torchrec.optim.keyed import CombinedOptimizer
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
-from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids
+from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
@@ -89,6 +89,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     groups = build_groups(result.topology, timeout)
+    place_on(module, runtime_device())
     order = list(module.state_dict().keys())  # the original's keys, before lowering takes the tables
     joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=fused)
@@ -104,6 +105,22 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     optimizer = combined_optimizer(lowered.module, lowered.lookups, optimizer_class, kwargs, lowered.fused)
     joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
     return DistributedDMT(ddp, me, joint), optimizer
+
+
+def place_on(module: fx.GraphModule, device: torch.device) -> None:
+    """Under NCCL the runtime runs on this rank's GPU: move the transformed model there first
+    (parameters, buffers and the graph's tensor constants, which `Module.to` skips), so the
+    shards, the tower modules' DDP and the world's DDP all see one device. A no-op on CPU.
+    (Seen on an H200: DDP refused `device_ids=[cuda:0]` over parameters left on the CPU.)"""
+    module.to(device)
+    for node in module.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner_path, _, name = node.target.rpartition(".")
+        owner = module.get_submodule(owner_path) if owner_path else module
+        value = getattr(owner, name, None)
+        if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.device != device:
+            setattr(owner, name, value.to(device))
 
 
 def _drop_joint_weights(physical: nn.Module, joints: list[JointTable]) -> None:
