@@ -181,3 +181,11 @@ def test_cli_plan_auto_json_and_table(capsys):
 def test_cli_plan_auto_refuses_memory(capsys):
     assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--memory-per-rank", "1kB"]) == 2
     assert "bytes of tables on the busiest rank" in capsys.readouterr().err
+
+
+def test_auto_without_example_inputs_plans_identity_towers(built_in):
+    model, _ = built_in
+    auto = dmt_fx.transform(model, "2x2", plan="auto", tower_module="dot").meta["dmt_auto"]
+    assert {c.compression for c in auto.candidates} == {1} and auto.tower_module == "identity"
+    assert all(c.kept_affinity is None for c in auto.candidates)  # no batch: no affinity measured
+    assert any("no example_inputs" in n for n in auto.notes)

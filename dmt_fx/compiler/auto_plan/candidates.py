@@ -108,9 +108,11 @@ def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostL
     limit = setup.memory_per_rank
     fitting = [n for n, l in loads.items() if limit is None or max(l.memory) <= limit]
     if not fitting:
-        name = min(loads, key=lambda n: (max(loads[n].memory), n))
+        name = min(loads, key=lambda n: (max(loads[n].memory), list(setup.shardings).index(n)))
         return name, loads[name], False
-    name = min(fitting, key=lambda n: (max(_host_time(setup, loads[n], r) for r in range(setup.ranks)), n))
+    order = list(setup.shardings)  # ties go to the earlier one: table_wise, the runtime's default, first
+    name = min(fitting, key=lambda n: (max(_host_time(setup, loads[n], r) for r in range(setup.ranks)),
+                                       order.index(n)))
     return name, loads[name], True
 
 

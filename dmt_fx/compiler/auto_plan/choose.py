@@ -191,7 +191,8 @@ def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, ve
                          chosen.compression, kind, vector_dim)
         if not one.refused.startswith("memory"):
             timed[name] = one.step_s
-    return min(timed, key=lambda n: (timed[n], n)) if timed else chosen.shardings[0]
+    order = list(SHARDING_MODELS)
+    return min(timed, key=lambda n: (timed[n], order.index(n))) if timed else chosen.shardings[0]
 
 
 def _plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], chosen: Candidate) -> TowerPlan:
