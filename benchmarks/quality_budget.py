@@ -12,7 +12,8 @@ planted groups, torchrec DLRM, dot tower modules, c = 2, 4 towers):
   3. for each plan: its kept affinity (within_tower_affinity) and the held-out NE of the
      DMT-TM model trained on the same batches, relative to flat's.
 
-  python benchmarks/quality_budget.py [--steps 2000 --seeds 2]   # writes results/quality_budget.json
+  python benchmarks/quality_budget.py --steps 1000 --seeds 1 --eval-every 250   # the README figures (15 min here)
+  (defaults are quality.py's: 6000 steps, 3 seeds); writes results/quality_budget.json
 """
 
 from __future__ import annotations
