@@ -237,9 +237,10 @@ def _why(candidates: Sequence[Candidate], winner: int, options: AutoOptions) -> 
             f"{top} {_ms(terms[top])})")
     if others:
         runner = others[0]
-        text += f"; runner-up {runner.label} {_ms(runner.step_s)} ({runner.step_s / chosen.step_s:.3f}x)"
+        text += f"; runner-up {runner.label} {_ms(runner.step_s)} ({runner.step_s / chosen.step_s:.4f}x)"
     refused = {k: sum(c.refused.startswith(k) for c in candidates) for k in ("memory", "quality", "kind")}
-    said = [f"{n} for {k}" for k, n in refused.items() if n]
+    said = [f"{n} for {k}" + (f" (kept affinity < {options.quality_budget:g})" if k == "quality" else "")
+            for k, n in refused.items() if n]
     if said:
-        text += f"; refused: {', '.join(said)} (quality budget {options.quality_budget:g} of the affinity)"
+        text += f"; refused: {', '.join(said)}"
     return text
