@@ -48,7 +48,7 @@ def add_parser(verbs: Any) -> None:
     parser.set_defaults(run=run_demo)
 
 
-DEMO_STEPS = 40  # per variant, after warm-up: the whole demo stays under 3 minutes on 2 cores
+DEMO_STEPS = 30  # timed steps per variant after warm-up: the demo should take under 3 minutes on 2 cores
 DMT_VARIANTS = ("dmt-identity", "dmt-c4")
 
 
@@ -123,7 +123,7 @@ def render(out: Console, rows: list[dict[str, Any]], flat: tuple[str, ...], *, t
 
 def demo_table(rows: list[dict[str, Any]], best: dict[str, Any], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("variant", "step time", "x-host bytes/step", "x-host msgs/step", "final loss", "speedup"):
+    for column in ("variant", "step time", "x-host B/rank/step", "x-host msgs/rank/step", "final loss", "speedup"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for r in rows:
         name = r["variant"] + (" (best flat)" if r is best else "")
