@@ -1,12 +1,17 @@
 """The modules a rank runs in place of the logical tower blocks (SPTT steps 2-5).
 
-  `HostLookup`        steps 2-3 for one collection: peer KJT all-to-all (TorchRec
-                      `KJTAllToAll`), then the host's tables sharded over its ranks;
-  `HostTowerExchange` identity tower modules: a host lookup, then step 5, the peer pooled
-                      all-to-all back (`PooledEmbeddingsAllToAll`), as a KeyedTensor;
-  `HostTowerBlock`    compressing tower modules: every collection's host lookup, the host's
-                      tower module (data-parallel inside the host), and only its output back.
-Each receives its process groups; which group is which comes from the graph (the lowering).
+  `PeerIdExchange`    step 2 for every collection of the model: one peer id exchange
+                      (`dmt_fx.runtime.peer_ids`);
+  `HostLookup`        step 3 for one collection: the host's tables sharded over its ranks
+                      (TorchRec's input dist, lookup and output dist inside the host);
+  `HostTowerExchange` identity tower modules: the id exchange, every collection's host
+                      lookup, then step 5, ONE peer pooled all-to-all back
+                      (`PooledEmbeddingsAllToAll`) for all collections, as KeyedTensors;
+  `HostTowerBlock`    compressing tower modules: the id exchange, every collection's host
+                      lookup, the host's tower module (data-parallel inside the host), and
+                      only its output back.
+Each stage runs inside a `record_function` range named by `dmt_fx.ir.stages`.
+Each module receives its process groups; which group is which comes from the graph (the lowering).
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torchrec.distributed.dist_data import KJTAllToAll, PooledEmbeddingsAllToAll
+from torch.autograd.profiler import record_function
+from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir import ops
+from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import RankInfo, runtime_device
+from dmt_fx.runtime.peer_ids import PeerIdExchange
+
+__all__ = ["HostLookup", "HostSlice", "HostTowerBlock", "HostTowerExchange", "PeerIdExchange", "empty_rows",
+           "lookup_order", "non_persistent", "output_dist"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,69 +66,120 @@ def empty_rows(num_rows: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(num_rows, 0, device=device, requires_grad=True)
 
 
+def lookup_order(lookup: nn.Module | None, keys: Sequence[str]) -> list[str]:
+    """The feature order TorchRec's sharded collection reads (its shardings' features, in
+    order, each once: a KJT's keys are unique): ids received in this order skip its input
+    permute, unless a column-wise table reads a feature once per shard. `keys` (each once)
+    when there is no lookup."""
+    shardings = getattr(lookup, "_embedding_shardings", None)
+    order = [f for sharding in shardings for f in sharding.feature_names()] if shardings else keys
+    return list(dict.fromkeys(order))
+
+
 class HostLookup(nn.Module):
-    """SPTT steps 2-3 for one collection on this rank: peer ids in, host lookup.
+    """SPTT step 3 for one collection on this rank: the received ids of H x B samples in, the
+    host's pooled embeddings out, in the host's canonical order (`names`)."""
 
-    Returns the host's pooled embeddings for H x B samples, in the host's canonical order."""
-
-    def __init__(self, slices: Sequence[HostSlice], lookup: nn.Module | None,
-                 group: dist.ProcessGroup, me: RankInfo) -> None:
+    def __init__(self, slices: Sequence[HostSlice], lookup: nn.Module | None, me: RankInfo) -> None:
         super().__init__()
         self.slices, self.me = list(slices), me
-        self.input_dist = KJTAllToAll(group, [len(s.keys) for s in slices])
-        non_persistent(self.input_dist)
         self.lookup = lookup
-        self.keys = tuple(k for s in slices for k in s.keys)
+        self.names = list(self.slices[me.host].names)
+        self.order = lookup_order(lookup, self.slices[me.host].keys)
 
-    def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        local_batch = kjt.stride()
-        received = self.input_dist(ops.select_features(kjt, self.keys)).wait().wait()
-        if self.lookup is None:  # this host owns no table of the collection: empty rows
-            return empty_rows(local_batch * self.me.topology.num_hosts, kjt.device())
-        pooled = self.lookup(received)
-        pooled = pooled.wait() if hasattr(pooled, "wait") else pooled
-        # The sharded lookup orders its output by shard placement; peers expect the host's
-        # canonical order.
-        return ops.merge_keyed_tensors((pooled,), self.slices[self.me.host].names).values()
+    def forward(self, received: KeyedJaggedTensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
+        if self.lookup is None or received is None:  # this host owns no table of the collection
+            return empty_rows(num_rows, device)
+        ctx = self.lookup.create_context()
+        with record_function(stage_range(Stage.INTRA_INPUT)):
+            dist_input = self.lookup.input_dist(ctx, received).wait().wait()
+        with record_function(stage_range(Stage.LOOKUP)):
+            output = self.lookup.compute(ctx, dist_input)
+        with record_function(stage_range(Stage.INTRA_OUTPUT)):
+            pooled = self.lookup.output_dist(ctx, output).wait()
+            # The sharded lookup orders its output by shard placement; peers expect the
+            # host's canonical order.
+            return ops.merge_keyed_tensors((pooled,), self.names).values()
+
+
+def peer_ids(lookups: Sequence[HostLookup], weighted: Sequence[bool], group: dist.ProcessGroup,
+             me: RankInfo) -> PeerIdExchange:
+    """The one id exchange of the collections `lookups`, in the order their lookups read."""
+    keys = [[list(dict.fromkeys(s.keys)) for s in lk.slices] for lk in lookups]  # a key read by two tables: once
+    return PeerIdExchange(keys, [lk.order for lk in lookups], weighted, group, me)
+
+
+def lookup_all(ids: PeerIdExchange, lookups: Sequence[HostLookup], kjts: Sequence[KeyedJaggedTensor],
+               num_hosts: int) -> torch.Tensor:
+    """Steps 2-3 for every collection: this host's pooled columns for H x B rows, collections
+    in model order."""
+    with record_function(stage_range(Stage.PEER_INPUT)):
+        received = ids(kjts)
+    rows, device = kjts[0].stride() * num_hosts, kjts[0].device()
+    return torch.cat([lk(kjt, rows, device) for lk, kjt in zip(lookups, received)], dim=1)
 
 
 class HostTowerExchange(nn.Module):
-    """Identity tower modules: one collection's host lookup, then its rows back to the peers
-    (SPTT step 5); returns the collection's KeyedTensor for the local batch."""
+    """Identity tower modules for every collection: one id exchange, the host lookups, one
+    pooled exchange back (SPTT step 5); returns one KeyedTensor per collection for the local
+    batch, its keys in `keys[c]` (the order the model reads them)."""
 
-    def __init__(self, host_lookup: HostLookup, group: dist.ProcessGroup) -> None:
+    def __init__(self, lookups: Sequence[HostLookup], weighted: Sequence[bool], keys: Sequence[Sequence[str]],
+                 id_group: dist.ProcessGroup, group: dist.ProcessGroup, me: RankInfo) -> None:
         super().__init__()
-        slices = host_lookup.slices
-        self.host_lookup = host_lookup
-        self.output_dist = output_dist(group, [sum(s.widths) for s in slices])
-        self.names = [n for s in slices for n in s.names]
-        self.widths = [w for s in slices for w in s.widths]
+        self.host_lookups = nn.ModuleList(lookups)
+        self.ids = peer_ids(lookups, weighted, id_group, me)
+        self.num_hosts = me.topology.num_hosts
+        # columns as they arrive: per host, per collection, per table
+        arrive = [(c, n, w) for h in range(self.num_hosts) for c, lk in enumerate(lookups)
+                  for n, w in zip(lk.slices[h].names, lk.slices[h].widths)]
+        self.output_dist = output_dist(group, [sum(w for c, _, w in arrive[i:j]) for i, j in self.host_spans(lookups)])
+        self.arrive_widths = [w for _, _, w in arrive]
+        position = {(c, n): i for i, (c, n, _) in enumerate(arrive)}
+        self.keys = [list(k) for k in keys]
+        self.picks = [[position[(c, n)] for n in names] for c, names in enumerate(self.keys)]
 
-    def forward(self, kjt: KeyedJaggedTensor) -> KeyedTensor:
-        rows = self.output_dist(self.host_lookup(kjt)).wait()
-        return KeyedTensor(keys=self.names, length_per_key=self.widths, values=rows)
+    def host_spans(self, lookups: Sequence[HostLookup]) -> list[tuple[int, int]]:
+        spans, start = [], 0
+        for h in range(self.num_hosts):
+            end = start + sum(len(lk.slices[h].names) for lk in lookups)
+            spans.append((start, end))
+            start = end
+        return spans
+
+    def forward(self, *kjts: KeyedJaggedTensor) -> tuple[KeyedTensor, ...]:
+        x = lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
+        with record_function(stage_range(Stage.PEER_OUTPUT)):
+            rows = self.output_dist(x).wait()
+        with record_function(stage_range(Stage.MERGE)):
+            pieces = rows.split(self.arrive_widths, dim=1)
+            return tuple(KeyedTensor(keys=keys, length_per_key=[self.arrive_widths[i] for i in pick],
+                                     values=torch.cat([pieces[i] for i in pick], dim=1))
+                         for keys, pick in zip(self.keys, self.picks))
 
 
 class HostTowerBlock(nn.Module):
-    """Compressing tower modules: every collection's host lookup, the host's tower module
-    (data-parallel inside the host), and only its output across hosts.
+    """Compressing tower modules: one id exchange, every collection's host lookup, the host's
+    tower module (data-parallel inside the host), and only its output across hosts.
 
     Returns one (B, out_width) tensor per host, in host order."""
 
-    def __init__(self, host_lookups: Sequence[HostLookup], tower_module: nn.Module | None,
-                 out_widths: Sequence[int], group: dist.ProcessGroup) -> None:
+    def __init__(self, host_lookups: Sequence[HostLookup], weighted: Sequence[bool], tower_module: nn.Module | None,
+                 out_widths: Sequence[int], id_group: dist.ProcessGroup, group: dist.ProcessGroup,
+                 me: RankInfo) -> None:
         super().__init__()
         self.host_lookups = nn.ModuleList(host_lookups)
+        self.ids = peer_ids(host_lookups, weighted, id_group, me)
+        self.num_hosts = me.topology.num_hosts
         self.tower_module = tower_module
         self.out_widths = list(out_widths)
         self.output_dist = output_dist(group, out_widths)
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[torch.Tensor, ...]:
         # Columns in tower order: collections in model order, features in table order.
-        x = torch.cat([lookup(kjt) for lookup, kjt in zip(self.host_lookups, kjts)], dim=1)
-        if self.tower_module is None:
-            y = empty_rows(x.shape[0], x.device)
-        else:
-            y = self.tower_module(x)[0]
-        rows = self.output_dist(y).wait()
+        x = lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
+        with record_function(stage_range(Stage.TOWER_MODULE)):
+            y = empty_rows(x.shape[0], x.device) if self.tower_module is None else self.tower_module(x)[0]
+        with record_function(stage_range(Stage.PEER_OUTPUT)):
+            rows = self.output_dist(y).wait()
         return tuple(rows.split(self.out_widths, dim=1))

@@ -5,10 +5,12 @@ Algorithm (on rank (h, l), from the typed `DMTResult`, never from module-path st
   2. per embedding site, this host's tables: the tower collections of the towers the plan
      puts on host h (`DMTResult.towers` says where they are), merged into one collection
      and sharded over the host's ranks by TorchRec with the chosen intra-host sharding;
-  3. identity tower modules: each site's tower blocks (select, exchanges, lookups, merge)
-     become one `HostTowerExchange`; compressing tower modules: all tower blocks become one
-     `HostTowerBlock` that runs host h's tower module, and each tower output reads its slice;
-     every exchange runs on the process group its graph node names (`group=`);
+  3. identity tower modules: the tower blocks of every site (select, exchanges, lookups,
+     merge) become one `HostTowerExchange`: one peer id exchange and one pooled exchange back
+     for all collections, each site's merge reading its KeyedTensor; compressing tower
+     modules: all tower blocks become one `HostTowerBlock` that runs host h's tower module,
+     and each tower output reads its slice; every exchange runs on the process group its
+     graph nodes name (`group=`);
   4. drop the logical tower modules, and rename the state-dict keys back to the original's.
 """
 
@@ -28,7 +30,6 @@ from torchrec.distributed.types import ShardingEnv
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import KeyedOptimizer
 
-from dmt_fx.ir import ops
 from dmt_fx.ir.collections import sub_collection
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.graph import stable_toposort, tag
@@ -111,14 +112,14 @@ class _Lowering:
         for index, group in enumerate(self.plain, start=len(sites)):
             lookups.append(self.plain_host_lookup(index, group))
             kjts.append(self.plain_kjt(index, group))
+        weighted = [self.site_weighted(s) for s in sites] + [group[0].weighted for group in self.plain]
+        id_group = one_group([n for s in sites for n in self.input_exchanges(s)] +
+                             [lk.exchange for group in self.plain for lk in group])
         if self.result.plan.changes_model:  # Step 3
-            tower_module = self.lower_tower_block(lookups, kjts)
+            tower_module = self.lower_tower_block(lookups, kjts, weighted, id_group)
         else:
             tower_module = None
-            for index, (site, lookup) in enumerate(zip(sites, lookups)):
-                self.lower_exchange(index, site, lookup)
-            for index, group in enumerate(self.plain, start=len(sites)):
-                self.lower_plain_exchange(index, group, lookups[index], kjts[index])
+            self.lower_exchange(sites, lookups, kjts, weighted, id_group)
         return self.finish(tower_module)  # Step 4
 
     # ------------------------------------------------------------ step 2
@@ -132,7 +133,7 @@ class _Lowering:
             host_ebc = sub_collection(mine)
             lookup = self.shard(index, host_ebc, host_ebc.state_dict())
             self.sharded[id(lookup)] = (lookup, {n: table_path(site.module, n) for n in host_ebc.embedding_bags})
-        return HostLookup(slices, lookup, self.groups.of(self.input_group(site)), self.me)
+        return HostLookup(slices, lookup, self.me)
 
     def shard(self, index: int, host_ebc: EmbeddingBagCollection, weights: dict[str, Any]) -> nn.Module:
         """`host_ebc` sharded over the host's ranks, starting from `weights` (its state-dict keys)."""
@@ -156,8 +157,7 @@ class _Lowering:
             # Whole keys: the original weight's name, which for a module with several tables is
             # not `<module>.weight`.
             self.sharded[id(lookup)] = (lookup, {f"{table_attr(lk.table)}.weight": lk.param for lk in mine})
-        group_kind = one_group({lk.exchange for lk in group})
-        return HostLookup(slices, lookup, self.groups.of(group_kind), self.me)
+        return HostLookup(slices, lookup, self.me)
 
     def plain_kjt(self, index: int, group: list[PlainLookup]) -> fx.Node:
         """The node that turns the lookups' local id tensors into one KJT, before any exchange."""
@@ -176,42 +176,47 @@ class _Lowering:
                 per_host[tower.host].append(self.gm.get_submodule(path))
         return per_host
 
-    def input_group(self, site: EmbeddingSite) -> str:
+    def input_exchanges(self, site: EmbeddingSite) -> list[fx.Node]:
         selects = nodes_with_role(self.graph, Role.SELECT_FEATURES, origin=site.node)
-        return one_group(u for s in selects for u in s.users if role_of(u) == Role.PEER_INPUT_EXCHANGE)
+        return [u for s in selects for u in s.users if role_of(u) == Role.PEER_INPUT_EXCHANGE]
+
+    def site_weighted(self, site: EmbeddingSite) -> bool:
+        return any(self.result.sites.feature(f).weighted for f in site.features)
 
     # ------------------------------------------------------------ step 3
 
-    def lower_exchange(self, index: int, site: EmbeddingSite, lookup: HostLookup) -> None:
-        """Replace the logical tower blocks of one collection by its physical exchange."""
-        merge = _one(nodes_with_role(self.graph, Role.MERGE, origin=site.node))
-        select = next(nodes_with_role(self.graph, Role.SELECT_FEATURES, origin=site.node))
-        group = one_group(part.args[0] for part in merge.args[0])  # the received embeddings' exchanges
-        path = host_exchange_path(index)
-        self.physical.add_submodule(path, HostTowerExchange(lookup, self.groups.of(group)))
-        with self.graph.inserting_before(merge):
-            exchange = tag(self.graph.call_module(path, (select.args[0],)), PASS, Role.HOST_TOWER_EXCHANGE,
-                           origin=site.node)
-            merged = tag(self.graph.call_function(ops.merge_keyed_tensors, ((exchange,), merge.args[1])), PASS,
-                         Role.MERGE, origin=site.node)
-        merge.replace_all_uses_with(merged)
-
-    def lower_plain_exchange(self, index: int, group: list[PlainLookup], lookup: HostLookup, kjt: fx.Node) -> None:
-        """Identity tower modules: the plain lookups' exchanges and lookups become one
-        HostTowerExchange; each lookup's users read its columns in the original shape."""
-        received = [received_output(self.graph, lk) for lk in group]
-        path = host_exchange_path(index)
-        self.physical.add_submodule(path, HostTowerExchange(lookup, self.groups.of(one_group(
-            {node.args[0] for node in received}))))
-        first = next(n for n in self.graph.nodes if n in set(received))
+    def lower_exchange(self, sites: list[EmbeddingSite], lookups: list[HostLookup], kjts: list[fx.Node],
+                       weighted: list[bool], id_group: str) -> None:
+        """Identity tower modules: every collection's logical tower blocks become one
+        HostTowerExchange (one id exchange, one pooled exchange back); each site's merge reads
+        its KeyedTensor, each plain lookup's users read its columns in the original shape."""
+        merges = [_one(nodes_with_role(self.graph, Role.MERGE, origin=s.node)) for s in sites]
+        received = [[received_output(self.graph, lk) for lk in group] for group in self.plain]
+        # the received embeddings' exchanges
+        out_group = one_group([part.args[0] for m in merges for part in m.args[0]] +
+                              [node.args[0] for nodes in received for node in nodes])
+        keys = [m.args[1] for m in merges] + [[lk.feature for lk in group] for group in self.plain]
+        path = host_exchange_path(0)
+        self.physical.add_submodule(path, HostTowerExchange(lookups, weighted, keys, self.groups.of(id_group),
+                                                            self.groups.of(out_group), self.me))
+        first = next(n for n in self.graph.nodes if n in set(merges) | {n for r in received for n in r})
         with self.graph.inserting_before(first):
-            exchange = tag(self.graph.call_module(path, (kjt,)), PASS, Role.HOST_TOWER_EXCHANGE)
-            for lk, node in zip(group, received):
-                out = self.graph.call_function(pooled_output, (exchange, lk.feature, lk.form, lk.indices))
-                node.replace_all_uses_with(out)
+            exchange = tag(self.graph.call_module(path, tuple(kjts)), PASS, Role.HOST_TOWER_EXCHANGE)
+        for index, (site, merge) in enumerate(zip(sites, merges)):
+            with self.graph.inserting_before(merge):
+                item = tag(self.graph.call_function(operator.getitem, (exchange, index)), PASS, Role.MERGE,
+                           origin=site.node)
+            merge.replace_all_uses_with(item)
+        for index, (group, nodes) in enumerate(zip(self.plain, received), start=len(sites)):
+            with self.graph.inserting_before(nodes[0]):
+                item = self.graph.call_function(operator.getitem, (exchange, index))
+                for lk, node in zip(group, nodes):
+                    node.replace_all_uses_with(self.graph.call_function(pooled_output, (item, lk.feature, lk.form,
+                                                                                        lk.indices)))
         stable_toposort(self.graph)
 
-    def lower_tower_block(self, lookups: list[HostLookup], kjts: list[fx.Node]) -> nn.Module | None:
+    def lower_tower_block(self, lookups: list[HostLookup], kjts: list[fx.Node], weighted: list[bool],
+                          id_group: str) -> nn.Module | None:
         """One HostTowerBlock for all collections; each tower output reads its host's slice.
 
         Returns the logical tower module this rank runs (None when its host has no tower)."""
@@ -234,7 +239,8 @@ class _Lowering:
                                            device_ids=ddp_device_ids())
         outputs = list(nodes_with_role(self.graph, Role.TOWER_OUTPUT))
         group = one_group(out.args[0] for out in outputs)  # each output is item 0 of its exchange
-        self.physical.add_submodule(HOST_TOWER_BLOCK_PATH, HostTowerBlock(lookups, runs, widths, self.groups.of(group)))
+        self.physical.add_submodule(HOST_TOWER_BLOCK_PATH, HostTowerBlock(
+            lookups, weighted, runs, widths, self.groups.of(id_group), self.groups.of(group), self.me))
         with self.graph.inserting_before(outputs[0]):
             block = tag(self.graph.call_module(HOST_TOWER_BLOCK_PATH, tuple(kjts)), PASS, Role.HOST_TOWER_BLOCK)
         for out in outputs:

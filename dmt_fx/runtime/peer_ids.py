@@ -1,0 +1,163 @@
+"""SPTT step 2 for every collection at once: one peer id exchange per step, no handshake.
+
+TorchRec's `KJTAllToAll` spends three collectives per KJT: a handshake of split sizes
+(lengths, values, batch size per rank), then lengths and values (and weights). The peer
+exchange of a DMT model needs fewer, because every rank sends the same local batch B (the
+pooled all-to-all back already assumes it):
+  1. the lengths' split sizes are static: host h gets B lengths per key of its slices, so
+     the lengths all-to-all needs no handshake;
+  2. the values' (and weights') split sizes are the sums of the received lengths, per source;
+  3. every collection of the model rides the same two (three with per-sample weights)
+     all-to-alls: collections are concatenated per destination host;
+  4. the receiver reorders (source, key) blocks into key-major order with one FBGEMM
+     permute, in the feature order its host's sharded lookup expects, so TorchRec does not
+     permute them again.
+Collections that do not use per-sample weights send ones as weights when another collection
+of the model does (one weights all-to-all for all); their received KJTs drop them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from dmt_fx.runtime.groups import RankInfo
+
+Span = tuple[int, int]
+
+
+def runs(indices: Sequence[int]) -> list[Span]:
+    """Consecutive index runs as [start, end) spans: fewer slices to copy."""
+    spans: list[Span] = []
+    for i in indices:
+        if spans and spans[-1][1] == i:
+            spans[-1] = (spans[-1][0], i + 1)
+        else:
+            spans.append((i, i + 1))
+    return spans
+
+
+class PeerIdExchange(nn.Module):
+    """Sends each host the ids of its slices of every collection; returns this host's KJTs.
+
+    `keys[c][h]`: the keys of collection c that host h looks up, in the order the host's
+    slice lists them; `orders[c]`: the key order this host's lookup of c reads (its sharded
+    module's feature order); `weighted[c]`: whether c's lookup reads per-sample weights."""
+
+    def __init__(self, keys: Sequence[Sequence[Sequence[str]]], orders: Sequence[Sequence[str]],
+                 weighted: Sequence[bool], group: dist.ProcessGroup, me: RankInfo) -> None:
+        super().__init__()
+        self.keys = [[list(k) for k in per_host] for per_host in keys]
+        self.orders = [list(o) for o in orders]
+        self.weighted = list(weighted)
+        self.any_weighted = any(self.weighted)
+        self.group, self.me = group, me
+        self.num_hosts = me.topology.num_hosts
+        self.spans: dict[tuple[int, tuple[str, ...]], list[list[Span]]] = {}
+        self.recat = self.receive_order()
+
+    def receive_order(self) -> torch.Tensor:
+        """Rows (source, key) of the received lengths, in key-major order per collection."""
+        sent = [(c, k) for c, per_host in enumerate(self.keys) for k in per_host[self.me.host]]
+        position = {}
+        for i, entry in enumerate(sent):
+            position.setdefault(entry, i)  # a key read by two tables is sent twice: take one
+        rows = [src * len(sent) + position[(c, k)]
+                for c, order in enumerate(self.orders) for k in order for src in range(self.num_hosts)]
+        return torch.tensor(rows, dtype=torch.int32)
+
+    def forward(self, kjts: Sequence[KeyedJaggedTensor]) -> list[KeyedJaggedTensor | None]:
+        batch = kjts[0].stride()
+        lengths, values, weights, value_splits = self.pack(kjts, batch)
+        width = sum(len(per_host[self.me.host]) for per_host in self.keys) * batch
+        got_lengths = self.all_to_all(lengths, [width] * self.num_hosts,
+                                      [sum(len(p[h]) for p in self.keys) * batch for h in range(self.num_hosts)])
+        got_splits = got_lengths.view(self.num_hosts, -1).sum(1).tolist() if width else [0] * self.num_hosts
+        got_values, got_weights = self.all_to_all_values(values, weights, got_splits, value_splits)
+        return self.unpack(got_lengths, got_values, got_weights, batch)
+
+    # ------------------------------------------------------------ send
+
+    def spans_of(self, c: int, kjt: KeyedJaggedTensor) -> list[list[Span]]:
+        """Per destination host, the index runs of its keys in this KJT (cached per key list)."""
+        cache_key = (c, tuple(kjt.keys()))
+        if cache_key not in self.spans:
+            index = {k: i for i, k in enumerate(kjt.keys())}
+            self.spans[cache_key] = [runs([index[k] for k in per_host]) for per_host in self.keys[c]]
+        return self.spans[cache_key]
+
+    def pack(self, kjts: Sequence[KeyedJaggedTensor], batch: int):
+        """Lengths, values, weights in (destination host, collection, key) order, and the
+        values' split sizes per destination."""
+        lengths, values, weights = [], [], []
+        value_splits = [0] * self.num_hosts
+        tables = [(kjt, self.spans_of(c, kjt), kjt.offset_per_key()) for c, kjt in enumerate(kjts)]
+        for h in range(self.num_hosts):
+            for c, (kjt, spans, offsets) in enumerate(tables):
+                for start, end in spans[h]:
+                    lengths.append(kjt.lengths()[start * batch:end * batch])
+                    values.append(kjt.values()[offsets[start]:offsets[end]])
+                    if self.any_weighted:
+                        weights.append(self.weights_of(c, kjt, offsets[start], offsets[end]))
+                    value_splits[h] += offsets[end] - offsets[start]
+        device = kjts[0].device()
+        return (cat(lengths, kjts[0].lengths(), device), cat(values, kjts[0].values(), device),
+                cat(weights, None, device) if self.any_weighted else None, value_splits)
+
+    def weights_of(self, c: int, kjt: KeyedJaggedTensor, start: int, end: int) -> torch.Tensor:
+        if self.weighted[c]:
+            return kjt.weights()[start:end]
+        return torch.ones(end - start, device=kjt.device())
+
+    def all_to_all(self, tensor: torch.Tensor, out_splits: list[int], in_splits: list[int]) -> torch.Tensor:
+        out = tensor.new_empty(sum(out_splits))
+        dist.all_to_all_single(out, tensor, out_splits, in_splits, group=self.group)
+        return out
+
+    def all_to_all_values(self, values: torch.Tensor, weights: torch.Tensor | None, out_splits: list[int],
+                          in_splits: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values and weights share their split sizes: both in flight at once."""
+        got_values = values.new_empty(sum(out_splits))
+        works = [dist.all_to_all_single(got_values, values, out_splits, in_splits, group=self.group, async_op=True)]
+        got_weights = None
+        if weights is not None:
+            got_weights = weights.new_empty(sum(out_splits))
+            works.append(dist.all_to_all_single(got_weights, weights, out_splits, in_splits, group=self.group,
+                                                async_op=True))
+        for work in works:
+            work.wait()
+        return got_values, got_weights
+
+    # ------------------------------------------------------------ receive
+
+    def unpack(self, lengths: torch.Tensor, values: torch.Tensor, weights: torch.Tensor | None,
+               batch: int) -> list[KeyedJaggedTensor | None]:
+        """One KJT per collection (None where this host reads none of its keys), key-major,
+        stride H x B, keys in the lookup's order."""
+        if self.recat.numel() == 0:
+            return [None] * len(self.orders)
+        # No output size hint: a column-wise sharded lookup reads a feature once per shard,
+        # so the recat may repeat rows and the output outgrow the input.
+        lengths, values, weights = torch.ops.fbgemm.permute_2D_sparse_data(
+            self.recat, lengths.view(-1, batch), values, weights, None)
+        stride = batch * self.num_hosts
+        rows = [len(order) * stride for order in self.orders]
+        per_lengths = lengths.view(-1).split(rows)
+        counts = torch.stack([x.sum() for x in per_lengths]).tolist()
+        per_values = values.split(counts)
+        per_weights = weights.split(counts) if weights is not None else [None] * len(counts)
+        return [KeyedJaggedTensor(keys=order, values=v, lengths=n, stride=stride,
+                                  weights=w if self.weighted[c] else None) if order else None
+                for c, (order, n, v, w) in enumerate(zip(self.orders, per_lengths, per_values, per_weights))]
+
+
+def cat(pieces: list[torch.Tensor], like: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """The pieces concatenated; an empty tensor of `like`'s dtype (float for weights) if none."""
+    if pieces:
+        return torch.cat(pieces)
+    dtype = like.dtype if like is not None else torch.float32
+    return torch.empty(0, dtype=dtype, device=device)
