@@ -41,24 +41,41 @@ def select_features(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedT
 def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJaggedTensor:
     """What kjt.permute(indices) returns, built from one slice per key and a concatenation:
     a tower takes a few keys, and for those this is several times cheaper on CPU than the
-    general permute kernel (which also handles repeated and variable-batch keys)."""
+    general permute kernel (which also handles repeated and variable-batch keys).
+
+    The result carries the source's per-key JaggedTensors (`jt_dict`): a TorchRec collection
+    reads its features through `to_dict()`, which the source computes once (and caches) for
+    all towers, as the original collection did once, instead of once per tower. Same
+    tensors as the original lookup reads: bit for bit."""
     stride = kjt.stride()
     length_per_key, offset_per_key = kjt.length_per_key(), kjt.offset_per_key()
     values_at = [(offset_per_key[i], offset_per_key[i + 1]) for i in indices]
     lengths_at = [(i * stride, (i + 1) * stride) for i in indices]
     weights = kjt.weights_or_none()
+    keys = [kjt.keys()[i] for i in indices]
+    per_key = kjt.to_dict()
     return KeyedJaggedTensor(
-        keys=[kjt.keys()[i] for i in indices],
+        keys=keys,
         values=_gather(kjt.values(), values_at),
         weights=None if weights is None else _gather(weights, values_at),
         lengths=_gather(kjt.lengths(), lengths_at),
         stride=stride,
         length_per_key=[length_per_key[i] for i in indices],
+        jt_dict={k: per_key[k] for k in keys},
     )
 
 
 def _gather(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
-    return torch.cat([tensor[start:end] for start, end in spans])
+    """The spans of `tensor`, adjacent ones joined; one span is a view, not a copy."""
+    joined: list[tuple[int, int]] = []
+    for start, end in spans:
+        if joined and joined[-1][1] == start:
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    if len(joined) == 1:
+        return tensor[joined[0][0]:joined[0][1]]
+    return torch.cat([tensor[start:end] for start, end in joined])
 
 
 def merge_keyed_tensors(parts: Sequence[KeyedTensor], keys: Sequence[str]) -> KeyedTensor:
