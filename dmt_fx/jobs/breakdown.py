@@ -6,7 +6,7 @@ stages, the worker opens dense forward, backward and optimizer) is a *stage*; a 
 TorchRec and FBGEMM names are classified too, so the flat baselines, which have no DMT
 stages, show theirs: `input_dist` (TorchRec's KJT all-to-all ranges), `output_dist` (its
 pooled all-to-all ranges; row-wise plans: its reduce-scatter), `all_to_all_backward` (the
-backward of TorchRec's pooled all-to-alls, flat or the DMT exchanges alike), `lookup` (FBGEMM's table-batched lookup op), `grad_allreduce`
+backward of TorchRec's pooled all-to-alls, issue and wait, flat or the DMT exchanges alike), `lookup` (FBGEMM's table-batched lookup op), `grad_allreduce`
 (DDP's all-reduce calls and bucket copies), `replica_sync` (TorchRec 2D's weight and
 optimizer-state sync). A TorchRec or FBGEMM event inside a runtime stage belongs to that
 stage (the tower lookup of DMT is TorchRec too); it is classified only under the worker's
@@ -35,7 +35,9 @@ WORKER_STAGES = (Stage.DENSE_FORWARD, Stage.BACKWARD, Stage.OPTIMIZER)
 # (substring of a TorchRec / FBGEMM / DDP event name, key), first match wins
 FOREIGN = (
     ("all2all_data", "input_dist"),
-    ("All2All_Pooled_bwd", "all_to_all_backward"),
+    ("All2All_Pooled_bwd", "all_to_all_backward"),  # the gradients' all-to-all, issued in backward
+    ("All2All_Pooled_ReqBackward", "all_to_all_backward"),  # autograd node: waits for it
+    ("All2All_Pooled_WaitBackward", "all_to_all_backward"),
     ("All2All_Pooled", "output_dist"),
     ("all2all_pooled", "output_dist"),
     ("reduce_scatter", "output_dist"),
