@@ -1,7 +1,8 @@
 """What every partitioner shares: units, their load shares, the balance bound and placements.
 
 Units are tables with every feature that shares them (a table never spans towers), joined
-with the other tables of their composite embedding (a quotient-remainder pair). Each
+with the other tables of their composite embedding (a quotient-remainder pair). A joint
+table split by field is one table per field (its row range), so each field is a unit. Each
 unit has a lookup cost (pooling factor x dim x 4 bytes per sample) and a memory (rows x dim
 x dtype size), both taken as shares of the model's totals. The greedy placement puts each
 unit on the tower whose current load max(cost share, memory share) is smallest (ties:
