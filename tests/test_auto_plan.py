@@ -185,7 +185,8 @@ def test_cli_plan_auto_refuses_memory(capsys):
 
 def test_auto_without_example_inputs_plans_identity_towers(built_in):
     model, _ = built_in
-    auto = dmt_fx.transform(model, "2x2", plan="auto", tower_module="dot").meta["dmt_auto"]
+    with pytest.warns(UserWarning, match="are ignored"):  # auto picks the partition itself
+        auto = dmt_fx.transform(model, "2x2", plan="auto", tower_module="dot", partitioner="learned").meta["dmt_auto"]
     assert {c.compression for c in auto.candidates} == {1} and auto.tower_module == "identity"
     assert all(c.kept_affinity is None for c in auto.candidates)  # no batch: no affinity measured
     assert any("no example_inputs" in n for n in auto.notes)
