@@ -95,12 +95,12 @@ def transform(
         if partitioner is not None or compression != 1:
             warnings.warn(f"dmt_fx: plan='auto' chooses the towers and the compression itself: "
                           f"partitioner={partitioner!r} and compression={compression!r} are ignored", stacklevel=2)
-    changes_model = kind.changes_model
-    if changes_model:  # compressed towers feed the interaction: a model must have one
-        require_interaction(sites, f"tower_module={kind.name!r}")
         auto = auto_plan(sites, topology, pooling, kind=kind, model=model, example_inputs=inputs, seed=seed,
                          options=plan if isinstance(plan, AutoOptions) else None)
         plan, compression, kind = auto.plan, auto.compression, tower_module_kind(auto.tower_module)
+    changes_model = kind.changes_model
+    if changes_model:  # compressed towers feed the interaction: a model must have one
+        require_interaction(sites, f"tower_module={kind.name!r}")
     tower_plan_ = dataclasses.replace(_make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed),
                                       changes_model=changes_model)
     specs = tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)
