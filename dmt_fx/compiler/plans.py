@@ -1,6 +1,7 @@
 """Building and checking tower plans against the analysed model and the topology.
 
-`build_plan` turns feature groups into a `TowerPlan` (loads, imbalances, fingerprint);
+`build_plan` turns feature groups into a `TowerPlan` (loads, imbalances, fingerprint), tower t
+on domain t // k with k towers per domain (`tower_count` checks k against the units);
 `validate_plan` checks a user's plan (every feature once, tables whole, composite embeddings
 whole, hosts in range, made for this model and topology).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from dmt_fx.ir.errors import PlanError
+from dmt_fx.ir.errors import DMTError, PlanError
 from dmt_fx.ir.plan import Tower, TowerPlan
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
@@ -31,10 +32,66 @@ def imbalance(values: list[float]) -> float:
     return max(values) / mean if mean > 0 else 1.0
 
 
+def tower_count(topology: Topology, num_units: int, towers_per_domain: int = 1) -> int:
+    """How many towers a partitioner makes: k per domain, H x k in all.
+
+    k = 1 keeps the old rule (fewer units than domains: one tower per unit, the last domains
+    idle). k > 1 is an explicit request, so H x k towers must each get a unit: refused with
+    the arithmetic rather than silently clamped (a clamp would leave domains uneven)."""
+    check_towers_per_domain(towers_per_domain)
+    wanted = topology.num_domains * towers_per_domain
+    if towers_per_domain == 1:
+        return min(wanted, num_units)
+    if wanted > num_units:
+        most = num_units // topology.num_domains
+        raise DMTError(f"towers_per_domain={towers_per_domain} on {topology.num_domains} domains: "
+                       f"{topology.num_domains} x {towers_per_domain} = {wanted} towers but only {num_units} "
+                       "partition units (tables, with composite embeddings joined)",
+                       f"domains x towers_per_domain <= {num_units}",
+                       [f"pass towers_per_domain <= {most}" if most >= 1 else "pass towers_per_domain=1",
+                        "or split the model's tables further"])
+    return wanted
+
+
+def check_towers_per_domain(towers_per_domain: object) -> None:
+    if isinstance(towers_per_domain, bool) or not isinstance(towers_per_domain, int) or towers_per_domain < 1:
+        raise DMTError(f"towers_per_domain={towers_per_domain!r}", "an int >= 1 (towers per fast domain)",
+                       ["pass towers_per_domain=1 (one tower per domain, the default) or 2, 3, ..."])
+
+
+def domain_hosts(num_towers: int, towers_per_domain: int = 1) -> list[int]:
+    """Tower t on domain t // k: a partitioner's towers in order, k to a domain."""
+    return [t // towers_per_domain for t in range(num_towers)]
+
+
+def balance_domains(groups: list[list[str]], loads: list[tuple[float, int, tuple[str, ...]]], num_domains: int,
+                    towers_per_domain: int) -> list[list[str]]:
+    """The towers reordered so that k consecutive ones (a domain) carry similar loads.
+
+    The greedy partitioners fill towers largest unit first, so towers 0, 1, ... come out
+    heaviest first; k in order per domain would stack the heaviest on domain 0. Instead the
+    towers go, heaviest first (max of cost and memory share), to the least-loaded domain with
+    room; a domain's towers keep their relative order."""
+    total_c = sum(c for c, _, _ in loads) or 1.0
+    total_m = sum(m for _, m, _ in loads) or 1.0
+    share = [max(c / total_c, m / total_m) for c, m, _ in loads]
+    members: list[list[int]] = [[] for _ in range(num_domains)]
+    load = [0.0] * num_domains
+    for i in sorted(range(len(groups)), key=lambda i: (-share[i], i)):
+        d = min((d for d in range(num_domains) if len(members[d]) < towers_per_domain), key=lambda d: (load[d], d))
+        members[d].append(i)
+        load[d] += share[i]
+    return [groups[i] for d in range(num_domains) for i in sorted(members[d])]
+
+
 def build_plan(groups: list[list[str]], sites: ModelSites, topology: Topology, pooling: Mapping[str, float],
-               *, partitioner: str, balance_bound: float, hosts: list[int] | None = None) -> TowerPlan:
-    """Assemble a TowerPlan (loads, imbalances, fingerprint) from feature groups."""
-    hosts = hosts if hosts is not None else list(range(len(groups)))
+               *, partitioner: str, balance_bound: float, hosts: list[int] | None = None,
+               towers_per_domain: int = 1) -> TowerPlan:
+    """Assemble a TowerPlan (loads, imbalances, fingerprint) from feature groups (tower t on
+    domain t // towers_per_domain unless `hosts` says otherwise)."""
+    if hosts is None and towers_per_domain > 1:
+        groups = balance_domains(groups, tower_loads(groups, sites, pooling), topology.num_domains, towers_per_domain)
+    hosts = hosts if hosts is not None else domain_hosts(len(groups), towers_per_domain)
     loads = tower_loads(groups, sites, pooling)
     towers = tuple(Tower(i, h, tuple(g), tables, round(cost, 3), mem)
                    for i, (g, h, (cost, mem, tables)) in enumerate(zip(groups, hosts, loads)))

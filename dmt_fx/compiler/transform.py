@@ -66,6 +66,7 @@ def transform(
     validate_inputs: bool = True,
     disable_passes: Sequence[str] = (),
     verify: bool = True,
+    towers_per_domain: int = 1,
 ) -> fx.GraphModule:
     """Rewrite a flat DLRM into DMT form. The result shares the model's parameters.
 
@@ -73,6 +74,8 @@ def transform(
     "random", ...) or is a function `(PartitionRequest) -> TowerPlan | feature groups`; by
     default "user_towers" for a model already towered with torchrec EmbeddingTowers (their
     towers stay whole), else "balanced".
+    `towers_per_domain` k: the partitioner makes H x k towers, tower t on domain t // k, each
+    with its own tower module, the k sharing the domain's ranks for lookup (default 1).
     `plan="auto"` (or `plan=AutoOptions(memory_per_rank=..., quality_budget=...)`) lets the cost
     model choose the towers, the compression (c > 1 only with a compressing `tower_module`)
     and each tower's sharding; `gm.meta["dmt_auto"]` keeps the candidates and the reason.
@@ -101,8 +104,8 @@ def transform(
     changes_model = kind.changes_model
     if changes_model:  # compressed towers feed the interaction: a model must have one
         require_interaction(sites, f"tower_module={kind.name!r}")
-    tower_plan_ = dataclasses.replace(_make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed),
-                                      changes_model=changes_model)
+    made = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed, towers_per_domain)
+    tower_plan_ = dataclasses.replace(made, changes_model=changes_model)
     specs = tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)
     if changes_model:
         log.warning("transform: tower_module=%r with compression %d changes the model "
@@ -207,12 +210,17 @@ def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float
 
 def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partitioner | None, sites: ModelSites,
                topology: Topology, pooling: Mapping[str, float], model: nn.Module, inputs: tuple | None,
-               seed: int) -> TowerPlan:
+               seed: int, towers_per_domain: int = 1) -> TowerPlan:
+    if plan is not None and towers_per_domain != 1:  # a plan already places its towers on domains
+        raise DMTError(f"towers_per_domain={towers_per_domain!r} together with a plan",
+                       "towers_per_domain only with a partitioner (a plan lists its towers and their hosts)",
+                       ["drop towers_per_domain, or give two towers of the plan the same host"])
     if plan is not None:
         return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
     if partitioner is None:  # the author's own towers, when the model has them
         partitioner = "user_towers" if user_tower_paths(model) else "balanced"
-    return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed)
+    return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed,
+                          towers_per_domain=towers_per_domain)
 
 
 def graph_passes(sites: ModelSites, plan: TowerPlan, kind: TowerModuleKind, specs: Sequence[TowerSpec],

@@ -7,7 +7,9 @@ Algorithm:
      max(cost share, memory share) is smallest (ties: lowest index).
   4. Report the achieved imbalances (max / mean per metric) and the bound the greedy
      guarantees, 2 + T x (largest unit share) (units.py). Achieved values are usually near 1.
-One tower per host, fewer if there are fewer tables.
+H x k towers (k = towers_per_domain, default 1: one per domain, fewer if there are fewer
+tables), tower t on domain t // k. Each tower is within the bound, so each domain (the sum
+of k towers, mean k x the tower mean) is too: domain imbalance <= the towers' imbalance.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dmt_fx.compiler.partitioners.units import (
     unit_features,
     unit_shares,
 )
-from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.plans import build_plan, tower_count
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
@@ -33,17 +35,19 @@ def balanced_groups(units: list[list[str]], cost: list[float], mem: list[float],
     return unit_features(units, balanced_placement(cost, mem, num_towers))
 
 
-def balanced_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float]) -> TowerPlan:
+def balanced_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *,
+                  towers_per_domain: int = 1) -> TowerPlan:
     units = table_units(sites)
-    num_towers = min(topology.num_hosts, len(units))
+    num_towers = tower_count(topology, len(units), towers_per_domain)
     cost, mem = unit_shares(units, sites, pooling)
     groups = balanced_groups(units, cost, mem, num_towers)
     return build_plan(groups, sites, topology, pooling, partitioner="balanced",
-                      balance_bound=balance_bound(num_towers, cost, mem))
+                      balance_bound=balance_bound(num_towers, cost, mem), towers_per_domain=towers_per_domain)
 
 
 def balanced(request: PartitionRequest) -> TowerPlan:
-    return balanced_plan(request.sites, request.topology, request.pooling)
+    return balanced_plan(request.sites, request.topology, request.pooling,
+                         towers_per_domain=request.towers_per_domain)
 
 
 register_partitioner("balanced", balanced)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from dmt_fx.compiler.plans import build_plan, validate_plan
+from dmt_fx.compiler.plans import build_plan, check_towers_per_domain, validate_plan
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.registry import Registry
 from dmt_fx.ir.sites import ModelSites
@@ -30,6 +30,7 @@ class PartitionRequest:
     model: Any = None  # the original (trained) model, for partitioners that probe it
     example_inputs: Sequence[Any] | None = None
     seed: int = 0
+    towers_per_domain: int = 1  # k: H x k towers, tower t on domain t // k (plans.tower_count)
 
 
 PartitionResult = Union[TowerPlan, Sequence[Sequence[str]]]
@@ -43,7 +44,7 @@ def register_partitioner(name: str, fn: Partitioner) -> Partitioner:
     """Teach dmt_fx a partitioner; `transform(partitioner=name)` then plans with it.
 
     `fn(request)` returns a TowerPlan, or the towers' feature names, one list per tower
-    (tower t on host t); either is validated against the model and topology."""
+    (tower t on domain t // request.towers_per_domain); either is validated against the model and topology."""
     return PARTITIONERS.register(name, fn)
 
 
@@ -55,15 +56,18 @@ def run_partitioner(name: str, fn: Partitioner, request: PartitionRequest) -> To
     else:
         groups = [list(group) for group in result]
         plan = build_plan(groups, request.sites, request.topology, request.pooling, partitioner=name,
-                          balance_bound=float("inf"))  # no guarantee from a partitioner we do not know
+                          balance_bound=float("inf"), towers_per_domain=request.towers_per_domain)  # no guarantee from a partitioner we do not know
     return validate_plan(plan, request.sites, request.topology, request.pooling)
 
 
 def make_partition(partitioner: str | Partitioner, sites: ModelSites, topology: Topology,
                    pooling: Mapping[str, float], *, model: Any = None,
-                   example_inputs: Sequence[Any] | None = None, seed: int = 0) -> TowerPlan:
-    """The plan of a registered partitioner (by name) or of a partitioner function."""
-    request = PartitionRequest(sites, topology, pooling, model, example_inputs, seed)
+                   example_inputs: Sequence[Any] | None = None, seed: int = 0,
+                   towers_per_domain: int = 1) -> TowerPlan:
+    """The plan of a registered partitioner (by name) or of a partitioner function;
+    `towers_per_domain` k: H x k towers, tower t on domain t // k."""
+    check_towers_per_domain(towers_per_domain)  # before a partitioner (maybe a slow one) runs
+    request = PartitionRequest(sites, topology, pooling, model, example_inputs, seed, towers_per_domain)
     if callable(partitioner):
         return run_partitioner(getattr(partitioner, "__name__", "custom"), partitioner, request)
     return run_partitioner(partitioner, PARTITIONERS.get(partitioner), request)

@@ -1,7 +1,7 @@
 """Partitioner "learned": towers of strongly interacting features, within the balance limits.
 
 Algorithm:
-  1. Same units, shares, T = min(hosts, units) and bound as the balanced partitioner.
+  1. Same units, shares, T (H x towers_per_domain, plans.tower_count) and bound as the balanced partitioner.
   2. Affinity: how strongly the trained model combines two features non-additively, measured
      on example_inputs by swapping their pooled embeddings with another sample's
      (dmt_fx.compiler.affinity.interaction_matrix: exact pairs up to 24 features, above that
@@ -39,7 +39,7 @@ from dmt_fx.compiler.partitioners.units import (
     unit_features,
     unit_shares,
 )
-from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.plans import build_plan, tower_count
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
@@ -174,7 +174,7 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
                  model: Any, example_inputs: Sequence[Any] | None, seed: int = 0,
                  balance_slack: float | None = DEFAULT_BALANCE_SLACK,
                  affinity: Mapping[tuple[str, str], float] | None = None,
-                 progress: bool | None = None) -> TowerPlan:
+                 progress: bool | None = None, towers_per_domain: int = 1) -> TowerPlan:
     """Towers of strongly interacting features (interaction affinity), within the balance limits.
 
     `affinity` (optional) replaces the one computed from `model` on `example_inputs`;
@@ -187,7 +187,7 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
         matrix = _as_matrix(names, affinity)
     # Steps 1-3
     units = table_units(sites)
-    num_towers = min(topology.num_hosts, len(units))
+    num_towers = tower_count(topology, len(units), towers_per_domain)
     cost, mem = unit_shares(units, sites, pooling)
     bound = balance_bound(num_towers, cost, mem)
     seed_parts = balanced_placement(cost, mem, num_towers)
@@ -204,12 +204,13 @@ def learned_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, fl
     placed = [p for p in groups_of(best.tower_of, num_towers) if p]
     placed.sort(key=lambda p: p[0])  # towers in model order of their first table
     return build_plan(unit_features(units, placed), sites, topology, pooling, partitioner="learned",
-                      balance_bound=bound)
+                      balance_bound=bound, towers_per_domain=towers_per_domain)
 
 
 def learned(request: PartitionRequest) -> TowerPlan:
     return learned_plan(request.sites, request.topology, request.pooling, model=request.model,
-                        example_inputs=request.example_inputs, seed=request.seed)
+                        example_inputs=request.example_inputs, seed=request.seed,
+                        towers_per_domain=request.towers_per_domain)
 
 
 register_partitioner("learned", learned)

@@ -14,15 +14,16 @@ from typing import Mapping
 from dmt_fx.compiler.partitioners.base import PartitionRequest, register_partitioner
 from dmt_fx.compiler.partitioners.search import Assignment, groups_of
 from dmt_fx.compiler.partitioners.units import balance_bound, greedy_placement, table_units, unit_features, unit_shares
-from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.plans import build_plan, tower_count
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.topology import Topology
 
 
-def random_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *, seed: int = 0) -> TowerPlan:
+def random_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *, seed: int = 0,
+                towers_per_domain: int = 1) -> TowerPlan:
     units = table_units(sites)
-    num_towers = min(topology.num_hosts, len(units))
+    num_towers = tower_count(topology, len(units), towers_per_domain)
     cost, mem = unit_shares(units, sites, pooling)
     bound = balance_bound(num_towers, cost, mem)
     n = len(units)
@@ -38,11 +39,12 @@ def random_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, flo
     else:
         placed = greedy_placement(order, cost, mem, num_towers)
     return build_plan(unit_features(units, placed), sites, topology, pooling, partitioner="random",
-                      balance_bound=bound)
+                      balance_bound=bound, towers_per_domain=towers_per_domain)
 
 
 def random_partitioner(request: PartitionRequest) -> TowerPlan:
-    return random_plan(request.sites, request.topology, request.pooling, seed=request.seed)
+    return random_plan(request.sites, request.topology, request.pooling, seed=request.seed,
+                       towers_per_domain=request.towers_per_domain)
 
 
 register_partitioner("random", random_partitioner)

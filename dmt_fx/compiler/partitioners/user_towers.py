@@ -17,7 +17,7 @@ from torchrec.modules.embedding_tower import EmbeddingTower
 
 from dmt_fx.compiler.partitioners.base import PartitionRequest, register_partitioner
 from dmt_fx.compiler.partitioners.units import balance_bound, balanced_placement, unit_features, unit_shares
-from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.plans import build_plan, tower_count
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
 
@@ -44,11 +44,12 @@ def user_tower_units(sites: ModelSites, paths: list[str]) -> list[list[str]]:
 
 def user_towers(request: PartitionRequest) -> TowerPlan:
     units = user_tower_units(request.sites, user_tower_paths(request.model))
-    num_towers = min(request.topology.num_hosts, len(units))
+    num_towers = tower_count(request.topology, len(units), request.towers_per_domain)
     cost, mem = unit_shares(units, request.sites, request.pooling)
     groups = unit_features(units, balanced_placement(cost, mem, num_towers))  # Step 2
     return build_plan(groups, request.sites, request.topology, request.pooling, partitioner="user_towers",
-                      balance_bound=balance_bound(num_towers, cost, mem))
+                      balance_bound=balance_bound(num_towers, cost, mem),
+                      towers_per_domain=request.towers_per_domain)
 
 
 register_partitioner("user_towers", user_towers)
