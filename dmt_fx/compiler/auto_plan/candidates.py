@@ -21,6 +21,8 @@ from dmt_fx.compiler.auto_plan.steptime import (
     EMBEDDING_BYTES,
     EMBEDDING_COLLECTIVES,
     ID_COLLECTIVES,
+    PEER_ID_COLLECTIVES,
+    WEIGHT_BYTES,
     Hardware,
     RankLoad,
     Tiers,
@@ -29,7 +31,7 @@ from dmt_fx.compiler.auto_plan.steptime import (
 )
 from dmt_fx.ir.sites import ModelSites
 
-COLLECTIVES = ID_COLLECTIVES + EMBEDDING_COLLECTIVES  # per step, per exchange (peer or intra-host)
+COLLECTIVES = ID_COLLECTIVES + EMBEDDING_COLLECTIVES  # per step inside a host (TorchRec's all-to-alls)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +122,21 @@ def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float],
     """Step 3: (messages, bytes) one rank of `host` sends across hosts per step."""
     if setup.hosts == 1:
         return 0.0, 0.0
-    sent = handshake_bytes() * (setup.hosts - 1)
+    sent = 0.0  # the peer id exchange sends no split handshake (every rank sends B samples)
     for t, h in enumerate(tower_host):
         if h == host:  # its tower's outputs for the other hosts' samples (forward)
             sent += (setup.hosts - 1) * setup.batch * out[t] * EMBEDDING_BYTES
         else:  # its samples' ids to the tower, the gradient of the tower's output back
             sent += ids[t] + setup.batch * out[t] * EMBEDDING_BYTES
-    return float(COLLECTIVES * (setup.hosts - 1)), sent
+    weighted = any(f.weighted for f in setup.sites.features)
+    return float((PEER_ID_COLLECTIVES + weighted + EMBEDDING_COLLECTIVES) * (setup.hosts - 1)), sent
+
+
+def _peer_id_bytes(setup: Setup, features: Sequence[str]) -> float:
+    """A rank's ids for one tower: lengths and values (and fp32 weights of weighted features)."""
+    ids = setup.batch * sum(setup.pooling.get(f, 1.0) for f in features)
+    weighted = setup.batch * sum(setup.pooling.get(f, 1.0) for f in features if setup.sites.feature(f).weighted)
+    return kjt_bytes(setup.batch, len(features), ids) + weighted * WEIGHT_BYTES
 
 
 def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, tower_module: str,
@@ -134,7 +144,7 @@ def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, to
     """A candidate: towers t on hosts 0..T-1 with `widths[t]` floats per sample sent back."""
     tables = [tower_tables(setup, g) for g in groups]
     chosen = [best_sharding(setup, t) for t in tables]
-    ids = [kjt_bytes(setup.batch, len(g), setup.batch * sum(setup.pooling.get(f, 1.0) for f in g)) for g in groups]
+    ids = [_peer_id_bytes(setup, g) for g in groups]
     tower_host = list(range(len(groups)))
     rows_per_rank = setup.hosts * setup.batch / setup.ranks  # the tower module runs data-parallel in the host
     best: tuple[float, int, dict[str, float], RankLoad] | None = None

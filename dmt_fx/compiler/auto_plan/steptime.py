@@ -31,6 +31,11 @@ EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
 SPLIT_BYTES = 8  # int64 split sizes of KJTAllToAll's handshake
 ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values
 EMBEDDING_COLLECTIVES = 2  # pooled all-to-all forward, its gradient backward
+# The runtime's peer id exchange (dmt_fx.runtime.peer_ids): lengths with static splits and
+# values, one all-to-all each for every collection at once, no split handshake; per-sample
+# weights ride a third.
+PEER_ID_COLLECTIVES = 2
+WEIGHT_BYTES = 4  # fp32 per-id weights
 
 MEMORY_BANDWIDTH_GBPS = 2000.0  # effective HBM bandwidth of a rank for embedding rows
 FLOPS_TFLOPS = 100.0  # effective dense fp32/tf32 throughput of a rank for tower modules
