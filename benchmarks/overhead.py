@@ -15,6 +15,11 @@ The measurements are interleaved in blocks (A block, B block, B block, A block, 
 alike), `steps` timed steps each after a warm-up. Reported: per-model median and IQR of
 the step time, the ratio of medians, and the median of the per-block-pair ratios with its
 IQR. The issue's target: overhead <= 3 %. Writes results/overhead.json.
+
+Each step is also timed in CPU time of the thread (`time.thread_time`, one intra-op thread):
+on a shared machine the wall time of a step includes the time the process waits for a core
+(with other jobs running, its IQR here was half its median), CPU time does not. Reported
+beside the wall figures as `cpu_models`, `cpu_ratio_of_medians` and `cpu_overhead_pct`.
 """
 
 from __future__ import annotations
@@ -89,36 +94,39 @@ class Stepper:
         self.optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in self.models.items()}
         self.counter = {k: 0 for k in self.models}
 
-    def __call__(self, name: str) -> float:
+    def __call__(self, name: str) -> tuple[float, float]:
         i = self.counter[name] % len(self.batches)
         self.counter[name] += 1
         model, opt = self.models[name], self.optims[name]
         batch = fresh_inputs(self.batches[i])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         out = model(*batch)
         loss = F.binary_cross_entropy_with_logits(out, self.labels[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.thread_time() - cpu
 
 
-def interleaved(step: Stepper, args) -> tuple[dict[str, list[float]], list[float], float]:
-    """Warm-up, then ABBA blocks; (step times per model, per-block-pair ratios dmt / original, wall s)."""
+def interleaved(step: Stepper, args) -> tuple[dict[str, list[float]], list[float], float, dict[str, list[float]]]:
+    """Warm-up, then ABBA blocks; (step times per model, per-block-pair ratios dmt / original, wall s,
+    CPU times per model)."""
     for _ in range(args.warmup):
         for name in step.models:
             step(name)
     times = {k: [] for k in step.models}
+    cpu = {k: [] for k in step.models}
     block_medians = {k: [] for k in step.models}
     start = time.monotonic()
     for b in range(max(1, args.steps // args.block)):
         order = ["original", "dmt-identity"] if b % 2 == 0 else ["dmt-identity", "original"]
         for name in order:
-            block = [step(name) for _ in range(args.block)]
+            block, block_cpu = zip(*[step(name) for _ in range(args.block)])
             times[name].extend(block)
+            cpu[name].extend(block_cpu)
             block_medians[name].append(statistics.median(block))
     ratios = [d / o for o, d in zip(block_medians["original"], block_medians["dmt-identity"])]
-    return times, ratios, time.monotonic() - start
+    return times, ratios, time.monotonic() - start, cpu
 
 
 def model_summary(xs: list[float]) -> dict[str, float]:
@@ -128,7 +136,9 @@ def model_summary(xs: list[float]) -> dict[str, float]:
 
 
 def measure(args, batch_size: int) -> dict:
-    times, ratios, wall = interleaved(Stepper(args, batch_size), args)
+    times, ratios, wall, cpu = interleaved(Stepper(args, batch_size), args)
+    cpu_summary = {name: model_summary(xs) for name, xs in cpu.items()}
+    cpu_ratio = cpu_summary["dmt-identity"]["median_s"] / cpu_summary["original"]["median_s"]
     summary = {name: model_summary(xs) for name, xs in times.items()}
     dmt, original = summary["dmt-identity"], summary["original"]
     r1, rmed, r3 = quartiles(ratios)
@@ -144,6 +154,9 @@ def measure(args, batch_size: int) -> dict:
         # the fastest steps are the least disturbed by other jobs on a shared machine
         "ratio_of_p10": dmt["p10_s"] / original["p10_s"],
         "ratio_of_min": dmt["min_s"] / original["min_s"],
+        "cpu_models": cpu_summary,
+        "cpu_ratio_of_medians": cpu_ratio,
+        "cpu_overhead_pct": (cpu_ratio - 1) * 100,
         "load_average_1min": os.getloadavg()[0],
         "target_overhead_pct": 3.0,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
@@ -163,6 +176,9 @@ def print_result(result: dict) -> None:
           f"{result['block_ratio_q1']:.4f} - {result['block_ratio_q3']:.4f}]; ratio of p10 "
           f"{result['ratio_of_p10']:.4f}, of min {result['ratio_of_min']:.4f}; load avg "
           f"{result['load_average_1min']:.1f}; {result['wall_s']:.1f} s")
+    cpu = result["cpu_models"]
+    print(f"  CPU time of the thread: original {cpu['original']['median_s'] * 1e3:.3f} ms, dmt-identity "
+          f"{cpu['dmt-identity']['median_s'] * 1e3:.3f} ms: overhead {result['cpu_overhead_pct']:+.2f} %")
 
 
 if __name__ == "__main__":
