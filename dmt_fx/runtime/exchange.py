@@ -9,7 +9,8 @@
                       (`PooledEmbeddingsAllToAll`) for all collections, as KeyedTensors;
   `HostTowerBlock`    compressing tower modules: the id exchange, every collection's host
                       lookup, the host's tower module (data-parallel inside the host), and
-                      only its output back.
+                      only its output back; k towers on a host run as `HostTowers`, each
+                      module on its own features' columns, all outputs in the one exchange.
 Each stage runs inside a `record_function` range named by `dmt_fx.ir.stages`.
 Each module receives its process groups; which group is which comes from the graph (the lowering).
 """
@@ -27,11 +28,12 @@ from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir import ops
+from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import RankInfo, runtime_device
 from dmt_fx.runtime.peer_ids import PeerIdExchange
 
-__all__ = ["HostLookup", "HostSlice", "HostTowerBlock", "HostTowerExchange", "PeerIdExchange", "empty_rows",
+__all__ = ["HostLookup", "HostSlice", "HostTowerBlock", "HostTowerExchange", "HostTowers", "tower_columns", "PeerIdExchange", "empty_rows",
            "lookup_order", "non_persistent", "output_dist"]
 
 
@@ -158,21 +160,55 @@ class HostTowerExchange(nn.Module):
                          for keys, pick in zip(self.keys, self.picks))
 
 
+def tower_columns(lookups: Sequence[HostLookup], features: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Each tower's columns in this host's lookup output (collections in model order, each in
+    the host's canonical names), in the order of the tower's own features."""
+    spans: dict[str, range] = {}
+    start = 0
+    for lk in lookups:
+        for name, width in zip(lk.names, lk.slices[lk.me.host].widths):
+            spans[name] = range(start, start + width)
+            start += width
+    missing = [f for group in features for f in group if f not in spans]
+    if missing:
+        raise DMTError(f"tower features {missing} not among this host's lookup columns {list(spans)}",
+                       "every feature of a host's towers in the host's lookup output",
+                       ["put one tower per host (towers_per_domain=1) for this model"])
+    return [[c for f in group for c in spans[f]] for group in features]
+
+
+class HostTowers(nn.Module):
+    """The k tower modules of one host, each on its own features' columns of the host's
+    lookup output; their outputs side by side (tower index order), as one tower's would be."""
+
+    def __init__(self, modules: Sequence[nn.Module], columns: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(modules)
+        for index, cols in enumerate(columns):  # index buffers: they follow the module to the device
+            self.register_buffer(f"columns_{index}", torch.tensor(list(cols), dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        outs = [m(x.index_select(1, getattr(self, f"columns_{i}")))[0] for i, m in enumerate(self.towers)]
+        return (torch.cat(outs, dim=1),)
+
+
 class HostTowerBlock(nn.Module):
     """Compressing tower modules: one id exchange, every collection's host lookup, the host's
     tower module (data-parallel inside the host), and only its output across hosts.
 
-    Returns one (B, out_width) tensor per host, in host order."""
+    Returns one (B, out_width) tensor per host, in host order, or per `split_widths` (the
+    towers of every host, host-major) when hosts run several towers."""
 
     def __init__(self, host_lookups: Sequence[HostLookup], weighted: Sequence[bool], tower_module: nn.Module | None,
                  out_widths: Sequence[int], id_group: dist.ProcessGroup, group: dist.ProcessGroup,
-                 me: RankInfo) -> None:
+                 me: RankInfo, split_widths: Sequence[int] | None = None) -> None:
         super().__init__()
         self.host_lookups = nn.ModuleList(host_lookups)
         self.ids = peer_ids(host_lookups, weighted, id_group, me)
         self.num_hosts = me.topology.num_hosts
         self.tower_module = tower_module
         self.out_widths = list(out_widths)
+        self.split_widths = list(out_widths if split_widths is None else split_widths)
         self.output_dist = output_dist(group, out_widths)
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[torch.Tensor, ...]:
@@ -182,4 +218,4 @@ class HostTowerBlock(nn.Module):
             y = empty_rows(x.shape[0], x.device) if self.tower_module is None else self.tower_module(x)[0]
         with record_function(stage_range(Stage.PEER_OUTPUT)):
             rows = self.output_dist(y).wait()
-        return tuple(rows.split(self.out_widths, dim=1))
+        return tuple(rows.split(self.split_widths, dim=1))

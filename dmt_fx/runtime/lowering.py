@@ -48,7 +48,7 @@ from dmt_fx.ir.names import (
 from dmt_fx.ir.result import DMTResult
 from dmt_fx.ir.sites import EmbeddingSite
 from dmt_fx.ir.state_dict import install_state_dict_hooks
-from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange
+from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange, HostTowers, tower_columns
 from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
 from dmt_fx.runtime.optim import copy_into_shards
 from dmt_fx.runtime.plain import (
@@ -116,11 +116,11 @@ class _Lowering:
         id_group = one_group([n for s in sites for n in self.input_exchanges(s)] +
                              [lk.exchange for group in self.plain for lk in group])
         if self.result.plan.changes_model:  # Step 3
-            tower_module = self.lower_tower_block(lookups, kjts, weighted, id_group)
+            tower_modules = self.lower_tower_block(lookups, kjts, weighted, id_group)
         else:
-            tower_module = None
+            tower_modules = []
             self.lower_exchange(sites, lookups, kjts, weighted, id_group)
-        return self.finish(tower_module)  # Step 4
+        return self.finish(tower_modules)  # Step 4
 
     # ------------------------------------------------------------ step 2
 
@@ -216,22 +216,23 @@ class _Lowering:
         stable_toposort(self.graph)
 
     def lower_tower_block(self, lookups: list[HostLookup], kjts: list[fx.Node], weighted: list[bool],
-                          id_group: str) -> nn.Module | None:
-        """One HostTowerBlock for all collections; each tower output reads its host's slice.
+                          id_group: str) -> list[nn.Module]:
+        """One HostTowerBlock for all collections; each tower output reads its slice of its host's.
 
-        Returns the logical tower module this rank runs (None when its host has no tower)."""
+        Returns the logical tower modules this rank runs (none when its host has no tower)."""
         towers = [self.result.tower_modules(t.index) for t in self.result.plan.towers]
-        hosts = [t.host for t in towers]
         if self.plain and len(lookups) > 1:
             raise DMTError(f"{len(lookups)} collections (plain lookups with and without per-sample weights, "
                            "or plain and TorchRec lookups)", "one collection per model for distributed tower modules",
                            ["use the identity tower module", "read every table with per-sample weights or none"])
-        if len(set(hosts)) != len(hosts):
-            raise DMTError(f"towers on hosts {hosts}", "one tower per host for distributed tower modules",
-                           ["use the default plan (one tower per host)"])
-        modules = {t.host: self.gm.get_submodule(_tower_module_path(t.tower_module, t.tower)) for t in towers}
-        widths = [modules[h].spec.out_width if h in modules else 0 for h in range(self.result.topology.num_hosts)]
-        module = modules.get(self.me.host)
+        modules = {t.tower: self.gm.get_submodule(_tower_module_path(t.tower_module, t.tower)) for t in towers}
+        on_host = [sorted(t.tower for t in towers if t.host == h) for h in range(self.result.topology.num_hosts)]
+        slots = [(h, t) for h, mine in enumerate(on_host) for t in (mine or [None])]  # host-major output order
+        widths = [sum(modules[t].spec.out_width for t in mine) for mine in on_host]
+        mine = [modules[t] for t in on_host[self.me.host]]
+        module = mine[0] if len(mine) == 1 else None
+        if len(mine) > 1:  # k towers share this host: each module on its own features' columns
+            module = HostTowers(mine, tower_columns(lookups, [m.spec.features for m in mine]))
         runs = module
         if module is not None and any(p.requires_grad for p in module.parameters()):
             # Data-parallel inside the host: the host's ranks see different rows.
@@ -240,21 +241,22 @@ class _Lowering:
         outputs = list(nodes_with_role(self.graph, Role.TOWER_OUTPUT))
         group = one_group(out.args[0] for out in outputs)  # each output is item 0 of its exchange
         self.physical.add_submodule(HOST_TOWER_BLOCK_PATH, HostTowerBlock(
-            lookups, weighted, runs, widths, self.groups.of(id_group), self.groups.of(group), self.me))
+            lookups, weighted, runs, widths, self.groups.of(id_group), self.groups.of(group), self.me,
+            [0 if t is None else modules[t].spec.out_width for _, t in slots]))
         with self.graph.inserting_before(outputs[0]):
             block = tag(self.graph.call_module(HOST_TOWER_BLOCK_PATH, tuple(kjts)), PASS, Role.HOST_TOWER_BLOCK)
         for out in outputs:
-            host = self.result.tower_modules(out.args[0].kwargs["tower"]).host
+            tower = self.result.tower_modules(out.args[0].kwargs["tower"])
             with self.graph.inserting_before(out):
-                item = self.graph.call_function(operator.getitem, (block, host))
+                item = self.graph.call_function(operator.getitem, (block, slots.index((tower.host, tower.tower))))
             item.meta["dmt"] = {**out.meta["dmt"], "pass": PASS}
             out.replace_all_uses_with(item)
         stable_toposort(self.graph)
-        return module
+        return mine
 
     # ------------------------------------------------------------ step 4
 
-    def finish(self, tower_module: nn.Module | None) -> Lowered:
+    def finish(self, tower_modules: list[nn.Module]) -> Lowered:
         self.graph.eliminate_dead_code()
         for lookup in self.plain_tables():
             drop_table(self.physical, lookup)
@@ -262,13 +264,13 @@ class _Lowering:
             if hasattr(self.physical, attr):
                 delattr(self.physical, attr)
         self.physical.recompile()
-        install_state_dict_hooks(self.physical, self.renames(tower_module), list(self.gm.state_dict().keys()))
+        install_state_dict_hooks(self.physical, self.renames(tower_modules), list(self.gm.state_dict().keys()))
         return Lowered(self.physical, [entry[0] for entry in self.sharded.values()], self.fused)
 
     def plain_tables(self) -> list[PlainLookup]:
         return [lk for group in self.plain for lk in group]
 
-    def renames(self, tower_module: nn.Module | None) -> dict[str, str]:
+    def renames(self, tower_modules: list[nn.Module]) -> dict[str, str]:
         """Physical module paths -> the original model's, found by identity, not built as strings."""
         renames = {}
         logical = {id(m): path for path, m in self.gm.named_modules()}
@@ -276,7 +278,7 @@ class _Lowering:
             if id(module) in self.sharded:
                 for name, original in self.sharded[id(module)][1].items():
                     renames[table_path(path, name)] = original
-            elif module is tower_module and path.startswith(RUNTIME_ATTR + "."):
+            elif any(module is m for m in tower_modules) and path.startswith(RUNTIME_ATTR + "."):
                 renames[path] = logical[id(module)]
         return renames
 
