@@ -184,3 +184,27 @@ def test_compressing_towers_k2_on_2x2_equal_the_logical_model(tmp_path, name: st
     param_diff = max((state[k] - v).abs().max().item() for k, v in trained.state_dict().items())
     assert param_diff <= 1e-5, param_diff
     print(f"2x2 k=2 linear c=2 {name}: max |output diff| {max(diffs):.3g}, max |param diff| {param_diff:.3g}")
+
+
+def test_cli_towers_per_domain(capsys) -> None:
+    """--towers-per-domain K on plan, diff, run and bench traffic; plan's JSON shows the K x H
+    towers; too many towers for the model exits 2 with the arithmetic."""
+    import json
+
+    from dmt_fx.cli.main import main, parser
+    from dmt_fx.cli.run import job_spec
+
+    for argv in (["plan", "T", "--topology", "2x2"], ["diff", "T", "--topology", "2x2"], ["run", "--topology", "2x2"],
+                 ["bench", "traffic"]):
+        assert parser().parse_args([*argv, "--towers-per-domain", "2"]).towers_per_domain == 2, argv
+        assert parser().parse_args(argv).towers_per_domain == 1, argv
+    run = parser().parse_args(["run", "--topology", "2x2", "--towers-per-domain", "2"])
+    assert job_spec(run).extra[-2:] == ("--towers-per-domain", "2")  # the worker plans with k too
+    target = f"{ROOT}/examples/torchrec_dlrm.py:build"
+    assert main(["plan", target, "--topology", "2x2", "--towers-per-domain", "2", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [t["host"] for t in data["plan"]["towers"]] == [0, 0, 1, 1]
+    assert main(["diff", target, "--topology", "2x2", "--towers-per-domain", "2"]) == 0
+    capsys.readouterr()
+    assert main(["plan", target, "--topology", "2x2", "--towers-per-domain", "3"]) == 2
+    assert "2 x 3 = 6 towers but only 4 partition units" in capsys.readouterr().err

@@ -47,7 +47,7 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
                   target: str = BENCH_TARGET, steps: int = 3, warmup: int = 1, batch_size: int = 32,
                   out: str = "results/traffic", deadline_s: float = 600,
                   on_topology: Callable[[str], None] | None = None,
-                  ranks_per_host: int | None = None) -> list[dict]:
+                  ranks_per_host: int | None = None, towers_per_domain: int = 1) -> list[dict]:
     """Measure every variant on every topology; a record per (topology, variant).
 
     One torchrun launch per topology (all variants in its process group, one after the
@@ -57,20 +57,21 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
     dense all-reduce is C++ and only estimated (`dense_allreduce_bytes_estimate`).
     `step_time_median_s`: median over measured steps of the slowest rank's step time:
     emulated hosts sharing a small CPU, noisy, informative only. `ranks_per_host`: torchrun
-    hosts of that many ranks in every topology (None: a host per domain)."""
+    hosts of that many ranks in every topology (None: a host per domain). `towers_per_domain`
+    k: the DMT variants plan H x k towers (each its own tower module); records carry k."""
     if steps <= warmup:
         raise DMTError(f"steps={steps}, warmup={warmup}", "more steps than warm-up steps",
                        ["pass e.g. --steps 3 --warmup 1"])
     records = []
     for spec in topologies:
         topology = Topology.parse(spec, ranks_per_host=ranks_per_host)
-        out_dir = os.path.join(out, _dir_name(topology))
+        out_dir = os.path.join(out, _dir_name(topology) + (f"-k{towers_per_domain}" if towers_per_domain != 1 else ""))
         shutil.rmtree(out_dir, ignore_errors=True)
         if on_topology is not None:
             on_topology(topology.describe())
         args = ["--target", target, "--topology", str(topology), "--variants", ",".join(variants),
                 "--steps", str(steps), "--warmup", str(warmup), "--batch-size", str(batch_size),
-                "--optimizer", "sgd", "--lr", "0.05", "--out", out_dir]
+                "--optimizer", "sgd", "--lr", "0.05", "--out", out_dir, "--towers-per-domain", str(towers_per_domain)]
         start = time.monotonic()
         result = launch(topology, args, out_dir, deadline_s=deadline_s)
         if not result.ok:
@@ -85,7 +86,8 @@ def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str
                 raise DMTError(f"{len(ranks)} rank results for {variant} on {topology}",
                                f"{topology.world_size}", [f"read {out_dir}/agent*.log"])
             record = summarize(variant, ranks, warmup=warmup)
-            records.append({**record, **domain_fields(topology, record), "launch_wall_s": wall})
+            records.append({**record, **domain_fields(topology, record), "towers_per_domain": towers_per_domain,
+                            "launch_wall_s": wall})
     return records
 
 

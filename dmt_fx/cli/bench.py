@@ -19,7 +19,7 @@ from rich.console import Console
 
 from dmt_fx.bench import emulated
 from dmt_fx.bench import traffic as bench
-from dmt_fx.cli.options import positive_int
+from dmt_fx.cli.options import add_towers_per_domain, positive_int
 from dmt_fx.cli.tables import console, emulated_table, traffic_table
 
 
@@ -46,6 +46,7 @@ def _add_traffic(subs: Any) -> None:
                              "--topologies 2x2 --ranks-per-host 1: 2 domains on 4 hosts); cross_domain_* fields")
     parser.add_argument("--target", default=bench.BENCH_TARGET,
                         help="model factory (default %(default)s: concat interaction, c = 2, 4, 8 exact)")
+    add_towers_per_domain(parser)
     parser.add_argument("--steps", type=int, default=3, help="steps per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="left out of the means (default 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="local batch per rank (default 32)")
@@ -70,7 +71,8 @@ def run_traffic(args: argparse.Namespace) -> int:
     work = args.out[:-5] if args.out.endswith(".json") else args.out + ".d"
     records = bench.traffic_bench(_split(args.topologies), _split(args.variants), target=args.target,
                                   steps=args.steps, warmup=args.warmup, batch_size=args.batch_size,
-                                  out=work, on_topology=announce, ranks_per_host=args.ranks_per_host)
+                                  out=work, on_topology=announce, ranks_per_host=args.ranks_per_host,
+                                  towers_per_domain=args.towers_per_domain)
     bench.write_json(args.out, records)
     if quiet:
         print(json.dumps(records, indent=2))

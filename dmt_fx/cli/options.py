@@ -49,6 +49,14 @@ def topology_of(args: argparse.Namespace) -> Topology:
     return Topology.parse(args.topology, ranks_per_host=getattr(args, "ranks_per_host", None))
 
 
+TOWERS_PER_DOMAIN_HELP = ("towers per fast domain (host): the partitioner makes HOSTS x K towers, tower t on "
+                          "domain t // K, each with its own tower module (default 1)")
+
+
+def add_towers_per_domain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--towers-per-domain", type=positive_int, default=1, metavar="K", help=TOWERS_PER_DOMAIN_HELP)
+
+
 def add_transform_options(parser: argparse.ArgumentParser) -> None:
     """TARGET, --topology, --format and every option of `dmt_fx.transform` the CLI exposes."""
     parser.add_argument("target", metavar="TARGET", help="pkg.module:factory or path/to/file.py:factory")
@@ -68,6 +76,7 @@ def add_transform_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", type=positive_int, default=1,
                         help="with a compressing --tower-module: divide each tower's cross-host width by this")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned / random partitioner")
+    add_towers_per_domain(parser)
 
 
 def transform_target(args: argparse.Namespace, keep_original: bool = False,
@@ -77,5 +86,6 @@ def transform_target(args: argparse.Namespace, keep_original: bool = False,
     model, inputs = load_target(args.target)
     original = original_graph(model, inputs) if keep_original else None
     gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,
-                   tower_module=args.tower_module, compression=args.compression, seed=args.seed)
+                   tower_module=args.tower_module, compression=args.compression, seed=args.seed,
+                   towers_per_domain=args.towers_per_domain)
     return original, gm

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dmt_fx.baselines import BASELINES
-from dmt_fx.cli.options import add_ranks_per_host, registered, topology_of
+from dmt_fx.cli.options import add_ranks_per_host, add_towers_per_domain, registered, topology_of
 from dmt_fx.cli.tables import console, results_table
 from dmt_fx.compiler.tower_modules import TOWER_MODULES
 from dmt_fx.compiler.transform import transform
@@ -39,6 +39,7 @@ def add_parser(verbs: Any) -> None:
                         help=f"DMT tower modules: {registered(TOWER_MODULES)} (anything but identity "
                              "changes the model)")
     parser.add_argument("--compression", type=int, default=1, help="c: tower outputs are 1/c as wide")
+    add_towers_per_domain(parser)
     parser.set_defaults(run=run_run)
 
 
@@ -85,13 +86,16 @@ def check_job(args: argparse.Namespace) -> None:
     printed once, exit code 2 (from the ranks, the launcher could only quote their first lines)."""
     model, inputs = load_target(args.target)
     gm = transform(model, topology_of(args), example_inputs=inputs,
-                   tower_module=getattr(args, "tower_module", "identity"), compression=getattr(args, "compression", 1))
+                   tower_module=getattr(args, "tower_module", "identity"), compression=getattr(args, "compression", 1),
+                   towers_per_domain=getattr(args, "towers_per_domain", 1))
     check_distributable(gm)
 
 
 def job_spec(args: argparse.Namespace) -> RunSpec:
     extra = ("--tower-module", args.tower_module, "--compression", str(args.compression)) \
         if getattr(args, "tower_module", "identity") != "identity" else ()
+    k = getattr(args, "towers_per_domain", 1)
+    extra += ("--towers-per-domain", str(k)) if k != 1 else ()
     return RunSpec(args.target, topology_of(args), args.steps, args.batch_size, args.lr,
                    args.optimizer, args.out, extra)
 

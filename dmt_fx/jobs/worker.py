@@ -75,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "process group with these flags added, results in OUT/<name>/")
     p.add_argument("--tower-module", default="identity", help="identity | linear | dot | dcn")
     p.add_argument("--compression", type=int, default=1)
+    p.add_argument("--towers-per-domain", type=int, default=1, help="k: the partitioner's towers per domain")
     p.add_argument("--record-outputs", action="store_true")
     p.add_argument("--checkpoint-dir", default=None,
                    help="periodic checkpoints here; a rerun of the same command resumes from the latest")
@@ -135,7 +136,7 @@ def build(args: argparse.Namespace, topology: Topology):
         kind, compression = (kind if kind != "identity" else "linear"), int(args.variant[len("dmt-c"):])
     torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
-                          compression=compression, plan=args.plan)
+                          compression=compression, plan=args.plan, towers_per_domain=args.towers_per_domain)
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
     if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
