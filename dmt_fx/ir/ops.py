@@ -81,14 +81,32 @@ def _gather(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
 def merge_keyed_tensors(parts: Sequence[KeyedTensor], keys: Sequence[str]) -> KeyedTensor:
     """SPTT step 6: rebuild the collection's KeyedTensor in its original key order.
 
-    Slices and a concatenation only, so values and gradients are bit-for-bit the original's."""
+    Slices and a concatenation only, so values and gradients are bit-for-bit the original's.
+    Keys that stay adjacent move as one block: each part is split once, at the blocks' edges."""
     if len(parts) == 1 and list(parts[0].keys()) == list(keys):
         return parts[0]
-    pieces: dict[str, torch.Tensor] = {}
-    widths: dict[str, int] = {}
-    for part in parts:
-        for key, value, width in zip(part.keys(), part.values().split(part.length_per_key(), dim=1),
-                                     part.length_per_key()):
-            pieces[key], widths[key] = value, width
-    return KeyedTensor(keys=list(keys), length_per_key=[widths[k] for k in keys],
-                       values=torch.cat([pieces[k] for k in keys], dim=1))
+    where: dict[str, tuple[int, int, int]] = {}  # key -> (part, first column, width)
+    for p, part in enumerate(parts):
+        start = 0
+        for key, width in zip(part.keys(), part.length_per_key()):
+            where[key], start = (p, start, width), start + width
+    blocks: list[list[int]] = []  # [part, first column, end column], in the output order
+    for key in keys:
+        p, start, width = where[key]
+        if blocks and blocks[-1][0] == p and blocks[-1][2] == start:
+            blocks[-1][2] = start + width
+        else:
+            blocks.append([p, start, start + width])
+    pieces = _blocks(parts, blocks)
+    return KeyedTensor(keys=list(keys), length_per_key=[where[k][2] for k in keys],
+                       values=torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+
+
+def _blocks(parts: Sequence[KeyedTensor], blocks: list[list[int]]) -> list[torch.Tensor]:
+    """The column blocks, each part split once (one backward for all its blocks)."""
+    by_part: dict[int, dict[int, torch.Tensor]] = {}
+    for p, part in enumerate(parts):
+        edges = sorted({0, part.values().shape[1]} | {e for b in blocks if b[0] == p for e in b[1:]})
+        sizes = [b - a for a, b in zip(edges, edges[1:])]
+        by_part[p] = dict(zip(edges, part.values().split(sizes, dim=1)))
+    return [by_part[p][start] for p, start, _ in blocks]
