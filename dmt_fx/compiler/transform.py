@@ -216,7 +216,8 @@ def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partit
                        "towers_per_domain only with a partitioner (a plan lists its towers and their hosts)",
                        ["drop towers_per_domain, or give two towers of the plan the same host"])
     if plan is not None:
-        return validate_plan(TowerPlan.load(plan), sites, topology, pooling)
+        given = TowerPlan.load(plan)  # validate_plan rebuilds the towers: keep their shardings
+        return validate_plan(given, sites, topology, pooling).with_shardings([t.sharding for t in given.towers])
     if partitioner is None:  # the author's own towers, when the model has them
         partitioner = "user_towers" if user_tower_paths(model) else "balanced"
     return make_partition(partitioner, sites, topology, pooling, model=model, example_inputs=inputs, seed=seed,

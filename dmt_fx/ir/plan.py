@@ -24,6 +24,9 @@ class Tower:
     tables: tuple[str, ...] = ()
     lookup_cost: float = 0.0  # bytes read per sample: sum of pooling factor x dim x 4
     memory_bytes: int = 0
+    # The intra-host sharding of this tower's tables (a name of the runtime's SHARDINGS, e.g.
+    # "row_wise"), as plan="auto" chose it; None: distribute's `sharding=` argument decides.
+    sharding: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +43,38 @@ class TowerPlan:
     # are not constants stays whole, in one tower): shown by `dmt-fx plan`.
     warnings: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        self.host_shardings()  # towers of one host that disagree are refused when the plan is made
+
     @property
     def features(self) -> tuple[str, ...]:
         return tuple(f for t in self.towers for f in t.features)
+
+    def host_shardings(self) -> dict[int, str]:
+        """Host -> the sharding its towers name. A host's k towers share one sharded lookup
+        (their tables are sharded together), so they must agree; towers naming none take the
+        host's; a host none of whose towers names one is absent (distribute's default applies)."""
+        named: dict[int, set[str]] = {}
+        for t in self.towers:
+            if t.sharding is not None:
+                named.setdefault(t.host, set()).add(t.sharding)
+        clash = {h: sorted(s) for h, s in named.items() if len(s) > 1}
+        if clash:
+            host, names = next(iter(sorted(clash.items())))
+            raise PlanError(f"towers on host {host} with different shardings {names}",
+                            "one sharding per host: a host's towers share one sharded lookup",
+                            [f"give every tower on host {host} the same 'sharding'",
+                             "or drop 'sharding' from all but one of them (they take the host's)"])
+        return {h: next(iter(s)) for h, s in named.items()}
+
+    def sharding_of_host(self, host: int, default: str) -> str:
+        """The intra-host sharding of `host`: its towers' (host_shardings), else `default`."""
+        return self.host_shardings().get(host, default)
+
+    def with_shardings(self, shardings: list[str | None] | tuple[str | None, ...]) -> TowerPlan:
+        """The plan with tower i's sharding set to shardings[i]."""
+        towers = tuple(dataclasses.replace(t, sharding=s) for t, s in zip(self.towers, shardings, strict=True))
+        return dataclasses.replace(self, towers=towers)
 
     def tower_of(self) -> dict[str, int]:
         return {f: t.index for t in self.towers for f in t.features}
@@ -75,7 +107,7 @@ class TowerPlan:
             towers = tuple(
                 Tower(int(t.get("index", i)), int(t["host"]), tuple(t["features"]),
                       tuple(t.get("tables", ())), float(t.get("lookup_cost", 0.0)),
-                      int(t.get("memory_bytes", 0)))
+                      int(t.get("memory_bytes", 0)), _sharding(t.get("sharding")))
                 for i, t in enumerate(data["towers"])
             )
             bound = data.get("balance_bound")
@@ -84,6 +116,8 @@ class TowerPlan:
                        float(data.get("memory_imbalance", 1.0)),
                        float("inf") if bound is None else float(bound),
                        bool(data.get("changes_model", False)), tuple(str(w) for w in data.get("warnings", ())))
+        except PlanError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PlanError(
                 f"a plan that cannot be read ({type(exc).__name__}: {exc})",
@@ -115,3 +149,8 @@ class TowerPlan:
         except OSError as exc:
             raise PlanError(f"plan file {text!r} cannot be read ({exc.strerror})",
                             "a readable JSON plan file", ["check the path and its permissions"]) from None
+
+
+def _sharding(value: Any) -> str | None:
+    """A tower's JSON 'sharding': absent or null (plans written before the field) is None."""
+    return None if value is None else str(value)

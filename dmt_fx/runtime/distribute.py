@@ -80,12 +80,15 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     """Run the output of `transform` on this rank; call on every rank after init_process_group.
 
     `sharding`: how each host's tables are sharded over its ranks, one of `SHARDINGS.names()`
-    (table_wise, row_wise, column_wise, or one registered with `register_sharding`).
+    (table_wise, row_wise, column_wise, or one registered with `register_sharding`); a host
+    whose towers name a sharding in the plan (`Tower.sharding`, as plan="auto" sets it) uses
+    that one instead (`TowerPlan.sharding_of_host`).
     Takes ownership of `module`: the dense parameters are trained in place."""
     result = dmt_result(module)
     me = check_world(result.topology)  # before any collective
     check_distributable(module)
-    SHARDINGS.get(sharding)  # an unknown name fails here, on every rank, before any collective
+    for name in {sharding, *result.plan.host_shardings().values()}:  # the plan's per-host ones too
+        SHARDINGS.get(name)  # an unknown name fails here, on every rank, before any collective
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     groups = build_groups(result.topology, timeout)

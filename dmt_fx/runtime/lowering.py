@@ -88,7 +88,9 @@ class _Lowering:
     def __init__(self, gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups: ProcessGroups,
                  sharding: str, fused_params: dict[str, Any]) -> None:
         self.gm, self.result, self.me, self.groups = gm, result, me, groups
-        self.sharding, self.fused_params = sharding, fused_params
+        # The plan's sharding for this host (plan="auto" chooses one per tower), else `sharding`.
+        self.sharding = result.plan.sharding_of_host(me.host, sharding)
+        self.fused_params = fused_params
         # Step 1
         self.physical = fx.GraphModule(gm, copy_graph(gm), class_name="DMTRankModule")
         copy_missing_state(gm, self.physical)
