@@ -8,6 +8,7 @@ torch.distributed world. The typed contract between them lives in `dmt_fx.ir`.
 
 from __future__ import annotations
 
+from dmt_fx.compiler.auto_plan import AutoOptions
 from dmt_fx.compiler.interactions import register_interaction
 from dmt_fx.compiler.partitioners import register_partitioner
 from dmt_fx.compiler.tower_modules import TowerSpec, register_tower_module
@@ -29,7 +30,7 @@ from dmt_fx.ir.topology import Topology
 from dmt_fx.runtime.distribute import distribute
 
 __all__ = [
-    "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
+    "AutoOptions", "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
     "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "dmt_result",
     "register_interaction", "register_partitioner", "register_tower_module", "tower_plan", "transform",

@@ -10,10 +10,12 @@ import json
 import math
 
 import pytest
+from rich.console import Console
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 import dmt_fx
 from dmt_fx.bench import bytes as wire
+from dmt_fx.cli.auto_report import render_auto
 from dmt_fx.cli.main import main
 from dmt_fx.cli.plan import memory_size
 from dmt_fx.compiler.auto_plan import SHARDING_MODELS, AutoOptions, steptime
@@ -100,13 +102,14 @@ def test_transform_auto_identity_keeps_the_model_and_explains(built_in):
     auto = gm.meta["dmt_auto"]
     plan = dmt_fx.tower_plan(gm)
     assert plan.partitioner == "auto" and auto.compression == 1 and auto.tower_module == "identity"
-    assert [c.towers for c in auto.candidates] == [1, 2]  # one tower per host: T = 1 .. min(hosts, tables)
+    # one tower per host (T = 1 .. min(hosts, tables)), then k = 2, 3 per host (H x k <= 7 tables)
+    assert [(c.towers, c.towers_per_domain) for c in auto.candidates] == [(1, 1), (2, 1), (4, 2), (6, 3)]
     admissible = [c for c in auto.candidates if not c.refused]
     assert auto.candidates[auto.winner].step_s == min(c.step_s for c in admissible)
     assert len(plan.towers) == auto.candidates[auto.winner].towers
     assert all(0.0 <= c.kept_affinity <= 1.0 for c in auto.candidates)
     assert auto.candidates[0].kept_affinity == 1.0  # one tower keeps every pair
-    assert "fastest of 2" in auto.why and auto.notes  # says why c > 1 was not tried
+    assert "fastest of 4" in auto.why and auto.notes  # says why c > 1 was not tried
     assert auto.sharding in SHARDINGS.names()
 
 
@@ -176,7 +179,7 @@ def test_cli_plan_auto_json_and_table(capsys):
     assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     auto = data["auto"]
-    assert data["plan"]["partitioner"] == "auto" and len(auto["candidates"]) == 2
+    assert data["plan"]["partitioner"] == "auto" and len(auto["candidates"]) == 4
     assert {"step_s", "kept_affinity", "memory_per_rank", "refused", "shardings"} <= set(auto["candidates"][0])
     assert auto["why"] and auto["quality_budget"] == dmt_fx.compiler.auto_plan.DEFAULT_QUALITY_BUDGET
     assert main(["plan", TARGET, "--topology", "2x4", "--auto", "--link-bandwidths", "450,5"]) == 0
@@ -196,3 +199,76 @@ def test_auto_without_example_inputs_plans_identity_towers(built_in):
     assert {c.compression for c in auto.candidates} == {1} and auto.tower_module == "identity"
     assert all(c.kept_affinity is None for c in auto.candidates)  # no batch: no affinity measured
     assert any("no example_inputs" in n for n in auto.notes)
+
+
+def test_k_towers_per_host_sends_the_measured_bytes(wide_sites):
+    """k = 2 on 2x2 (4 towers, hosts [0, 0, 1, 1]) sends across hosts what `bench traffic`
+    measured for it (6da17ac: 36,864 B per rank per step, the same as k = 1), and the cost
+    model sees it so: the same cross bytes as the 2-tower plan."""
+    topo = dmt_fx.Topology.parse("2x2")
+    pooling = {f.name: 1.0 for f in wide_sites.features}
+    setup = Setup(wide_sites, pooling, 2, 2, 32, steptime.tiers_of(topo), steptime.Hardware(), None, 0.0, None)
+    names = [f.name for f in wide_sites.features]
+    four = [names[i::4] for i in range(4)]
+    widths = [16 * len(g) for g in four]
+    k2 = evaluate(setup, four, 1, "identity", widths, [0.0] * 4, towers_per_domain=2)
+    assert k2.tower_hosts == (0, 0, 1, 1) and k2.towers_per_domain == 2 and "2 per host" in k2.label
+    ids = [steptime.kjt_bytes(32, len(g), 32 * len(g)) for g in four]
+    cross = [cross_load(setup, h, [0, 0, 1, 1], ids, widths)[1] for h in range(2)]
+    assert sum(cross) / 2 == 36_864 == k2.cross_bytes
+    two = [four[0] + four[1], four[2] + four[3]]
+    k1 = evaluate(setup, two, 1, "identity", [16 * len(g) for g in two], [0.0] * 2)
+    assert k1.cross_bytes == k2.cross_bytes
+    assert k2.shardings[0] == k2.shardings[1] and k2.shardings[2] == k2.shardings[3]  # one per host
+
+
+def test_auto_tries_k_towers_per_host_and_the_plan_places_them(built_in):
+    model, inputs = built_in
+    auto = dmt_fx.transform(model, "2x2", example_inputs=inputs, plan="auto").meta["dmt_auto"]
+    layouts = {(c.towers, c.towers_per_domain): c for c in auto.candidates}
+    assert set(layouts) == {(1, 1), (2, 1), (4, 2), (6, 3)}
+    for c in auto.candidates:
+        assert c.tower_hosts == tuple(t // c.towers_per_domain for t in range(c.towers)) and c.step_s > 0
+        by_host = {}
+        for h, s in zip(c.tower_hosts, c.shardings):
+            by_host.setdefault(h, set()).add(s)
+        assert all(len(s) == 1 for s in by_host.values()), c  # a host's towers share its sharding
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, plan=AutoOptions(towers_per_domain=(2,)))
+    auto, plan = gm.meta["dmt_auto"], dmt_fx.tower_plan(gm)
+    assert [(c.towers, c.towers_per_domain) for c in auto.candidates] == [(4, 2)]
+    assert [t.host for t in plan.towers] == [0, 0, 1, 1] and auto.to_dict()["tower_hosts"] == [0, 0, 1, 1]
+    # transform's towers_per_domain=k with plan="auto": only that k
+    again = dmt_fx.transform(model, "2x2", example_inputs=inputs, plan="auto", towers_per_domain=3)
+    assert [t.host for t in dmt_fx.tower_plan(again).towers] == [0, 0, 0, 1, 1, 1]
+    with pytest.raises(dmt_fx.DMTError, match="H x k <= 7 units"):
+        dmt_fx.transform(model, "2x2", example_inputs=inputs, plan=AutoOptions(towers_per_domain=(4,)))
+
+
+def test_auto_plan_carries_each_towers_sharding(built_in):
+    """The chosen shardings are in the plan (Tower.sharding), so distribute runs them; on 2x4
+    the user_id tower's host splits by columns, the other keeps tables whole."""
+    model, inputs = built_in
+    gm = dmt_fx.transform(model, "2x4", example_inputs=inputs, plan=AutoOptions(towers_per_domain=(1,)))
+    auto, plan = gm.meta["dmt_auto"], dmt_fx.tower_plan(gm)
+    assert tuple(t.sharding for t in plan.towers) == auto.shardings
+    assert len(set(auto.shardings)) == 2  # column_wise / table_wise, per host
+    assert dmt_fx.TowerPlan.from_json(plan.to_json()).towers == plan.towers
+    out = Console(record=True, width=240)
+    render_auto(out, auto.to_dict())
+    per_host = ", ".join(f"host {t.host} {t.sharding}" for t in plan.towers)
+    assert f"run it: distribute(gm): the plan carries each host's sharding ({per_host})" in out.export_text()
+
+
+def test_cli_plan_auto_shows_k_and_the_host_shardings(capsys):
+    assert main(["plan", TARGET, "--topology", "2x2", "--auto", "--towers-per-domain", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "4 (2/host)" in out and "the plan carries each host's sharding (" in out
+    assert "fastest of 1 admissible" in out  # --towers-per-domain K: only that k
+    assert main(["plan", TARGET, "--topology", "2x2", "--auto", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert all("sharding" in t for t in data["plan"]["towers"])
+    assert {c["towers_per_domain"] for c in data["auto"]["candidates"]} == {1, 2, 3}
+
+
+def test_auto_options_exported():
+    assert dmt_fx.AutoOptions is AutoOptions and "AutoOptions" in dmt_fx.__all__

@@ -21,7 +21,7 @@ def _us(seconds: float) -> str:
 
 
 def candidates_table(auto: Record) -> Table:
-    """One row per candidate: towers, c, shardings, predicted step, kept affinity, memory, status."""
+    """One row per candidate: towers (k per host), c, shardings, predicted step, kept affinity, memory, status."""
     table = Table(title="plan=auto: candidates (predicted per step, busiest rank)", title_justify="left")
     for name in ("#", "towers", "c", "tower module", "sharding per tower", "step", "vs chosen",
                  "kept affinity", "tables / rank", "x-host / rank", "status"):
@@ -33,7 +33,9 @@ def candidates_table(auto: Record) -> Table:
         kept = "n/a" if c["kept_affinity"] is None else f"{c['kept_affinity']:.3f}"
         status = "[bold green]chosen[/]" if i == auto["winner"] else (f"[red]{c['refused']}[/]" if c["refused"]
                                                                         else "")
-        table.add_row(str(i), str(c["towers"]), str(c["compression"]), c["tower_module"], ", ".join(c["shardings"]),
+        k = c.get("towers_per_domain", 1)  # records written before k candidates have none
+        towers = f"{c['towers']} ({k}/host)" if k > 1 else str(c["towers"])
+        table.add_row(str(i), towers, str(c["compression"]), c["tower_module"], ", ".join(c["shardings"]),
                       _us(c["step_s"]), f"{c['step_s'] / best:.3f}x" if best else "-", kept,
                       human_bytes(c["memory_per_rank"]), human_bytes(c["cross_bytes"]), status)
     return table
@@ -49,7 +51,8 @@ def render_auto(out: Console, auto: Record) -> None:
               f"local batch {auto['batch_size']}")
     for note in auto["notes"]:
         out.print(f"note: {note}")
-    differ = len(set(auto["shardings"])) > 1
-    out.print(f"run it: distribute(gm, sharding={auto['sharding']!r})"
-              + (f" (the best one sharding for all towers: distribute applies one to every host; per tower the "
-                 f"model prefers {', '.join(auto['shardings'])})" if differ else ""))
+    hosts = auto.get("tower_hosts") or list(range(len(auto["shardings"])))
+    per_host = {h: s for h, s in zip(hosts, auto["shardings"])}
+    said = (f"every host {per_host[0]}" if len(set(per_host.values())) == 1
+            else ", ".join(f"host {h} {s}" for h, s in sorted(per_host.items())))
+    out.print(f"run it: distribute(gm): the plan carries each host's sharding ({said})")

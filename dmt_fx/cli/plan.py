@@ -2,8 +2,9 @@
 
 `--format json` adds the plan itself (`.plan`), which `--plan FILE` and
 `dmt_fx.transform(..., plan=)` take back. `--auto [--link-bandwidths INTRA,INTER]
-[--memory-per-rank B] [--quality-budget Q]` lets the cost model choose towers, compression
-and shardings (plan="auto") and explains the choice (`.auto` in JSON).
+[--memory-per-rank B] [--quality-budget Q]` lets the cost model choose towers (k per host:
+1, 2, ..., or only `--towers-per-domain K`), compression and each host's sharding
+(plan="auto", kept in the plan's towers) and explains the choice (`.auto` in JSON).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def auto_target(args: argparse.Namespace):
                           batch_size=args.batch_size)
     model, inputs = load_target(args.target)
     return transform(model, topology, example_inputs=inputs, plan=options, tower_module=args.tower_module,
-                     seed=args.seed)
+                     seed=args.seed, towers_per_domain=getattr(args, "towers_per_domain", 1))  # k > 1: only that k
 
 
 def render(out: Console, data: dict[str, Any], *, target: str, tower_module: str, compression: int) -> None:

@@ -98,9 +98,13 @@ def transform(
         if partitioner is not None or compression != 1:
             warnings.warn(f"dmt_fx: plan='auto' chooses the towers and the compression itself: "
                           f"partitioner={partitioner!r} and compression={compression!r} are ignored", stacklevel=2)
+        options = plan if isinstance(plan, AutoOptions) else AutoOptions()
+        if towers_per_domain != 1:  # auto with a k tries only that k (1, the default, lets it try k = 1, 2, ...)
+            options = dataclasses.replace(options, towers_per_domain=(towers_per_domain,))
         auto = auto_plan(sites, topology, pooling, kind=kind, model=model, example_inputs=inputs, seed=seed,
-                         options=plan if isinstance(plan, AutoOptions) else None)
+                         options=options)
         plan, compression, kind = auto.plan, auto.compression, tower_module_kind(auto.tower_module)
+        towers_per_domain = 1  # the chosen plan places its towers itself
     changes_model = kind.changes_model
     if changes_model:  # compressed towers feed the interaction: a model must have one
         require_interaction(sites, f"tower_module={kind.name!r}")

@@ -1,9 +1,11 @@
 """One candidate of plan="auto": towers, compression, per-tower sharding, and its predicted cost.
 
 Algorithm (`evaluate`):
-  1. each tower's tables as the cost model sees them (rows, dim, features, ids per sample);
-  2. per tower host, every known sharding (shardings.py) on H x B samples per rank: the one
-     whose busiest rank is fastest among those that fit the memory per rank;
+  1. each host's tables as the cost model sees them (rows, dim, features, ids per sample): the
+     tables of every tower on it (k towers per host share one sharded lookup at run time);
+  2. per host with towers, every known sharding (shardings.py) on H x B samples per rank: the
+     one whose busiest rank is fastest among those that fit the memory per rank; the host's
+     towers all get it (the runtime shards a host's tables one way);
   3. per rank: lookup rows, tower-module work, intra-host bytes (its sharding) and
      cross-host bytes (the peer all-to-alls of DMT.md: ids out, tower outputs back and
      their gradients), timed by steptime.py; the step takes the busiest rank's time;
@@ -65,11 +67,15 @@ class Candidate:
     cross_bytes: float  # bytes the busiest rank sends across hosts per step
     kept_affinity: float | None
     refused: str = ""  # why it cannot be chosen ("" when it can)
+    towers_per_domain: int = 1  # k: tower t on host t // k
+    tower_hosts: tuple[int, ...] = ()  # per tower
 
     @property
     def label(self) -> str:
         kind = "identity" if self.compression == 1 else f"{self.tower_module} c={self.compression}"
-        return f"{self.towers} tower{'s' if self.towers > 1 else ''}, {kind}, {'/'.join(sorted(set(self.shardings)))}"
+        per = f" ({self.towers_per_domain} per host)" if self.towers_per_domain > 1 else ""
+        return (f"{self.towers} tower{'s' if self.towers > 1 else ''}{per}, {kind}, "
+                f"{'/'.join(sorted(set(self.shardings)))}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -140,20 +146,23 @@ def _peer_id_bytes(setup: Setup, features: Sequence[str]) -> float:
 
 
 def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, tower_module: str,
-             widths: Sequence[int], macs_per_row: Sequence[float], refused: str = "") -> Candidate:
-    """A candidate: towers t on hosts 0..T-1 with `widths[t]` floats per sample sent back."""
-    tables = [tower_tables(setup, g) for g in groups]
-    chosen = [best_sharding(setup, t) for t in tables]
+             widths: Sequence[int], macs_per_row: Sequence[float], refused: str = "",
+             towers_per_domain: int = 1) -> Candidate:
+    """A candidate: tower t on host t // k with `widths[t]` floats per sample sent back."""
+    tower_host = [t // towers_per_domain for t in range(len(groups))]
+    on_host = [[t for t, h in enumerate(tower_host) if h == host] for host in range(setup.hosts)]
+    chosen = {h: best_sharding(setup, tower_tables(setup, [f for t in mine for f in groups[t]]))
+              for h, mine in enumerate(on_host) if mine}
     ids = [_peer_id_bytes(setup, g) for g in groups]
-    tower_host = list(range(len(groups)))
     rows_per_rank = setup.hosts * setup.batch / setup.ranks  # the tower module runs data-parallel in the host
     best: tuple[float, int, dict[str, float], RankLoad] | None = None
     for host in range(setup.hosts):
         messages, cross = cross_load(setup, host, tower_host, ids, list(widths))
+        macs = sum(macs_per_row[t] for t in on_host[host])
         for r in range(setup.ranks):
-            load = chosen[host][1] if host < len(groups) else None
+            load = chosen[host][1] if host in chosen else None
             rank = RankLoad(load.row_bytes[r] if load else 0.0,
-                            macs_per_row[host] * rows_per_rank if load else 0.0,
+                            macs * rows_per_rank if load else 0.0,
                             COLLECTIVES * (setup.ranks - 1) if load else 0.0,
                             intra_bytes(setup, load, r) if load else 0.0,
                             messages, cross)
@@ -161,13 +170,13 @@ def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, to
             if best is None or terms["total"] > best[0]:
                 best = (terms["total"], host * setup.ranks + r, terms, rank)
     assert best is not None
-    memory = max(max(load.memory) for _, load, _ in chosen)
+    memory = max(max(load.memory) for _, load, _ in chosen.values())
     kept = _kept(setup, groups)
     if not refused:
-        refused = _refusal(setup, chosen, memory, compression, kept)
+        refused = _refusal(setup, list(chosen.values()), memory, compression, kept)
     return Candidate(len(groups), compression, tower_module, tuple(tuple(g) for g in groups),
-                     tuple(name for name, _, _ in chosen), best[0], best[2], best[1], memory, best[3].cross_bytes,
-                     kept, refused)
+                     tuple(chosen[h][0] for h in tower_host), best[0], best[2], best[1], memory, best[3].cross_bytes,
+                     kept, refused, towers_per_domain, tuple(tower_host))
 
 
 def _kept(setup: Setup, groups: Sequence[Sequence[str]]) -> float | None:

@@ -5,15 +5,19 @@ Algorithm (`auto_plan`):
   1. compressions: c = 1 (identity towers: the model unchanged) always; c in 2, 4, 8 when
      the tower-module kind compresses (opt-in: it changes the model), the model has an
      interaction site and example inputs (to measure the interaction affinity);
-  2. tower counts T = 1 .. min(hosts, units) (one tower per host: the plan format today),
-     tower t on host t. Features per tower: the balanced partitioner's for c = 1 (the model
-     is unchanged: only balance matters), the learned partitioner's (most affinity kept,
-     within the balance limits) for c > 1;
-  3. every (T, c) is evaluated (candidates.py): per-tower sharding, busiest rank's time and
-     memory, kept affinity; refused when its tables do not fit the memory per rank, or when
-     it compresses and keeps less than the quality budget of the pairwise affinity;
-  4. the fastest candidate that is not refused wins (ties: smaller c, then more towers);
-     none fits the memory: a DMTError with the arithmetic.
+  2. tower layouts: T = 1 .. min(hosts, units) towers, tower t on host t (k = 1), and k = 2,
+     3, ... towers per host (T = H x k <= units, tower t on host t // k, as
+     transform(towers_per_domain=k) places them). Features per tower: the balanced
+     partitioner's for c = 1 (the model is unchanged: only balance matters), the learned
+     partitioner's (most affinity kept, within the balance limits) for c > 1; for k > 1 the
+     towers are paired heavy with light per host (plans.balance_domains);
+  3. every (layout, c) is evaluated (candidates.py): each host's sharding (its k towers
+     share it), busiest rank's time and memory, kept affinity; refused when its tables do
+     not fit the memory per rank, or when it compresses and keeps less than the quality
+     budget of the pairwise affinity;
+  4. the fastest candidate that is not refused wins (ties: smaller c, then fewer towers per
+     host, then more towers); none fits the memory: a DMTError with the arithmetic. The plan
+     carries each tower's sharding (`Tower.sharding`), which `distribute` runs.
 
 The quality budget only binds compressing candidates: identity towers compute the original
 model whatever the split. DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen
@@ -39,7 +43,7 @@ from dmt_fx.compiler.partitioners.units import (
     unit_features,
     unit_shares,
 )
-from dmt_fx.compiler.plans import build_plan
+from dmt_fx.compiler.plans import balance_domains, build_plan, domain_hosts, tower_loads
 from dmt_fx.compiler.tower_modules import TowerModuleKind, out_width
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.plan import TowerPlan
@@ -48,6 +52,7 @@ from dmt_fx.ir.topology import Topology
 
 DEFAULT_QUALITY_BUDGET = 0.9
 COMPRESSIONS = (1, 2, 4, 8)
+MAX_TOWERS_PER_DOMAIN = 8  # k tried up to this (and units // hosts) unless AutoOptions names the k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +64,15 @@ class AutoOptions:
     batch_size: int = 512  # local batch per rank the step time is predicted for
     compressions: tuple[int, ...] = COMPRESSIONS
     hardware: Hardware = Hardware()
+    # k towers per host to try (tower t on host t // k); None: 1, 2, ... while H x k <= units
+    # (at most MAX_TOWERS_PER_DOMAIN). k = 1 also tries fewer towers than hosts.
+    towers_per_domain: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.towers_per_domain is not None and (not self.towers_per_domain
+                                                   or min(self.towers_per_domain) < 1):
+            raise DMTError(f"towers_per_domain={self.towers_per_domain!r}", "k values >= 1, e.g. (1, 2), or None",
+                           ["pass towers_per_domain=None to let plan='auto' try k = 1, 2, ..."])
         if not 0.0 <= self.quality_budget <= 1.0:
             raise DMTError(f"quality_budget={self.quality_budget!r}", "a share of affinity in [0, 1]",
                            [f"pass e.g. quality_budget={DEFAULT_QUALITY_BUDGET}"])
@@ -84,10 +96,13 @@ class AutoPlan:
     why: str
     notes: tuple[str, ...] = ()
 
-    sharding: str = ""  # the best ONE sharding for every tower: what `distribute(..., sharding=)` takes
+    sharding: str = ""  # the best ONE sharding for every tower (plans without Tower.sharding)
+    towers_per_domain: int = 1  # k of the chosen plan
+
 
     def to_dict(self) -> dict[str, Any]:
         return {"towers": len(self.plan.towers), "compression": self.compression, "tower_module": self.tower_module,
+                "towers_per_domain": self.towers_per_domain, "tower_hosts": [t.host for t in self.plan.towers],
                 "shardings": list(self.shardings), "sharding": self.sharding,
                 "predicted_step_s": self.candidates[self.winner].step_s, "winner": self.winner, "why": self.why,
                 "notes": list(self.notes), "quality_budget": self.options.quality_budget,
@@ -123,23 +138,38 @@ def _vector_dim(sites: ModelSites) -> int | None:
     return dims.pop() if len(dims) == 1 else -1  # -1: vectors of unequal dims cannot be compressed
 
 
-def _groups(sites: ModelSites, pooling: Mapping[str, float], towers: int, ranks: int, compressing: bool,
-            affinity: Mapping[tuple[str, str], float] | None, seed: int) -> list[list[str]]:
-    """Step 2: features per tower for T towers."""
-    if compressing and affinity is not None and towers > 1:
-        plan = learned_plan(sites, Topology(towers, ranks), pooling, model=None, example_inputs=None, seed=seed,
-                            affinity=affinity)
-        return [list(t.features) for t in plan.towers]
-    units = table_units(sites)
-    cost, mem = unit_shares(units, sites, pooling)
-    return unit_features(units, balanced_placement(cost, mem, towers))
+def _layouts(hosts: int, units: int, options: AutoOptions) -> list[tuple[int, int]]:
+    """Step 2: (towers, k) to try: 1 .. min(H, units) towers one per host, then H x k for k > 1."""
+    wanted = options.towers_per_domain or range(1, MAX_TOWERS_PER_DOMAIN + 1)
+    out = [(t, 1) for t in range(1, min(hosts, units) + 1)] if 1 in wanted else []
+    out += [(hosts * k, k) for k in sorted(set(wanted)) if k > 1 and hosts * k <= units]
+    if not out:
+        raise DMTError(f"towers_per_domain={tuple(wanted)} on {hosts} hosts with {units} table units",
+                       f"H x k <= {units} units for some k", [f"try k <= {max(units // hosts, 1)}"])
+    return out
+
+
+def _groups(setup: Setup, towers: int, k: int, compressing: bool, seed: int) -> list[list[str]]:
+    """Step 2: features per tower for T towers, k consecutive ones per host."""
+    sites, pooling = setup.sites, setup.pooling
+    if compressing and setup.affinity is not None and towers > 1:
+        plan = learned_plan(sites, Topology(towers, setup.ranks), pooling, model=None, example_inputs=None,
+                            seed=seed, affinity=setup.affinity)
+        groups = [list(t.features) for t in plan.towers]
+    else:
+        units = table_units(sites)
+        cost, mem = unit_shares(units, sites, pooling)
+        groups = unit_features(units, balanced_placement(cost, mem, towers))
+    if k > 1:  # heavy towers paired with light ones on each host
+        groups = balance_domains(groups, tower_loads(groups, sites, pooling), setup.hosts, k)
+    return groups
 
 
 def _candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleKind,
-               vector_dim: int | None) -> Candidate:
+               vector_dim: int | None, k: int = 1) -> Candidate:
     dims = [[setup.sites.feature(f).dim for f in g] for g in groups]
     if c == 1:
-        return evaluate(setup, groups, 1, "identity", [sum(d) for d in dims], [0.0] * len(groups))
+        return evaluate(setup, groups, 1, "identity", [sum(d) for d in dims], [0.0] * len(groups), "", k)
     refused = ""
     if vector_dim == -1:
         refused = "kind: a vector interaction over unequal embedding dims cannot take compressed towers"
@@ -153,7 +183,7 @@ def _candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleK
         refused = (f"quality: tower {narrow[0]}'s {n * (n - 1) // 2} within-tower dot products do not fit "
                    f"its {widths[narrow[0]]} output floats")
     macs = [_macs_per_row(kind.name, d, w) for d, w in zip(dims, widths)]
-    return evaluate(setup, groups, c, kind.name, widths, macs, refused)
+    return evaluate(setup, groups, c, kind.name, widths, macs, refused, k)
 
 
 def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *, kind: TowerModuleKind,
@@ -168,17 +198,16 @@ def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float
                   tiers_of(topology), options.hardware, options.memory_per_rank, options.quality_budget, affinity)
     vector_dim = _vector_dim(sites) if max(compressions) > 1 else None
     candidates = []
-    for towers in range(1, min(topology.num_hosts, len(table_units(sites))) + 1):
-        plain = _groups(sites, pooling, towers, topology.local_world_size, False, affinity, seed)
-        learned = (_groups(sites, pooling, towers, topology.local_world_size, True, affinity, seed)
-                   if max(compressions) > 1 else plain)
-        candidates += [_candidate(setup, plain if c == 1 else learned, c, kind, vector_dim) for c in compressions]
+    for towers, k in _layouts(topology.num_hosts, len(table_units(sites)), options):
+        plain = _groups(setup, towers, k, False, seed)
+        learned = _groups(setup, towers, k, True, seed) if max(compressions) > 1 else plain
+        candidates += [_candidate(setup, plain if c == 1 else learned, c, kind, vector_dim, k) for c in compressions]
     winner = _winner(candidates, options)
     chosen = candidates[winner]
     plan = _plan(sites, topology, pooling, chosen)
     return AutoPlan(plan, chosen.compression, chosen.tower_module, chosen.shardings, tuple(candidates), winner,
                     options, tiers_of(topology).to_dict(), _why(candidates, winner, options), tuple(notes),
-                    _uniform_sharding(setup, chosen, kind, vector_dim))
+                    _uniform_sharding(setup, chosen, kind, vector_dim), chosen.towers_per_domain)
 
 
 def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, vector_dim: int | None) -> str:
@@ -188,7 +217,7 @@ def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, ve
     timed = {}
     for name in SHARDING_MODELS:
         one = _candidate(dataclasses.replace(setup, shardings=(name,)), [list(g) for g in chosen.groups],
-                         chosen.compression, kind, vector_dim)
+                         chosen.compression, kind, vector_dim, chosen.towers_per_domain)
         if not one.refused.startswith("memory"):
             timed[name] = one.step_s
     order = list(SHARDING_MODELS)
@@ -198,15 +227,18 @@ def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, ve
 def _plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], chosen: Candidate) -> TowerPlan:
     units = table_units(sites)
     cost, mem = unit_shares(units, sites, pooling)
-    return build_plan([list(g) for g in chosen.groups], sites, topology, pooling, partitioner="auto",
-                      balance_bound=balance_bound(chosen.towers, cost, mem))
+    plan = build_plan([list(g) for g in chosen.groups], sites, topology, pooling, partitioner="auto",
+                      balance_bound=balance_bound(chosen.towers, cost, mem),
+                      hosts=domain_hosts(chosen.towers, chosen.towers_per_domain))
+    return plan.with_shardings(chosen.shardings)  # distribute shards each host as chosen
 
 
 def _winner(candidates: Sequence[Candidate], options: AutoOptions) -> int:
     """Step 4: the fastest candidate not refused; none fits the memory: the arithmetic."""
     open_ = [i for i, c in enumerate(candidates) if not c.refused]
     if open_:
-        return min(open_, key=lambda i: (candidates[i].step_s, candidates[i].compression, -candidates[i].towers))
+        return min(open_, key=lambda i: (candidates[i].step_s, candidates[i].compression,
+                                         candidates[i].towers_per_domain, -candidates[i].towers))
     raise _memory_error(candidates, options)
 
 
