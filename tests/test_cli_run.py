@@ -8,7 +8,10 @@ import shutil
 
 import pytest
 
-from dmt_fx.cli.main import main
+from dmt_fx.bench import emulated
+from dmt_fx.cli.demo import emulated_args
+from dmt_fx.cli.main import main, parser
+from dmt_fx.jobs.summary import summarize
 
 FIELDS = {"variant", "topology", "first_loss", "final_loss", "cross_host_id_bytes", "cross_host_embedding_bytes",
           "cross_host_messages", "intra_host_bytes", "step_time_median_s", "step_time_iqr_s"}
@@ -22,6 +25,7 @@ def test_run_prints_dmt_and_the_baseline_side_by_side(tmp_path, capsys) -> None:
     assert all(FIELDS <= set(r) for r in rows)
     dmt, flat = rows
     assert dmt["cross_host_messages"] < flat["cross_host_messages"]  # H-1 = 1 per collective vs N-L = 2
+    assert all(0 < r["step_cpu_median_s"] and r["step_runqueue_wait_median_s"] >= 0 for r in rows)
     assert (tmp_path / "summary.json").exists()
 
 
@@ -30,8 +34,11 @@ def test_demo_main_job(tmp_path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     for text in ("graph diff", "peer_input_exchange", "tower plan", "bitwise equal", "flat-table_row_wise",
-                 "best flat", "dmt-identity", "dmt-c4", "loopback"):
-        assert text in out, text
+                 "best flat", "dmt-identity", "dmt-c4", "loopback", "CPU/step", "core wait",
+                 emulated.TARGET):
+        assert text in out, text  # by default the demo trains bench emulated's workload
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert all(r["batch_size"] == emulated.DEFAULT_BATCH and r["target"] == emulated.TARGET for r in rows)
     assert (tmp_path / "breakdown.png").stat().st_size > 0
 
 
@@ -50,6 +57,29 @@ def test_demo_on_the_emulated_network(tmp_path, capsys) -> None:
     assert best["cross_host_wire_share"] is not None
     assert all("breakdown_s" in r and "ideal_speedup_vs_best_flat" in r for r in rows)
     assert (tmp_path / "emulated.json").exists()
+    assert not (tmp_path / "emulated" / "probe-shaped").exists()  # the demo probes once
+    assert all(r["batch_size"] == emulated.DEFAULT_BATCH and r["model"]["tables"] == 16 for r in rows)
+
+
+def test_demo_trains_the_bench_workload_and_probes_once() -> None:
+    args = parser().parse_args(["demo"])
+    assert (args.target, args.batch_size) == (emulated.TARGET, emulated.DEFAULT_BATCH)
+    options = emulated_args(args, ["dmt-identity", "flat-table_wise"])
+    assert options.shaped_probe is False and options.batch_size == emulated.DEFAULT_BATCH
+    assert options.target == emulated.TARGET and options.steps == args.steps
+    assert parser().parse_args(["demo", "x.py:build"]).target == "x.py:build"  # TARGET still replaces it
+
+
+def test_cpu_time_and_queue_wait_leave_out_the_same_steps_as_the_wall_time() -> None:
+    """Per step: the slowest rank's CPU time and wait for a core, after warm-up, metered and profiled steps."""
+    def rank(r: int) -> dict:
+        return {"rank": r, "topology": "2x1", "losses": [1.0] * 6, "traffic": {"steps": 1},
+                "step_times_s": [9.0, 9.0, 9.0, 1.0, 2.0, 3.0], "metered_steps": [1], "profiled_steps": [2],
+                "step_cpu_s": [5.0, 5.0, 5.0, 0.1 * (r + 1), 0.2, 0.3 * (r + 1)],
+                "step_runqueue_wait_s": [5.0, 5.0, 5.0, 0.0, 0.5, 0.0]}
+    record = summarize("x", [rank(0), rank(1)], warmup=1)
+    assert record["step_cpu_s"] == [0.2, 0.2, 0.6]
+    assert record["step_cpu_median_s"] == 0.2 and record["step_runqueue_wait_median_s"] == 0.0
 
 
 def test_run_with_a_bad_target_exits_2(tmp_path, capsys) -> None:

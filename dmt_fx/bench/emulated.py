@@ -5,7 +5,8 @@ host on a bridge); (2) probe, unshaped (`dmt_fx.bench.probe`): all_to_all_single
 ranks of each host (intra-host bandwidth per rank) and among peers (cross-host); (3) shape
 every host link to L x (intra-host bandwidth / ratio): one emulated NIC per rank at 1/ratio
 of the intra-host bandwidth (an H100's NVLink against a 400 Gb/s NIC per GPU, roughly);
-(4) probe again, shaped (intra-host traffic must not slow down, nor go through eth0);
+(4) probe again, shaped (intra-host traffic must not slow down, nor go through eth0;
+`--no-shaped-probe` skips it, as `dmt-fx demo` does);
 (5) train every variant in one torchrun launch, one agent per host under `ip netns exec`
 with GLOO_SOCKET_IFNAME=eth0, rendezvous at 198.18.0.1; median and IQR of the slowest
 rank's step time after warm-up (`dmt_fx.jobs.summary`); (6) JSON and PNG. The namespaces
@@ -41,8 +42,9 @@ from dmt_fx.jobs.summary import slowest_step_times, summarize
 from dmt_fx.models.sized import MODEL_ENV, TARGET
 
 DEFAULT_VARIANTS = (*baseline_names(FLAT), "dmt-identity", "dmt-c4")
+DEFAULT_BATCH = 256  # local batch per rank: the workload the README's figures and `dmt-fx demo` use
 
-__all__ = ["DEFAULT_VARIANTS", "MODEL_ENV", "TARGET", "EmulationError", "add_arguments", "parse_rate", "run"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_VARIANTS", "MODEL_ENV", "TARGET", "EmulationError", "add_arguments", "parse_rate", "run"]
 
 
 _RATE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(bit|b/s|bps|B/s|B)?\s*$", re.IGNORECASE)
@@ -72,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant after warm-up (>= 20 "
                         "for the report; default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps left out (default 3)")
-    parser.add_argument("--batch-size", type=int, default=256, help="local batch per rank (default 256)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help=f"local batch per rank (default {DEFAULT_BATCH})")
     parser.add_argument("--tables", type=int, default=16, help="model size: embedding tables, one feature "
                         "each (default 16)")
     parser.add_argument("--embedding-dim", type=int, default=64, help="model size: embedding dim (default 64)")
@@ -86,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the run logs under OUT/emulated/ (default results)")
     parser.add_argument("--deadline-s", type=float, default=540, help="stop the training runs after this "
                         "long (default 540)")
+    parser.add_argument("--shaped-probe", action=argparse.BooleanOptionalAction, default=True,
+                        help="probe again after shaping, to check the shaped rates (default on; "
+                             "`dmt-fx demo` turns it off to probe only once)")
 
 
 def _validated(args: argparse.Namespace) -> tuple[Topology, list[str], float | None]:
@@ -148,16 +154,17 @@ def _probe_and_shape(cluster: EmulatedCluster, topology: Topology, work: str, ar
     say(f"intra-host all-to-all: {_fmt(intra)} per rank; inter-host rate {_fmt(per_rank_rate)} per rank "
         f"({_fmt(link_rate)} per host link, tbf)")
     cluster.shape(link_rate)
-    shaped = probe(cluster, topology, os.path.join(work, "probe-shaped"))
+    shaped = probe(cluster, topology, os.path.join(work, "probe-shaped")) if getattr(args, "shaped_probe", True) else {}
     shaped_intra = shaped.get("intra", {})
-    say(f"shaped: intra-host {_fmt(shaped_intra.get('bandwidth_bytes_per_s'))}, "
-        f"cross-host {_fmt(shaped['cross']['bandwidth_bytes_per_s'])} per rank")
+    if shaped:
+        say(f"shaped: intra-host {_fmt(shaped_intra.get('bandwidth_bytes_per_s'))}, "
+            f"cross-host {_fmt(shaped['cross']['bandwidth_bytes_per_s'])} per rank")
     return {
         "topology": str(topology), "namespaces": "removed", "subnet": f"{SUBNET}.0/24 (198.18.0.0/15)",
         "intra_host_bandwidth_bytes_per_s": intra, "cross_host_unshaped_bandwidth_bytes_per_s": cross_unshaped,
         "intra_host_bandwidth_shaped_run_bytes_per_s": shaped_intra.get("bandwidth_bytes_per_s"),
-        "cross_host_shaped_bandwidth_bytes_per_s": shaped["cross"]["bandwidth_bytes_per_s"],
-        "intra_phase_eth0_tx_bytes_per_iter": shaped_intra.get("eth0_tx_bytes_all_hosts"),
+        "cross_host_shaped_bandwidth_bytes_per_s": shaped.get("cross", {}).get("bandwidth_bytes_per_s"),
+        "intra_phase_eth0_tx_bytes_per_iter": shaped_intra.get("eth0_tx_bytes_all_hosts"),  # None: not probed
         "intra_phase_payload_bytes_per_iter": shaped_intra.get("bytes_sent_per_rank", 0) * topology.world_size,
         "inter_host_rate_bytes_per_s_per_rank": per_rank_rate, "inter_host_link_rate_bytes_per_s": link_rate,
         "rate_source": "--inter-host-rate" if rate_override else f"intra-host bandwidth / {args.ratio:g}",

@@ -76,7 +76,8 @@ def run_together(spec: RunSpec, variants: Sequence[str], *, deadline_s: float = 
     rows = []
     for variant in variants:
         ranks = LaunchResult(result.returncodes, result.seconds, os.path.join(out_dir, variant), False).ranks()
-        rows.append({**summarize(variant, ranks, warmup=spec.warmup), "wall_s": result.seconds})
+        rows.append({**summarize(variant, ranks, warmup=spec.warmup), "wall_s": result.seconds,
+                     "target": spec.target, "batch_size": spec.batch_size})
     _plot(spec, rows)
     return rows
 

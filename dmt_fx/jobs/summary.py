@@ -15,19 +15,22 @@ from dmt_fx.jobs.breakdown import merge_ranks
 LOSS_WINDOW = 10  # final_loss: mean of the last steps, one step's loss is noisy
 
 
-def slowest_step_times(ranks: Sequence[dict[str, Any]]) -> list[float]:
+def slowest_step_times(ranks: Sequence[dict[str, Any]], field: str = "step_times_s") -> list[float]:
     """Per step, the slowest rank's time: a step takes as long as its slowest rank."""
-    steps = min(len(r["step_times_s"]) for r in ranks)
-    return [max(r["step_times_s"][i] for r in ranks) for i in range(steps)]
+    steps = min(len(r.get(field, ())) for r in ranks)
+    return [max(r[field][i] for r in ranks) for i in range(steps)]
 
 
-def timed_step_times(ranks: Sequence[dict[str, Any]], warmup: int) -> tuple[list[float], bool]:
+def timed_step_times(ranks: Sequence[dict[str, Any]], warmup: int,
+                     field: str = "step_times_s") -> tuple[list[float], bool]:
     """The slowest rank's step times after `warmup`, without the steps the traffic meter
     watched (`metered_steps`: it slows them down) and the profiled ones (`profiled_steps`);
-    those only when no other is left. Returns (times, whether they are metered steps)."""
+    those only when no other is left. Returns (times, whether they are metered steps).
+    `field="step_cpu_s"`: the same steps' process CPU time (what a step costs without
+    waiting for a core, the load-independent half of a noisy wall time)."""
     first = ranks[0].get("first_step", 0)
     metered = set(ranks[0].get("metered_steps", ())) | set(ranks[0].get("profiled_steps", ()))
-    times = slowest_step_times(ranks)
+    times = slowest_step_times(ranks, field)
     after_warmup = [(first + i, t) for i, t in enumerate(times) if i >= warmup]
     unmetered = [t for step, t in after_warmup if step not in metered]
     if unmetered or not after_warmup:
@@ -66,6 +69,8 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
     losses = ranks[0]["losses"]
     times, metered_times = timed_step_times(ranks, warmup)
     q1, median, q3 = quartiles(times)
+    cpu_times, _ = timed_step_times(ranks, warmup, "step_cpu_s")
+    queue_waits, _ = timed_step_times(ranks, warmup, "step_runqueue_wait_s")
     traffic = _traffic_means(ranks)
     record: dict[str, Any] = {
         "variant": variant, "topology": ranks[0]["topology"], "ranks": len(ranks), "steps": len(losses),
@@ -77,6 +82,8 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
         "dense_allreduce_bytes_estimate": ranks[0].get("dense_allreduce_bytes_estimate", 0.0),
         "step_time_median_s": median, "step_time_iqr_s": q3 - q1, "step_time_q1_s": q1, "step_time_q3_s": q3,
         "timed_steps": len(times), "step_times_s": times, "step_times_metered": metered_times,
+        "step_cpu_median_s": quartiles(cpu_times)[1], "step_cpu_s": cpu_times,
+        "step_runqueue_wait_median_s": quartiles(queue_waits)[1],
         **_breakdown(ranks), "profiled_steps": ranks[0].get("profiled_steps", []),
         "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],
     }

@@ -10,6 +10,9 @@ steps right after the warm-up (`metered_steps` in the JSON) and `traffic` holds 
 per-step means, the measured dense all-reduce included (`dense_allreduce_bytes`). A
 dispatch mode runs Python for every op of the step (2-3x slower steps on this machine), so
 a step-time summary should leave the metered steps out; every other step runs without it.
+Per step the rank also records its process CPU time (`step_cpu_s`) and how long its main
+thread waited for a core (`step_runqueue_wait_s`): on a shared machine they tell the
+job's own cost from the load around it.
 
 `--variants a,b,c` trains several variants one after the other in the SAME process group
 (one torchrun launch; the model is rebuilt per variant, every variant starts from the same
@@ -204,7 +207,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
     profiled, profiles = profiled_steps(args, metered), []
-    losses, times, outputs = [], [], []
+    losses, times, cpu_times, queue_waits, outputs = [], [], [], [], []
     B, cut = args.batch_size, batch_slicer(args.target)
     kill_rank, kill_step, kill_signal = _fault(args)
     for step in range(first, args.steps):
@@ -214,10 +217,12 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         inputs = make(B * world, step)
         y = clicks(inputs, step)
         local = cut(inputs, rank * B, (rank + 1) * B)
-        start = time.perf_counter()
+        start, cpu_start, queued = time.perf_counter(), time.process_time(), runqueue_wait_s()
         with meter if step in metered else contextlib.nullcontext(), _profiled(step in profiled, profiles):
             out, loss = train_step(module, optimizer, local, y[rank * B:(rank + 1) * B])
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)  # all threads (gloo's too); no wait for a core
+        queue_waits.append(runqueue_wait_s() - queued)
         if step in metered:
             meter.step()
         total = loss.detach().clone()
@@ -234,10 +239,21 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
     traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
-            "step_times_s": times, "traffic": traffic, "metered_steps": list(metered),
+            "step_times_s": times, "step_cpu_s": cpu_times,
+            "step_runqueue_wait_s": queue_waits, "traffic": traffic, "metered_steps": list(metered),
             "profiled_steps": list(profiled), **_breakdown(profiles),
             "dense_param_bytes": dense_bytes, "dense_allreduce_bytes": traffic["dense_allreduce_bytes"],
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
+
+
+def runqueue_wait_s() -> float:
+    """Seconds this thread has waited, runnable, for a core (Linux schedstat; 0.0 elsewhere):
+    per step, the part of a wall time that is load on the machine, not the job."""
+    try:
+        with open("/proc/thread-self/schedstat") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _fault(args: argparse.Namespace) -> tuple[int, int, int]:
