@@ -65,13 +65,26 @@ def _chunks(checkpoint: str, key: str) -> list[tuple[int, ...]]:
     return sorted(tuple(c.offsets) for c in meta.chunks)
 
 
+def auto_k2_plan() -> dict:
+    """plan="auto" with 2 towers per host: 4 towers on hosts [0, 0, 1, 1], shardings chosen."""
+    model, inputs = dist_models.build()
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, plan=dmt_fx.AutoOptions(towers_per_domain=(2,)))
+    plan = dmt_fx.tower_plan(gm)
+    assert [t.host for t in plan.towers] == [0, 0, 1, 1] and all(t.sharding for t in plan.towers)
+    return plan.to_dict()
+
+
 def test_per_host_sharding_trains_equal_to_single_process(tmp_path) -> None:
-    case = Case("tw-host0-rw-host1", f"{MODELS}:build", lambda: dist_models.build()[0], dist_models.make_inputs,
-                mixed_plan())
-    result = run_cases(tmp_path, "2x2", [case], steps=STEPS)  # the worker's --sharding: table_wise
+    cases = [Case("tw-host0-rw-host1", f"{MODELS}:build", lambda: dist_models.build()[0], dist_models.make_inputs,
+                  mixed_plan()),
+             Case("auto-k2", f"{MODELS}:build", lambda: dist_models.build()[0], dist_models.make_inputs,
+                  auto_k2_plan())]
+    result = run_cases(tmp_path, "2x2", cases, steps=STEPS)  # the worker's --sharding: table_wise
     assert result.ok, result.log_tail(60)
-    out_diff, param_diff = check_case(result, case, Topology.parse("2x2").world_size, STEPS)
-    print(f"2x2 table_wise/row_wise: max |output diff| {out_diff:.3g}, max |param diff| {param_diff:.3g}")
+    for case in cases:
+        out_diff, param_diff = check_case(result, case, Topology.parse("2x2").world_size, STEPS)
+        print(f"2x2 {case.name}: max |output diff| {out_diff:.3g}, max |param diff| {param_diff:.3g}")
+    case = cases[0]
     ckpt = os.path.join(result.out_dir, case.name, "ckpt")
     for key in USER:  # host 0, table_wise: each table whole, one chunk
         assert _chunks(ckpt, f"user_ebc.embedding_bags.t_{key}.weight") == [(0, 0)]
