@@ -77,8 +77,9 @@ def transform(
     `towers_per_domain` k: the partitioner makes H x k towers, tower t on domain t // k, each
     with its own tower module, the k sharing the domain's ranks for lookup (default 1).
     `plan="auto"` (or `plan=AutoOptions(memory_per_rank=..., quality_budget=...)`) lets the cost
-    model choose the towers, the compression (c > 1 only with a compressing `tower_module`)
-    and each tower's sharding; `gm.meta["dmt_auto"]` keeps the candidates and the reason.
+    model choose the towers (k per host too; `towers_per_domain=k` > 1 fixes k), the
+    compression (c > 1 only with a compressing `tower_module`) and each host's sharding, which
+    the plan carries for `distribute`; `gm.meta["dmt_auto"]` keeps the candidates and the reason.
     `tower_module` names a registered kind (`TOWER_MODULES`) or is a factory
     `(TowerSpec) -> nn.Module`. "identity" preserves numerics; the compressing kinds
     ("linear", "dot", "dcn", factories) compress each tower's output by `compression` before
