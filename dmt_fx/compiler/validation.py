@@ -8,7 +8,9 @@ are accepted, as the original accepts them), dtypes (integer ids and lengths,
 float weights), lengths that do not sum to the number of ids, ids outside
 [0, rows of the feature's table); per plain lookup: id dtype and range, offsets; and that
 every dense and sparse input has the same batch size. All checks are vectorised: one pass
-over the ids, no per-feature Python loop on the ids.
+over the ids, no per-feature Python loop on the ids. A valid batch costs a few kernels and one
+read back per input (a KJT: FBGEMM's bounds check per key, the least id and length); the
+messages are worked out only for a refused batch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dmt_fx.ir.errors import DMTError
 
 _INT = (torch.int32, torch.int64)
+_FATAL = 0  # FBGEMM's BoundsCheckMode.FATAL: raise, change nothing
 
 
 class InputValidationError(DMTError):
@@ -42,12 +45,14 @@ class InputValidator(nn.Module):
         super().__init__()
         # sparse: (argument, keys, rows per key, weighted); plain: (argument, feature, rows)
         self.sparse, self.plain, self.dense = list(sparse), list(plain), list(dense)
+        # per sparse argument: the rows of each key's table as a tensor, per key order and device
+        self.bounds: list[dict] = [{} for _ in self.sparse]
 
     def forward(self, *values: Any) -> None:
         n_sparse, n_plain = len(self.sparse), len(self.plain)
         batch: dict[str, int] = {}
-        for spec, kjt in zip(self.sparse, values[:n_sparse]):
-            batch[spec[0]] = _check_kjt(kjt, *spec)
+        for spec, bounds, kjt in zip(self.sparse, self.bounds, values[:n_sparse]):
+            batch[spec[0]] = _check_kjt(kjt, *spec, bounds)
         for (argument, feature, rows), ids in zip(self.plain, values[n_sparse:n_sparse + n_plain]):
             _check_ids(ids, argument, feature, rows)
         for argument, tensor in zip(self.dense, values[n_sparse + n_plain:]):
@@ -61,16 +66,17 @@ class InputValidator(nn.Module):
         return f"sparse={[s[0] for s in self.sparse]}, plain={len(self.plain)}, dense={self.dense}"
 
 
-def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str, int], weighted: bool) -> int:
+def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str, int], weighted: bool,
+               bounds: dict) -> int:
     if not isinstance(kjt, KeyedJaggedTensor):
         _fail(f"argument {argument!r} of type {type(kjt).__name__}", "a KeyedJaggedTensor",
               "pass the sparse features as a torchrec KeyedJaggedTensor")
-    given = list(kjt.keys())
+    given = kjt.keys()
     # Keys the model never reads are accepted, as the original accepts them; missing ones
     # would fail inside the lookup.
     missing = [k for k in keys if k not in given]
     if missing:
-        _fail(f"argument {argument!r} with keys {given} (missing {missing})",
+        _fail(f"argument {argument!r} with keys {list(given)} (missing {missing})",
               f"at least the keys {list(keys)}", "add the missing features to the KeyedJaggedTensor")
     values, lengths = kjt.values(), kjt.lengths()
     if values.dtype not in _INT or lengths.dtype not in _INT:
@@ -80,32 +86,89 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
     if weighted and (weights is None or not weights.is_floating_point()):
         _fail(f"argument {argument!r} with weights {None if weights is None else weights.dtype}",
               "float per-id weights (the collection is weighted)", "pass weights=... to the KeyedJaggedTensor")
-    if int(lengths.sum()) != values.numel() or (lengths < 0).any():
-        _fail(f"argument {argument!r}: lengths sum to {int(lengths.sum())} for {values.numel()} ids",
-              "non-negative lengths that sum to the number of ids", "rebuild the lengths from the bags")
     stride = kjt.stride()
     if lengths.numel() != stride * len(given):
+        _check_sum(int(lengths.sum()), values, argument, bool((lengths < 0).any()))  # the first complaint
         _fail(f"argument {argument!r}: {lengths.numel()} lengths for {len(given)} keys x batch {stride}",
               "one length per key and sample", "rebuild the KeyedJaggedTensor with from_lengths_sync")
-    # One vectorised range check: each id against the rows of its key's table.
-    per_key = lengths.view(len(given), stride).sum(1)
-    unread = torch.iinfo(torch.int64).max  # ids of keys no lookup reads are never used
-    limit = torch.repeat_interleave(torch.tensor([rows.get(k, unread) for k in given], device=values.device),
-                                    per_key)
-    bad = (values < 0) | (values >= limit)
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        key = given[int(torch.searchsorted(per_key.cumsum(0), torch.tensor(i), right=True))]
-        _fail(f"feature {key!r} id {int(values[i])} (argument {argument!r}, position {i})",
-              f"ids in [0, {rows[key]}) for feature {key!r}", "map ids into the table's range (e.g. modulo the size)")
+    # The KJT's own per-key sums, cached on it: the lookups that follow reuse them.
+    _check_sum(sum(kjt.length_per_key()), values, argument)  # negative lengths: in the fused check
+    refused = _refusal(kjt, values, given, rows, bounds)
+    if refused is not None:
+        _diagnose(values, lengths, given, argument, rows, refused)
     return stride
+
+
+def _check_sum(total: int, values: torch.Tensor, argument: str, negative: bool = False) -> None:
+    if total != values.numel() or negative:
+        _fail(f"argument {argument!r}: lengths sum to {total} for {values.numel()} ids",
+              "non-negative lengths that sum to the number of ids", "rebuild the lengths from the bags")
+
+
+def _refusal(kjt: KeyedJaggedTensor, values: torch.Tensor, given: list[str], rows: Mapping[str, int],
+             bounds: dict) -> str | None:
+    """Why the batch is refused (None: every length >= 0, every id in [0, rows of its key's
+    table)). On the CPU four small kernels and one read back: FBGEMM's bounds check (the check
+    TorchRec's own lookups run) over the ids with one bag per key (the KJT's per-key offsets,
+    cached on it: 8 segments, not 8 x batch), and the least id and length; the message is
+    worked out afterwards, by _diagnose, only for a refused batch."""
+    if values.numel() == 0:
+        return "a negative length" if bool((kjt.lengths() < 0).any()) else None
+    limit = _limits(bounds, tuple(given), rows, values.device)
+    if values.device.type != "cpu":  # FBGEMM's check asserts on the device: compare instead
+        bad = (values < 0) | (values >= limit.repeat_interleave(torch.tensor(kjt.length_per_key(),
+                                                                            device=values.device)))
+        return "out of range" if bool(bad.any() | (kjt.lengths() < 0).any()) else None
+    try:  # raises on an id >= its table's rows
+        torch.ops.fbgemm.bounds_check_indices(limit, values, torch.tensor(kjt.offset_per_key(), dtype=values.dtype),
+                                              _FATAL, _no_warnings(bounds))
+    except RuntimeError as error:
+        return str(error).split("\n")[0]
+    # the check above lets negative ids through, and per-key offsets hide a negative length
+    return "a negative id or length" if int(torch.minimum(values.min(), kjt.lengths().min())) < 0 else None
+
+
+def _limits(bounds: dict, given: tuple[str, ...], rows: Mapping[str, int], device: torch.device) -> torch.Tensor:
+    """Rows of each given key's table (keys no lookup reads: any id), made once per key order."""
+    limit = bounds.get((given, device))
+    if limit is None:
+        unread = torch.iinfo(torch.int64).max  # ids of keys no lookup reads are never used
+        limit = bounds[(given, device)] = torch.tensor([rows.get(k, unread) for k in given], device=device)
+    return limit
+
+
+def _no_warnings(bounds: dict) -> torch.Tensor:
+    """The counter FBGEMM's check takes; written only in its warning mode, never in FATAL."""
+    if "warnings" not in bounds:
+        bounds["warnings"] = torch.zeros(1, dtype=torch.int64)
+    return bounds["warnings"]
+
+
+def _diagnose(values: torch.Tensor, lengths: torch.Tensor, given: list[str], argument: str,
+              rows: Mapping[str, int], refused: str) -> None:
+    """The first bad length or id of a KJT the fused check refused, named (runs only then)."""
+    _check_sum(int(lengths.sum()), values, argument, bool((lengths < 0).any()))
+    per_key = lengths.view(len(given), -1).sum(1)
+    unread = torch.iinfo(torch.int64).max
+    limit = torch.repeat_interleave(torch.tensor([rows.get(k, unread) for k in given]), per_key)
+    bad = (values < 0) | (values >= limit)
+    if not bool(bad.any()):  # not a length nor an id: FBGEMM's own words
+        _fail(f"argument {argument!r}: {refused}", "ids and offsets FBGEMM's bounds check accepts",
+              "rebuild the KeyedJaggedTensor with from_lengths_sync")
+    i = int(bad.nonzero()[0])
+    key = given[int(torch.searchsorted(per_key.cumsum(0), torch.tensor(i), right=True))]
+    _fail(f"feature {key!r} id {int(values[i])} (argument {argument!r}, position {i})",
+          f"ids in [0, {rows[key]}) for feature {key!r}", "map ids into the table's range (e.g. modulo the size)")
 
 
 def _check_ids(ids: Any, argument: str, feature: str, rows: int) -> None:
     if not isinstance(ids, torch.Tensor) or ids.dtype not in _INT:
         _fail(f"ids of {feature!r} ({argument}) of {getattr(ids, 'dtype', type(ids).__name__)}",
               "an int32 or int64 tensor", "cast with .long()")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+    if not ids.numel():
+        return
+    low, high = (int(x) for x in torch.aminmax(ids))  # one kernel for both
+    if low < 0 or high >= rows:
+        bad = low if low < 0 else high
         _fail(f"feature {feature!r} id {bad} ({argument})", f"ids in [0, {rows}) for feature {feature!r}",
               "map ids into the table's range")

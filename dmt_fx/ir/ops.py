@@ -7,10 +7,11 @@ lowers the same nodes to real peer all-to-alls; the graph carries group *names* 
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import NamedTuple, Sequence
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir.names import GroupKind
 
@@ -38,10 +39,56 @@ def select_features(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedT
     return _select_by_slices(kjt, indices)
 
 
+def _gathered_attribute(name: str) -> property:
+    """An attribute KeyedJaggedTensor reads directly (`_values`, ...), served by _gathered."""
+    def setter(self: _TowerFeatures, value: torch.Tensor | None) -> None:
+        if value is None and self.__dict__.get("_pending") is not None:
+            return  # KeyedJaggedTensor.__init__'s placeholder: still to be gathered
+        self._gathered(name)  # gather the others before one is replaced
+        self.__dict__[name] = value
+    return property(lambda self: self._gathered(name), setter)
+
+
+class _TowerFeatures(KeyedJaggedTensor):
+    """A tower's KeyedJaggedTensor whose ids, lengths and weights are gathered from the
+    source KJT when first read, not when it is made.
+
+    In one process the tower's collection reads only `to_dict()` (the source's per-key
+    JaggedTensors, shared by all towers), so gathering them eagerly cost two copies per
+    tower per step that nothing read. Whatever does read them (`values()`, a
+    KJTAllToAll, pytree flattening: all go through these attributes) gets exactly what
+    kjt.permute returns."""
+
+    def __init__(self, source: KeyedJaggedTensor, values_at: list[tuple[int, int]],
+                 lengths_at: list[tuple[int, int]], **kwargs) -> None:
+        self._pending = (source, values_at, lengths_at)
+        super().__init__(values=None, **kwargs)
+
+    def _gathered(self, name: str) -> torch.Tensor | None:
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            source, values_at, lengths_at = pending
+            weights = source.weights_or_none()
+            self.__dict__.update(_pending=None, _gathered_values=_gather(source.values(), values_at),
+                                 _gathered_lengths=_gather(source.lengths(), lengths_at),
+                                 _gathered_weights=None if weights is None else _gather(weights, values_at))
+        return self.__dict__.get(name)
+
+    _values = _gathered_attribute("_gathered_values")
+    _lengths = _gathered_attribute("_gathered_lengths")
+    _weights = _gathered_attribute("_gathered_weights")
+
+    def to_dict(self, compute_offsets: bool = True) -> dict[str, JaggedTensor]:
+        # KeyedJaggedTensor.to_dict reads values() and lengths() before it looks at its cache
+        if self._jt_dict is not None:
+            return self._jt_dict
+        return super().to_dict(compute_offsets)
+
+
 def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJaggedTensor:
-    """What kjt.permute(indices) returns, built from one slice per key and a concatenation:
-    a tower takes a few keys, and for those this is several times cheaper on CPU than the
-    general permute kernel (which also handles repeated and variable-batch keys).
+    """What kjt.permute(indices) returns, built from one slice per key and a concatenation
+    (when read): a tower takes a few keys, and for those this is several times cheaper on CPU
+    than the general permute kernel (which also handles repeated and variable-batch keys).
 
     The result carries the source's per-key JaggedTensors (`jt_dict`): a TorchRec collection
     reads its features through `to_dict()`, which the source computes once (and caches) for
@@ -49,18 +96,12 @@ def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJagged
     tensors as the original lookup reads: bit for bit."""
     stride = kjt.stride()
     length_per_key, offset_per_key = kjt.length_per_key(), kjt.offset_per_key()
-    values_at = [(offset_per_key[i], offset_per_key[i + 1]) for i in indices]
-    lengths_at = [(i * stride, (i + 1) * stride) for i in indices]
-    weights = kjt.weights_or_none()
     keys = [kjt.keys()[i] for i in indices]
     per_key = kjt.to_dict()
-    return KeyedJaggedTensor(
-        keys=keys,
-        values=_gather(kjt.values(), values_at),
-        weights=None if weights is None else _gather(weights, values_at),
-        lengths=_gather(kjt.lengths(), lengths_at),
-        stride=stride,
-        length_per_key=[length_per_key[i] for i in indices],
+    return _TowerFeatures(
+        kjt, [(offset_per_key[i], offset_per_key[i + 1]) for i in indices],
+        [(i * stride, (i + 1) * stride) for i in indices],
+        keys=keys, stride=stride, length_per_key=[length_per_key[i] for i in indices],
         jt_dict={k: per_key[k] for k in keys},
     )
 
@@ -82,27 +123,77 @@ def merge_keyed_tensors(parts: Sequence[KeyedTensor], keys: Sequence[str]) -> Ke
     """SPTT step 6: rebuild the collection's KeyedTensor in its original key order.
 
     Slices and a concatenation only, so values and gradients are bit-for-bit the original's.
-    Keys that stay adjacent move as one block: each part is split once, at the blocks' edges."""
+    Keys that stay adjacent move as one block: each part is split once, at the blocks' edges.
+    The concatenation happens when the values are first read: a model that reads the
+    collection's output per key (`to_dict()`, what TorchRec's DLRM does) gets the parts'
+    own per-key columns and no concatenation at all."""
     if len(parts) == 1 and list(parts[0].keys()) == list(keys):
         return parts[0]
+    layout = _layout(tuple(tuple(p.keys()) for p in parts), tuple(tuple(p.length_per_key()) for p in parts),
+                     tuple(keys))
+    return _MergedTensor(parts, layout)
+
+
+class _Layout(NamedTuple):
+    keys: list[str]
+    length_per_key: list[int]
+    blocks: list[tuple[int, int, int]]  # (part, first column, end column) in the output order
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(part_keys: tuple[tuple[str, ...], ...], part_widths: tuple[tuple[int, ...], ...],
+            keys: tuple[str, ...]) -> _Layout:
+    """Where each key's columns sit among the parts; the same for every step of a model."""
     where: dict[str, tuple[int, int, int]] = {}  # key -> (part, first column, width)
-    for p, part in enumerate(parts):
+    for p, (names, widths) in enumerate(zip(part_keys, part_widths)):
         start = 0
-        for key, width in zip(part.keys(), part.length_per_key()):
+        for key, width in zip(names, widths):
             where[key], start = (p, start, width), start + width
-    blocks: list[list[int]] = []  # [part, first column, end column], in the output order
+    blocks: list[list[int]] = []
     for key in keys:
         p, start, width = where[key]
         if blocks and blocks[-1][0] == p and blocks[-1][2] == start:
             blocks[-1][2] = start + width
         else:
             blocks.append([p, start, start + width])
-    pieces = _blocks(parts, blocks)
-    return KeyedTensor(keys=list(keys), length_per_key=[where[k][2] for k in keys],
-                       values=torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0])
+    return _Layout(list(keys), [where[k][2] for k in keys], [tuple(b) for b in blocks])
 
 
-def _blocks(parts: Sequence[KeyedTensor], blocks: list[list[int]]) -> list[torch.Tensor]:
+class _MergedTensor(KeyedTensor):
+    """merge_keyed_tensors' result: its values are concatenated from the parts when first read."""
+
+    def __init__(self, parts: Sequence[KeyedTensor], layout: _Layout) -> None:
+        self._pending = (parts, layout)
+        super().__init__(keys=layout.keys, length_per_key=layout.length_per_key, values=None)
+
+    @property
+    def _values(self) -> torch.Tensor:
+        pending = self.__dict__.get("_pending")
+        if pending is not None:
+            pieces = _blocks(pending[0], pending[1].blocks)
+            self.__dict__.update(_pending=None, _merged_values=torch.cat(pieces, dim=1) if len(pieces) > 1
+                                 else pieces[0])
+        return self.__dict__["_merged_values"]
+
+    @_values.setter
+    def _values(self, value: torch.Tensor | None) -> None:
+        if value is not None or self.__dict__.get("_pending") is None:
+            self.__dict__.update(_pending=None, _merged_values=value)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        """Each key's columns as the part that computed them has them (the same values)."""
+        pending = self.__dict__.get("_pending")
+        if pending is None:
+            return super().to_dict()
+        columns = {k: v for part in pending[0] for k, v in part.to_dict().items()}
+        return {key: columns[key] for key in self._keys}
+
+    def device(self) -> torch.device:
+        pending = self.__dict__.get("_pending")
+        return pending[0][0].device() if pending is not None else super().device()
+
+
+def _blocks(parts: Sequence[KeyedTensor], blocks: list[tuple[int, int, int]]) -> list[torch.Tensor]:
     """The column blocks, each part split once (one backward for all its blocks)."""
     by_part: dict[int, dict[int, torch.Tensor]] = {}
     for p, part in enumerate(parts):
