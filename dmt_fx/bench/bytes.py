@@ -12,6 +12,12 @@ tests that hold the meter to it. Read from torchrec 1.8 (`torchrec/distributed/d
   3. the values: one int64 per id (and one fp32 weight per id when weighted).
 * `PooledEmbeddingsAllToAll` sends B x width fp32 pooled embeddings forward, and their
   gradient, the same bytes, backward.
+* DMT's peer id exchange across hosts (`dmt_fx/runtime/peer_ids.py`, the lean runtime) is
+  not a KJTAllToAll: one exchange for all collections, lengths in one all-to-all and ids in
+  a second (per-id weights in a third when a collection is weighted), and no handshake
+  (every rank sends the same local batch, so the splits are known): `PEER_ID_COLLECTIVES`,
+  the same payload bytes (`kjt_bytes`). Inside the host TorchRec's KJTAllToAll still runs
+  (`ID_COLLECTIVES`, with its handshake); flat plans keep theirs everywhere.
 
 A KJT whose lengths are int32 sends 4 bytes per length: pass `length_bytes=4` (the meter
 counts what the tensors hold; `tests/test_traffic.py` checks both against it).
@@ -25,15 +31,21 @@ WEIGHT_BYTES = 4  # fp32 per-id weights of a weighted KJT
 EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
 SPLIT_BYTES = 8  # int64 split sizes of the handshake
 ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values (weights ride a 4th when weighted)
+PEER_ID_COLLECTIVES = 2  # DMT's peer id exchange: lengths, values (weights a 3rd); no handshake
 
-__all__ = ["EMBEDDING_BYTES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES",
-           "handshake_bytes", "kjt_bytes", "pooled_bytes"]
+__all__ = ["EMBEDDING_BYTES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES", "PEER_ID_COLLECTIVES", "SPLIT_BYTES",
+           "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes", "peer_id_collectives", "pooled_bytes"]
 
 
 def handshake_bytes(*, weighted: bool = False) -> int:
     """Bytes of KJTAllToAll's split-size handshake to ONE destination: an int64 per tensor
     sent (lengths, values[, weights]) and the batch size."""
     return (3 + int(weighted)) * SPLIT_BYTES
+
+
+def peer_id_collectives(*, weighted: bool = False) -> int:
+    """Collectives of DMT's peer id exchange per step (all collections together)."""
+    return PEER_ID_COLLECTIVES + int(weighted)
 
 
 def kjt_bytes(samples: float, features: float, ids: float, *, weighted: bool = False,

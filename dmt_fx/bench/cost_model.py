@@ -105,7 +105,8 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
                      features: int, ids_per_feature: float = 1.0, elem_bytes: int = wire.EMBEDDING_BYTES,
                      id_bytes: int = wire.ID_BYTES, length_bytes: int = wire.LENGTH_BYTES,
                      id_collectives: int = wire.ID_COLLECTIVES, compression: int = 1,
-                     handshake: bool = True) -> dict[str, float]:
+                     handshake: bool = True, peer_id_collectives: int = wire.PEER_ID_COLLECTIVES,
+                     ) -> dict[str, float]:
     """Traffic ONE rank sends per step (forward + backward), from the formulas of DMT.md
     and the byte model of `dmt_fx.bench.bytes` (the widths default to it).
 
@@ -113,8 +114,10 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
     feature k; the tables are spread evenly (each rank/tower owns an equal share of D and F).
     Ids: a rank's KJT is B F lengths and B F k ids; the id exchange is `id_collectives`
     collectives (TorchRec: handshake, lengths, values), and `handshake` adds the split sizes
-    each KJT all-to-all sends to every destination. Embeddings: one forward all-to-all of
-    pooled outputs and one backward all-to-all of their gradients, same bytes.
+    each KJT all-to-all sends to every destination. DMT's ids cross hosts in its own peer
+    exchange instead: `peer_id_collectives` collectives (lengths, values), no handshake;
+    inside the host they still go through TorchRec's KJT all-to-all. Embeddings: one forward
+    all-to-all of pooled outputs and one backward all-to-all of their gradients, same bytes.
 
     variants:
     * "flat-table_wise": all-to-all over N = H L ranks: a fraction (H-1)/H of a rank's
@@ -144,10 +147,12 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
                 "cross_host_messages": colls * (N - L),
                 "intra_host_bytes": (ids + 2 * emb) * (L - 1) / N + split * (L - 1), **counts}
     if variant == "dmt" or variant.startswith("dmt-"):
-        return {"cross_host_id_bytes": ids * (H - 1) / H + split * (H - 1),
+        peer_colls = peer_id_collectives + 2  # the lean peer exchange: no split handshake
+        return {"cross_host_id_bytes": ids * (H - 1) / H,
                 "cross_host_embedding_bytes": 2 * emb * (H - 1) / H / compression,
-                "cross_host_messages": colls * (H - 1),
-                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / L + split * (L - 1), **counts}
+                "cross_host_messages": peer_colls * (H - 1),
+                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / L + split * (L - 1),
+                **counts, "cross_host_collectives": peer_colls if H > 1 else 0}
     raise ValueError(f"no analytic traffic for variant {variant!r} (flat-table_wise, dmt-identity, dmt-c<c>)")
 
 
