@@ -142,6 +142,8 @@ class PeerIdExchange(nn.Module):
             return [None] * len(self.orders)
         # No output size hint: a column-wise sharded lookup reads a feature once per shard,
         # so the recat may repeat rows and the output outgrow the input.
+        if self.recat.device != lengths.device:  # built on the CPU; under NCCL the ids are on the GPU
+            self.recat = self.recat.to(lengths.device)
         lengths, values, weights = torch.ops.fbgemm.permute_2D_sparse_data(
             self.recat, lengths.view(-1, batch), values, weights, None)
         stride = batch * self.num_hosts
