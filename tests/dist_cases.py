@@ -54,16 +54,22 @@ def reference(case: Case, world: int, steps: int) -> tuple[list[torch.Tensor], n
     """Single-process SGD training of the original model on the global batches."""
     model = case.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    return train_steps(model, optimizer, case.make_inputs, case.batch_size * world, steps), model
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, make_inputs: Callable[[int, int], Any],
+                global_batch: int, steps: int) -> list[torch.Tensor]:
+    """Train `model` in one process on the job's global batches; each step's outputs."""
     outputs = []
     for step in range(steps):
-        inputs = case.make_inputs(case.batch_size * world, step)
+        inputs = make_inputs(global_batch, step)
         out = model(*inputs)
         outputs.append(out.detach())
         loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return outputs, model
+    return outputs
 
 
 def gathered_outputs(out_dir: str, world: int) -> list[torch.Tensor]:

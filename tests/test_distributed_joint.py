@@ -14,15 +14,15 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import Topology
-from dmt_fx.jobs.data import clicks
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
 from tests import dist_joint
 from tests.corpus.joint import make_inputs
+from tests.dist_cases import gathered_outputs as gathered
+from tests.dist_cases import train_steps
 
 TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_joint.py")
 TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
@@ -41,21 +41,7 @@ def train_original(factory: str, optimizer: str, steps: int = STEPS) -> tuple[li
     """Single-process training of the original on the global batches the job sees."""
     model = _build(factory)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    outputs = []
-    for step in range(steps):
-        inputs = make_inputs(B * 4, step)
-        out = model(*inputs)
-        outputs.append(out.detach())
-        loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return outputs, model
-
-
-def gathered(out_dir: str, world: int) -> list[torch.Tensor]:
-    per_rank = [torch.load(os.path.join(out_dir, f"outputs_rank{r}.pt")) for r in range(world)]
-    return [torch.cat([per_rank[r][s] for r in range(world)]) for s in range(len(per_rank[0]))]
+    return train_steps(model, opt, make_inputs, B * 4, steps), model
 
 
 @pytest.fixture(scope="module")
