@@ -5,6 +5,13 @@
 host (intra-host bandwidth per rank), then among its peers (cross-host), and counts the
 bytes `eth0` sent meanwhile (intra-host traffic must not go through it). Rank 0 writes
 OUT/probe.json.
+
+Latency mode (`--latency`; `probe(..., latency=True)` or DMT_FX_PROBE_LATENCY=1, which is how
+`dmt-fx bench emulated` runs it without a flag of its own): per tier, k all-to-alls back to
+back with a FIXED total of bytes (k = 1 .. 16: more messages, same bytes) and one all-to-all
+of varying bytes; the slowest rank's median per point, and alpha (seconds per collective and
+per message) and beta (bytes per second) fitted by least squares
+(`dmt_fx.bench.cost_model.fit_alpha_beta`) with the residuals, under probe.json["latency"].
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from dmt_fx.bench.cost_model import fit_alpha_beta
 from dmt_fx.bench.netns import IFNAME, EmulatedCluster, EmulationError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import launch
+
+LATENCY_ENV = "DMT_FX_PROBE_LATENCY"
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -32,6 +42,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=12)
     p.add_argument("--cross-iters", type=int, default=4)
     p.add_argument("--out", required=True)
+    p.add_argument("--latency", action="store_true", help="also fit alpha and beta per tier")
+    p.add_argument("--latency-iters", type=int, default=5)
     return p.parse_args(argv)
 
 
@@ -68,6 +80,41 @@ def _phase(group: dist.ProcessGroup, n: int, iters: int, nbytes: int, first_loca
             "bandwidth_bytes_per_s": sent / median, "eth0_tx_bytes_all_hosts": veth.item() / iters}
 
 
+LATENCY_TOTAL_BYTES = 64 << 10  # per rank, split over k all-to-alls
+LATENCY_SPLITS = (1, 2, 4, 8, 16)
+LATENCY_SIZES = (4 << 10, 64 << 10, 256 << 10, 1 << 20)  # one all-to-all of this many bytes per rank
+
+
+def _timed_calls(group: dist.ProcessGroup, n: int, calls: int, nbytes: int, iters: int) -> float:
+    """The slowest rank's median seconds for `calls` all-to-alls of `nbytes` per rank each."""
+    numel = max(n, (nbytes // 4) // n * n)
+    send, recv = torch.ones(numel), torch.empty(numel)
+    dist.all_to_all_single(recv, send, group=group)  # warm-up
+    seconds = torch.zeros(iters)
+    for i in range(iters):
+        dist.barrier(group=group)
+        start = time.perf_counter()
+        for _ in range(calls):
+            dist.all_to_all_single(recv, send, group=group)
+        seconds[i] = time.perf_counter() - start
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
+    return float(seconds.median())
+
+
+def _latency(group: dist.ProcessGroup, n: int, iters: int) -> dict[str, Any]:
+    """Fixed bytes and varying collectives, then one collective of varying bytes; the fit."""
+    grid = [(k, LATENCY_TOTAL_BYTES // k) for k in LATENCY_SPLITS] + [(1, b) for b in LATENCY_SIZES]
+    points = []
+    for calls, nbytes in grid:
+        seconds = _timed_calls(group, n, calls, nbytes, iters)
+        numel = max(n, (nbytes // 4) // n * n)
+        points.append({"collectives": calls, "messages": calls * (n - 1),
+                       "bytes": calls * numel * 4 * (n - 1) / n, "seconds": seconds})
+    fit = fit_alpha_beta(points)
+    return {"group_size": n, "iters": iters, "points": points, **fit,
+            "alpha_per_message_s": fit["alpha_s"] / (n - 1)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """One rank of the probe (run by torchrun inside the namespaces)."""
     args = _parse(argv)
@@ -85,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[phase] = _phase(group, n, iters, args.bytes, local == 0)
             sent = results[phase]["bytes_sent_per_rank"]
             results[phase]["payload_cross_host_bytes_all_hosts"] = sent * H * L if phase == "cross" else 0.0
+    if args.latency:
+        results["latency"] = {phase: _latency(group, n, args.latency_iters)
+                              for phase, group, n in (("intra", intra, L), ("cross", peer, H)) if n >= 2}
     if rank == 0:
         with open(os.path.join(args.out, "probe.json"), "w") as handle:
             json.dump(results, handle)
@@ -94,13 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def probe(cluster: EmulatedCluster, topology: Topology, out_dir: str, *, nbytes: int = 8 << 20,
-          iters: int = 12, cross_iters: int = 4, deadline_s: float = 120) -> dict[str, Any]:
+          iters: int = 12, cross_iters: int = 4, deadline_s: float = 120,
+          latency: bool | None = None) -> dict[str, Any]:
+    """Run the probe on the emulated hosts; `latency` (default: DMT_FX_PROBE_LATENCY=1) adds the
+    latency mode's alpha-beta fit per tier."""
+    if latency is None:
+        latency = os.environ.get(LATENCY_ENV, "") not in ("", "0")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "probe.json")
     if os.path.exists(path):
         os.remove(path)
     result = launch(topology, ["--topology", str(topology), "--bytes", str(nbytes), "--iters", str(iters),
-                               "--cross-iters", str(cross_iters), "--out", out_dir], out_dir,
+                               "--cross-iters", str(cross_iters), "--out", out_dir,
+                               *(["--latency"] if latency else [])], out_dir,
                     deadline_s=deadline_s, grace_s=20, prefix=cluster.prefix, master_addr=cluster.address(0),
                     host_env=cluster.host_env, module="dmt_fx.bench.probe")
     if not result.ok or not os.path.exists(path):

@@ -1,0 +1,138 @@
+"""The cost model's sweep (issue 13 item 6): measure, fit on part, predict the rest.
+
+    python benchmarks/cost_sweep.py                      # run the sweep, then fit and predict
+    python benchmarks/cost_sweep.py --from-json benchmarks/recorded/cost_sweep.json   # refit offline
+
+Run: for each topology (2x2, 4x2) x inter-host rate (3) x local batch (2), ONE launch of
+`dmt-fx bench emulated --format json --out ...` (a subprocess under
+`flock /tmp/dmtfx_netns.lock`: the emulated network is shared) trains every variant
+(flat-table_wise, flat-grid_shard, torchrec-2d, dmt-identity, dmt-c2, dmt-c4) side by side.
+The first launch of each (topology, rate) runs the probe's latency mode
+(DMT_FX_PROBE_LATENCY=1) on the shaped network: alpha and beta per tier, measured.
+`uptime` is recorded before and after each launch. The results JSON is rewritten after every
+launch, so a cut-off sweep keeps what it measured.
+
+Fit and predict: `dmt_fx.bench.cost_model.fit_step_model` on the training part of the sweep
+(--train: one batch, one rate or one topology), `predict_step` on every point; the error on
+the points NOT used for fitting is the headline (`held_out`), the in-sample error next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dmt_fx.bench.cost_model import evaluate_sweep  # noqa: E402
+
+VARIANTS = "flat-table_wise,flat-grid_shard,torchrec-2d,dmt-identity,dmt-c2,dmt-c4"
+LOCK = "/tmp/dmtfx_netns.lock"
+KEEP = ("variant", "topology", "ranks", "steps", "warmup_steps", "timed_steps", "step_time_median_s",
+        "step_time_q1_s", "step_time_q3_s", "step_times_s", "step_cpu_median_s", "step_runqueue_wait_median_s",
+        "breakdown_s", "exposed_comm_s", "comm_thread_s", "cross_host_id_bytes", "cross_host_embedding_bytes",
+        "cross_host_bytes", "cross_host_messages", "cross_host_collectives", "intra_host_bytes",
+        "intra_host_messages", "intra_host_collectives", "dense_allreduce_bytes", "dense_allreduce_messages",
+        "dense_allreduce_bytes_estimate", "inter_host_rate_bytes_per_s", "intra_host_bandwidth_bytes_per_s",
+        "best_flat", "speedup_vs_best_flat", "final_loss", "batch_size", "model")
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def run_point(args: argparse.Namespace, topology: str, rate: str, batch: int, latency: bool) -> dict:
+    """One `bench emulated` launch: every variant at one (topology, rate, batch)."""
+    out = os.path.join(args.work, f"{topology}-{rate}-b{batch}")
+    steps, warmup = (args.steps_4x2, args.warmup_4x2) if topology.startswith("4") else (args.steps, args.warmup)
+    cmd = ["flock", LOCK, os.path.join(os.path.dirname(sys.executable), "dmt-fx"), "bench", "emulated",
+           "--topology", topology, "--variants", args.variants, "--steps", str(steps), "--warmup", str(warmup),
+           "--batch-size", str(batch), "--inter-host-rate", rate, "--format", "json", "--out", out,
+           "--deadline-s", str(args.deadline_s)]
+    if not latency:
+        cmd.append("--no-shaped-probe")
+    env = {**os.environ, "DMT_FX_PROBE_LATENCY": "1" if latency else "0"}
+    before, load_before, start = uptime(), load_average(), time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    point = {"topology": topology, "rate": rate, "batch_size": batch, "steps": steps, "warmup": warmup,
+             "latency_probe": latency, "uptime_before": before, "uptime_after": uptime(),
+             "load_1min": (load_before + load_average()) / 2, "wall_s": time.monotonic() - start,
+             "command": " ".join(cmd), "returncode": proc.returncode}
+    report_path = os.path.join(out, "emulated.json")
+    if proc.returncode != 0 or not os.path.exists(report_path):
+        point["error"] = proc.stderr[-3000:]
+        return point
+    report = json.load(open(report_path))
+    point["network"] = {k: v for k, v in report["network"].items() if k != "qdiscs"}
+    point["records"] = [{k: r[k] for k in KEEP if k in r} for r in report["records"]]
+    return point
+
+
+def run_sweep(args: argparse.Namespace) -> dict:
+    sweep = {"what": "issue 13 item 6: bench emulated over topologies x rates x batches", "variants": args.variants,
+             "steps": {"2x2": [args.warmup, args.steps], "4x2": [args.warmup_4x2, args.steps_4x2]},
+             "points": []}
+    done = {}
+    if args.resume and os.path.exists(args.out):  # keep the points a cut-off sweep measured
+        done = {(p["topology"], p["rate"], p["batch_size"]): p for p in json.load(open(args.out))["points"]
+                if p.get("records")}
+    for topology in args.topologies:
+        for rate in args.rates:
+            for i, batch in enumerate(args.batches):
+                if (topology, rate, batch) in done:
+                    sweep["points"].append(done[(topology, rate, batch)])
+                    continue
+                print(f"[{time.strftime('%H:%M:%S')}] {topology} {rate} batch {batch} ({uptime()})", flush=True)
+                point = run_point(args, topology, rate, batch, latency=(i == 0))
+                print(f"  {point['wall_s']:.0f} s, rc {point['returncode']}", flush=True)
+                sweep["points"].append(point)
+                save(sweep, args.out)
+    return sweep
+
+
+def save(payload: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(payload, handle, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--from-json", help="refit a recorded sweep instead of running one")
+    p.add_argument("--out", default="results/cost_sweep.json")
+    p.add_argument("--fit-out", default="results/cost_sweep_fit.json")
+    p.add_argument("--work", default="results/cost_sweep")
+    p.add_argument("--topologies", type=lambda s: s.split(","), default=["2x2", "4x2"])
+    p.add_argument("--rates", type=lambda s: s.split(","), default=["100mbit", "200mbit", "400mbit"])
+    p.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[128, 256])
+    p.add_argument("--variants", default=VARIANTS)
+    p.add_argument("--steps", type=int, default=10, help="2x2: steps per variant after warm-up (5 of them "
+                   "metered or profiled, left out of the step times)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps-4x2", type=int, default=9, help="4x2 (8 ranks on 2 cores): fewer steps")
+    p.add_argument("--warmup-4x2", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="keep the points already in --out")
+    p.add_argument("--deadline-s", type=float, default=420)
+    p.add_argument("--train", default="batch=256", help="the points the model is fitted on: batch=B, "
+                   "rate=R, topology=T (the rest is held out)")
+    args = p.parse_args(argv)
+    sweep = json.load(open(args.from_json)) if args.from_json else run_sweep(args)
+    result = evaluate_sweep(sweep, train=args.train)
+    save(result, args.fit_out)
+    for line in result["table"]:
+        print(line)
+    print(result["summary"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
