@@ -38,6 +38,7 @@ from dmt_fx.bench.probe import probe
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
+from dmt_fx.jobs.steps import pipelined_variants, split_variant
 from dmt_fx.jobs.summary import slowest_step_times, summarize
 from dmt_fx.models.sized import MODEL_ENV, TARGET
 
@@ -89,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the run logs under OUT/emulated/ (default results)")
     parser.add_argument("--deadline-s", type=float, default=540, help="stop the training runs after this "
                         "long (default 540)")
+    parser.add_argument("--pipeline", choices=("off", "on", "both"), default="off",
+                        help="train each variant through a sparse-dist train pipeline (TorchRec's "
+                             "TrainPipelineSparseDist for flat plans, dmt_fx's for DMT): off, on, or both "
+                             "(each variant twice; 'best flat' is chosen within each mode; default off)")
     parser.add_argument("--shaped-probe", action=argparse.BooleanOptionalAction, default=True,
                         help="probe again after shaping, to check the shaped rates (default on; "
                              "`dmt-fx demo` turns it off to probe only once)")
@@ -107,6 +112,7 @@ def _validated(args: argparse.Namespace) -> tuple[Topology, list[str], float | N
     if topology.num_hosts < 2:
         raise EmulationError(f"topology {topology}", "at least 2 hosts (the inter-host link is what is emulated)",
                              ["e.g. --topology 2x2"])
+    variants = pipelined_variants(variants, getattr(args, "pipeline", "off"))
     return topology, variants, parse_rate(args.inter_host_rate) if args.inter_host_rate else None
 
 
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
                                   "(rate limit only)")
     records = _records(runs, topology, variants, network, model, args)
     breakdown_png = os.path.join(args.out, "emulated_breakdown.png")
-    plot_breakdown(records, breakdown_png, f"{topology} emulated hosts: where a step goes (median of "
+    plot_breakdown(labelled(records), breakdown_png, f"{topology} emulated hosts: where a step goes (median of "
                                            f"{len(records[0].get('profiled_steps', []))} "
                                            "profiled steps, mean over ranks)")
     report = {"network": network, "model": model, "batch_size": args.batch_size, "steps": args.steps,
@@ -231,8 +237,10 @@ def _records(runs: dict[str, dict[str, Any]], topology: Topology, variants: list
     rows = []
     for v in variants:
         ranks = runs[v]["ranks"]
-        row = summarize(v, ranks, warmup=args.warmup)
+        name, pipelined = split_variant(v)
+        row = summarize(name, ranks, warmup=args.warmup)
         row.update({
+            "pipelined": pipelined, "label": v,
             "intra_host_bandwidth_bytes_per_s": network["intra_host_bandwidth_bytes_per_s"],
             "inter_host_rate_bytes_per_s": network["inter_host_rate_bytes_per_s_per_rank"],
             "inter_host_link_rate_bytes_per_s": network["inter_host_link_rate_bytes_per_s"],
@@ -243,7 +251,15 @@ def _records(runs: dict[str, dict[str, Any]], topology: Topology, variants: list
             "model": model, "batch_size": args.batch_size, "delay_emulation": network["delay_emulation"],
         })
         rows.append(row)
-    return add_ideal_speedups(best_flat(rows), network["inter_host_rate_bytes_per_s_per_rank"])
+    for mode in (False, True):  # best flat, speedups and ideals within one pipelining mode
+        add_ideal_speedups(best_flat([r for r in rows if r["pipelined"] == mode]),
+                           network["inter_host_rate_bytes_per_s_per_rank"])
+    return rows
+
+
+def labelled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies whose `variant` names the pipelining mode too (NAME+pipeline), for tables and plots."""
+    return [{**r, "variant": r.get("label", r["variant"])} for r in records]
 
 
 def best_flat(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -270,7 +286,7 @@ def plot(records: list[dict[str, Any]], path: str, network: dict[str, Any]) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["variant"] + (" (best flat)" if r["is_best_flat"] else "") for r in records]
+    names = [r.get("label", r["variant"]) + (" (best flat)" if r["is_best_flat"] else "") for r in records]
     medians = [r["step_time_median_s"] * 1e3 for r in records]
     low = [max(0.0, (r["step_time_median_s"] - r["step_time_q1_s"]) * 1e3) for r in records]
     high = [max(0.0, (r["step_time_q3_s"] - r["step_time_median_s"]) * 1e3) for r in records]

@@ -99,6 +99,6 @@ def run_emulated(args: argparse.Namespace) -> int:
 
 
 def render_emulated(out: Console, records: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    out.print(emulated_table(records, f"emulated two-tier network, {args.topology}: median step time over "
+    out.print(emulated_table(emulated.labelled(records), f"emulated two-tier network, {args.topology}: median step time over "
                                       f"{args.steps} steps"))
     out.print(f"JSON and PNG in {args.out}/ (no delay emulation here: rate limits only)")

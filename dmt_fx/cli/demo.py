@@ -110,7 +110,8 @@ def emulated_args(args: argparse.Namespace, variants: list[str]) -> argparse.Nam
     emulated.add_arguments(parser)
     options = parser.parse_args(["--topology", args.topology, "--variants", ",".join(variants),
                                  "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                                 "--out", args.out, "--no-shaped-probe"])
+                                 "--out", args.out, "--no-shaped-probe",
+                                 "--pipeline", "on" if getattr(args, "pipeline", False) else "off"])
     options.target = args.target
     return options
 

@@ -56,6 +56,10 @@ def add_job_options(parser: argparse.ArgumentParser, steps: int) -> None:
                         help="dense optimizer, fused into the tables by TorchRec (default adagrad)")
     parser.add_argument("--out", default="results/run", help="logs, per-rank JSON and summary.json")
     parser.add_argument("--format", choices=("rich", "json"), default="rich")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="train every variant through a sparse-dist train pipeline: the next batch's id "
+                             "exchange and input dist overlap this batch's step (flat plans: TorchRec's "
+                             "TrainPipelineSparseDist; DMT: dmt_fx.runtime.pipeline); JSON field pipelined")
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -96,6 +100,7 @@ def job_spec(args: argparse.Namespace) -> RunSpec:
         if getattr(args, "tower_module", "identity") != "identity" else ()
     k = getattr(args, "towers_per_domain", 1)
     extra += ("--towers-per-domain", str(k)) if k != 1 else ()
+    extra += ("--pipeline",) if getattr(args, "pipeline", False) else ()
     return RunSpec(args.target, topology_of(args), args.steps, args.batch_size, args.lr,
                    args.optimizer, args.out, extra)
 

@@ -74,6 +74,8 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
     traffic = _traffic_means(ranks)
     record: dict[str, Any] = {
         "variant": variant, "topology": ranks[0]["topology"], "ranks": len(ranks), "steps": len(losses),
+        "pipelined": bool(ranks[0].get("pipelined", False)),
+        "pipelined_modules": ranks[0].get("pipelined_modules", []),
         "warmup_steps": warmup, "measured_steps": ranks[0]["traffic"].get("steps", 0),
         "first_loss": losses[0] if losses else None,
         "final_loss": statistics.fmean(losses[-LOSS_WINDOW:]) if losses else None,

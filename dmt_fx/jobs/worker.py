@@ -37,14 +37,13 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx.ir.errors import DMTError
-from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs import breakdown
-from dmt_fx.jobs.data import clicks, slice_batch, synthetic_inputs
+from dmt_fx.jobs.data import slice_batch, synthetic_inputs
+from dmt_fx.jobs.steps import Steps, batch_of, split_variant
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
 from dmt_fx.runtime.groups import check_world
@@ -61,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default="dmt", help="dmt or a baseline name")
     p.add_argument("--variants", default=None,
                    help="comma-separated variants run one after the other in this process group; "
-                        "results in OUT/<variant>/rank<r>.json (overrides --variant)")
+                        "results in OUT/<variant>/rank<r>.json (overrides --variant); NAME+pipeline trains "
+                        "NAME as --pipeline does")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32, help="local batch per rank")
     p.add_argument("--lr", type=float, default=0.1)
@@ -90,6 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-steps", type=int, default=3,
                    help="steps run under torch.profiler after the metered ones, for breakdown_s (0: none); "
                         "left out of the step times like the metered steps")
+    p.add_argument("--pipeline", action="store_true",
+                   help="train through a sparse-dist pipeline: the next batch's id exchange and input dist "
+                        "overlap this batch's step (DMT: dmt_fx.runtime.pipeline; baselines: TorchRec's "
+                        "TrainPipelineSparseDist)")
     p.add_argument("--traffic-steps", type=int, default=2,
                    help="steps the traffic meter watches after the warm-up (-1: all); the meter slows the "
                         "steps it watches, which the results list as metered_steps")
@@ -142,15 +146,22 @@ def build(args: argparse.Namespace, topology: Topology):
                           compression=compression, plan=args.plan, towers_per_domain=args.towers_per_domain)
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
-    if args.variant in ("dmt", "dmt-identity") or args.variant.startswith("dmt-c"):
+    if is_dmt(args.variant):
         module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding,
                                               timeout=datetime.timedelta(seconds=args.timeout_s), **optim)
     else:
         from dmt_fx.baselines import build_baseline
+        from dmt_fx.baselines.pipeline import TrainModel
 
+        if args.pipeline:  # TorchRec's pipeline calls model(batch) -> (loss, output)
+            model = TrainModel(model, len(make(2, 0)))
         module, optimizer = build_baseline(args.variant, model, topology=topology,
                                            plan=dmt_fx.tower_plan(gm), **optim)
     return module, optimizer, make
+
+
+def is_dmt(variant: str) -> bool:
+    return variant in ("dmt", "dmt-identity") or variant.startswith("dmt-c")
 
 
 def metered_steps(args: argparse.Namespace, first: int) -> range:
@@ -166,20 +177,6 @@ def profiled_steps(args: argparse.Namespace, metered: range) -> range:
     than the meter, but still: the summary leaves them out of the step times too)."""
     start = max(metered.stop, min(args.warmup, args.steps))
     return range(start, min(args.steps, start + max(args.profile_steps, 0)))
-
-
-def train_step(module: torch.nn.Module, optimizer: Any, local: tuple, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training step inside the worker's stage ranges (the runtime opens the DMT ones)."""
-    with torch.profiler.record_function(stage_range(Stage.DENSE_FORWARD)):
-        out = module(*local)
-        loss = F.binary_cross_entropy_with_logits(out, y)
-    with torch.profiler.record_function(stage_range(Stage.OPTIMIZER)):
-        optimizer.zero_grad()
-    with torch.profiler.record_function(stage_range(Stage.BACKWARD)):
-        loss.backward()
-    with torch.profiler.record_function(stage_range(Stage.OPTIMIZER)):
-        optimizer.step()
-    return out, loss
 
 
 def _profiled(enabled: bool, steps: list) -> Any:
@@ -208,18 +205,18 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
     profiled, profiles = profiled_steps(args, metered), []
     losses, times, cpu_times, queue_waits, outputs = [], [], [], [], []
-    B, cut = args.batch_size, batch_slicer(args.target)
     kill_rank, kill_step, kill_signal = _fault(args)
+    mode = "off" if not args.pipeline else "dmt" if is_dmt(args.variant) else "torchrec"
+    steps = Steps(module, optimizer, batch_of(make, batch_slicer(args.target), rank, world, args.batch_size),
+                  first, args.steps, mode)
     for step in range(first, args.steps):
         args.current_step = step
         if rank == kill_rank and step == kill_step:
             os.kill(os.getpid(), kill_signal)
-        inputs = make(B * world, step)
-        y = clicks(inputs, step)
-        local = cut(inputs, rank * B, (rank + 1) * B)
+        steps.prepare(step)  # this step's batch (and a pipeline's next ones), outside the timed part
         start, cpu_start, queued = time.perf_counter(), time.process_time(), runqueue_wait_s()
         with meter if step in metered else contextlib.nullcontext(), _profiled(step in profiled, profiles):
-            out, loss = train_step(module, optimizer, local, y[rank * B:(rank + 1) * B])
+            out, loss = steps.run(step)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)  # all threads (gloo's too); no wait for a core
         queue_waits.append(runqueue_wait_s() - queued)
@@ -239,6 +236,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
     traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
+            "pipelined": bool(args.pipeline), "pipelined_modules": steps.pipelined_modules(),
             "step_times_s": times, "step_cpu_s": cpu_times,
             "step_runqueue_wait_s": queue_waits, "traffic": traffic, "metered_steps": list(metered),
             "profiled_steps": list(profiled), **_breakdown(profiles),
@@ -309,8 +307,9 @@ def _train_variants(args: argparse.Namespace, topology: Topology) -> int:
     base_out = args.out
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     rank = dist.get_rank()
-    for variant in variants:
-        args.variant, args.out = variant, os.path.join(base_out, variant)
+    base_pipeline = args.pipeline
+    for variant in variants:  # 'NAME+pipeline': NAME through a train pipeline (dmt_fx.jobs.steps)
+        (args.variant, args.pipeline), args.out = split_variant(variant, base_pipeline), os.path.join(base_out, variant)
         os.makedirs(args.out, exist_ok=True)
         for attr in ("current_step",):
             if hasattr(args, attr):

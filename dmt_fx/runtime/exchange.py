@@ -11,14 +11,18 @@
                       lookup, the host's tower module (data-parallel inside the host), and
                       only its output back; k towers on a host run as `HostTowers`, each
                       module on its own features' columns, all outputs in the one exchange.
+  `SparseDist`        both exchange modules' sparse data dist (peer ids, then TorchRec's
+                      input dist per collection) as stages a train pipeline
+                      (`dmt_fx.runtime.pipeline`) runs for the next batch during this one.
 Each stage runs inside a `record_function` range named by `dmt_fx.ir.stages`.
 Each module receives its process groups; which group is which comes from the graph (the lowering).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -33,7 +37,7 @@ from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import RankInfo, runtime_device
 from dmt_fx.runtime.peer_ids import PeerIdExchange
 
-__all__ = ["HostLookup", "HostSlice", "HostTowerBlock", "HostTowerExchange", "HostTowers", "tower_columns", "PeerIdExchange", "empty_rows",
+__all__ = ["HostLookup", "HostSlice", "InFlight", "SparseDist", "HostTowerBlock", "HostTowerExchange", "HostTowers", "tower_columns", "PeerIdExchange", "empty_rows",
            "lookup_order", "non_persistent", "output_dist"]
 
 
@@ -80,7 +84,11 @@ def lookup_order(lookup: nn.Module | None, keys: Sequence[str]) -> list[str]:
 
 class HostLookup(nn.Module):
     """SPTT step 3 for one collection on this rank: the received ids of H x B samples in, the
-    host's pooled embeddings out, in the host's canonical order (`names`)."""
+    host's pooled embeddings out, in the host's canonical order (`names`).
+
+    TorchRec's input dist runs in two stages (`dist_start`: the splits all-to-all;
+    `dist_advance`: the tensors all-to-all), so a train pipeline can run them for the next
+    batch while this one computes (`dmt_fx.runtime.pipeline`); `forward` runs both itself."""
 
     def __init__(self, slices: Sequence[HostSlice], lookup: nn.Module | None, me: RankInfo) -> None:
         super().__init__()
@@ -89,12 +97,33 @@ class HostLookup(nn.Module):
         self.names = list(self.slices[me.host].names)
         self.order = lookup_order(lookup, self.slices[me.host].keys)
 
-    def forward(self, received: KeyedJaggedTensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
-        if self.lookup is None or received is None:  # this host owns no table of the collection
-            return empty_rows(num_rows, device)
+    def dist_start(self, received: KeyedJaggedTensor | None) -> list[Any] | None:
+        """Input dist, stage 1 (splits all-to-all in flight): [context, awaitable], or None
+        when this host owns no table of the collection (then there is nothing to send)."""
+        if self.lookup is None or received is None:
+            return None
         ctx = self.lookup.create_context()
         with record_function(stage_range(Stage.INTRA_INPUT)):
-            dist_input = self.lookup.input_dist(ctx, received).wait().wait()
+            return [ctx, self.lookup.input_dist(ctx, received)]
+
+    def dist_advance(self, flight: list[Any] | None) -> None:
+        """Input dist, stage 2: the splits are in; the ids' tensors all-to-all goes in flight."""
+        if flight is not None:
+            with record_function(stage_range(Stage.INTRA_INPUT)):
+                flight[1] = flight[1].wait()
+
+    def forward(self, received: KeyedJaggedTensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
+        flight = self.dist_start(received)
+        self.dist_advance(flight)
+        return self.run(flight, num_rows, device)
+
+    def run(self, flight: list[Any] | None, num_rows: int, device: torch.device) -> torch.Tensor:
+        """The rest after `dist_advance`: wait for the ids, look up, output dist inside the host."""
+        if flight is None:  # this host owns no table of the collection
+            return empty_rows(num_rows, device)
+        ctx, awaitable = flight
+        with record_function(stage_range(Stage.INTRA_INPUT)):
+            dist_input = awaitable.wait()
         with record_function(stage_range(Stage.LOOKUP)):
             output = self.lookup.compute(ctx, dist_input)
         with record_function(stage_range(Stage.INTRA_OUTPUT)):
@@ -102,6 +131,68 @@ class HostLookup(nn.Module):
             # The sharded lookup orders its output by shard placement; peers expect the
             # host's canonical order.
             return ops.merge_keyed_tensors((pooled,), self.names).values()
+
+
+@dataclasses.dataclass
+class InFlight:
+    """One batch's sparse data dist between its stages (`SparseDist`): the peer id exchange
+    (`ids`), then each collection's intra-host input dist (`lookups`, per `HostLookup.dist_start`)."""
+
+    ids: Any  # PeerIdExchange.start's pending exchange
+    rows: int
+    device: torch.device
+    stage: int = 0
+    lookups: list[list[Any] | None] = dataclasses.field(default_factory=list)
+
+
+class SparseDist:
+    """The sparse data dist of a host exchange module as stages a train pipeline can spread
+    over the previous batch's step (`dmt_fx.runtime.pipeline`), like TorchRec's
+    `input_dist` of a sharded module:
+      `dist_start(kjts)`   the peer lengths all-to-all in flight (static splits: no handshake);
+      `dist_advance(f)`    1: lengths in, the ids' values (and weights) all-to-all in flight;
+                           2: ids in, each collection's intra-host splits all-to-all in flight;
+                           3: splits in, each collection's ids all-to-all in flight;
+      `push(f)`            the next forward uses `f` instead of sending its own ids.
+    Every rank runs the same stages in the same order, so each process group sees its
+    collectives in one order on all ranks (gloo matches them by that order)."""
+
+    ids: PeerIdExchange
+    host_lookups: nn.ModuleList
+    num_hosts: int
+    ready: collections.deque
+
+    def dist_start(self, kjts: Sequence[KeyedJaggedTensor]) -> InFlight:
+        with record_function(stage_range(Stage.PEER_INPUT)):
+            pending = self.ids.start(kjts)
+        return InFlight(pending, kjts[0].stride() * self.num_hosts, kjts[0].device())
+
+    def dist_advance(self, flight: InFlight) -> None:
+        if flight.stage == 0:
+            with record_function(stage_range(Stage.PEER_INPUT)):
+                self.ids.send_values(flight.ids)
+        elif flight.stage == 1:
+            with record_function(stage_range(Stage.PEER_INPUT)):
+                received = self.ids.finish(flight.ids)
+            flight.lookups = [lk.dist_start(kjt) for lk, kjt in zip(self.host_lookups, received)]
+        elif flight.stage == 2:
+            for lk, lookup_flight in zip(self.host_lookups, flight.lookups):
+                lk.dist_advance(lookup_flight)
+        flight.stage += 1
+
+    def push(self, flight: InFlight) -> None:
+        while flight.stage < 3:
+            self.dist_advance(flight)
+        self.ready.append(flight)
+
+    def lookup_all(self, kjts: Sequence[KeyedJaggedTensor]) -> torch.Tensor:
+        """Steps 2-3 for every collection: this host's pooled columns for H x B rows,
+        collections in model order; from a pushed `InFlight` when the pipeline sent the ids."""
+        if self.ready:
+            flight = self.ready.popleft()
+            return torch.cat([lk.run(f, flight.rows, flight.device)
+                              for lk, f in zip(self.host_lookups, flight.lookups)], dim=1)
+        return lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
 
 
 def peer_ids(lookups: Sequence[HostLookup], weighted: Sequence[bool], group: dist.ProcessGroup,
@@ -121,7 +212,7 @@ def lookup_all(ids: PeerIdExchange, lookups: Sequence[HostLookup], kjts: Sequenc
     return torch.cat([lk(kjt, rows, device) for lk, kjt in zip(lookups, received)], dim=1)
 
 
-class HostTowerExchange(nn.Module):
+class HostTowerExchange(SparseDist, nn.Module):
     """Identity tower modules for every collection: one id exchange, the host lookups, one
     pooled exchange back (SPTT step 5); returns one KeyedTensor per collection for the local
     batch, its keys in `keys[c]` (the order the model reads them)."""
@@ -132,6 +223,7 @@ class HostTowerExchange(nn.Module):
         self.host_lookups = nn.ModuleList(lookups)
         self.ids = peer_ids(lookups, weighted, id_group, me)
         self.num_hosts = me.topology.num_hosts
+        self.ready = collections.deque()
         # columns as they arrive: per host, per collection, per table
         arrive = [(c, n, w) for h in range(self.num_hosts) for c, lk in enumerate(lookups)
                   for n, w in zip(lk.slices[h].names, lk.slices[h].widths)]
@@ -150,7 +242,7 @@ class HostTowerExchange(nn.Module):
         return spans
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[KeyedTensor, ...]:
-        x = lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
+        x = self.lookup_all(kjts)
         with record_function(stage_range(Stage.PEER_OUTPUT)):
             rows = self.output_dist(x).wait()
         with record_function(stage_range(Stage.MERGE)):
@@ -192,7 +284,7 @@ class HostTowers(nn.Module):
         return (torch.cat(outs, dim=1),)
 
 
-class HostTowerBlock(nn.Module):
+class HostTowerBlock(SparseDist, nn.Module):
     """Compressing tower modules: one id exchange, every collection's host lookup, the host's
     tower module (data-parallel inside the host), and only its output across hosts.
 
@@ -206,6 +298,7 @@ class HostTowerBlock(nn.Module):
         self.host_lookups = nn.ModuleList(host_lookups)
         self.ids = peer_ids(host_lookups, weighted, id_group, me)
         self.num_hosts = me.topology.num_hosts
+        self.ready = collections.deque()
         self.tower_module = tower_module
         self.out_widths = list(out_widths)
         self.split_widths = list(out_widths if split_widths is None else split_widths)
@@ -213,7 +306,7 @@ class HostTowerBlock(nn.Module):
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[torch.Tensor, ...]:
         # Columns in tower order: collections in model order, features in table order.
-        x = lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
+        x = self.lookup_all(kjts)
         with record_function(stage_range(Stage.TOWER_MODULE)):
             y = empty_rows(x.shape[0], x.device) if self.tower_module is None else self.tower_module(x)[0]
         with record_function(stage_range(Stage.PEER_OUTPUT)):

@@ -1,0 +1,68 @@
+"""Flat baselines under TorchRec's own `TrainPipelineSparseDist` (issue 13 item 2, "Overlap").
+
+TorchRec's pipeline calls `model(batch)` on a `Pipelineable` batch and expects (losses,
+output); it traces the model under DMP and pipelines every sharded module whose input is
+an attribute / item of the batch: that module's `input_dist` for batch i+1 starts before
+batch i's forward (splits all-to-all) and its tensors all-to-all is issued after it.
+`TrainModel` is the thin wrapper it needs (the model on `batch.inputs`, the worker's
+binary cross-entropy on `batch.labels`): build the baseline on `TrainModel(model)`, then
+`flat_pipeline(module, optimizer)`. `pipelined_modules(pipeline)` says what TorchRec
+really pipelined (empty: it runs the step unoverlapped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.profiler import record_function
+from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSparseDist
+
+from dmt_fx.ir.stages import Stage, stage_range
+from dmt_fx.runtime.groups import runtime_device
+from dmt_fx.runtime.pipeline import PipelineBatch
+
+__all__ = ["PipelineBatch", "StagedSparseDist", "TrainModel", "flat_pipeline", "pipelined_modules"]
+
+
+class TrainModel(nn.Module):
+    """`model(batch)` -> (loss, (loss, logits)) for TorchRec's pipelines; `arity` is the
+    number of positional inputs of the wrapped model (fx cannot unpack a traced tuple)."""
+
+    def __init__(self, model: nn.Module, arity: int) -> None:
+        super().__init__()
+        self.model, self.arity = model, arity
+
+    def forward(self, batch: PipelineBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        out = self.model(*[batch.inputs[i] for i in range(self.arity)])
+        loss = F.binary_cross_entropy_with_logits(out, batch.labels)
+        return loss, (loss.detach(), out.detach())
+
+
+class StagedSparseDist(TrainPipelineSparseDist):
+    """TorchRec's pipeline with the step's stages in dmt_fx's profiler ranges (breakdown_s)."""
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        with record_function(stage_range(Stage.BACKWARD)):
+            super()._backward(losses)
+
+    def _optimizer_step(self) -> None:
+        with record_function(stage_range(Stage.OPTIMIZER)):
+            super()._optimizer_step()
+
+
+def flat_pipeline(module: nn.Module, optimizer: torch.optim.Optimizer) -> TrainPipelineSparseDist:
+    """TorchRec's sparse-dist pipeline over a baseline built on `TrainModel`. 2D's weight
+    sync stays in its optimizer (the pipeline's own DMPCollection sync is off)."""
+    def forward(batch: Any) -> Any:
+        with record_function(stage_range(Stage.DENSE_FORWARD)):
+            return module(batch)
+    return StagedSparseDist(module, optimizer, runtime_device(), custom_model_fwd=forward,
+                            dmp_collection_sync_interval_batches=None)
+
+
+def pipelined_modules(pipeline: TrainPipelineSparseDist) -> list[str]:
+    """The sharded modules whose input dist TorchRec pipelined (known after the first progress)."""
+    return [getattr(m.forward, "name", type(m).__name__) for m in pipeline._pipelined_modules]
