@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -82,6 +83,24 @@ def timed_blocks(steps: dict[str, Callable], batches: list, device: torch.device
     for n in names:
         out[n]["speedup_vs_" + names[0]] = base / out[n]["median_ms"]
     return out
+
+
+def host_syncs(step: Callable, inputs: tuple, y: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """The GPU -> host synchronisations of one training step: CUDA's sync debug mode warns at
+    each (a read back such as .tolist() or .item(), a blocking copy); counted, with the first
+    source line of each warning's stack in this project, TorchRec or FBGEMM."""
+    if device.type != "cuda":
+        return {"count": None, "why": "no CUDA"}
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(inputs, y)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    return {"count": len(syncs), "where": [f"{os.path.basename(w.filename)}:{w.lineno}" for w in syncs][:40]}
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -196,6 +215,8 @@ def part2(device: torch.device, args: argparse.Namespace, record: dict[str, Any]
                 fn(inputs_, y_)
         record["distributed_timing"][str(batch)] = timed_blocks(variants, batches, device, blocks=args.blocks,
                                                                 per_block=args.steps)
+        record.setdefault("host_syncs_per_step", {})[str(batch)] = {
+            name: host_syncs(fn, *batches[0], device) for name, fn in variants.items()}
         ran.append(f"distributed timing at batch {batch}")
     dist.destroy_process_group()
 

@@ -59,6 +59,7 @@ class PeerIdExchange(nn.Module):
         self.num_hosts = me.topology.num_hosts
         self.spans: dict[tuple[int, tuple[str, ...]], list[list[Span]]] = {}
         self.recat = self.receive_order()
+        self.sum_rows, self.sum_slots = self.size_index()
 
     def receive_order(self) -> torch.Tensor:
         """Rows (source, key) of the received lengths, in key-major order per collection."""
@@ -70,15 +71,38 @@ class PeerIdExchange(nn.Module):
                 for c, order in enumerate(self.orders) for k in order for src in range(self.num_hosts)]
         return torch.tensor(rows, dtype=torch.int32)
 
+    def size_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which received row (source, key) adds to which size: the ids each source sends
+        (slots 0..H-1) and, after the recat, the ids of each collection (slots H..H+C-1).
+        Both come from one sum and ONE read back to the host (a GPU sync per step, not two)."""
+        sent = sum(len(per_host[self.me.host]) for per_host in self.keys)
+        sources = [src for src in range(self.num_hosts) for _ in range(sent)]
+        collections = [self.num_hosts + c for c, order in enumerate(self.orders)
+                       for _ in range(len(order) * self.num_hosts)]
+        rows = list(range(len(sources))) + self.recat.tolist()
+        return torch.tensor(rows, dtype=torch.int64), torch.tensor(sources + collections, dtype=torch.int64)
+
     def forward(self, kjts: Sequence[KeyedJaggedTensor]) -> list[KeyedJaggedTensor | None]:
         batch = kjts[0].stride()
         lengths, values, weights, value_splits = self.pack(kjts, batch)
         width = sum(len(per_host[self.me.host]) for per_host in self.keys) * batch
         got_lengths = self.all_to_all(lengths, [width] * self.num_hosts,
                                       [sum(len(p[h]) for p in self.keys) * batch for h in range(self.num_hosts)])
-        got_splits = got_lengths.view(self.num_hosts, -1).sum(1).tolist() if width else [0] * self.num_hosts
+        if not width:  # this host reads no key of any collection: no ids come
+            self.all_to_all_values(values, weights, [0] * self.num_hosts, value_splits)
+            return [None] * len(self.orders)
+        sizes = self.received_sizes(got_lengths, batch)
+        got_splits, counts = sizes[:self.num_hosts], sizes[self.num_hosts:]
         got_values, got_weights = self.all_to_all_values(values, weights, got_splits, value_splits)
-        return self.unpack(got_lengths, got_values, got_weights, batch)
+        return self.unpack(got_lengths, got_values, got_weights, batch, counts)
+
+    def received_sizes(self, lengths: torch.Tensor, batch: int) -> list[int]:
+        """Ids per source, then per collection after the recat: one read back."""
+        if self.sum_rows.device != lengths.device:  # built on the CPU; under NCCL the ids are on the GPU
+            self.sum_rows, self.sum_slots = self.sum_rows.to(lengths.device), self.sum_slots.to(lengths.device)
+        row_sums = lengths.view(-1, batch).sum(1)  # batch > 0: a host that gets ids gets B per key
+        sizes = row_sums.new_zeros(self.num_hosts + len(self.orders))
+        return sizes.index_add_(0, self.sum_slots, row_sums[self.sum_rows]).tolist()
 
     # ------------------------------------------------------------ send
 
@@ -135,7 +159,7 @@ class PeerIdExchange(nn.Module):
     # ------------------------------------------------------------ receive
 
     def unpack(self, lengths: torch.Tensor, values: torch.Tensor, weights: torch.Tensor | None,
-               batch: int) -> list[KeyedJaggedTensor | None]:
+               batch: int, counts: list[int]) -> list[KeyedJaggedTensor | None]:
         """One KJT per collection (None where this host reads none of its keys), key-major,
         stride H x B, keys in the lookup's order."""
         if self.recat.numel() == 0:
@@ -149,7 +173,6 @@ class PeerIdExchange(nn.Module):
         stride = batch * self.num_hosts
         rows = [len(order) * stride for order in self.orders]
         per_lengths = lengths.view(-1).split(rows)
-        counts = torch.stack([x.sum() for x in per_lengths]).tolist()
         per_values = values.split(counts)
         per_weights = weights.split(counts) if weights is not None else [None] * len(counts)
         return [KeyedJaggedTensor(keys=order, values=v, lengths=n, stride=stride,
