@@ -218,6 +218,126 @@ def plot(result: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# ---------------------------------------------------------------- (c) extrapolation on a MEASURED latency model
+#
+# Per tier, one collective over n ranks costs a_collective + a_message x (n - 1) + bytes / beta:
+# a_message from the cross-host probes of two group sizes (2x2: n = 2, 4x2: n = 4; the slope),
+# a_collective per tier from its probe at n = 2 (the intercept). Traffic per rank per step from
+# the byte model (DMT.md): flat table-wise (every all-to-all over N = H L ranks), grid (TorchRec's
+# grid sharding, table-row-wise per column shard: ids over N, pooled outputs reduce-scattered
+# inside the host then all-to-all over the H peers), 2D (DMPCollection: table-wise over a
+# sharding group of H peers, one per host; the weight sync an all-reduce over the L ranks of a
+# host every `sync_every` steps, weights + row-wise Adagrad state), DMT identity and c = 4.
+# Left out (equal for all, or not modelled): dense all-reduce, tower-module compute, overlap.
+
+
+def latency_model(sweep: dict) -> dict:
+    """a_collective per tier and a_message (shared) from the sweep's latency probes."""
+    from dmt_fx.bench.cost_fit import least_squares
+
+    cross, intra = [], []
+    for point in sweep.get("points", []):
+        fit = ((point.get("network") or {}).get("probes", {}).get("shaped") or {}).get("latency") or {}
+        if "cross" in fit:
+            cross.append((fit["cross"]["group_size"], fit["cross"]["alpha_s"], point["topology"], point["rate"]))
+        if "intra" in fit:
+            intra.append((fit["intra"]["group_size"], fit["intra"]["alpha_s"]))
+    a_coll, a_msg = least_squares([[1.0, n - 1.0] for n, *_ in cross], [a for _, a, *_ in cross])
+    intra_n2 = statistics.fmean(a for n, a in intra if n == 2) if intra else a_coll + a_msg
+    return {"a_message_s": a_msg, "a_collective_inter_s": a_coll,
+            "a_collective_intra_s": max(0.0, intra_n2 - a_msg),
+            "probes_cross": [{"group_size": n, "alpha_per_collective_s": a, "topology": t, "rate": r}
+                             for n, a, t, r in cross],
+            "probes_intra_alpha_per_collective_s": [a for _, a in intra]}
+
+
+def scale_traffic(variant: str, H: int, L: int, m: dict, sync_every: int = 1) -> list[tuple[str, int, float, float]]:
+    """(tier, group size, collectives, bytes) per rank per step for one variant at H x L."""
+    N, B, D = H * L, m["local_batch"], m["features"] * m["dim"]
+    ids = wire.kjt_bytes(B, m["features"], B * m["features"] * m["ids_per_feature"])
+    emb = wire.pooled_bytes(B, D)
+    idc, pc = wire.ID_COLLECTIVES, wire.PEER_ID_COLLECTIVES
+    if variant == "flat-table_wise":
+        return [("inter", N, idc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H),
+                ("intra", L, 0, (ids + 2 * emb) * (L - 1) / N)]
+    if variant == "flat-grid_shard":
+        return [("inter", N, idc, ids * (H - 1) / H), ("inter", H, 2, 2 * emb * (H - 1) / H),
+                ("intra", L, 2, 2 * emb * (L - 1))]
+    if variant.startswith("torchrec-2d"):
+        shard = m["features"] * m["rows"] * (m["dim"] + 1) * wire.EMBEDDING_BYTES / H  # weights + row-wise state
+        return [("inter", H, idc + 2, (ids + 2 * emb) * (H - 1) / H),
+                ("intra", L, 1 / sync_every, 2 * shard * (L - 1) / L / sync_every)]
+    c = 1 if variant == "dmt-identity" else int(variant[len("dmt-c"):])
+    return [("inter", H, pc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H / c),
+            ("intra", L, idc + 2, (ids + 2 * emb) * (L - 1) / L)]
+
+
+def scale_time(parts: list, lat: dict, beta_intra: float, beta_inter: float, t_compute: float) -> float:
+    total = t_compute
+    for tier, n, colls, nbytes in parts:
+        a_coll = lat["a_collective_inter_s"] if tier == "inter" else lat["a_collective_intra_s"]
+        total += colls * (a_coll + lat["a_message_s"] * (n - 1)) + nbytes / (beta_inter if tier == "inter" else beta_intra)
+    return total
+
+
+SCALE_VARIANTS = ("flat-table_wise", "flat-grid_shard", "torchrec-2d", "torchrec-2d-sync100", "dmt-identity", "dmt-c4")
+
+
+def extrapolate_measured(sweep: dict, fit: dict, scenarios: dict, model: dict, hosts=(8, 16, 32, 64), L: int = 8,
+                         alpha_scale: float = 1.0) -> dict:
+    lat = latency_model(sweep)
+    lat = {**lat, **{k: lat[k] * alpha_scale for k in ("a_message_s", "a_collective_inter_s", "a_collective_intra_s")},
+           "alpha_scale": alpha_scale}
+    out = {"what": "MODEL on a MEASURED latency model (probe: a_collective + a_message x (n - 1) per collective, "
+                   "relative least squares); traffic from the byte model; no overlap; dense all-reduce, tower-module "
+                   "compute left out; 2D's weight sync every step (as run here) and every 100 steps",
+           "latency_model": lat, "model": model, "ranks_per_host": L, "scenarios": {}}
+    for name, sc in scenarios.items():
+        rows = []
+        for H in hosts:
+            times = {v: scale_time(scale_traffic(v.replace("-sync100", ""), H, L, model,
+                                                 100 if v.endswith("sync100") else 1),
+                                   lat, sc["beta_intra_Bps"], sc["beta_inter_Bps"], sc["t_compute_s"])
+                     for v in SCALE_VARIANTS}
+            rows.append({"hosts": H, "gpus": H * L, "step_s": times,
+                         "speedup": {f"{d} vs {f}": times[f] / times[d] for d in ("dmt-identity", "dmt-c4")
+                                     for f in SCALE_VARIANTS[:4]}})
+        out["scenarios"][name] = {**sc, "rows": rows}
+    return out
+
+
+def plot_measured(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["scenarios"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.8), squeeze=False)
+    styles = {"flat-table_wise": "o-", "flat-grid_shard": "s--", "torchrec-2d": "^:", "torchrec-2d-sync100": "v-."}
+    for ax, name in zip(axes[0], names):
+        sc = result["scenarios"][name]
+        hosts = [r["hosts"] for r in sc["rows"]]
+        for dmt, color in (("dmt-identity", "tab:blue"), ("dmt-c4", "tab:orange")):
+            for flat, style in styles.items():
+                ax.plot(hosts, [r["speedup"][f"{dmt} vs {flat}"] for r in sc["rows"]], style, color=color,
+                        label=f"{dmt} vs {flat}", alpha=0.9 if flat == "flat-table_wise" else 0.6)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(hosts, [f"{h}\n({h * result['ranks_per_host']})" for h in hosts])
+        ax.set_xlabel("hosts (GPUs), 8 ranks per host")
+        ax.set_ylabel("predicted speedup (flat / DMT step time)")
+        ax.set_title(f"{name}: intra {sc['beta_intra_Bps'] / 1e9:.3g} GB/s, inter {sc['beta_inter_Bps'] / 1e9:.3g} "
+                     f"GB/s per rank,\ncompute {sc['t_compute_s'] * 1e3:.3g} ms; {sc['alpha_note']}", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6.5)
+    fig.suptitle("MODEL, not a measurement: DMT speedup vs scale on a measured latency model", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--emulated", default="results/emulated.json")

@@ -28,7 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dmt_fx.bench.cost_model import evaluate_sweep  # noqa: E402
+from benchmarks.cost_model import extrapolate_measured, plot_measured  # noqa: E402
+from dmt_fx.bench.cost_fit import compute_of, evaluate_sweep, predict_step, sweep_tiers  # noqa: E402
 
 VARIANTS = "flat-table_wise,flat-grid_shard,torchrec-2d,dmt-identity,dmt-c2,dmt-c4"
 LOCK = "/tmp/dmtfx_netns.lock"
@@ -37,6 +38,7 @@ KEEP = ("variant", "topology", "ranks", "steps", "warmup_steps", "timed_steps", 
         "breakdown_s", "exposed_comm_s", "comm_thread_s", "cross_host_id_bytes", "cross_host_embedding_bytes",
         "cross_host_bytes", "cross_host_messages", "cross_host_collectives", "intra_host_bytes",
         "intra_host_messages", "intra_host_collectives", "dense_allreduce_bytes", "dense_allreduce_messages",
+        "dense_allreduce_collectives", "collectives", "label", "pipelined",
         "dense_allreduce_bytes_estimate", "inter_host_rate_bytes_per_s", "intra_host_bandwidth_bytes_per_s",
         "best_flat", "speedup_vs_best_flat", "final_loss", "batch_size", "model")
 
@@ -74,6 +76,14 @@ def run_point(args: argparse.Namespace, topology: str, rate: str, batch: int, la
     point["network"] = {k: v for k, v in report["network"].items() if k != "qdiscs"}
     point["records"] = [{k: r[k] for k in KEEP if k in r} for r in report["records"]]
     return point
+
+
+def refresh(sweep: dict, work: str) -> None:
+    """Re-read every point's records from its run folder with today's KEEP (fields added later)."""
+    for point in sweep["points"]:
+        path = os.path.join(work, f"{point['topology']}-{point['rate']}-b{point['batch_size']}", "emulated.json")
+        if os.path.exists(path):
+            point["records"] = [{k: r[k] for k in KEEP if k in r} for r in json.load(open(path))["records"]]
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
@@ -120,18 +130,98 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps-4x2", type=int, default=9, help="4x2 (8 ranks on 2 cores): fewer steps")
     p.add_argument("--warmup-4x2", type=int, default=2)
+    p.add_argument("--refresh", action="store_true", help="re-read the records from --work's run folders")
     p.add_argument("--resume", action="store_true", help="keep the points already in --out")
     p.add_argument("--deadline-s", type=float, default=420)
+    p.add_argument("--png", default="results/cost_extrapolation.png")
     p.add_argument("--train", default="batch=256", help="the points the model is fitted on: batch=B, "
                    "rate=R, topology=T (the rest is held out)")
     args = p.parse_args(argv)
     sweep = json.load(open(args.from_json)) if args.from_json else run_sweep(args)
-    result = evaluate_sweep(sweep, train=args.train)
-    save(result, args.fit_out)
-    for line in result["table"]:
-        print(line)
-    print(result["summary"])
+    if args.refresh:
+        refresh(sweep, args.work)
+        save(sweep, args.out)
+    splits = {"headline": evaluate_sweep(sweep, train=args.train),
+              "rate split (compute from the training rate)": evaluate_sweep(sweep, train="rate=200mbit",
+                                                                            compute="train"),
+              "topology split (fit on 2x2, predict 4x2)": evaluate_sweep(sweep, train="topology=2x2")}
+    splits["unfitted (kappas 1, no overhead)"] = unfitted(sweep)
+    for name, result in splits.items():
+        print(f"== {name}: train {result['train']}, params {fmt_params(result['params'])}")
+        print(summary(result))
+    print(table(splits["headline"]))
+    extra = extrapolation(sweep, splits["headline"], args.png)
+    save({"splits": splits, "extrapolation": extra}, args.fit_out)
+    print(f"-> {args.fit_out}, {args.png}")
     return 0
+
+
+def fmt_params(params: dict) -> str:
+    return ", ".join(f"{k} {v * 1e3:.3f} ms" if k.endswith("_s") else f"{k} {v:.3f}" for k, v in params.items())
+
+
+def summary(result: dict) -> str:
+    worst = result["worst"] or {}
+    pct = (lambda v: "n/a" if v is None else f"{v:.1f}%")
+    return (f"  held-out MAPE {pct(result['held_out_mape_pct'])} over {result['held_out_points']} points "
+            f"(lower-load half {pct(result['held_out_low_load_mape_pct'])}), in-sample "
+            f"{pct(result['in_sample_mape_pct'])}; worst {worst.get('variant')} {worst.get('topology')} "
+            f"{worst.get('rate')} b{worst.get('batch')}: {worst.get('error_pct', 0):+.1f}%")
+
+
+def table(result: dict) -> str:
+    lines = [f"{'topo':<5}{'rate':<9}{'batch':>6} {'variant':<17}{'load':>6}{'measured':>10}{'predicted':>11}"
+             f"{'error':>8}  fit"]
+    for r in sorted(result["rows"], key=lambda r: (r["topology"], r["rate"], r["batch"], r["variant"])):
+        lines.append(f"{r['topology']:<5}{r['rate']:<9}{r['batch']:>6} {r['variant']:<17}{r['load_1min'] or 0:>6.1f}"
+                     f"{r['measured_s'] * 1e3:>8.1f}ms{r['predicted_s'] * 1e3:>9.1f}ms{r['error_pct']:>+7.1f}%  "
+                     f"{'held out' if r['held_out'] else 'train'}")
+    return "\n".join(lines)
+
+
+def unfitted(sweep: dict) -> dict:
+    """The alpha-beta model with nothing fitted: compute from the breakdown, probe tiers, as is."""
+    result = evaluate_sweep(sweep, train="batch=-1")  # no training point: every point is held out
+    params = {"kappa_compute": 1.0, "kappa_inter": 1.0, "overhead_per_collective_s": 0.0}
+    by_point = {(p["topology"], p["rate"]): sweep_tiers(p) for p in sweep["points"] if sweep_tiers(p)}
+    records = {(p["topology"], p["rate"], p["batch_size"], r["variant"]): r
+               for p in sweep["points"] for r in p.get("records", [])}
+    for row in result["rows"]:
+        record = records[(row["topology"], row["rate"], row["batch"], row["variant"])]
+        terms = predict_step(record, by_point[(row["topology"], row["rate"])], compute_of(record), params)
+        row.update(predicted_s=terms["total"], terms_s=terms, error_pct=(terms["total"] / row["measured_s"] - 1) * 100)
+    errors = [abs(r["error_pct"]) for r in result["rows"]]
+    result.update(params=params, held_out_mape_pct=sum(errors) / len(errors) if errors else None,
+                  worst={k: v for k, v in max(result["rows"], key=lambda r: abs(r["error_pct"])).items()
+                         if k in ("topology", "rate", "batch", "variant", "error_pct")} if errors else None)
+    return result
+
+
+def extrapolation(sweep: dict, fit: dict, png: str) -> dict:
+    """Predicted DMT speedup at 8 ranks per host, 8..64 hosts, on the probes' latency model."""
+    flat = [r for r in fit["rows"] if r["variant"] == "flat-table_wise" and r["topology"] == "2x2"
+            and r["batch"] == 256]
+    compute = sum(r["terms_s"]["compute"] for r in flat) / len(flat) if flat else 0.05
+    intra = [t["intra"]["beta_Bps"] for t in fit["tiers"].values() if t["intra"]["beta_Bps"] < float("inf")]
+    scenarios = {
+        "emulated links scaled out": {"beta_intra_Bps": min(intra) if intra else 5e8, "beta_inter_Bps": 25e6,
+                                      "t_compute_s": compute, "alpha_scale": 1.0,
+                                      "alpha_note": "alphas as measured"},
+        "data-center links (assumed)": {"beta_intra_Bps": 450e9, "beta_inter_Bps": 50e9, "t_compute_s": 2e-3,
+                                        "alpha_scale": None, "alpha_note": "measured alpha form, 20 us/collective"}}
+    bench = {"local_batch": 256, "features": 16, "dim": 64, "ids_per_feature": 1.0, "rows": 10_000}
+    prod = {"local_batch": 2048, "features": 26, "dim": 128, "ids_per_feature": 1.0, "rows": 1_000_000}
+    out = {}
+    for name, sc in scenarios.items():
+        model = bench if sc["alpha_scale"] == 1.0 else prod
+        one = extrapolate_measured(sweep, fit, {name: sc}, model)
+        if sc["alpha_scale"] is None:  # anchor the measured form at 20 us per cross-host collective
+            lat = one["latency_model"]
+            scale = 20e-6 / max(lat["a_collective_inter_s"] + lat["a_message_s"], 1e-12)
+            one = extrapolate_measured(sweep, fit, {name: sc}, model, alpha_scale=scale)
+        out[name] = one
+    plot_measured({"ranks_per_host": 8, "scenarios": {k: v["scenarios"][k] for k, v in out.items()}}, png)
+    return out
 
 
 if __name__ == "__main__":

@@ -8,15 +8,14 @@ import os
 
 import pytest
 
-from dmt_fx.bench.cost_model import (
-    Tier,
-    Tiers,
+from dmt_fx.bench.cost_fit import (
     evaluate_sweep,
     fit_alpha_beta,
     fit_step_model,
     least_squares,
     predict_step,
 )
+from dmt_fx.bench.cost_model import Tier, Tiers
 
 RECORDED = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "recorded", "cost_sweep.json")
 
@@ -41,15 +40,27 @@ def test_fit_alpha_beta_reports_residuals_of_noisy_points():
     fit = fit_alpha_beta(_probe_points(4e-4, 25e6, noise))
     assert fit["alpha_s"] == pytest.approx(4e-4, rel=0.1)
     assert fit["beta_Bps"] == pytest.approx(25e6, rel=0.1)
-    assert 0.01 < fit["rms_relative_residual"] < 0.06
+    assert 0.01 < fit["rms_relative_residual"] < 0.15
     assert len(fit["residuals_s"]) == 9
 
 
-def test_latency_dominated_points_weigh_as_much_as_bandwidth_ones():
-    """Relative least squares: the 16-collective points (latency) decide alpha even next to
-    100x longer bandwidth points; a plain fit would let the big points' noise swamp alpha."""
-    points = _probe_points(2e-4, 25e6, noise=(0, 0, 0, 0, 0, 0, 0, 0, 0.03))
-    assert fit_alpha_beta(points)["alpha_s"] == pytest.approx(2e-4, rel=0.02)
+def test_one_point_slowed_by_a_busy_core_does_not_move_alpha():
+    """Theil-Sen over the fixed-bytes series: one of its points 5x slow (a rank waited for a
+    core, as on this loaded machine) leaves alpha within 10%; a least-squares slope would not."""
+    points = _probe_points(2e-4, 25e6, noise=(0, 0, 4.0, 0, 0))
+    assert fit_alpha_beta(points)["alpha_s"] == pytest.approx(2e-4, rel=0.1)
+    assert max(abs(r) for r in fit_alpha_beta(points)["relative_residuals"]) > 0.5  # and the residual shows it
+
+
+def test_a_shaper_burst_is_a_credit_not_a_faster_link():
+    """tc tbf lets its burst through at line rate: the small points look fast, the slope of
+    the large ones is the shaped rate."""
+    credit, alpha, beta = 32768, 2e-4, 12.5e6
+    points = [{"collectives": k, "bytes": b, "seconds": alpha * k + max(0, b - credit) / beta}
+              for k, b in [(k, 65536) for k in (1, 2, 4, 8, 16)] + [(1, b) for b in (4096, 131072, 524288, 1 << 21)]]
+    fit = fit_alpha_beta(points)
+    assert fit["beta_Bps"] == pytest.approx(beta, rel=1e-6)
+    assert fit["credit_bytes"] == pytest.approx(credit, rel=1e-6)
 
 
 def test_free_bytes_give_infinite_beta_not_a_negative_one():
@@ -144,3 +155,31 @@ def test_recorded_sweep_refits_offline():
     result = evaluate_sweep(sweep, train="batch=256")
     assert result["held_out_points"] > 0 and result["held_out_mape_pct"] is not None
     assert all(r["predicted_s"] > 0 for r in result["rows"])
+
+
+def test_latency_model_separates_collective_and_message_costs():
+    """Cross-host probes at two group sizes (2x2: n = 2, 4x2: n = 4) give the per-message slope."""
+    from benchmarks.cost_model import latency_model
+
+    def point(topology: str, n: int) -> dict:
+        cross = {"group_size": n, "alpha_s": 3e-4 + 1e-4 * (n - 1)}
+        return {"topology": topology, "rate": "200mbit", "network": {"probes": {"shaped": {"latency": {
+            "cross": cross, "intra": {"group_size": 2, "alpha_s": 2.5e-4}}}}}}
+
+    lat = latency_model({"points": [point("2x2", 2), point("4x2", 4)]})
+    assert lat["a_message_s"] == pytest.approx(1e-4) and lat["a_collective_inter_s"] == pytest.approx(3e-4)
+    assert lat["a_collective_intra_s"] == pytest.approx(1.5e-4)
+
+
+def test_scale_traffic_follows_the_byte_model():
+    from benchmarks.cost_model import scale_traffic
+
+    m = {"local_batch": 2048, "features": 26, "dim": 128, "ids_per_feature": 1.0, "rows": 1000}
+    cross = {v: sum(b for tier, _, _, b in scale_traffic(v, 8, 8, m) if tier == "inter")
+             for v in ("flat-table_wise", "flat-grid_shard", "torchrec-2d", "dmt-identity", "dmt-c4")}
+    assert cross["dmt-identity"] == pytest.approx(cross["flat-table_wise"])  # same bytes, fewer messages
+    assert cross["torchrec-2d"] == pytest.approx(cross["dmt-identity"])
+    emb = 2 * 2048 * 26 * 128 * 4 * 7 / 8
+    assert cross["dmt-identity"] - cross["dmt-c4"] == pytest.approx(emb * 3 / 4)
+    flat_groups = {n for _, n, _, _ in scale_traffic("flat-table_wise", 8, 8, m)}
+    assert 64 in flat_groups and max(n for _, n, _, _ in scale_traffic("dmt-identity", 8, 8, m)) == 8

@@ -8,7 +8,8 @@
 per rank per step, where the messages and bytes are what ONE rank sends in one step
 (forward and backward), as `dmt-fx bench traffic` measures them (TrafficMeter) or as
 `analytic_traffic` derives them from the formulas of DMT.md and the one byte model
-(`dmt_fx.bench.bytes`). The link tiers come from measurements (`tiers_from`) or from a
+(`dmt_fx.bench.bytes`). The link tiers come from measurements (the probe's latency mode,
+fitted by `dmt_fx.bench.cost_fit`) (`tiers_from`) or from a
 `Topology`, whose four link fields (intra/inter bandwidth in GB/s, latency in us) are the
 links the prediction is for (`tiers_of`; `predict` and `breakdown` take either).
 
@@ -38,8 +39,7 @@ from dmt_fx.bench import bytes as wire
 from dmt_fx.compiler.auto_plan.steptime import Tier, Tiers, tiers_of
 from dmt_fx.ir.topology import Topology
 
-__all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from", "tiers_of",
-           "fit_alpha_beta", "least_squares"]
+__all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from", "tiers_of"]
 
 
 # Tier, Tiers and tiers_of live with the compiler's step-time arithmetic (plan="auto" ranks
@@ -97,46 +97,6 @@ def _shape(record: Mapping[str, Any]) -> tuple[int, int]:
         return int(record["hosts"]), int(record["ranks"])
     h, l = (int(x) for x in str(record.get("topology", "1x1")).lower().split("x"))
     return h, h * l
-
-
-# ---------------------------------------------------------------- fitting
-
-
-def least_squares(rows: list[list[float]], targets: list[float], *, relative: bool = True,
-                  nonnegative: bool = True) -> list[float]:
-    """Coefficients c minimizing sum((rows . c - t) / t)^2 (relative: every point counts alike,
-    a 1 ms point as much as a 100 ms one) or the plain squared error; with `nonnegative`, a
-    column whose coefficient comes out negative is dropped (set to 0) and the rest refitted:
-    a negative latency or cost per byte is noise, not physics."""
-    import numpy as np
-
-    a, t = np.asarray(rows, dtype=float), np.asarray(targets, dtype=float)
-    w = 1.0 / np.where(t > 0, t, 1.0) if relative else np.ones_like(t)
-    active = list(range(a.shape[1]))
-    while active:
-        coef = np.linalg.lstsq(a[:, active] * w[:, None], t * w, rcond=None)[0]
-        if not nonnegative or (coef >= 0).all():
-            out = [0.0] * a.shape[1]
-            for i, c in zip(active, coef):
-                out[i] = float(c)
-            return out
-        active.pop(int(np.argmin(coef)))
-    return [0.0] * a.shape[1]
-
-
-def fit_alpha_beta(points: list[Mapping[str, float]], *, per: str = "collectives") -> dict[str, Any]:
-    """alpha (seconds per `per`: collectives or messages) and beta (bytes/s) of one tier from
-    timed points {per, "bytes", "seconds"}: seconds = alpha x per + bytes / beta, relative least
-    squares, no intercept. Returns alpha_s, beta_Bps (inf when the bytes cost nothing measurable),
-    the residuals per point (seconds and relative) and their RMS."""
-    rows = [[float(p[per]), float(p["bytes"])] for p in points]
-    seconds = [float(p["seconds"]) for p in points]
-    alpha, per_byte = least_squares(rows, seconds)
-    fitted = [alpha * r[0] + per_byte * r[1] for r in rows]
-    rel = [(f - s) / s for f, s in zip(fitted, seconds)]
-    return {"alpha_s": alpha, "beta_Bps": 1.0 / per_byte if per_byte > 0 else math.inf, "alpha_per": per,
-            "fitted_s": fitted, "residuals_s": [f - s for f, s in zip(fitted, seconds)], "relative_residuals": rel,
-            "rms_relative_residual": math.sqrt(statistics.fmean(r * r for r in rel)) if rel else 0.0}
 
 
 # ---------------------------------------------------------------- analytic traffic (DMT.md)
@@ -252,122 +212,3 @@ def tiers_from(*sources: Mapping[str, Any]) -> Tiers | None:
         if intra_b and inter_b and not math.isinf(intra_b + inter_b):
             return Tiers(Tier(first(_INTRA_ALPHA) or 0.0, intra_b), Tier(first(_INTER_ALPHA) or 0.0, inter_b))
     return None
-
-
-
-# ---------------------------------------------------------------- the sweep's step model (issue 13 item 6)
-#
-#   t_step = kappa_compute x C + kappa_inter x W_inter + W_intra + W_dense + overhead x collectives
-#
-# C: the compute stages of a record's breakdown (`COMPUTE_STAGES`, profiler ranges); W_tier =
-# alpha_tier x collectives + bytes / beta_tier with alpha and beta MEASURED by the probe's
-# latency mode on the same network; W_dense: the dense all-reduce's bytes at the tier it
-# crosses (torchrec-2d's weight sync stays inside a host); kappa_compute, kappa_inter and the
-# overhead per collective are FITTED on the training part of a sweep (least squares, relative).
-
-COMPUTE_STAGES = ("dense_forward", "backward", "lookup", "optimizer", "tower_module", "merge")
-PARAMS = ("kappa_compute", "kappa_inter", "overhead_per_collective_s")
-
-
-def compute_of(record: Mapping[str, Any]) -> float:
-    """Seconds of a record's compute stages (its breakdown_s)."""
-    stages = record.get("breakdown_s") or {}
-    return float(sum(stages.get(name, 0.0) for name in COMPUTE_STAGES))
-
-
-def sweep_tiers(point: Mapping[str, Any]) -> Tiers | None:
-    """Tiers a sweep point's latency probe measured (network.probes.*.latency), shaped first."""
-    probes = (point.get("network") or {}).get("probes") or {}
-    for name in ("shaped", "unshaped"):
-        fit = (probes.get(name) or {}).get("latency") or {}
-        if "cross" in fit and "intra" in fit:
-            return Tiers(Tier(fit["intra"]["alpha_s"], fit["intra"]["beta_Bps"]),
-                         Tier(fit["cross"]["alpha_s"], fit["cross"]["beta_Bps"]))
-    return None
-
-
-def comm_terms(record: Mapping[str, Any], tiers: Tiers) -> dict[str, float]:
-    """W_inter, W_intra and W_dense of one record (seconds), alpha per collective."""
-    dense_tier = tiers.intra if record.get("variant") == "torchrec-2d" else tiers.inter
-    dense_bytes = float(record.get("dense_allreduce_bytes", record.get("dense_allreduce_bytes_estimate", 0.0)))
-    return {"inter": tiers.inter.time(float(record.get("cross_host_collectives", 0.0)), _cross_bytes(record)),
-            "intra": tiers.intra.time(float(record.get("intra_host_collectives", 0.0)),
-                                      float(record.get("intra_host_bytes", 0.0))),
-            "dense": dense_tier.time(float(record.get("dense_allreduce_collectives", 0.0)), dense_bytes)}
-
-
-def _collectives(record: Mapping[str, Any]) -> float:
-    return float(record.get("cross_host_collectives", 0.0)) + float(record.get("intra_host_collectives", 0.0))
-
-
-def fit_step_model(samples: list[Mapping[str, Any]]) -> dict[str, float]:
-    """PARAMS from samples {"record", "tiers", "compute_s"} (training points only)."""
-    if not samples:
-        return dict.fromkeys(PARAMS, 0.0)
-    rows, targets = [], []
-    for s in samples:
-        w = comm_terms(s["record"], s["tiers"])
-        rows.append([s["compute_s"], w["inter"], _collectives(s["record"])])
-        targets.append(float(s["record"]["step_time_median_s"]) - w["intra"] - w["dense"])
-    return dict(zip(PARAMS, least_squares(rows, targets)))
-
-
-def predict_step(record: Mapping[str, Any], tiers: Tiers, compute_s: float, params: Mapping[str, float]
-                 ) -> dict[str, float]:
-    """The step model's terms and total (seconds) for one record."""
-    w = comm_terms(record, tiers)
-    out = {"compute": params["kappa_compute"] * compute_s, "inter": params["kappa_inter"] * w["inter"],
-           "intra": w["intra"], "dense": w["dense"],
-           "overhead": params["overhead_per_collective_s"] * _collectives(record)}
-    out["total"] = sum(out.values())
-    return out
-
-
-def _samples(sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One sample per (point, variant) with the tiers its (topology, rate) probe measured."""
-    points = [p for p in sweep.get("points", []) if p.get("records")]
-    probed = {(p["topology"], p["rate"]): sweep_tiers(p) for p in points if sweep_tiers(p) is not None}
-    return [{"topology": p["topology"], "rate": p["rate"], "batch": int(p["batch_size"]), "variant": r["variant"],
-             "load_1min": p.get("load_1min"), "record": r, "tiers": probed[(p["topology"], p["rate"])],
-             "compute_s": compute_of(r)} for p in points if (p["topology"], p["rate"]) in probed
-            for r in p["records"]]
-
-
-def _in(sample: Mapping[str, Any], train: str) -> bool:
-    key, _, value = train.partition("=")
-    return str(sample[key]) == value
-
-
-def _mape(rows: list[Mapping[str, Any]]) -> float | None:
-    return statistics.fmean(abs(r["error_pct"]) for r in rows) if rows else None
-
-
-def evaluate_sweep(sweep: Mapping[str, Any], *, train: str = "batch=256", compute: str = "own") -> dict[str, Any]:
-    """Fit the step model on the sweep's samples matching `train` ("batch=256", "rate=200mbit",
-    "topology=2x2"), predict every sample; errors held out and in sample.
-    compute="own": C from each record's own breakdown (measured compute, modelled communication);
-    "train": C from the training record of the same topology, batch and variant (a rate split:
-    nothing of a held-out point's timing is used)."""
-    samples = _samples(sweep)
-    fitted = [s for s in samples if _in(s, train)]
-    params = fit_step_model(fitted)
-    by_key = {(s["topology"], s["batch"], s["variant"]): s["compute_s"] for s in fitted}
-    rows = []
-    for s in samples:
-        c = s["compute_s"] if compute == "own" or _in(s, train) else by_key.get((s["topology"], s["batch"], s["variant"]))
-        if c is None:
-            continue
-        terms = predict_step(s["record"], s["tiers"], c, params)
-        measured = float(s["record"]["step_time_median_s"])
-        rows.append({k: s[k] for k in ("topology", "rate", "batch", "variant", "load_1min")} |
-                    {"measured_s": measured, "predicted_s": terms["total"], "terms_s": terms,
-                     "held_out": not _in(s, train), "error_pct": (terms["total"] / measured - 1) * 100})
-    held = [r for r in rows if r["held_out"]]
-    loads = sorted(r["load_1min"] for r in held if r["load_1min"] is not None)
-    quiet = [r for r in held if loads and r["load_1min"] is not None and r["load_1min"] <= loads[len(loads) // 2]]
-    worst = max(held or rows, key=lambda r: abs(r["error_pct"]), default=None)
-    return {"train": train, "compute": compute, "params": params, "rows": rows,
-            "held_out_mape_pct": _mape(held), "in_sample_mape_pct": _mape([r for r in rows if not r["held_out"]]),
-            "held_out_low_load_mape_pct": _mape(quiet), "held_out_points": len(held),
-            "worst": worst and {k: worst[k] for k in ("topology", "rate", "batch", "variant", "error_pct")},
-            "tiers": {f"{s['topology']} {s['rate']}": s["tiers"].to_dict() for s in samples}}
