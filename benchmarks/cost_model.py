@@ -233,16 +233,22 @@ def plot(result: dict, path: str) -> None:
 
 def latency_model(sweep: dict) -> dict:
     """a_collective per tier and a_message (shared) from the sweep's latency probes."""
-    from dmt_fx.bench.cost_fit import least_squares
+    from dmt_fx.bench.cost_fit import fit_alpha_beta, least_squares
+
+    def alpha(tier: dict) -> float:  # refitted from the probe's points when it kept them
+        return fit_alpha_beta(tier["points"])["alpha_s"] if tier.get("points") else tier["alpha_s"]
 
     cross, intra = [], []
     for point in sweep.get("points", []):
         fit = ((point.get("network") or {}).get("probes", {}).get("shaped") or {}).get("latency") or {}
         if "cross" in fit:
-            cross.append((fit["cross"]["group_size"], fit["cross"]["alpha_s"], point["topology"], point["rate"]))
+            cross.append((fit["cross"]["group_size"], alpha(fit["cross"]), point["topology"], point["rate"]))
         if "intra" in fit:
-            intra.append((fit["intra"]["group_size"], fit["intra"]["alpha_s"]))
-    a_coll, a_msg = least_squares([[1.0, n - 1.0] for n, *_ in cross], [a for _, a, *_ in cross])
+            intra.append((fit["intra"]["group_size"], alpha(fit["intra"])))
+    if len({n for n, *_ in cross}) >= 2:
+        a_coll, a_msg = least_squares([[1.0, n - 1.0] for n, *_ in cross], [a for _, a, *_ in cross], relative=False)
+    else:  # one group size: no slope to measure, every collective costs the same
+        a_coll, a_msg = (statistics.fmean(a for _, a, *_ in cross) if cross else 0.0), 0.0
     intra_n2 = statistics.fmean(a for n, a in intra if n == 2) if intra else a_coll + a_msg
     return {"a_message_s": a_msg, "a_collective_inter_s": a_coll,
             "a_collective_intra_s": max(0.0, intra_n2 - a_msg),

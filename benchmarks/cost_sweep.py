@@ -29,7 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.cost_model import extrapolate_measured, plot_measured  # noqa: E402
-from dmt_fx.bench.cost_fit import compute_of, evaluate_sweep, predict_step, sweep_tiers  # noqa: E402
+from dmt_fx.bench.cost_fit import evaluate_sweep  # noqa: E402
 
 VARIANTS = "flat-table_wise,flat-grid_shard,torchrec-2d,dmt-identity,dmt-c2,dmt-c4"
 LOCK = "/tmp/dmtfx_netns.lock"
@@ -181,20 +181,8 @@ def table(result: dict) -> str:
 
 def unfitted(sweep: dict) -> dict:
     """The alpha-beta model with nothing fitted: compute from the breakdown, probe tiers, as is."""
-    result = evaluate_sweep(sweep, train="batch=-1")  # no training point: every point is held out
-    params = {"kappa_compute": 1.0, "kappa_inter": 1.0, "overhead_per_collective_s": 0.0}
-    by_point = {(p["topology"], p["rate"]): sweep_tiers(p) for p in sweep["points"] if sweep_tiers(p)}
-    records = {(p["topology"], p["rate"], p["batch_size"], r["variant"]): r
-               for p in sweep["points"] for r in p.get("records", [])}
-    for row in result["rows"]:
-        record = records[(row["topology"], row["rate"], row["batch"], row["variant"])]
-        terms = predict_step(record, by_point[(row["topology"], row["rate"])], compute_of(record), params)
-        row.update(predicted_s=terms["total"], terms_s=terms, error_pct=(terms["total"] / row["measured_s"] - 1) * 100)
-    errors = [abs(r["error_pct"]) for r in result["rows"]]
-    result.update(params=params, held_out_mape_pct=sum(errors) / len(errors) if errors else None,
-                  worst={k: v for k, v in max(result["rows"], key=lambda r: abs(r["error_pct"])).items()
-                         if k in ("topology", "rate", "batch", "variant", "error_pct")} if errors else None)
-    return result
+    return evaluate_sweep(sweep, train="batch=-1", params={"kappa_compute": 1.0, "kappa_inter": 1.0,
+                                                           "overhead_per_collective_s": 0.0})
 
 
 def extrapolation(sweep: dict, fit: dict, png: str) -> dict:

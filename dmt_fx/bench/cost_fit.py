@@ -196,15 +196,16 @@ def _mape(rows: list[Mapping[str, Any]]) -> float | None:
 
 
 def evaluate_sweep(sweep: Mapping[str, Any], *, train: str = "batch=256", compute: str = "own",
-                   source: str = "breakdown") -> dict[str, Any]:
+                   source: str = "breakdown", params: Mapping[str, float] | None = None) -> dict[str, Any]:
     """Fit the step model on the sweep's samples matching `train` ("batch=256", "rate=200mbit",
     "topology=2x2"), predict every sample; errors held out and in sample.
     compute="own": C from each record's own breakdown (measured compute, modelled communication);
     "train": C from the training record of the same topology, batch and variant (a rate split:
-    nothing of a held-out point's timing is used). source: "breakdown" or "cpu" (`compute_of`)."""
+    nothing of a held-out point's timing is used). source: "breakdown" or "cpu" (`compute_of`).
+    `params` given: predict with them, nothing fitted."""
     samples = _samples(sweep, source)
     fitted = [s for s in samples if _in(s, train)]
-    params = fit_step_model(fitted)
+    params = dict(params) if params is not None else fit_step_model(fitted)
     by_key = {(s["topology"], s["batch"], s["variant"]): s["compute_s"] for s in fitted}
     rows = []
     for s in samples:
