@@ -144,7 +144,11 @@ def main(argv=None) -> int:
     splits = {"headline": evaluate_sweep(sweep, train=args.train),
               "rate split (compute from the training rate)": evaluate_sweep(sweep, train="rate=200mbit",
                                                                             compute="train"),
-              "topology split (fit on 2x2, predict 4x2)": evaluate_sweep(sweep, train="topology=2x2")}
+              "topology split (fit on 2x2, predict 4x2)": evaluate_sweep(sweep, train="topology=2x2"),
+              "headline split, compute = CPU per step x ranks per core": evaluate_sweep(sweep, train=args.train,
+                                                                                       source="cpu"),
+              "rate split, compute = CPU x ranks per core at the training rate": evaluate_sweep(
+                  sweep, train="rate=200mbit", compute="train", source="cpu")}
     splits["unfitted (kappas 1, no overhead)"] = unfitted(sweep)
     for name, result in splits.items():
         print(f"== {name}: train {result['train']}, params {fmt_params(result['params'])}")
@@ -164,7 +168,8 @@ def summary(result: dict) -> str:
     worst = result["worst"] or {}
     pct = (lambda v: "n/a" if v is None else f"{v:.1f}%")
     return (f"  held-out MAPE {pct(result['held_out_mape_pct'])} over {result['held_out_points']} points "
-            f"(lower-load half {pct(result['held_out_low_load_mape_pct'])}), in-sample "
+            f"(lower-load half, {result.get('low_load_points')} points at load <= {result.get('low_load_max_load_1min') or 0:.1f}: "
+            f"{pct(result['held_out_low_load_mape_pct'])}), in-sample "
             f"{pct(result['in_sample_mape_pct'])}; worst {worst.get('variant')} {worst.get('topology')} "
             f"{worst.get('rate')} b{worst.get('batch')}: {worst.get('error_pct', 0):+.1f}%")
 

@@ -218,11 +218,12 @@ def evaluate_sweep(sweep: Mapping[str, Any], *, train: str = "batch=256", comput
                     {"measured_s": measured, "predicted_s": terms["total"], "terms_s": terms,
                      "held_out": not _in(s, train), "error_pct": (terms["total"] / measured - 1) * 100})
     held = [r for r in rows if r["held_out"]]
-    loads = sorted(r["load_1min"] for r in held if r["load_1min"] is not None)
-    quiet = [r for r in held if loads and r["load_1min"] is not None and r["load_1min"] <= loads[len(loads) // 2]]
+    loads = sorted({r["load_1min"] for r in held if r["load_1min"] is not None})  # one per point
+    quiet = [r for r in held if r["load_1min"] is not None and r["load_1min"] in loads[:max(1, len(loads) // 2)]]
     worst = max(held or rows, key=lambda r: abs(r["error_pct"]), default=None)
     return {"train": train, "compute": compute, "source": source, "params": params, "rows": rows,
             "held_out_mape_pct": _mape(held), "in_sample_mape_pct": _mape([r for r in rows if not r["held_out"]]),
-            "held_out_low_load_mape_pct": _mape(quiet), "held_out_points": len(held),
+            "held_out_low_load_mape_pct": _mape(quiet), "low_load_points": len(quiet),
+            "low_load_max_load_1min": loads[max(1, len(loads) // 2) - 1] if loads else None, "held_out_points": len(held),
             "worst": worst and {k: worst[k] for k in ("topology", "rate", "batch", "variant", "error_pct")},
             "tiers": {f"{s['topology']} {s['rate']}": s["tiers"].to_dict() for s in samples}}
