@@ -5,7 +5,7 @@ output); it traces the model under DMP and pipelines every sharded module whose 
 an attribute / item of the batch: that module's `input_dist` for batch i+1 starts before
 batch i's forward (splits all-to-all) and its tensors all-to-all is issued after it.
 `TrainModel` is the thin wrapper it needs (the model on `batch.inputs`, the worker's
-binary cross-entropy on `batch.labels`): build the baseline on `TrainModel(model)`, then
+binary cross-entropy on `batch.labels`; state dicts with the model's own keys): build the baseline on `TrainModel(model)`, then
 `flat_pipeline(module, optimizer)`. `pipelined_modules(pipeline)` says what TorchRec
 really pipelined (empty: it runs the step unoverlapped).
 """
@@ -34,6 +34,16 @@ class TrainModel(nn.Module):
     def __init__(self, model: nn.Module, arity: int) -> None:
         super().__init__()
         self.model, self.arity = model, arity
+
+    # Checkpoints keep the model's own keys (no 'model.' prefix): DMP asks this module for
+    # its state dict, and hands it loading whole when this flag is set.
+    _FORCE_STATE_DICT_LOAD = True
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward(self, batch: PipelineBatch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         out = self.model(*[batch.inputs[i] for i in range(self.arity)])

@@ -15,6 +15,10 @@ are removed on exit, on failure and on signals.
 Variants: every registered flat baseline (`dmt_fx.baselines`, family "flat": the best of
 them is reported as "best flat"), dmt-identity and dmt-c<N> (linear towers, compression N).
 The model is `dmt_fx.models.sized:bench_model`, sized through its environment variable.
+`--pipeline on|both` trains each variant (also) through a sparse-dist train pipeline (flat
+plans: TorchRec's `TrainPipelineSparseDist`; DMT: `dmt_fx.runtime.pipeline`): records carry
+`pipelined` and `label` (NAME or NAME+pipeline); "best flat", the speedups and the ideal are
+computed within each mode.
 
 `netem` is not available in every kernel (not on the machine this was built on): when it
 is missing there is no added latency, only a rate limit, and the output says so.
@@ -251,9 +255,14 @@ def _records(runs: dict[str, dict[str, Any]], topology: Topology, variants: list
             "model": model, "batch_size": args.batch_size, "delay_emulation": network["delay_emulation"],
         })
         rows.append(row)
-    for mode in (False, True):  # best flat, speedups and ideals within one pipelining mode
-        add_ideal_speedups(best_flat([r for r in rows if r["pipelined"] == mode]),
-                           network["inter_host_rate_bytes_per_s_per_rank"])
+    return best_flat_per_mode(rows, network["inter_host_rate_bytes_per_s_per_rank"])
+
+
+def best_flat_per_mode(rows: list[dict[str, Any]], rate_bytes_per_s: float) -> list[dict[str, Any]]:
+    """`best_flat` and the ideal speedups within each pipelining mode: a pipelined DMT row is
+    compared with the fastest pipelined flat plan, an unpipelined one with the unpipelined."""
+    for mode in (False, True):
+        add_ideal_speedups(best_flat([r for r in rows if r.get("pipelined", False) == mode]), rate_bytes_per_s)
     return rows
 
 
