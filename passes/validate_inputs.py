@@ -6,14 +6,22 @@ Algorithm:
   2. Plain lookups: each lookup's id tensor as it enters the peer exchange, and its rows.
   3. Dense inputs: placeholders that feed no lookup (for the batch-size check).
   4. One impure `call_module` node right after the last of those inputs checks them all.
+  5. A KJT whose every lookup is a TorchRec EmbeddingBagCollection of plain nn.EmbeddingBag
+     modules leaves its id ranges to those lookups (torch's CPU kernel refuses a bad id) when
+     the model runs under LookupGuard, installed here: their errors become the same
+     InputValidationError (compiler/validation.py's module doc).
 Preserves numerics: it reads the inputs and returns nothing.
 """
 
 from __future__ import annotations
 
-import torch.fx as fx
+import operator
 
-from dmt_fx.compiler.validation import InputValidator
+import torch.fx as fx
+import torch.nn as nn
+from torchrec import EmbeddingBagCollection
+
+from dmt_fx.compiler.validation import InputValidator, install_lookup_guard
 from dmt_fx.ir import ops
 from dmt_fx.ir.graph import tag
 from dmt_fx.ir.sites import ModelSites
@@ -44,6 +52,34 @@ def _sparse(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]
     return specs, list(rows_by_input)
 
 
+def _lookups_check_ids(gm: fx.GraphModule, kjts: list[fx.Node]) -> list[bool]:
+    """Step 5: per KJT, whether every lookup that reads it refuses a bad id on the CPU."""
+    readers: dict[fx.Node, list[fx.Node]] = {kjt: [] for kjt in kjts}
+    selected = {n.name: n.args[0] for n in gm.graph.nodes if _role(n) == "select_features"}
+    for node in gm.graph.nodes:
+        if _role(node) == "tower_lookup" and node.args and isinstance(node.args[0], fx.Node):
+            source = _selected_by(node.args[0], selected)
+            if source in readers:
+                readers[source].append(node)
+    return [bool(readers[kjt]) and all(_checks_ids(gm, n) for n in readers[kjt])
+            and all(_role(u) in ("select_features", "validate_inputs") for u in kjt.users) for kjt in kjts]
+
+
+def _selected_by(node: fx.Node, selected: dict[str, fx.Node]) -> fx.Node | None:
+    """The KJT a tower lookup's ids were selected from (through the identity exchange)."""
+    if node.target is operator.getitem and node.args[0].target is ops.peer_input_exchange:
+        node = node.args[0].args[0][node.args[1]]
+    return selected.get(node.name)
+
+
+def _checks_ids(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op != "call_module":
+        return False
+    module = gm.get_submodule(node.target)
+    return type(module) is EmbeddingBagCollection and all(type(b) is nn.EmbeddingBag
+                                                          for b in module.embedding_bags.values())
+
+
 def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
     """Step 2: ids of plain lookups, traced back through the exchange to where they enter it."""
     site_of = {s.node: s for s in sites.sites}
@@ -52,7 +88,7 @@ def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
         if _role(node) != "tower_lookup" or site_of[node.meta["dmt"]["origin"]].kind == "torchrec_ebc":
             continue
         ids = node.args[1] if node.op == "call_function" else (node.args[0] if node.args else node.kwargs["input"])
-        if ids.target is __import__("operator").getitem and ids.args[0].target is ops.peer_input_exchange:
+        if ids.target is operator.getitem and ids.args[0].target is ops.peer_input_exchange:
             ids = ids.args[0].args[0][ids.args[1]]
         # a joint table's field lookups name their feature (each its own row range)
         feature = sites.feature(node.meta["dmt"].get("features", site_of[node.meta["dmt"]["origin"]].features)[0])
@@ -68,7 +104,10 @@ def validate_inputs_pass(gm: fx.GraphModule, *, sites: ModelSites) -> fx.GraphMo
     inputs = sparse_nodes + plain_nodes + dense
     if not inputs:
         return gm
-    gm.add_submodule(PATH, InputValidator(sparse_specs, plain_specs, [n.name for n in dense]))
+    later = _lookups_check_ids(gm, sparse_nodes)
+    gm.add_submodule(PATH, InputValidator(sparse_specs, plain_specs, [n.name for n in dense], later))
+    if any(later):  # Step 5
+        install_lookup_guard(gm, PATH)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     with gm.graph.inserting_after(max(inputs, key=order.__getitem__)):  # Step 4
         tag(gm.graph.call_module(PATH, tuple(inputs)), PASS, "validate_inputs")

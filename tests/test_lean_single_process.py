@@ -1,6 +1,7 @@
 """The single-process identity DMT model does little more than the original (issue 13 item 2):
 the tower KJTs are gathered only if read, the merged KeyedTensor is concatenated only if
-read, and input validation is a few kernels per KJT. Counted in aten/fbgemm ops (what a
+read, and input validation is a few kernels per KJT (in one process on the CPU: the least
+length; the lookups refuse bad ids, LookupGuard names them). Counted in aten/fbgemm ops (what a
 loaded machine cannot blur), forward and backward."""
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torchrec import KeyedJaggedTensor, KeyedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, KeyedTensor
+from torchrec.modules.embedding_configs import PoolingType
 
 import dmt_fx
 from dmt_fx.compiler.validation import InputValidationError
@@ -55,7 +58,13 @@ def test_identity_dmt_adds_few_ops_per_step(models) -> None:
     # the parts' per-key split: no gathered tower KJTs, no merge concatenation
     assert sum(extra.values()) <= 4, extra
     validation = _step_ops(checked, batch) - _step_ops(unchecked, batch)
-    assert validation["fbgemm.bounds_check_indices.default"] == 1 and sum(validation.values()) <= 6, validation
+    # in one process the lookups refuse bad ids: the least length is read back, nothing more
+    assert validation == Counter({"aten.min.default": 1, "aten._local_scalar_dense.default": 1}), validation
+    # without the guard (a copy: the distributed rank module is another such) the full check runs
+    unguarded = copy.deepcopy(checked)
+    _step_ops(unguarded, batch)  # its first backward makes every .grad
+    full = _step_ops(unguarded, batch) - _step_ops(unchecked, batch)
+    assert full["fbgemm.bounds_check_indices.default"] == 1 and sum(full.values()) <= 6, full
 
 
 def test_valid_batches_still_equal_the_original(models) -> None:
@@ -90,6 +99,86 @@ def test_the_fused_check_refuses_with_the_same_messages(models, values, lengths,
         return
     with pytest.raises(InputValidationError, match=match):
         checked(*batch)
+
+
+class _Tiny(nn.Module):
+    """Two tables in one TorchRec collection (two towers on 2x2), pooling and weights chosen."""
+
+    def __init__(self, pooling: PoolingType, weighted: bool, bag: type = nn.EmbeddingBag) -> None:
+        super().__init__()
+        self.ebc = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name=f"t{i}", embedding_dim=4, num_embeddings=rows, feature_names=[key],
+                               pooling=pooling) for i, (key, rows) in enumerate([("a", 10), ("b", 7)])],
+            is_weighted=weighted)
+        for table in self.ebc.embedding_bags.values():  # a kind of bag the check does not know
+            if bag is not nn.EmbeddingBag:
+                table.__class__ = bag
+        self.top = nn.Linear(8, 1)
+
+    def forward(self, dense: torch.Tensor, features: KeyedJaggedTensor) -> torch.Tensor:
+        return self.top(self.ebc(features).values()) + dense
+
+
+def _tiny_batch(ids: list[int], dtype: torch.dtype, weighted: bool) -> tuple:
+    lengths = torch.tensor([2, 1, 1, 1])  # a: 2 ids then 1, b: 1 then 1
+    weights = torch.rand(len(ids)) if weighted else None
+    return (torch.zeros(2, 1), KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor(ids, dtype=dtype),
+                                                 lengths=lengths, weights=weights))
+
+
+class _Unchecked(nn.EmbeddingBag):
+    """A bag that does not refuse bad ids (it clamps them): left to it, a bad batch would pass."""
+
+    def forward(self, input: torch.Tensor, offsets: torch.Tensor | None = None, per_sample_weights=None):
+        return super().forward(input.clamp(0, self.num_embeddings - 1), offsets, per_sample_weights)
+
+
+@pytest.mark.parametrize("pooling, weighted", [(PoolingType.SUM, False), (PoolingType.MEAN, False),
+                                               (PoolingType.SUM, True)])  # TorchRec weights sum-pooled bags only
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("ids, match", [([1, 2, 3, 7, 1], "feature 'b' id 7"), ([1, 2, 3, 1, -2], "feature 'b' id -2"),
+                                        ([10, 2, 3, 1, 1], "feature 'a' id 10"), ([1, 2, -1, 1, 6], "feature 'a' id -1")])
+def test_lookups_refuse_bad_ids_with_the_validators_message(pooling, weighted, dtype, ids, match) -> None:
+    """The id range left to the lookups: every bad id still refused, with the full check's message."""
+    model = _Tiny(pooling, weighted)
+    example = _tiny_batch([1, 2, 3, 4, 5], torch.int64, weighted)
+    gm = dmt_fx.transform(copy.deepcopy(model), "2x2", example_inputs=example)
+    assert gm.dmt_input_validator.lookups_check_ids == [True]
+    batch = _tiny_batch(ids, dtype, weighted)
+    with pytest.raises(InputValidationError, match=match) as info:
+        gm(*batch)
+    assert isinstance(info.value.__cause__, (RuntimeError, IndexError))  # refused by the lookup, then diagnosed
+    with pytest.raises(InputValidationError) as full:  # the full check up front says the same
+        copy.deepcopy(gm)(*batch)
+    assert str(full.value) == str(info.value) and full.value.__cause__ is None
+
+
+def test_negative_lengths_stay_checked_up_front() -> None:
+    """Lengths [-1, 4] sum right; torch's sum-pooled CPU bag accepts their offsets [0, -1, 3] with
+    int32 ids silently (checked: a wrong answer without the up-front least-length check)."""
+    model = _Tiny(PoolingType.SUM, False)
+    gm = dmt_fx.transform(copy.deepcopy(model), "2x2", example_inputs=_tiny_batch([1, 2, 3, 4, 5], torch.int64, False))
+    bad = KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 5], dtype=torch.int32),
+                            lengths=torch.tensor([-1, 4, 1, 1], dtype=torch.int32))
+    with pytest.raises(InputValidationError, match="lengths sum to 5 for 5 ids") as info:
+        gm(torch.zeros(2, 1), bad)
+    assert info.value.__cause__ is None  # refused before any lookup
+
+
+def test_unknown_lookups_keep_the_full_check() -> None:
+    model = _Tiny(PoolingType.SUM, False, bag=_Unchecked)
+    gm = dmt_fx.transform(copy.deepcopy(model), "2x2", example_inputs=_tiny_batch([1, 2, 3, 4, 5], torch.int64, False))
+    assert gm.dmt_input_validator.lookups_check_ids == [False]
+    with pytest.raises(InputValidationError, match="feature 'a' id 10") as info:
+        gm(*_tiny_batch([10, 2, 3, 1, 1], torch.int64, False))
+    assert info.value.__cause__ is None  # refused up front
+
+
+def test_other_failures_are_not_renamed(models) -> None:
+    """A failure that is not the batch's ids (here: a dense input of the wrong width) re-raises as is."""
+    _, checked, _ = models
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        checked(torch.randn(2, zoo.DENSE + 1), _kjt([1] * 8, ONE_EACH))
 
 
 def test_lazy_tower_kjt_and_merge_equal_their_eager_forms() -> None:

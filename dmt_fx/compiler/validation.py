@@ -11,11 +11,22 @@ every dense and sparse input has the same batch size. All checks are vectorised:
 over the ids, no per-feature Python loop on the ids. A valid batch costs a few kernels and one
 read back per input (a KJT: FBGEMM's bounds check per key, the least id and length); the
 messages are worked out only for a refused batch.
+
+In one process on the CPU the id range check of a KJT is left to the lookups when every
+lookup reading it is a TorchRec EmbeddingBagCollection of plain nn.EmbeddingBag modules:
+torch's CPU kernel refuses an id < 0 or >= rows in every mode (sum, mean, max; weighted or
+not; int32 or int64 ids), so a bad id cannot give a silently wrong answer. The model's call
+then runs under `LookupGuard`, which turns the lookup's error into the same
+InputValidationError (the full check, run only then). Lengths stay checked up front (a
+negative length makes offsets that decrease, which some modes accept silently), and so does
+everything else. Without the guard (the distributed runtime's rank module, a copied or
+unpickled model, ids on a GPU) the validator runs the full check.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import contextvars
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -25,6 +36,9 @@ from dmt_fx.ir.errors import DMTError
 
 _INT = (torch.int32, torch.int64)
 _FATAL = 0  # FBGEMM's BoundsCheckMode.FATAL: raise, change nothing
+# Set by LookupGuard for the duration of one call of the model: the validator's inputs go
+# into the list (to check them fully if a lookup fails); None: no guard, check everything.
+_GUARDED: contextvars.ContextVar[list | None] = contextvars.ContextVar("dmt_lookups_guarded", default=None)
 
 
 class InputValidationError(DMTError):
@@ -41,18 +55,24 @@ class InputValidator(nn.Module):
     _is_impure = True
 
     def __init__(self, sparse: Sequence[tuple[str, tuple[str, ...], Mapping[str, int], bool]],
-                 plain: Sequence[tuple[str, str, int]], dense: Sequence[str]) -> None:
+                 plain: Sequence[tuple[str, str, int]], dense: Sequence[str],
+                 lookups_check_ids: Sequence[bool] = ()) -> None:
         super().__init__()
         # sparse: (argument, keys, rows per key, weighted); plain: (argument, feature, rows)
         self.sparse, self.plain, self.dense = list(sparse), list(plain), list(dense)
         # per sparse argument: the rows of each key's table as a tensor, per key order and device
         self.bounds: list[dict] = [{} for _ in self.sparse]
+        # per sparse argument: every lookup reading it refuses a bad id on the CPU (see the module doc)
+        self.lookups_check_ids = [bool(x) for x in lookups_check_ids] or [False] * len(self.sparse)
 
     def forward(self, *values: Any) -> None:
         n_sparse, n_plain = len(self.sparse), len(self.plain)
+        guarded = _GUARDED.get()
+        if guarded is not None:  # keep them: if a lookup fails, LookupGuard checks them fully
+            guarded.append(values)
         batch: dict[str, int] = {}
-        for spec, bounds, kjt in zip(self.sparse, self.bounds, values[:n_sparse]):
-            batch[spec[0]] = _check_kjt(kjt, *spec, bounds)
+        for spec, bounds, later, kjt in zip(self.sparse, self.bounds, self.lookups_check_ids, values[:n_sparse]):
+            batch[spec[0]] = _check_kjt(kjt, *spec, bounds, ids_later=later and guarded is not None)
         for (argument, feature, rows), ids in zip(self.plain, values[n_sparse:n_sparse + n_plain]):
             _check_ids(ids, argument, feature, rows)
         for argument, tensor in zip(self.dense, values[n_sparse + n_plain:]):
@@ -66,8 +86,48 @@ class InputValidator(nn.Module):
         return f"sparse={[s[0] for s in self.sparse]}, plain={len(self.plain)}, dense={self.dense}"
 
 
+class LookupGuard:
+    """The model's call (GraphModule's `_wrapped_call`) in one process: the validator may leave
+    the id ranges of a KJT to the lookups (`_GUARDED`); when the call fails, the validator's
+    inputs are checked fully and a refused batch raises its InputValidationError (from the
+    lookup's error). Any other failure, or a batch the full check accepts, re-raises as is."""
+
+    def __init__(self, call: Callable[..., Any], path: str) -> None:
+        self.call, self.path = call, path
+
+    def __call__(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        seen: list = []
+        token = _GUARDED.set(seen)
+        try:
+            return self.call(module, *args, **kwargs)
+        except (RuntimeError, IndexError) as error:
+            _GUARDED.reset(token)
+            token = None
+            for values in seen[:1]:  # the validator ran: check what it left to the lookups
+                try:
+                    module.get_submodule(self.path)(*values)
+                except InputValidationError as refusal:
+                    raise refusal from error
+            raise
+        finally:
+            if token is not None:
+                _GUARDED.reset(token)
+
+
+def install_lookup_guard(gm: nn.Module, path: str) -> bool:
+    """Run `gm`'s calls under LookupGuard (its own class: a GraphModule's class is made for it
+    alone, and keeps `_wrapped_call` when recompiled). False, and the full checks stay, where
+    the class has no `_wrapped_call` to wrap."""
+    cls = type(gm)
+    call = vars(cls).get("_wrapped_call")
+    if call is None or isinstance(call, LookupGuard):
+        return isinstance(call, LookupGuard)
+    cls._wrapped_call = LookupGuard(call, path)
+    return True
+
+
 def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str, int], weighted: bool,
-               bounds: dict) -> int:
+               bounds: dict, ids_later: bool = False) -> int:
     if not isinstance(kjt, KeyedJaggedTensor):
         _fail(f"argument {argument!r} of type {type(kjt).__name__}", "a KeyedJaggedTensor",
               "pass the sparse features as a torchrec KeyedJaggedTensor")
@@ -93,6 +153,10 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
               "one length per key and sample", "rebuild the KeyedJaggedTensor with from_lengths_sync")
     # The KJT's own per-key sums, cached on it: the lookups that follow reuse them.
     _check_sum(sum(kjt.length_per_key()), values, argument)  # negative lengths: in the fused check
+    if ids_later and values.device.type == "cpu":  # the lookups refuse bad ids; lengths only
+        if lengths.numel() and int(lengths.min()) < 0:
+            _diagnose(values, lengths, given, argument, rows, "a negative length")
+        return stride
     refused = _refusal(kjt, values, given, rows, bounds)
     if refused is not None:
         _diagnose(values, lengths, given, argument, rows, refused)
