@@ -35,7 +35,7 @@ from dmt_fx.ir import ops
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import RankInfo, runtime_device
-from dmt_fx.runtime.peer_ids import PeerIdExchange
+from dmt_fx.runtime.peer_ids import PeerIdExchange, PendingIds
 
 __all__ = ["HostLookup", "HostSlice", "InFlight", "SparseDist", "HostTowerBlock", "HostTowerExchange", "HostTowers", "tower_columns", "PeerIdExchange", "empty_rows",
            "lookup_order", "non_persistent", "output_dist"]
@@ -138,7 +138,7 @@ class InFlight:
     """One batch's sparse data dist between its stages (`SparseDist`): the peer id exchange
     (`ids`), then each collection's intra-host input dist (`lookups`, per `HostLookup.dist_start`)."""
 
-    ids: Any  # PeerIdExchange.start's pending exchange
+    ids: PendingIds
     rows: int
     device: torch.device
     stage: int = 0

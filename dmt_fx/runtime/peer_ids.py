@@ -18,7 +18,8 @@ of the model does (one weights all-to-all for all); their received KJTs drop the
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,6 +29,23 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dmt_fx.runtime.groups import RankInfo
 
 Span = tuple[int, int]
+
+
+@dataclasses.dataclass
+class PendingIds:
+    """One batch's id exchange between its stages (`PeerIdExchange.start`, `send_values`,
+    `finish`): what was sent, the received lengths, the collectives in flight."""
+
+    batch: int
+    width: int  # lengths this host receives from each source
+    values: torch.Tensor
+    weights: torch.Tensor | None
+    value_splits: list[int]
+    lengths: torch.Tensor
+    works: list[Any]
+    counts: list[int] | None = None  # ids per collection after the recat; None: no ids come
+    got_values: torch.Tensor | None = None
+    got_weights: torch.Tensor | None = None
 
 
 def runs(indices: Sequence[int]) -> list[Span]:
@@ -83,18 +101,43 @@ class PeerIdExchange(nn.Module):
         return torch.tensor(rows, dtype=torch.int64), torch.tensor(sources + collections, dtype=torch.int64)
 
     def forward(self, kjts: Sequence[KeyedJaggedTensor]) -> list[KeyedJaggedTensor | None]:
+        return self.finish(self.send_values(self.start(kjts)))
+
+    # A train pipeline (dmt_fx.runtime.pipeline) runs the three stages apart, for the next
+    # batch while this one computes: the lengths' splits are static, so `start` needs no
+    # handshake; the values' splits are the received lengths, so `send_values` waits for them.
+
+    def start(self, kjts: Sequence[KeyedJaggedTensor]) -> PendingIds:
+        """Stage 1: pack, the lengths all-to-all in flight."""
         batch = kjts[0].stride()
         lengths, values, weights, value_splits = self.pack(kjts, batch)
         width = sum(len(per_host[self.me.host]) for per_host in self.keys) * batch
-        got_lengths = self.all_to_all(lengths, [width] * self.num_hosts,
-                                      [sum(len(p[h]) for p in self.keys) * batch for h in range(self.num_hosts)])
-        if not width:  # this host reads no key of any collection: no ids come
-            self.all_to_all_values(values, weights, [0] * self.num_hosts, value_splits)
+        out_splits = [width] * self.num_hosts
+        got = lengths.new_empty(sum(out_splits))
+        work = dist.all_to_all_single(got, lengths, out_splits,
+                                      [sum(len(p[h]) for p in self.keys) * batch for h in range(self.num_hosts)],
+                                      group=self.group, async_op=True)
+        return PendingIds(batch, width, values, weights, value_splits, got, [work])
+
+    def send_values(self, pending: PendingIds) -> PendingIds:
+        """Stage 2: the lengths are in; the values (and weights) all-to-all in flight."""
+        for work in pending.works:
+            work.wait()
+        splits = [0] * self.num_hosts
+        if pending.width:  # else this host reads no key of any collection: no ids come
+            sizes = self.received_sizes(pending.lengths, pending.batch)
+            splits, pending.counts = sizes[:self.num_hosts], sizes[self.num_hosts:]
+        pending.got_values, pending.got_weights, pending.works = self.values_in_flight(
+            pending.values, pending.weights, splits, pending.value_splits)
+        return pending
+
+    def finish(self, pending: PendingIds) -> list[KeyedJaggedTensor | None]:
+        """Stage 3: the ids are in; this host's KJTs."""
+        for work in pending.works:
+            work.wait()
+        if pending.counts is None:
             return [None] * len(self.orders)
-        sizes = self.received_sizes(got_lengths, batch)
-        got_splits, counts = sizes[:self.num_hosts], sizes[self.num_hosts:]
-        got_values, got_weights = self.all_to_all_values(values, weights, got_splits, value_splits)
-        return self.unpack(got_lengths, got_values, got_weights, batch, counts)
+        return self.unpack(pending.lengths, pending.got_values, pending.got_weights, pending.batch, pending.counts)
 
     def received_sizes(self, lengths: torch.Tensor, batch: int) -> list[int]:
         """Ids per source, then per collection after the recat: one read back."""
@@ -145,6 +188,14 @@ class PeerIdExchange(nn.Module):
     def all_to_all_values(self, values: torch.Tensor, weights: torch.Tensor | None, out_splits: list[int],
                           in_splits: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Values and weights share their split sizes: both in flight at once."""
+        got_values, got_weights, works = self.values_in_flight(values, weights, out_splits, in_splits)
+        for work in works:
+            work.wait()
+        return got_values, got_weights
+
+    def values_in_flight(self, values: torch.Tensor, weights: torch.Tensor | None, out_splits: list[int],
+                         in_splits: list[int]) -> tuple[torch.Tensor, torch.Tensor | None, list[Any]]:
+        """The values (and weights) all-to-alls issued, not waited for."""
         got_values = values.new_empty(sum(out_splits))
         works = [dist.all_to_all_single(got_values, values, out_splits, in_splits, group=self.group, async_op=True)]
         got_weights = None
@@ -152,9 +203,7 @@ class PeerIdExchange(nn.Module):
             got_weights = weights.new_empty(sum(out_splits))
             works.append(dist.all_to_all_single(got_weights, weights, out_splits, in_splits, group=self.group,
                                                 async_op=True))
-        for work in works:
-            work.wait()
-        return got_values, got_weights
+        return got_values, got_weights, works
 
     # ------------------------------------------------------------ receive
 
