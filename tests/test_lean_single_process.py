@@ -188,6 +188,13 @@ def test_lazy_tower_kjt_and_merge_equal_their_eager_forms() -> None:
     got, want = ops.select_features(kjt, tower), kjt.permute([kjt.keys().index(k) for k in tower])
     assert got.to_dict().keys() == set(tower) and torch.equal(got.values(), want.values())
     assert torch.equal(got.lengths(), want.lengths()) and got.offset_per_key() == want.offset_per_key()
+    weighted = KeyedJaggedTensor.from_lengths_sync(kjt.keys(), kjt.values(), kjt.lengths(),
+                                                   weights=torch.rand(kjt.values().numel()))
+    got, want = ops.select_features(weighted, tower), weighted.permute([kjt.keys().index(k) for k in tower])
+    assert got.keys() == tower and got.stride() == want.stride() and got.length_per_key() == want.length_per_key()
+    assert all(torch.equal(a, b) for a, b in zip(got.to_dict()["hour"].to_padded_dense(),
+                                                 want.to_dict()["hour"].to_padded_dense()))
+    assert torch.equal(got.weights(), want.weights()) and torch.equal(got.values(), want.values())
     a = torch.randn(4, 6, requires_grad=True)
     b = torch.randn(4, 4, requires_grad=True)
     parts = [KeyedTensor(["x", "z"], [2, 4], a), KeyedTensor(["y"], [4], b)]

@@ -30,13 +30,22 @@ def peer_output_exchange(values: tuple, *, tower: int, host: int, group: str = G
 
 def select_features(kjt: KeyedJaggedTensor, keys: Sequence[str]) -> KeyedJaggedTensor:
     """SPTT step 1: the features of one tower, in tower order (ids, lengths, weights)."""
-    if list(kjt.keys()) == list(keys):
+    indices = _positions(tuple(kjt.keys()), tuple(keys))
+    if indices is None:
         return kjt
-    index = {k: i for i, k in enumerate(kjt.keys())}
-    indices = [index[k] for k in keys]
     if kjt.variable_stride_per_key():
-        return kjt.permute(indices)
-    return _select_by_slices(kjt, indices)
+        return kjt.permute(list(indices))
+    return _select_by_slices(kjt, indices, keys)
+
+
+@functools.lru_cache(maxsize=256)
+def _positions(given: tuple[str, ...], keys: tuple[str, ...]) -> tuple[int, ...] | None:
+    """Where the tower's keys sit among the KJT's (None: the same keys in the same order);
+    the same for every step of a model, worked out once."""
+    if given == keys:
+        return None
+    index = {k: i for i, k in enumerate(given)}
+    return tuple(index[k] for k in keys)
 
 
 def _gathered_attribute(name: str) -> property:
@@ -55,22 +64,21 @@ class _TowerFeatures(KeyedJaggedTensor):
 
     In one process the tower's collection reads only `to_dict()` (the source's per-key
     JaggedTensors, shared by all towers), so gathering them eagerly cost two copies per
-    tower per step that nothing read. Whatever does read them (`values()`, a
+    tower per step that nothing read. Made by _select_by_slices (`_pending`: the source KJT
+    and the tower's key positions in it). Whatever does read them (`values()`, a
     KJTAllToAll, pytree flattening: all go through these attributes) gets exactly what
     kjt.permute returns."""
-
-    def __init__(self, source: KeyedJaggedTensor, values_at: list[tuple[int, int]],
-                 lengths_at: list[tuple[int, int]], **kwargs) -> None:
-        self._pending = (source, values_at, lengths_at)
-        super().__init__(values=None, **kwargs)
 
     def _gathered(self, name: str) -> torch.Tensor | None:
         pending = self.__dict__.get("_pending")
         if pending is not None:
-            source, values_at, lengths_at = pending
+            source, indices = pending
+            stride, offset_per_key = source.stride(), source.offset_per_key()
+            values_at = [(offset_per_key[i], offset_per_key[i + 1]) for i in indices]
             weights = source.weights_or_none()
             self.__dict__.update(_pending=None, _gathered_values=_gather(source.values(), values_at),
-                                 _gathered_lengths=_gather(source.lengths(), lengths_at),
+                                 _gathered_lengths=_gather(source.lengths(), [(i * stride, (i + 1) * stride)
+                                                                              for i in indices]),
                                  _gathered_weights=None if weights is None else _gather(weights, values_at))
         return self.__dict__.get(name)
 
@@ -85,7 +93,7 @@ class _TowerFeatures(KeyedJaggedTensor):
         return super().to_dict(compute_offsets)
 
 
-def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJaggedTensor:
+def _select_by_slices(kjt: KeyedJaggedTensor, indices: tuple[int, ...], keys: Sequence[str]) -> KeyedJaggedTensor:
     """What kjt.permute(indices) returns, built from one slice per key and a concatenation
     (when read): a tower takes a few keys, and for those this is several times cheaper on CPU
     than the general permute kernel (which also handles repeated and variable-batch keys).
@@ -93,17 +101,24 @@ def _select_by_slices(kjt: KeyedJaggedTensor, indices: list[int]) -> KeyedJagged
     The result carries the source's per-key JaggedTensors (`jt_dict`): a TorchRec collection
     reads its features through `to_dict()`, which the source computes once (and caches) for
     all towers, as the original collection did once, instead of once per tower. Same
-    tensors as the original lookup reads: bit for bit."""
-    stride = kjt.stride()
-    length_per_key, offset_per_key = kjt.length_per_key(), kjt.offset_per_key()
-    keys = [kjt.keys()[i] for i in indices]
-    per_key = kjt.to_dict()
-    return _TowerFeatures(
-        kjt, [(offset_per_key[i], offset_per_key[i + 1]) for i in indices],
-        [(i * stride, (i + 1) * stride) for i in indices],
-        keys=keys, stride=stride, length_per_key=[length_per_key[i] for i in indices],
-        jt_dict={k: per_key[k] for k in keys},
-    )
+    tensors as the original lookup reads: bit for bit. The spans to gather are worked out
+    only if something reads the ids."""
+    # KeyedJaggedTensor.to_dict evaluates all its arguments before it returns its cache
+    per_key = kjt.__dict__.get("_jt_dict") or kjt.to_dict()
+    length_per_key = kjt.length_per_key()
+    tower = _TowerFeatures.__new__(_TowerFeatures)
+    tower.__dict__.update(_blank_kjt(), _pending=(kjt, indices), _keys=list(keys), _stride=kjt.stride(),
+                          _length_per_key=[length_per_key[i] for i in indices], _jt_dict={k: per_key[k] for k in keys})
+    return tower
+
+
+@functools.lru_cache(maxsize=1)
+def _blank_kjt() -> dict:
+    """The attributes KeyedJaggedTensor.__init__ sets (its fields and empty caches), made once
+    by __init__ itself: a tower KJT copies them and sets its own keys, stride, lengths per key
+    and per-key JaggedTensors, instead of running __init__'s checks per tower and step."""
+    blank = KeyedJaggedTensor(keys=[], values=torch.empty(0, dtype=torch.int64)).__dict__
+    return {k: v for k, v in blank.items() if k not in ("_values", "_lengths", "_weights")}  # _gathered's
 
 
 def _gather(tensor: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
