@@ -133,8 +133,11 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
               "pass the sparse features as a torchrec KeyedJaggedTensor")
     given = kjt.keys()
     # Keys the model never reads are accepted, as the original accepts them; missing ones
-    # would fail inside the lookup.
-    missing = [k for k in keys if k not in given]
+    # would fail inside the lookup. A key order once found complete is remembered.
+    order = tuple(given)
+    missing = [] if order in bounds else [k for k in keys if k not in given]
+    if not missing:
+        bounds[order] = True
     if missing:
         _fail(f"argument {argument!r} with keys {list(given)} (missing {missing})",
               f"at least the keys {list(keys)}", "add the missing features to the KeyedJaggedTensor")
