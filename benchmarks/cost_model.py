@@ -300,14 +300,20 @@ def extrapolate_measured(sweep: dict, fit: dict, scenarios: dict, model: dict, h
            "latency_model": lat, "model": model, "ranks_per_host": L, "scenarios": {}}
     for name, sc in scenarios.items():
         rows = []
+        # the bound: every collective costs its n = 2 alpha, whatever its group (no per-message growth)
+        flat_lat = {**lat, "a_message_s": 0.0, "a_collective_inter_s": lat["a_collective_inter_s"] + lat["a_message_s"],
+                    "a_collective_intra_s": lat["a_collective_intra_s"] + lat["a_message_s"]}
         for H in hosts:
-            times = {v: scale_time(scale_traffic(v.replace("-sync100", ""), H, L, model,
-                                                 100 if v.endswith("sync100") else 1),
-                                   lat, sc["beta_intra_Bps"], sc["beta_inter_Bps"], sc["t_compute_s"])
-                     for v in SCALE_VARIANTS}
-            rows.append({"hosts": H, "gpus": H * L, "step_s": times,
-                         "speedup": {f"{d} vs {f}": times[f] / times[d] for d in ("dmt-identity", "dmt-c4")
-                                     for f in SCALE_VARIANTS[:4]}})
+            row = {"hosts": H, "gpus": H * L}
+            for key, latency in (("", lat), ("_alpha_per_collective", flat_lat)):
+                times = {v: scale_time(scale_traffic(v.replace("-sync100", ""), H, L, model,
+                                                     100 if v.endswith("sync100") else 1),
+                                       latency, sc["beta_intra_Bps"], sc["beta_inter_Bps"], sc["t_compute_s"])
+                         for v in SCALE_VARIANTS}
+                row[f"step_s{key}"] = times
+                row[f"speedup{key}"] = {f"{d} vs {f}": times[f] / times[d] for d in ("dmt-identity", "dmt-c4")
+                                        for f in SCALE_VARIANTS[:4]}
+            rows.append(row)
         out["scenarios"][name] = {**sc, "rows": rows}
     return out
 
@@ -328,6 +334,8 @@ def plot_measured(result: dict, path: str) -> None:
             for flat, style in styles.items():
                 ax.plot(hosts, [r["speedup"][f"{dmt} vs {flat}"] for r in sc["rows"]], style, color=color,
                         label=f"{dmt} vs {flat}", alpha=0.9 if flat == "flat-table_wise" else 0.6)
+        ax.plot(hosts, [r["speedup_alpha_per_collective"]["dmt-c4 vs flat-table_wise"] for r in sc["rows"]], "x:",
+                color="black", label="dmt-c4 vs flat-table_wise, no per-message growth (bound)")
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xticks(hosts, [f"{h}\n({h * result['ranks_per_host']})" for h in hosts])

@@ -183,3 +183,14 @@ def test_scale_traffic_follows_the_byte_model():
     assert cross["dmt-identity"] - cross["dmt-c4"] == pytest.approx(emb * 3 / 4)
     flat_groups = {n for _, n, _, _ in scale_traffic("flat-table_wise", 8, 8, m)}
     assert 64 in flat_groups and max(n for _, n, _, _ in scale_traffic("dmt-identity", 8, 8, m)) == 8
+
+
+def test_a_flat_all_to_all_is_one_collective_call_not_one_per_tier():
+    """The overhead per collective counts calls: flat's 5 all-to-alls over every rank touch both
+    tiers (5 cross + 5 intra in the per-tier counts) but are 5 calls; DMT's 4 + 5 are 9."""
+    params = {"kappa_compute": 0.0, "kappa_inter": 0.0, "overhead_per_collective_s": 1e-3}
+    tiers = Tiers(Tier(0.0, math.inf), Tier(0.0, math.inf))
+    flat = {"variant": "flat-table_wise", "collectives": 5, "cross_host_collectives": 5, "intra_host_collectives": 5}
+    dmt = {"variant": "dmt-identity", "collectives": 9, "cross_host_collectives": 4, "intra_host_collectives": 5}
+    assert predict_step(flat, tiers, 0.0, params)["overhead"] == pytest.approx(5e-3)
+    assert predict_step(dmt, tiers, 0.0, params)["overhead"] == pytest.approx(9e-3)

@@ -142,6 +142,10 @@ def comm_terms(record: Mapping[str, Any], tiers: Tiers) -> dict[str, float]:
 
 
 def _collectives(record: Mapping[str, Any]) -> float:
+    """Collective calls per step: a flat all-to-all over every rank is ONE call that touches both
+    tiers (the meter's `collectives`), not one per tier."""
+    if "collectives" in record:
+        return float(record["collectives"])
     return float(record.get("cross_host_collectives", 0.0)) + float(record.get("intra_host_collectives", 0.0))
 
 
