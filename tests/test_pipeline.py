@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from dmt_fx import Topology
+from dmt_fx import DMTError, Topology
+from dmt_fx.baselines.pipeline import check_pipelinable
 from dmt_fx.bench.emulated import best_flat_per_mode
 from dmt_fx.cli.demo import emulated_args
 from dmt_fx.cli.main import parser
@@ -116,3 +117,10 @@ def test_pipeline_flags_reach_the_worker() -> None:
     assert emulated_args(parser().parse_args(["demo"]), ["dmt-identity"]).pipeline == "off"
     bench = parser().parse_args(["bench", "emulated", "--pipeline", "both"])
     assert bench.pipeline == "both"
+
+
+def test_only_flat_baselines_run_under_torchrecs_pipeline() -> None:
+    check_pipelinable("flat-grid_shard")
+    check_pipelinable("torchrec-2d")
+    with pytest.raises(DMTError, match="torchrec-towers.* with --pipeline"):
+        check_pipelinable("torchrec-towers")

@@ -20,11 +20,14 @@ import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSparseDist
 
+from dmt_fx.baselines.registry import BASELINES, FLAT, baseline_names
+from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import runtime_device
 from dmt_fx.runtime.pipeline import PipelineBatch
 
-__all__ = ["PipelineBatch", "StagedSparseDist", "TrainModel", "flat_pipeline", "pipelined_modules"]
+__all__ = ["PipelineBatch", "StagedSparseDist", "TrainModel", "check_pipelinable", "flat_pipeline",
+           "pipelined_modules"]
 
 
 class TrainModel(nn.Module):
@@ -61,6 +64,14 @@ class StagedSparseDist(TrainPipelineSparseDist):
     def _optimizer_step(self) -> None:
         with record_function(stage_range(Stage.OPTIMIZER)):
             super()._optimizer_step()
+
+
+def check_pipelinable(name: str) -> None:
+    """Only the flat family runs under TorchRec's pipeline: it traces the model with fx, and
+    torchrec-towers' hand-built adapter iterates a traced value (TraceError at the first step)."""
+    if BASELINES.get(name).family != FLAT:
+        raise DMTError(f"baseline {name!r} with --pipeline", "a flat baseline (TorchRec's pipeline fx-traces the "
+                       f"model): {', '.join(baseline_names(FLAT))}", [f"run {name} without --pipeline"])
 
 
 def flat_pipeline(module: nn.Module, optimizer: torch.optim.Optimizer) -> TrainPipelineSparseDist:

@@ -151,9 +151,10 @@ def build(args: argparse.Namespace, topology: Topology):
                                               timeout=datetime.timedelta(seconds=args.timeout_s), **optim)
     else:
         from dmt_fx.baselines import build_baseline
-        from dmt_fx.baselines.pipeline import TrainModel
+        from dmt_fx.baselines.pipeline import TrainModel, check_pipelinable
 
         if args.pipeline:  # TorchRec's pipeline calls model(batch) -> (loss, output)
+            check_pipelinable(args.variant)
             model = TrainModel(model, len(make(2, 0)))
         module, optimizer = build_baseline(args.variant, model, topology=topology,
                                            plan=dmt_fx.tower_plan(gm), **optim)
