@@ -16,6 +16,10 @@ alike), `steps` timed steps each after a warm-up. Reported: per-model median and
 the step time, the ratio of medians, and the median of the per-block-pair ratios with its
 IQR. The issue's target: overhead <= 3 %. Writes results/overhead.json.
 
+`validation` records how the DMT model checks each batch: 'lookups' (the default in one
+process on the CPU: id ranges left to the lookups, which refuse a bad id, the rest up
+front), 'full', or 'off' (--no-validate).
+
 Each step is also timed in CPU time of the thread (`time.thread_time`, one intra-op thread):
 on a shared machine the wall time of a step includes the time the process waits for a core
 (with other jobs running, its IQR here was half its median), CPU time does not. Reported
@@ -40,6 +44,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dmt_fx  # noqa: E402
+from dmt_fx.compiler.validation import LookupGuard  # noqa: E402
 from dmt_fx.ir.topology import Topology  # noqa: E402
 from dmt_fx.jobs.data import clicks  # noqa: E402
 from dmt_fx.jobs.summary import quartiles  # noqa: E402
@@ -93,6 +98,17 @@ class Stepper:
         self.models = {"original": copy.deepcopy(model), "dmt-identity": dmt}
         self.optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in self.models.items()}
         self.counter = {k: 0 for k in self.models}
+        self.validation = validation_of(dmt)
+
+
+def validation_of(dmt) -> str:
+    """How the DMT model checks a batch: 'off', 'full' (every check up front) or 'lookups' (id
+    ranges left to the lookups under LookupGuard, the rest up front)."""
+    validator = getattr(dmt, "dmt_input_validator", None)
+    if validator is None:
+        return "off"
+    guarded = isinstance(vars(type(dmt)).get("_wrapped_call"), LookupGuard)
+    return "lookups" if guarded and any(validator.lookups_check_ids) else "full"
 
     def __call__(self, name: str) -> tuple[float, float]:
         i = self.counter[name] % len(self.batches)
@@ -136,7 +152,8 @@ def model_summary(xs: list[float]) -> dict[str, float]:
 
 
 def measure(args, batch_size: int) -> dict:
-    times, ratios, wall, cpu = interleaved(Stepper(args, batch_size), args)
+    stepper = Stepper(args, batch_size)
+    times, ratios, wall, cpu = interleaved(stepper, args)
     cpu_summary = {name: model_summary(xs) for name, xs in cpu.items()}
     cpu_ratio = cpu_summary["dmt-identity"]["median_s"] / cpu_summary["original"]["median_s"]
     summary = {name: model_summary(xs) for name, xs in times.items()}
@@ -158,6 +175,7 @@ def measure(args, batch_size: int) -> dict:
         "cpu_ratio_of_medians": cpu_ratio,
         "cpu_overhead_pct": (cpu_ratio - 1) * 100,
         "load_average_1min": os.getloadavg()[0],
+        "validation": stepper.validation,
         "target_overhead_pct": 3.0,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
         "wall_s": wall,

@@ -138,7 +138,7 @@ class _Rewriter:
             ebc = self.gm.get_submodule(site.module)
             tables = {table_name(site.module, self.sites.feature(f).table) for f in features}
             path = tower_collection_path(tower.index, site.module)
-            self.gm.add_submodule(path, sub_collection([ebc], tables))
+            self.gm.add_submodule(path, ops.pool_in_process(sub_collection([ebc], tables)))
             for name in self.gm.get_submodule(path).embedding_bags:
                 self.renames[table_path(path, name)] = table_path(site.module, name)
             new = self.graph.call_module(path, (ids[0],))

@@ -1,6 +1,6 @@
-"""The single-process identity DMT model does little more than the original (issue 13 item 2):
-the tower KJTs are gathered only if read, the merged KeyedTensor is concatenated only if
-read, and input validation is a few kernels per KJT (in one process on the CPU: the least
+"""The single-process identity DMT model does no more than the original (issue 13 item 2):
+the tower KJTs are gathered only if read, the tower collections' pooled columns and the
+merged KeyedTensor are concatenated only if read, and input validation is a few kernels per KJT (in one process on the CPU: the least
 length; the lookups refuse bad ids, LookupGuard names them). Counted in aten/fbgemm ops (what a
 loaded machine cannot blur), forward and backward."""
 
@@ -53,10 +53,13 @@ def test_identity_dmt_adds_few_ops_per_step(models) -> None:
     for m in models:  # the first backward also makes every .grad
         _step_ops(m, batch)
     original = _step_ops(model, batch)
-    extra = _step_ops(unchecked, batch) - original
-    # two tower collections (one more concatenation of pooled rows, forward and backward) and
-    # the parts' per-key split: no gathered tower KJTs, no merge concatenation
-    assert sum(extra.values()) <= 4, extra
+    dmt = _step_ops(unchecked, batch)
+    # no gathered tower KJTs, no merge concatenation, and the tower collections hand their
+    # pooled columns through (pool_in_process): not even the concatenation of pooled rows and
+    # its per-key split that TorchRec's collection makes (forward and backward)
+    assert not dmt - original, dmt - original
+    assert original["aten.cat.default"] - dmt["aten.cat.default"] == 2, (original, dmt)
+    assert dmt["aten.split_with_sizes.default"] == original["aten.split_with_sizes.default"] - 1
     validation = _step_ops(checked, batch) - _step_ops(unchecked, batch)
     # in one process the lookups refuse bad ids: the least length is read back, nothing more
     assert validation == Counter({"aten.min.default": 1, "aten._local_scalar_dense.default": 1}), validation
@@ -179,6 +182,18 @@ def test_other_failures_are_not_renamed(models) -> None:
     _, checked, _ = models
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         checked(torch.randn(2, zoo.DENSE + 1), _kjt([1] * 8, ONE_EACH))
+
+
+def test_pooled_columns_equal_torchrecs_forward() -> None:
+    """A tower collection's lean call: the same KeyedTensor as TorchRec's forward, weighted too."""
+    for weighted in (False, True):
+        model = _Tiny(PoolingType.SUM, weighted)
+        batch = _tiny_batch([1, 2, 3, 4, 5], torch.int64, weighted)
+        want = model.ebc(batch[1])
+        got = ops.pool_in_process(copy.deepcopy(model.ebc))(batch[1])
+        assert got.keys() == want.keys() and got.length_per_key() == want.length_per_key()
+        assert all(torch.equal(got.to_dict()[k], want.to_dict()[k]) for k in want.keys())
+        assert torch.equal(got.values(), want.values()) and got.device() == want.device()
 
 
 def test_lazy_tower_kjt_and_merge_equal_their_eager_forms() -> None:

@@ -11,6 +11,7 @@ import functools
 from typing import NamedTuple, Sequence
 
 import torch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir.names import GroupKind
@@ -216,3 +217,59 @@ def _blocks(parts: Sequence[KeyedTensor], blocks: list[tuple[int, int, int]]) ->
         sizes = [b - a for a, b in zip(edges, edges[1:])]
         by_part[p] = dict(zip(edges, part.values().split(sizes, dim=1)))
     return [by_part[p][start] for p, start, _ in blocks]
+
+
+def pool_in_process(collection: EmbeddingBagCollection) -> EmbeddingBagCollection:
+    """Make a tower collection's calls in one process return its pooled columns uncopied.
+
+    TorchRec's forward concatenates the pooled rows of every feature into one KeyedTensor,
+    which merge_keyed_tensors and the model's to_dict() split again: with several towers that
+    is one concatenation, one split and both their backwards more per tower than the original
+    collection pays once. `pooled_columns` runs the same lookups (the same modules, ids,
+    offsets and weights, in the same order) and returns a KeyedTensor that concatenates only if
+    its values() are read. Set on the instance: the distributed runtime builds its own
+    collections from the tables, so only the one-process model calls it."""
+    collection.forward = functools.partial(pooled_columns, collection)
+    return collection
+
+
+def pooled_columns(collection: EmbeddingBagCollection, features: KeyedJaggedTensor) -> KeyedTensor:
+    """EmbeddingBagCollection.forward, its output left unconcatenated (pool_in_process)."""
+    if not isinstance(features, KeyedJaggedTensor) or features.inverse_indices_or_none() is not None:
+        # a TensorDict, or variable batch sizes (inverse indices): TorchRec's own forward
+        return EmbeddingBagCollection.forward(collection, features)
+    per_key, weighted = features.to_dict(), collection.is_weighted()
+    pooled = []
+    for bag, names in zip(collection.embedding_bags.values(), collection._feature_names):
+        for name in names:
+            f = per_key[name]
+            pooled.append(bag(input=f.values(), offsets=f.offsets(),
+                              per_sample_weights=f.weights() if weighted else None).float())
+    return _PooledColumns(collection._embedding_names, collection._lengths_per_embedding, pooled)
+
+
+class _PooledColumns(KeyedTensor):
+    """A collection's pooled rows per feature; concatenated (as TorchRec does) when first read."""
+
+    def __init__(self, keys: list[str], length_per_key: list[int], pooled: list[torch.Tensor]) -> None:
+        self._pooled = pooled
+        super().__init__(keys=keys, length_per_key=length_per_key, values=None)
+
+    @property
+    def _values(self) -> torch.Tensor:
+        if self.__dict__.get("_pooled") is not None:
+            self.__dict__.update(_cat=torch.cat(self._pooled, dim=1), _pooled=None)
+        return self.__dict__["_cat"]
+
+    @_values.setter
+    def _values(self, value: torch.Tensor | None) -> None:
+        if value is not None or self.__dict__.get("_pooled") is None:
+            self.__dict__.update(_pooled=None, _cat=value)
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        pooled = self.__dict__.get("_pooled")
+        return dict(zip(self._keys, pooled)) if pooled is not None else super().to_dict()
+
+    def device(self) -> torch.device:
+        pooled = self.__dict__.get("_pooled")
+        return pooled[0].device if pooled else super().device()
