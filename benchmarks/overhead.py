@@ -85,6 +85,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def validation_of(dmt) -> str:
+    """How the DMT model checks a batch: 'off', 'full' (every check up front) or 'lookups' (id
+    ranges left to the lookups under LookupGuard, the rest up front)."""
+    validator = getattr(dmt, "dmt_input_validator", None)
+    if validator is None:
+        return "off"
+    guarded = isinstance(vars(type(dmt)).get("_wrapped_call"), LookupGuard)
+    return "lookups" if guarded and any(validator.lookups_check_ids) else "full"
+
+
 class Stepper:
     """One training step of either model on the next pre-built batch (fresh KJTs), timed."""
 
@@ -99,16 +109,6 @@ class Stepper:
         self.optims = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in self.models.items()}
         self.counter = {k: 0 for k in self.models}
         self.validation = validation_of(dmt)
-
-
-def validation_of(dmt) -> str:
-    """How the DMT model checks a batch: 'off', 'full' (every check up front) or 'lookups' (id
-    ranges left to the lookups under LookupGuard, the rest up front)."""
-    validator = getattr(dmt, "dmt_input_validator", None)
-    if validator is None:
-        return "off"
-    guarded = isinstance(vars(type(dmt)).get("_wrapped_call"), LookupGuard)
-    return "lookups" if guarded and any(validator.lookups_check_ids) else "full"
 
     def __call__(self, name: str) -> tuple[float, float]:
         i = self.counter[name] % len(self.batches)
