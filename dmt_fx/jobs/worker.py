@@ -177,19 +177,33 @@ def profiled_steps(args: argparse.Namespace, metered: range) -> range:
     """--profile-steps steps right after the metered ones (the profiler slows a step less
     than the meter, but still: the summary leaves them out of the step times too)."""
     start = max(metered.stop, min(args.warmup, args.steps))
+    if getattr(args, "pipeline", False):  # the last steps: see `profiled`
+        start = max(start, args.steps - max(args.profile_steps, 0))
     return range(start, min(args.steps, start + max(args.profile_steps, 0)))
 
 
-def _profiled(enabled: bool, steps: list) -> Any:
-    if not enabled:
-        return contextlib.nullcontext()
-    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    steps.append(prof)
-    return prof
+@contextlib.contextmanager
+def profiled(step: int, steps: range, pipelined: bool, profiles: list) -> Any:
+    """A profiler per profiled step; pipelined: ONE session over the last steps, so that it
+    stops when the pipeline is drained. A pipeline has the next batch's collectives in flight
+    between steps, and a profiler stopped under an in-flight gloo collective crashed a rank
+    here (SIGSEGV at the end of a profiled step, once in three bench runs)."""
+    if step not in steps:
+        yield
+        return
+    if not pipelined or step == steps.start:
+        profiles.append(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
+        profiles[-1].__enter__()
+    try:
+        yield
+    finally:
+        if not pipelined or step == steps.stop - 1:
+            profiles[-1].__exit__(None, None, None)
 
 
-def _breakdown(profiles: list) -> dict[str, Any]:
-    per_step = [breakdown.step_breakdown(list(p.events())) for p in profiles]
+def _breakdown(profiles: list, steps_per_profile: int = 1) -> dict[str, Any]:
+    per_step = [tuple({k: v / steps_per_profile for k, v in part.items()}
+                      for part in breakdown.step_breakdown(list(p.events()))) for p in profiles]
     stages = breakdown.medians([b for b, _ in per_step])
     return {"breakdown_s": stages, "exposed_comm_s": breakdown.exposed_comm(stages),
             "comm_thread_s": breakdown.medians([c for _, c in per_step])}
@@ -204,7 +218,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         module.load_state_dict(state)
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
-    profiled, profiles = profiled_steps(args, metered), []
+    steps_profiled, profiles = profiled_steps(args, metered), []
     losses, times, cpu_times, queue_waits, outputs = [], [], [], [], []
     kill_rank, kill_step, kill_signal = _fault(args)
     mode = "off" if not args.pipeline else "dmt" if is_dmt(args.variant) else "torchrec"
@@ -216,7 +230,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
             os.kill(os.getpid(), kill_signal)
         steps.prepare(step)  # this step's batch (and a pipeline's next ones), outside the timed part
         start, cpu_start, queued = time.perf_counter(), time.process_time(), runqueue_wait_s()
-        with meter if step in metered else contextlib.nullcontext(), _profiled(step in profiled, profiles):
+        with meter if step in metered else contextlib.nullcontext(), profiled(step, steps_profiled, args.pipeline,
+                                                                              profiles):
             out, loss = steps.run(step)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)  # all threads (gloo's too); no wait for a core
@@ -240,7 +255,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
             "pipelined": bool(args.pipeline), "pipelined_modules": steps.pipelined_modules(),
             "step_times_s": times, "step_cpu_s": cpu_times,
             "step_runqueue_wait_s": queue_waits, "traffic": traffic, "metered_steps": list(metered),
-            "profiled_steps": list(profiled), **_breakdown(profiles),
+            "profiled_steps": list(steps_profiled),
+            **_breakdown(profiles, len(steps_profiled) if args.pipeline else 1),
             "dense_param_bytes": dense_bytes, "dense_allreduce_bytes": traffic["dense_allreduce_bytes"],
             "dense_allreduce_bytes_estimate": ddp_allreduce_bytes(dense_bytes, topology)}
 
