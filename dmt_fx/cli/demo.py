@@ -68,8 +68,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print_equivalence(out, args.target, model, topology, inputs)
     flat = baseline_names(FLAT)
     rows, network = compare(args, [*DMT_VARIANTS, *flat], out)
+    mode = ", every variant pipelined (flat: TorchRec's TrainPipelineSparseDist)" if args.pipeline else ""
     render(out, rows, flat, title=f"DMT vs TorchRec flat plans: {args.target} on {args.topology}, {network}, "
-                                  f"{args.steps} steps")
+                                  f"{args.steps} steps{mode}")
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     return 0
