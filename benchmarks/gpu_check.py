@@ -103,6 +103,20 @@ def host_syncs(step: Callable, inputs: tuple, y: torch.Tensor, device: torch.dev
     return {"count": len(syncs), "where": [f"{os.path.basename(w.filename)}:{w.lineno}" for w in syncs][:40]}
 
 
+def refusal_of_bad_id(gm: torch.nn.Module, inputs: tuple) -> dict[str, Any]:
+    """The DMT model given one id past its table on the device: the validator's clear error
+    (its device path compares on the GPU), not a device-side assert."""
+    dense, kjt = inputs
+    values = kjt.values().clone()
+    values[0] = 1 << 30
+    bad = type(kjt).from_lengths_sync(keys=kjt.keys(), values=values, lengths=kjt.lengths())
+    try:
+        gm(dense, bad)
+    except Exception as exc:  # noqa: BLE001 - what the user would see is the result
+        return {"error": type(exc).__name__, "message": str(exc).splitlines()[0][:300]}
+    return {"error": None, "message": "accepted: a wrong answer"}
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
 
@@ -143,6 +157,8 @@ def part1(device: torch.device, args: argparse.Namespace, record: dict[str, Any]
         "grads_in_original": len(grads_a),
     }
     ran.append("identity equivalence on device")
+    record["bad_id_on_device"] = refusal_of_bad_id(gm, inputs)
+    ran.append("a batch with an out-of-range id on the device")
     torch.manual_seed(0)
     c4 = dmt_fx.transform(copy.deepcopy(model), topology, example_inputs=example, tower_module="linear",
                           compression=4).to(device)

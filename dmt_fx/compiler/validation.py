@@ -183,8 +183,10 @@ def _refusal(kjt: KeyedJaggedTensor, values: torch.Tensor, given: list[str], row
         return "a negative length" if bool((kjt.lengths() < 0).any()) else None
     limit = _limits(bounds, tuple(given), rows, values.device)
     if values.device.type != "cpu":  # FBGEMM's check asserts on the device: compare instead
-        bad = (values < 0) | (values >= limit.repeat_interleave(torch.tensor(kjt.length_per_key(),
-                                                                            device=values.device)))
+        # Per-key counts summed on the device and the output size given: no read back but
+        # the verdict's (each is a GPU sync; lengths.numel() == keys x stride was checked).
+        per_key = kjt.lengths().view(len(given), -1).sum(1)
+        bad = (values < 0) | (values >= limit.repeat_interleave(per_key, output_size=values.numel()))
         return "out of range" if bool(bad.any() | (kjt.lengths() < 0).any()) else None
     try:  # raises on an id >= its table's rows
         torch.ops.fbgemm.bounds_check_indices(limit, values, torch.tensor(kjt.offset_per_key(), dtype=values.dtype),
