@@ -215,7 +215,9 @@ def _no_warnings(bounds: dict) -> torch.Tensor:
 
 def _diagnose(values: torch.Tensor, lengths: torch.Tensor, given: list[str], argument: str,
               rows: Mapping[str, int], refused: str) -> None:
-    """The first bad length or id of a KJT the fused check refused, named (runs only then)."""
+    """The first bad length or id of a KJT the fused check refused, named (runs only then;
+    on the CPU, whatever device the ids are on: the message costs nothing on a valid batch)."""
+    values, lengths = values.cpu(), lengths.cpu()
     _check_sum(int(lengths.sum()), values, argument, bool((lengths < 0).any()))
     per_key = lengths.view(len(given), -1).sum(1)
     unread = torch.iinfo(torch.int64).max
