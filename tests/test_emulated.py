@@ -140,3 +140,12 @@ def test_grid_and_2d_count_as_flat_plans() -> None:
             (("flat-table_wise", 0.2), ("torchrec-2d", 0.1), ("dmt-c4", 0.05))]
     emulated.best_flat(rows)
     assert rows[0]["best_flat"] == "torchrec-2d" and rows[2]["speedup_vs_best_flat"] == pytest.approx(2.0)
+
+
+def test_latency_probe_flag_reaches_the_probe_option() -> None:
+    """--latency-probe / --no-latency-probe, and no flag: the probe's own default (the environment)."""
+    parser = argparse.ArgumentParser()
+    emulated.add_arguments(parser)
+    assert parser.parse_args([]).latency_probe is None
+    assert parser.parse_args(["--latency-probe"]).latency_probe is True
+    assert parser.parse_args(["--no-latency-probe"]).latency_probe is False

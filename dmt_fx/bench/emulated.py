@@ -101,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shaped-probe", action=argparse.BooleanOptionalAction, default=True,
                         help="probe again after shaping, to check the shaped rates (default on; "
                              "`dmt-fx demo` turns it off to probe only once)")
+    parser.add_argument("--latency-probe", action=argparse.BooleanOptionalAction, default=None,
+                        help="the probe also fits per-message latency and bandwidth per tier (fixed bytes over "
+                             "1..16 all-to-alls, one all-to-all of 4 KiB..1 MiB), recorded under "
+                             "network.probes (default: DMT_FX_PROBE_LATENCY=1 turns it on)")
 
 
 def _validated(args: argparse.Namespace) -> tuple[Topology, list[str], float | None]:
@@ -155,7 +159,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
 def _probe_and_shape(cluster: EmulatedCluster, topology: Topology, work: str, args: argparse.Namespace,
                      rate_override: float | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Probe, shape every host link, probe again; the network part of the report."""
-    unshaped = probe(cluster, topology, os.path.join(work, "probe-unshaped"))
+    latency = getattr(args, "latency_probe", None)
+    unshaped = probe(cluster, topology, os.path.join(work, "probe-unshaped"), latency=latency)
     intra = unshaped.get("intra", {}).get("bandwidth_bytes_per_s")
     cross_unshaped = unshaped["cross"]["bandwidth_bytes_per_s"]
     reference = intra if intra else cross_unshaped  # Hx1: no intra-host group, use the unshaped link
@@ -164,7 +169,8 @@ def _probe_and_shape(cluster: EmulatedCluster, topology: Topology, work: str, ar
     say(f"intra-host all-to-all: {_fmt(intra)} per rank; inter-host rate {_fmt(per_rank_rate)} per rank "
         f"({_fmt(link_rate)} per host link, tbf)")
     cluster.shape(link_rate)
-    shaped = probe(cluster, topology, os.path.join(work, "probe-shaped")) if getattr(args, "shaped_probe", True) else {}
+    shaped = (probe(cluster, topology, os.path.join(work, "probe-shaped"), latency=latency)
+              if getattr(args, "shaped_probe", True) else {})
     shaped_intra = shaped.get("intra", {})
     if shaped:
         say(f"shaped: intra-host {_fmt(shaped_intra.get('bandwidth_bytes_per_s'))}, "
