@@ -8,7 +8,7 @@ lowers the same nodes to real peer all-to-alls; the graph carries group *names* 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -175,38 +175,62 @@ def _layout(part_keys: tuple[tuple[str, ...], ...], part_widths: tuple[tuple[int
     return _Layout(list(keys), [where[k][2] for k in keys], [tuple(b) for b in blocks])
 
 
-class _MergedTensor(KeyedTensor):
-    """merge_keyed_tensors' result: its values are concatenated from the parts when first read."""
+class _LazyKeyedTensor(KeyedTensor):
+    """A KeyedTensor whose values() are concatenated from its pieces only when first read;
+    to_dict() and device() answer from the pieces until then. Subclasses say how to
+    concatenate (`_concat`), split per key (`_columns`) and find the device (`_device_of`)."""
 
-    def __init__(self, parts: Sequence[KeyedTensor], layout: _Layout) -> None:
-        self._pending = (parts, layout)
-        super().__init__(keys=layout.keys, length_per_key=layout.length_per_key, values=None)
+    def __init__(self, keys: list[str], length_per_key: list[int], pieces: Any) -> None:
+        self._lazy = pieces
+        super().__init__(keys=keys, length_per_key=length_per_key, values=None)
+
+    def _concat(self, pieces: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _columns(self, pieces: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _device_of(self, pieces: Any) -> torch.device:
+        raise NotImplementedError
 
     @property
     def _values(self) -> torch.Tensor:
-        pending = self.__dict__.get("_pending")
-        if pending is not None:
-            pieces = _blocks(pending[0], pending[1].blocks)
-            self.__dict__.update(_pending=None, _merged_values=torch.cat(pieces, dim=1) if len(pieces) > 1
-                                 else pieces[0])
-        return self.__dict__["_merged_values"]
+        pieces = self.__dict__.get("_lazy")
+        if pieces is not None:
+            self.__dict__.update(_lazy=None, _eager=self._concat(pieces))
+        return self.__dict__["_eager"]
 
     @_values.setter
     def _values(self, value: torch.Tensor | None) -> None:
-        if value is not None or self.__dict__.get("_pending") is None:
-            self.__dict__.update(_pending=None, _merged_values=value)
+        if value is not None or self.__dict__.get("_lazy") is None:  # KeyedTensor.__init__ sets None
+            self.__dict__.update(_lazy=None, _eager=value)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
+        pieces = self.__dict__.get("_lazy")
+        return super().to_dict() if pieces is None else self._columns(pieces)
+
+    def device(self) -> torch.device:
+        pieces = self.__dict__.get("_lazy")
+        return super().device() if pieces is None else self._device_of(pieces)
+
+
+class _MergedTensor(_LazyKeyedTensor):
+    """merge_keyed_tensors' result: its values are concatenated from the parts when first read."""
+
+    def __init__(self, parts: Sequence[KeyedTensor], layout: _Layout) -> None:
+        super().__init__(layout.keys, layout.length_per_key, (parts, layout))
+
+    def _concat(self, pending: tuple[Sequence[KeyedTensor], _Layout]) -> torch.Tensor:
+        pieces = _blocks(pending[0], pending[1].blocks)
+        return torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+
+    def _columns(self, pending: tuple[Sequence[KeyedTensor], _Layout]) -> dict[str, torch.Tensor]:
         """Each key's columns as the part that computed them has them (the same values)."""
-        pending = self.__dict__.get("_pending")
-        if pending is None:
-            return super().to_dict()
         columns = {k: v for part in pending[0] for k, v in part.to_dict().items()}
         return {key: columns[key] for key in self._keys}
 
-    def device(self) -> torch.device:
-        pending = self.__dict__.get("_pending")
-        return pending[0][0].device() if pending is not None else super().device()
+    def _device_of(self, pending: tuple[Sequence[KeyedTensor], _Layout]) -> torch.device:
+        return pending[0][0].device()
 
 
 def _blocks(parts: Sequence[KeyedTensor], blocks: list[tuple[int, int, int]]) -> list[torch.Tensor]:
@@ -248,28 +272,17 @@ def pooled_columns(collection: EmbeddingBagCollection, features: KeyedJaggedTens
     return _PooledColumns(collection._embedding_names, collection._lengths_per_embedding, pooled)
 
 
-class _PooledColumns(KeyedTensor):
+class _PooledColumns(_LazyKeyedTensor):
     """A collection's pooled rows per feature; concatenated (as TorchRec does) when first read."""
 
     def __init__(self, keys: list[str], length_per_key: list[int], pooled: list[torch.Tensor]) -> None:
-        self._pooled = pooled
-        super().__init__(keys=keys, length_per_key=length_per_key, values=None)
+        super().__init__(keys, length_per_key, pooled)
 
-    @property
-    def _values(self) -> torch.Tensor:
-        if self.__dict__.get("_pooled") is not None:
-            self.__dict__.update(_cat=torch.cat(self._pooled, dim=1), _pooled=None)
-        return self.__dict__["_cat"]
+    def _concat(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(pooled, dim=1)
 
-    @_values.setter
-    def _values(self, value: torch.Tensor | None) -> None:
-        if value is not None or self.__dict__.get("_pooled") is None:
-            self.__dict__.update(_pooled=None, _cat=value)
+    def _columns(self, pooled: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(zip(self._keys, pooled))
 
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        pooled = self.__dict__.get("_pooled")
-        return dict(zip(self._keys, pooled)) if pooled is not None else super().to_dict()
-
-    def device(self) -> torch.device:
-        pooled = self.__dict__.get("_pooled")
-        return pooled[0].device if pooled else super().device()
+    def _device_of(self, pooled: list[torch.Tensor]) -> torch.device:
+        return pooled[0].device
