@@ -111,6 +111,8 @@ def test_short_benchmark_run(tmp_path) -> None:
     # the cross-host one did, and was slowed down to about the configured rate
     assert network["cross_host_shaped_bandwidth_bytes_per_s"] < 1.5 * network["inter_host_rate_bytes_per_s_per_rank"]
     assert "netem" in network["delay_emulation"]
+    assert network["kernel_qdiscs"]["tbf"]  # the shaping itself uses tbf
+    assert row["cpu_busy_share"] > 0 and row["machine_cores"] >= 1
     assert (tmp_path / "emulated.png").stat().st_size > 0
     # the breakdown: stages of the DMT runtime and of the worker, and its stacked bars
     assert {"peer_input_exchange", "dense_forward", "backward", "optimizer"} <= set(row["breakdown_s"])
@@ -149,3 +151,32 @@ def test_latency_probe_flag_reaches_the_probe_option() -> None:
     assert parser.parse_args([]).latency_probe is None
     assert parser.parse_args(["--latency-probe"]).latency_probe is True
     assert parser.parse_args(["--no-latency-probe"]).latency_probe is False
+
+
+def test_cpu_bound_share_and_cpu_speedup() -> None:
+    """4 ranks using 0.16 s of CPU together per 0.1 s step on 2 cores: 80% busy; the DMT row's
+    slowest rank uses 0.05 s of CPU against flat's 0.04 s: 0.8x by CPU, whatever its bytes."""
+    from dmt_fx.bench.breakdown_plot import add_cpu_bound, add_ideal_speedups
+    from dmt_fx.cli.tables import cpu_bound_note
+
+    flat = {"variant": "flat-table_wise", "is_best_flat": True, "ranks": 4, "step_time_median_s": 0.1,
+            "step_cpu_median_s": 0.04, "step_cpu_all_ranks_median_s": 0.16, "cross_host_bytes": 1e6}
+    dmt = {"variant": "dmt-c4", "is_best_flat": False, "ranks": 4, "step_time_median_s": 0.1,
+           "step_cpu_median_s": 0.05, "step_cpu_all_ranks_median_s": 0.18, "cross_host_bytes": 0.25e6}
+    add_cpu_bound(add_ideal_speedups([flat, dmt], rate_bytes_per_s=20e6), cores=2)
+    assert flat["cpu_busy_share"] == pytest.approx(0.8) and dmt["cpu_busy_share"] == pytest.approx(0.9)
+    assert dmt["cpu_speedup_vs_best_flat"] == pytest.approx(0.8) and flat["cpu_speedup_vs_best_flat"] == 1.0
+    note = cpu_bound_note([flat, dmt])
+    assert note.startswith("CPU-bound: the 4 ranks of flat-table_wise kept 80% of 2 cores busy")
+    assert "dmt-c4 0.80x by CPU, 1.60x by bytes" in note
+    assert cpu_bound_note([{**flat, "cpu_busy_share": 0.3}, dmt]) is None  # an idle-CPU run: no note
+    assert add_cpu_bound([{"variant": "x", "step_time_median_s": 0.1}], cores=2)[0]["cpu_busy_share"] is None
+
+
+def test_delay_emulation_names_what_the_kernel_lacks() -> None:
+    from dmt_fx.bench.emulated import delay_emulation
+
+    none = delay_emulation({"netem": False, "fq": False, "etf": False, "tbf": True, "htb": True})
+    assert none.startswith("none: the netem qdisc is not available") and "no qdisc here can delay" in none
+    assert "fq present but not used" in delay_emulation({"netem": False, "fq": True, "tbf": True})
+    assert delay_emulation({"netem": True}).startswith("netem available")

@@ -77,3 +77,13 @@ def test_best_flat_is_the_fastest_flat_baseline():
     assert [r["is_best_flat"] for r in rows] == [False, True, False, False]  # towers are not a flat plan
     assert {r["best_flat"] for r in rows} == {"flat-row_wise"}
     assert rows[3]["speedup_vs_best_flat"] == pytest.approx(2.0)
+
+
+def test_cpu_of_all_ranks_per_timed_step():
+    ranks = [{**RANKS[0], "step_cpu_s": [5.0, 0.1, 0.2, 0.1, 0.2]},
+             {**RANKS[1], "step_cpu_s": [5.0, 0.2, 0.1, 0.2, 0.3], "metered_steps": [2]}]
+    ranks[0]["metered_steps"] = [2]
+    record = summarize("dmt", ranks, warmup=1)
+    # both ranks, per step: 10.0 | 0.3, 0.3, 0.3, 0.5; warm-up (step 0) and metered step 2 out
+    assert record["step_cpu_all_ranks_median_s"] == pytest.approx(0.3)  # median of 0.3, 0.3, 0.5
+    assert record["step_cpu_median_s"] == pytest.approx(0.2)  # the slower rank: 0.2, 0.2, 0.3

@@ -10,6 +10,15 @@ next to the measured `speedup_vs_best_flat`. The best flat row also gets the mea
 share of its profiled step its training thread spent in exchanges (`exposed_comm_s`: its
 all-to-alls, which mix both tiers; the all-reduces are left out) and the share its
 cross-host wire time would be of its step.
+
+CPU-bound (`add_cpu_bound`): when every rank of the job runs on one machine, the ranks'
+CPU time per step divided by cores x step time (`cpu_busy_share`) tells how much of the
+step the machine's cores were busy with the job. Near 1, the step is the CPU's, not the
+network's, and a variant's speedup follows its CPU per step:
+
+    cpu_speedup = CPU_flat / CPU_variant      (process CPU of the slowest rank, medians)
+
+next to the ideal from bytes, so a reader sees which of the two a measured speedup tracks.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from typing import Any, Sequence
 EXCHANGE_TIERS = ("cross_host", "intra_host")
 FLAT_EXCHANGES = ("input_dist", "output_dist", "all_to_all_backward")
 
-__all__ = ["add_ideal_speedups", "plot_breakdown", "wire_seconds"]
+__all__ = ["add_cpu_bound", "add_ideal_speedups", "plot_breakdown", "wire_seconds"]
 
 
 def wire_seconds(record: dict[str, Any], rate_bytes_per_s: float) -> float:
@@ -47,6 +56,19 @@ def add_ideal_speedups(rows: list[dict[str, Any]], rate_bytes_per_s: float) -> l
         r["cross_host_wire_s"] = wire_seconds(r, rate_bytes_per_s)
         rest = step - flat_wire + r["cross_host_wire_s"]
         r["ideal_speedup_vs_best_flat"] = step / rest if rest > 0 else None
+    return rows
+
+
+def add_cpu_bound(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
+    """`cpu_busy_share` and `cpu_speedup_vs_best_flat` on every row (after `best_flat`);
+    `cores`: the cores of the one machine all ranks ran on."""
+    best = next((r for r in rows if r.get("is_best_flat")), None)
+    for r in rows:
+        step, total = r.get("step_time_median_s"), r.get("step_cpu_all_ranks_median_s")
+        r["machine_cores"] = cores
+        r["cpu_busy_share"] = total / (cores * step) if total and step and cores else None
+        cpu, flat_cpu = r.get("step_cpu_median_s"), best and best.get("step_cpu_median_s")
+        r["cpu_speedup_vs_best_flat"] = flat_cpu / cpu if cpu and flat_cpu else None
     return rows
 
 

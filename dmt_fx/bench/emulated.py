@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 
 from dmt_fx.baselines import baseline_names
 from dmt_fx.baselines.registry import FLAT
-from dmt_fx.bench.breakdown_plot import add_ideal_speedups, plot_breakdown
-from dmt_fx.bench.netns import SUBNET, EmulatedCluster, EmulationError, check_requirements, netem_available
+from dmt_fx.bench.breakdown_plot import add_cpu_bound, add_ideal_speedups, plot_breakdown
+from dmt_fx.bench.netns import SUBNET, EmulatedCluster, EmulationError, check_requirements, qdisc_inventory
 from dmt_fx.bench.probe import probe
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
     started = time.monotonic()
     work = os.path.join(args.out, "emulated")
     os.makedirs(work, exist_ok=True)
-    netem = netem_available()
+    kernel_qdiscs = qdisc_inventory()
     model = {"tables": args.tables, "dim": args.embedding_dim, "rows": args.rows}
     with EmulatedCluster(topology.num_hosts) as cluster:
         say(f"emulated cluster {topology}: namespaces {', '.join(cluster.created)}")
@@ -140,9 +140,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
         runs = _train_all(cluster, topology, variants, args, model, work, say,
                           deadline_s=max(30.0, args.deadline_s - (time.monotonic() - started)))
         network["qdiscs"] = cluster.qdiscs()
-    network["delay_emulation"] = ("netem available but not used: rate limit only" if netem else
-                                  "none: the netem qdisc is not available on this kernel, so no latency is added "
-                                  "(rate limit only)")
+    network["kernel_qdiscs"] = kernel_qdiscs
+    network["delay_emulation"] = delay_emulation(kernel_qdiscs)
     records = _records(runs, topology, variants, network, model, args)
     breakdown_png = os.path.join(args.out, "emulated_breakdown.png")
     plot_breakdown(labelled(records), breakdown_png, f"{topology} emulated hosts: where a step goes (median of "
@@ -154,6 +153,17 @@ def run(args: argparse.Namespace, progress: Callable[[str], None] | None = None)
         json.dump(report, handle, indent=2)
     plot(records, os.path.join(args.out, "emulated.png"), network)
     return records
+
+
+def delay_emulation(kernel_qdiscs: dict[str, bool]) -> str:
+    """What the network adds besides the rate limit, from `qdisc_inventory`. Without delay a
+    message costs only its bytes (and CPU): fewer, larger messages gain nothing on the wire."""
+    if kernel_qdiscs.get("netem"):
+        return "netem available but not used: rate limit only"
+    delaying = [q for q in ("fq", "etf") if kernel_qdiscs.get(q)]
+    return ("none: the netem qdisc is not available on this kernel, so no latency is added (rate limit only; "
+            + (f"{' and '.join(delaying)} present but not used)" if delaying else
+               "no fq or etf either: no qdisc here can delay a packet)"))
 
 
 def _probe_and_shape(cluster: EmulatedCluster, topology: Topology, work: str, args: argparse.Namespace,
@@ -268,8 +278,17 @@ def best_flat_per_mode(rows: list[dict[str, Any]], rate_bytes_per_s: float) -> l
     """`best_flat` and the ideal speedups within each pipelining mode: a pipelined DMT row is
     compared with the fastest pipelined flat plan, an unpipelined one with the unpipelined."""
     for mode in (False, True):
-        add_ideal_speedups(best_flat([r for r in rows if r.get("pipelined", False) == mode]), rate_bytes_per_s)
+        marked = best_flat([r for r in rows if r.get("pipelined", False) == mode])
+        add_cpu_bound(add_ideal_speedups(marked, rate_bytes_per_s), machine_cores())
     return rows
+
+
+def machine_cores() -> int:
+    """The cores this process (and the ranks it launches, which inherit its affinity) may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def labelled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -54,19 +54,33 @@ def check_requirements() -> None:
                              ["apt-get install -y iproute2"])
 
 
-def netem_available() -> bool:
-    """Whether the kernel has the netem qdisc (tried on a dummy veth in a scratch namespace)."""
-    ns = f"{PREFIX}-{os.getpid()}-netemtest"
+# Qdiscs that could add delay (netem; fq and etf hold packets to a departure time), and
+# the two rate limiters; `qdisc_inventory` records which this kernel has.
+QDISCS = {"netem": ["netem", "delay", "1ms"], "fq": ["fq"], "etf": ["etf", "clockid", "CLOCK_TAI", "delta", "100000"],
+          "tbf": ["tbf", "rate", "1mbit", "burst", "32kb", "latency", "10ms"], "htb": ["htb"]}
+
+
+def qdisc_inventory() -> dict[str, bool]:
+    """Which of `QDISCS` this kernel accepts (each tried on the loopback of a scratch namespace)."""
+    ns = f"{PREFIX}-{os.getpid()}-qdisctest"
+    found = dict.fromkeys(QDISCS, False)
     try:
         run_command(["ip", "netns", "add", ns])
         run_command(["ip", "-n", ns, "link", "set", "lo", "up"])
-        probe = subprocess.run(["tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-                               capture_output=True, text=True)
-        return probe.returncode == 0
+        for name, spec in QDISCS.items():
+            probe = subprocess.run(["tc", "-n", ns, "qdisc", "replace", "dev", "lo", "root", *spec],
+                                   capture_output=True, text=True)
+            found[name] = probe.returncode == 0
     except EmulationError:
-        return False
+        pass
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return found
+
+
+def netem_available() -> bool:
+    """Whether the kernel has the netem qdisc (tried on a scratch namespace)."""
+    return qdisc_inventory()["netem"]
 
 
 def run_command(argv: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from rich.console import Console
 from dmt_fx.bench import emulated
 from dmt_fx.bench import traffic as bench
 from dmt_fx.cli.options import add_towers_per_domain, positive_int
-from dmt_fx.cli.tables import console, emulated_table, traffic_table
+from dmt_fx.cli.tables import console, cpu_bound_note, emulated_table, traffic_table
 
 
 def add_parser(verbs: Any) -> None:
@@ -101,4 +101,7 @@ def run_emulated(args: argparse.Namespace) -> int:
 def render_emulated(out: Console, records: list[dict[str, Any]], args: argparse.Namespace) -> None:
     out.print(emulated_table(emulated.labelled(records), f"emulated two-tier network, {args.topology}: median step time over "
                                       f"{args.steps} steps"))
+    note = cpu_bound_note(records)
+    if note:
+        out.print(note)
     out.print(f"JSON and PNG in {args.out}/ (no delay emulation here: rate limits only)")

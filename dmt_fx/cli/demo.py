@@ -34,7 +34,7 @@ from dmt_fx.bench import emulated
 from dmt_fx.bench.netns import EmulationError, check_requirements
 from dmt_fx.cli.report import graph_diff, original_graph, plan_report
 from dmt_fx.cli.run import add_job_options, check_job, job_spec
-from dmt_fx.cli.tables import console, side_by_side, towers_table
+from dmt_fx.cli.tables import console, cpu_bound_note, side_by_side, towers_table
 from dmt_fx.compiler.transform import transform
 from dmt_fx.ir.result import dmt_result
 from dmt_fx.ir.topology import Topology
@@ -129,6 +129,9 @@ def render(out: Console, rows: list[dict[str, Any]], flat: tuple[str, ...], *, t
                                        f"{r['step_time_median_s'] * 1e3:.0f} ms" for r in starved) +
                   " per step (median): the machine's load (ranks and other processes on too few cores), "
                   "not the variant's own work; compare CPU/step")
+    note = cpu_bound_note(rows)
+    if note:
+        out.print(note)
     others = ", ".join(f"{r['variant']} {r['step_time_median_s'] * 1e3:.1f} ms" for r in rows
                        if r["variant"] in flat and r is not best)
     out.print(f"other flat plans: {others or 'none'}. Where each step goes: breakdown_s in the JSON, "

@@ -190,3 +190,25 @@ def emulated_table(records: list[Record], title: str) -> Table:
                       "n/a" if speedup is None else f"{speedup:.2f}x",
                       human_bytes(r["cross_host_embedding_bytes"]), f"{r['cross_host_messages']:.0f}")
     return table
+
+
+CPU_BOUND = 0.6  # the best flat plan's ranks keep at least this share of the cores busy
+
+
+def cpu_bound_note(records: list[Record]) -> str | None:
+    """One line when the job kept the machine's cores busy (`cpu_busy_share` of the best flat
+    plan, `dmt_fx.bench.breakdown_plot.add_cpu_bound`): there a speedup measures CPU per
+    step more than the network, and the line sets each DMT row's CPU ratio beside its ideal
+    from bytes. None when the records lack the fields or the cores were not that busy."""
+    best = next((r for r in records if r.get("is_best_flat")), None)
+    share = best and best.get("cpu_busy_share")
+    if not share or share < CPU_BOUND:
+        return None
+    dmt = [r for r in records if str(r.get("variant", "")).startswith("dmt")
+           and r.get("cpu_speedup_vs_best_flat") and r.get("ideal_speedup_vs_best_flat")]
+    ratios = "; ".join(f"{r.get('label', r['variant'])} {r['cpu_speedup_vs_best_flat']:.2f}x by CPU, "
+                       f"{r['ideal_speedup_vs_best_flat']:.2f}x by bytes" for r in dmt)
+    return (f"CPU-bound: the {best['ranks']} ranks of {best.get('label', best['variant'])} kept "
+            f"{share:.0%} of {best['machine_cores']} cores busy, so measured speedups here follow CPU per step "
+            f"more than the network" + (f" ({ratios})" if ratios else "") +
+            "; on hardware with a core per rank the bytes weigh more")

@@ -38,6 +38,14 @@ def timed_step_times(ranks: Sequence[dict[str, Any]], warmup: int,
     return [t for _, t in after_warmup], True
 
 
+def total_cpu_times(ranks: Sequence[dict[str, Any]], warmup: int) -> list[float]:
+    """Per timed step (the steps `timed_step_times` keeps), the CPU time of ALL ranks together:
+    what the job asks of the machine's cores per step (`dmt_fx.bench.breakdown_plot`'s
+    `cpu_busy_share` divides it by cores x step time)."""
+    totals = [{**ranks[0], "step_cpu_s": [sum(step) for step in zip(*(r.get("step_cpu_s", ()) for r in ranks))]}]
+    return timed_step_times(totals, warmup, "step_cpu_s")[0]
+
+
 def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
     """(q1, median, q3); a single value is all three, none gives zeros."""
     if len(values) > 1:
@@ -85,6 +93,7 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
         "step_time_median_s": median, "step_time_iqr_s": q3 - q1, "step_time_q1_s": q1, "step_time_q3_s": q3,
         "timed_steps": len(times), "step_times_s": times, "step_times_metered": metered_times,
         "step_cpu_median_s": quartiles(cpu_times)[1], "step_cpu_s": cpu_times,
+        "step_cpu_all_ranks_median_s": quartiles(total_cpu_times(ranks, warmup))[1],
         "step_runqueue_wait_median_s": quartiles(queue_waits)[1],
         **_breakdown(ranks), "profiled_steps": ranks[0].get("profiled_steps", []),
         "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],
