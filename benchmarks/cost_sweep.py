@@ -148,7 +148,9 @@ def main(argv=None) -> int:
               "headline split, compute = CPU per step x ranks per core": evaluate_sweep(sweep, train=args.train,
                                                                                        source="cpu"),
               "rate split, compute = CPU x ranks per core at the training rate": evaluate_sweep(
-                  sweep, train="rate=200mbit", compute="train", source="cpu")}
+                  sweep, train="rate=200mbit", compute="train", source="cpu"),
+              "topology split, compute = CPU per step x ranks per core": evaluate_sweep(sweep, train="topology=2x2",
+                                                                                       source="cpu")}
     splits["unfitted (kappas 1, no overhead)"] = unfitted(sweep)
     for name, result in splits.items():
         print(f"== {name}: train {result['train']}, params {fmt_params(result['params'])}")
