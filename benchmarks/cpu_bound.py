@@ -41,10 +41,10 @@ def runs_of(path: str) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any
         data = json.load(handle)
     if "points" in data:
         for p in data["points"]:
-            label = f"{os.path.basename(path)}:{p['topology']}-{p['rate']}-b{p['batch_size']}"
+            label = f"{path}:{p['topology']}-{p['rate']}-b{p['batch_size']}"
             yield label, {"load_1min": p.get("load_1min"), "cores": data.get("cores", 2)}, p["records"]
     else:
-        yield os.path.basename(path), {"cores": (data["records"][0].get("machine_cores") or 2)}, data["records"]
+        yield path, {"cores": (data["records"][0].get("machine_cores") or 2)}, data["records"]
 
 
 def rows_of(label: str, facts: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                "log_correlation": {k: log_correlation(rows, k) for k in ("bytes", "cpu")},
                "busy_median": statistics.median(r["busy"] for r in rows), "targets": targets(rows)}
     for r in rows:
-        print(f"{r['run']:<40} {r['variant']:<20} measured {r['measured']:.2f}x  bytes {r['bytes']:.2f}x  "
+        print(f"{r['run']:<60} {r['variant']:<20} measured {r['measured']:.2f}x  bytes {r['bytes']:.2f}x  "
               f"cpu {r['cpu']:.2f}x  busy {r['busy']:.2f}")
     print(f"{summary['rows']} rows, {summary['runs']} runs. Mean |error| against the measured speedup: bytes "
           f"{100 * summary['mean_error']['bytes']:.1f}%, CPU {100 * summary['mean_error']['cpu']:.1f}%; correlation "
