@@ -87,3 +87,11 @@ def test_cpu_of_all_ranks_per_timed_step():
     # both ranks, per step: 10.0 | 0.3, 0.3, 0.3, 0.5; warm-up (step 0) and metered step 2 out
     assert record["step_cpu_all_ranks_median_s"] == pytest.approx(0.3)  # median of 0.3, 0.3, 0.5
     assert record["step_cpu_median_s"] == pytest.approx(0.2)  # the slower rank: 0.2, 0.2, 0.3
+
+
+def test_training_thread_cpu_is_summarized_when_every_rank_has_it():
+    ranks = [{**RANKS[0], "step_main_thread_cpu_s": [1.0, 0.1, 0.2, 0.1, 0.3]},
+             {**RANKS[1], "step_main_thread_cpu_s": [1.0, 0.2, 0.1, 0.4, 0.2]}]
+    # the slower rank per step after warm-up: 0.2, 0.2, 0.4, 0.3 -> median 0.25
+    assert summarize("dmt", ranks, warmup=1)["step_main_thread_cpu_median_s"] == pytest.approx(0.25)
+    assert summarize("dmt", RANKS, warmup=1)["step_main_thread_cpu_median_s"] is None  # older results lack it

@@ -94,6 +94,9 @@ def summarize(variant: str, ranks: Sequence[dict[str, Any]], *, warmup: int) -> 
         "timed_steps": len(times), "step_times_s": times, "step_times_metered": metered_times,
         "step_cpu_median_s": quartiles(cpu_times)[1], "step_cpu_s": cpu_times,
         "step_cpu_all_ranks_median_s": quartiles(total_cpu_times(ranks, warmup))[1],
+        # the training thread's share (the rest is gloo's threads: sockets, the kernel's network stack)
+        "step_main_thread_cpu_median_s": quartiles(timed_step_times(ranks, warmup, "step_main_thread_cpu_s")[0])[1]
+        if all("step_main_thread_cpu_s" in r for r in ranks) else None,
         "step_runqueue_wait_median_s": quartiles(queue_waits)[1],
         **_breakdown(ranks), "profiled_steps": ranks[0].get("profiled_steps", []),
         "per_rank": [{"rank": r["rank"], **{k: r["traffic"].get(k, 0.0) for k in traffic}} for r in ranks],

@@ -10,8 +10,9 @@ steps right after the warm-up (`metered_steps` in the JSON) and `traffic` holds 
 per-step means, the measured dense all-reduce included (`dense_allreduce_bytes`). A
 dispatch mode runs Python for every op of the step (2-3x slower steps on this machine), so
 a step-time summary should leave the metered steps out; every other step runs without it.
-Per step the rank also records its process CPU time (`step_cpu_s`) and how long its main
-thread waited for a core (`step_runqueue_wait_s`): on a shared machine they tell the
+Per step the rank also records its process CPU time (`step_cpu_s`), its training thread's
+alone (`step_main_thread_cpu_s`; the rest is gloo's threads, whose socket work the kernel's
+network stack bills to them) and how long its main thread waited for a core (`step_runqueue_wait_s`): on a shared machine they tell the
 job's own cost from the load around it.
 
 `--variants a,b,c` trains several variants one after the other in the SAME process group
@@ -219,7 +220,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     first = resume.restore(args.checkpoint_dir, module, optimizer) if args.checkpoint_dir else 0
     meter, metered = TrafficMeter(topology, rank), metered_steps(args, first)
     steps_profiled, profiles = profiled_steps(args, metered), []
-    losses, times, cpu_times, queue_waits, outputs = [], [], [], [], []
+    losses, times, cpu_times, main_cpu_times, queue_waits, outputs = [], [], [], [], [], []
     kill_rank, kill_step, kill_signal = _fault(args)
     mode = "off" if not args.pipeline else "dmt" if is_dmt(args.variant) else "torchrec"
     steps = Steps(module, optimizer, batch_of(make, batch_slicer(args.target), rank, world, args.batch_size),
@@ -230,11 +231,13 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
             os.kill(os.getpid(), kill_signal)
         steps.prepare(step)  # this step's batch (and a pipeline's next ones), outside the timed part
         start, cpu_start, queued = time.perf_counter(), time.process_time(), runqueue_wait_s()
+        main_start = time.thread_time()
         with meter if step in metered else contextlib.nullcontext(), profiled(step, steps_profiled, args.pipeline,
                                                                               profiles):
             out, loss = steps.run(step)
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)  # all threads (gloo's too); no wait for a core
+        main_cpu_times.append(time.thread_time() - main_start)  # the training thread alone (not gloo's)
         queue_waits.append(runqueue_wait_s() - queued)
         if step in metered:
             meter.step()
@@ -253,7 +256,7 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
             "pipelined": bool(args.pipeline), "pipelined_modules": steps.pipelined_modules(),
-            "step_times_s": times, "step_cpu_s": cpu_times,
+            "step_times_s": times, "step_cpu_s": cpu_times, "step_main_thread_cpu_s": main_cpu_times,
             "step_runqueue_wait_s": queue_waits, "traffic": traffic, "metered_steps": list(metered),
             "profiled_steps": list(steps_profiled),
             **_breakdown(profiles, len(steps_profiled) if args.pipeline else 1),
