@@ -85,3 +85,12 @@ def test_cpu_time_and_queue_wait_leave_out_the_same_steps_as_the_wall_time() -> 
 def test_run_with_a_bad_target_exits_2(tmp_path, capsys) -> None:
     assert main(["run", "nowhere.py:build", "--steps", "2", "--out", str(tmp_path)]) == 2
     assert "dmt-fx: error:" in capsys.readouterr().err
+
+
+def test_run_table_title_names_the_pipelining_mode() -> None:
+    from dmt_fx.cli.run import run_title
+
+    plain = run_title(parser().parse_args(["run", "--topology", "2x2", "--steps", "4"]))
+    piped = run_title(parser().parse_args(["run", "--topology", "2x2", "--steps", "4", "--pipeline"]))
+    assert plain.endswith("on 2x2, 4 steps, not pipelined")
+    assert "every variant pipelined (flat: TorchRec's TrainPipelineSparseDist" in piped

@@ -70,9 +70,16 @@ def run_run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    out.print(results_table(rows, f"{args.target} on {args.topology}, {args.steps} steps"))
+    out.print(results_table(rows, run_title(args)))
     out.print(f"per-rank results, logs and summary.json in {args.out}/")
     return 0
+
+
+def run_title(args: argparse.Namespace) -> str:
+    """The results table's title: what ran, and whether every variant trained pipelined."""
+    mode = (", every variant pipelined (flat: TorchRec's TrainPipelineSparseDist; DMT: dmt_fx.runtime.pipeline)"
+            if getattr(args, "pipeline", False) else ", not pipelined")
+    return f"{args.target} on {args.topology}, {args.steps} steps{mode}"
 
 
 def baseline_variants(target: str, baseline: str) -> list[str]:
