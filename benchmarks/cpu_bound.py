@@ -32,6 +32,11 @@ import statistics
 import sys
 from typing import Any, Iterator
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dmt_fx.bench.breakdown_plot import add_cpu_bound, add_ideal_speedups  # noqa: E402
+from dmt_fx.bench.emulated import best_flat  # noqa: E402
+
 TARGETS = {"dmt-identity": 1.0, "dmt-c4": 1.5}  # issue 13 item 3
 
 
@@ -48,25 +53,21 @@ def runs_of(path: str) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any
 
 
 def rows_of(label: str, facts: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The three speedups of every row of one run against the fastest flat plan of that run."""
-    unpipelined = [r for r in records if not r.get("pipelined")]
-    flats = [r for r in unpipelined if str(r["variant"]).startswith("flat-")]
-    if not flats:
+    """The three speedups of every row of one run against its best flat plan, by the bench's own
+    rules (`best_flat`, `add_ideal_speedups`, `add_cpu_bound`: older records lack their fields)."""
+    unpipelined = [dict(r) for r in records if not r.get("pipelined")]
+    marked = best_flat(unpipelined)
+    best = next((r for r in marked if r["is_best_flat"]), None)
+    if best is None:
         return []
-    best = min(flats, key=lambda r: r["step_time_median_s"])
-    rate = best["inter_host_rate_bytes_per_s"]
-    step, wire = best["step_time_median_s"], best["cross_host_bytes"] / rate
-    out = []
-    for r in unpipelined:
-        if r is best or not r["step_time_median_s"] or not r.get("step_cpu_median_s"):
-            continue
-        out.append({"run": label, "variant": r["variant"], "topology": r["topology"], "batch_size": r.get("batch_size"),
-                    "measured": step / r["step_time_median_s"],
-                    "bytes": step / (step - wire + r["cross_host_bytes"] / rate),
-                    "cpu": best["step_cpu_median_s"] / r["step_cpu_median_s"],
-                    "busy": r["ranks"] * r["step_cpu_median_s"] / (facts["cores"] * r["step_time_median_s"]),
-                    "load_1min": facts.get("load_1min")})
-    return out
+    add_cpu_bound(add_ideal_speedups(marked, best["inter_host_rate_bytes_per_s"]), facts["cores"])
+    return [{"run": label, "variant": r["variant"], "topology": r["topology"], "batch_size": r.get("batch_size"),
+             "measured": r["speedup_vs_best_flat"], "bytes": r["ideal_speedup_vs_best_flat"],
+             "cpu": r["cpu_speedup_vs_best_flat"],
+             # ranks x the slowest rank's CPU: an upper bound of cpu_busy_share, which older records lack
+             "busy": r["ranks"] * r["step_cpu_median_s"] / (facts["cores"] * r["step_time_median_s"]),
+             "load_1min": facts.get("load_1min")}
+            for r in marked if r is not best and r["speedup_vs_best_flat"] and r["cpu_speedup_vs_best_flat"]]
 
 
 def mean_error(rows: list[dict[str, Any]], key: str) -> float:
@@ -122,7 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/cpu_bound.json")
     parser.add_argument("--png", default="results/cpu_bound.png")
     args = parser.parse_args(argv)
-    rows = [row for path in args.reports for run in runs_of(path) for row in rows_of(*run)]
+    try:
+        rows = [row for path in args.reports for run in runs_of(path) for row in rows_of(*run)]
+    except (OSError, ValueError, KeyError) as err:  # ValueError: not JSON; KeyError: JSON of another kind
+        print(f"cpu_bound: cannot read the reports ({type(err).__name__}: {err}); expected emulated.json files of "
+              "`dmt-fx bench emulated` or a cost_sweep.json of benchmarks/cost_sweep.py", file=sys.stderr)
+        return 2
     if not rows:
         print("no rows: the reports hold no flat plan to compare with", file=sys.stderr)
         return 2
