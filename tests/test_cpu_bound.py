@@ -43,3 +43,11 @@ def test_the_program_writes_json_with_both_errors(tmp_path):
     assert summary["mean_error"]["cpu"] == pytest.approx(0.0)
     assert summary["mean_error"]["bytes"] == pytest.approx((1.0 + 0.25 + 0.28) / 3)
     assert (tmp_path / "cpu_bound.png").stat().st_size > 0
+
+
+def test_a_report_of_another_kind_is_a_clear_error(tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    assert main([str(other), "--out", str(tmp_path / "o.json")]) == 2
+    assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "o.json")]) == 2
+    assert "expected emulated.json files of `dmt-fx bench emulated`" in capsys.readouterr().err
