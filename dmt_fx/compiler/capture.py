@@ -23,9 +23,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import traceback
-import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,8 +35,16 @@ from torchrec.fx.tracer import Tracer
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.interactions import keeps_whole
+from dmt_fx.compiler.modes import (
+    ModeGuard,
+    collapse_mode_regions,
+    mode_modules,
+    refuse_fixed_modes,
+    root_reads_training,
+    switch_dropout_calls,
+)
 from dmt_fx.compiler.support import EMBEDDING_TYPES, check_supported
-from dmt_fx.ir.errors import CaptureError, NoEmbeddingError
+from dmt_fx.ir.errors import CaptureError, DMTError, NoEmbeddingError
 
 # Lookups written as functions on a parameter: torch.fx records them as call_function nodes.
 FUNCTIONAL_LOOKUPS = (F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag)
@@ -54,13 +62,34 @@ class _DMTTracer(Tracer):
         return (isinstance(m, EMBEDDING_TYPES) or id(m) in self.whole
                 or super().is_leaf_module(m, module_qualified_name))
 
+    def create_arg(self, a: Any) -> Any:
+        # CTR libraries keep constants as numpy arrays read in forward (`x.new_tensor(self.offsets)`):
+        # a numpy array becomes a tensor constant of the graph, a numpy scalar a Python number.
+        if isinstance(a, np.ndarray):
+            a = torch.from_numpy(a.copy())
+        elif isinstance(a, np.generic):
+            a = a.item()
+        return super().create_arg(a)
+
 
 def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:
     # Decided before tracing: while it traces, torch.fx answers parameter reads with proxies,
-    # which a structural test of the module would not recognise.
+    # which a structural test of the module would not recognise. Mode-dependent modules stay
+    # whole too, so train()/eval() switch them (a traced `if self.training:` would be fixed).
     whole = {id(m) for m in model.modules() if keeps_whole(m)}
+    whole |= {id(model.get_submodule(path)) for path in mode_modules(model)}
     graph = _DMTTracer(whole).trace(model)
-    return torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
+    gm = torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
+    _switch_modes(model, gm)
+    return gm
+
+
+def _switch_modes(model: nn.Module, gm: torch.fx.GraphModule) -> None:
+    """Dropout functions of mode-reading forwards follow train()/eval(); a batch norm function
+    that cannot is refused (dmt_fx.compiler.modes)."""
+    switch_dropout_calls(model, gm)
+    refuse_fixed_modes(model, gm)
+    gm.recompile()
 
 
 def register_batch_dataclasses(value: Any) -> None:
@@ -113,25 +142,19 @@ def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphMod
     program = torch.export.export(model, tuple(example_inputs), strict=False, dynamic_shapes=dynamic)
     gm = program.module()
     _share_parameters(model, gm)
-    _restore_train_eval(model, gm)
+    _restore_train_eval(gm)
+    # export bakes each module's mode into its aten ops: its mode-dependent calls become
+    # calls of the user's modules again (train()/eval() switch them as on the original)
+    collapse_mode_regions(model, gm)
+    _switch_modes(model, gm)
+    gm.training = model.training
     return gm
 
 
-# modules whose train and eval behaviour differ
-MODE_DEPENDENT = (nn.Dropout, nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
-
-
-def _restore_train_eval(model: nn.Module, gm: nn.Module) -> None:
-    """Give the exported module back nn.Module's train()/eval() (export replaces them).
-
-    The graph keeps the behaviour of the mode the model was in at capture; warn when that
-    matters (dropout, batch norm)."""
+def _restore_train_eval(gm: nn.Module) -> None:
+    """Give the exported module back nn.Module's train()/eval() (export replaces them)."""
     for name in ("train", "eval"):
         gm.__dict__.pop(name, None)
-    dependent = sorted({type(m).__name__ for m in model.modules() if isinstance(m, MODE_DEPENDENT)})
-    if dependent:
-        warnings.warn(f"dmt_fx: captured with torch.export in {'train' if model.training else 'eval'} mode; "
-                      f"{', '.join(dependent)} keep that mode's behaviour in the DMT model", stacklevel=3)
 
 
 def _share_parameters(model: nn.Module, gm: nn.Module) -> None:
@@ -158,8 +181,27 @@ def capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.Gr
     """Return (graph module, route) where route is "symbolic" or "export"."""
     _check_supported(model)
     gm, route = _capture(model, example_inputs)
+    if root_reads_training(model) and not _same_in_other_mode(model, example_inputs, gm):
+        gm.register_forward_pre_hook(ModeGuard(model.training, type(model).__name__))
+        gm.meta["dmt_one_mode"] = model.training
     keep_state_dict_keys(model, gm)
     return gm, route
+
+
+def _same_in_other_mode(model: nn.Module, example_inputs: tuple | None, gm: torch.fx.GraphModule) -> bool:
+    """Whether a capture in the other mode gives the same graph (forward()'s own branches on
+    self.training took the same way)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        for m, flag in flags:
+            m.training = not flag
+        other, _ = _capture(model, example_inputs)
+    except DMTError:
+        return False
+    finally:
+        for m, flag in flags:
+            m.training = flag
+    return other.code == gm.code
 
 
 def keep_state_dict_keys(model: nn.Module, gm: nn.Module) -> None:

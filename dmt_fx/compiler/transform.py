@@ -30,9 +30,10 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.compiler.analysis import analyze, require_interaction
 from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
-from dmt_fx.compiler.capture import MODE_DEPENDENT, capture
-from dmt_fx.compiler.eager import eval_mode, run_with_hooks
+from dmt_fx.compiler.capture import capture
+from dmt_fx.compiler.eager import run_with_hooks
 from dmt_fx.compiler.interactions import interaction_kind
+from dmt_fx.compiler.modes import has_mode_dependent
 from dmt_fx.compiler.partitioners import Partitioner, make_partition
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from dmt_fx.compiler.pass_runner import Pass, run_passes
@@ -322,15 +323,59 @@ def _copy_state_entry(model: nn.Module, gm: fx.GraphModule, fqn: str) -> None:
 def _verify(model: nn.Module, gm: fx.GraphModule, inputs: tuple) -> None:
     """A last guard against a silently wrong rewrite: equal outputs on the example inputs.
 
-    In the mode the model was captured in (a traced `if self.training:` is fixed in the
-    graph), unless the model has dropout or batch norm, which need eval mode to be repeatable."""
-    mode_dependent = any(isinstance(m, MODE_DEPENDENT) for m in model.modules())
-    with torch.no_grad(), eval_mode(model, gm) if mode_dependent else contextlib.nullcontext():
-        expected = pytree.tree_leaves(model(*inputs))
-        got = pytree.tree_leaves(gm(*inputs))
+    In both modes when the model has mode-dependent modules (dropout with the same RNG seed,
+    batch norm with batch statistics and its running-statistics updates compared too); the
+    buffers are restored afterwards, so the check leaves the user's model as it was."""
+    modes = (True, False) if has_mode_dependent(model) else (model.training,)
+    if "dmt_one_mode" in gm.meta:  # forward() branches on self.training: its capture mode only
+        modes = (gm.meta["dmt_one_mode"],)
+    for training in modes:
+        with _checked_mode(model, gm, training):
+            expected, expected_state = _run_seeded(model, inputs)
+        with _checked_mode(model, gm, training):
+            got, got_state = _run_seeded(gm, inputs)
+        mode = "train" if training else "eval"
+        _compare(expected, got, f"outputs in {mode} mode")
+        _compare(expected_state, got_state, f"buffers (e.g. batch-norm running statistics) after a {mode}-mode call")
+
+
+@contextlib.contextmanager
+def _checked_mode(model: nn.Module, gm: nn.Module, training: bool) -> Any:
+    """Both models in one mode, their buffers restored and every mode flag reset afterwards."""
+    flags = [(m, m.training) for root in (model, gm) for m in root.modules()]
+    buffers = {id(b): (b, b.detach().clone()) for root in (model, gm) for b in root.buffers()}
+    try:
+        for m, _ in flags:  # not .train(mode): exported modules may refuse it
+            m.training = training
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers.values():
+                buffer.copy_(saved)
+        for m, flag in flags:
+            m.training = flag
+
+
+def _run_seeded(module: nn.Module, inputs: tuple) -> tuple[list, dict[str, torch.Tensor]]:
+    """Outputs and the buffers after one call, with dropout's RNG seeded the same each time."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        out = [x for x in pytree.tree_leaves(module(*inputs)) if isinstance(x, torch.Tensor)]
+    return out, {name: b.detach().clone() for name, b in module.named_buffers() if b.is_floating_point()}
+
+
+def _compare(expected: list | dict, got: list | dict, what: str) -> None:
+    if isinstance(expected, dict):  # buffers by name: the ones both models have
+        assert isinstance(got, dict)
+        names = [n for n in expected if n in got]
+        expected, got = [expected[n] for n in names], [got[n] for n in names]
     for e, g in zip(expected, got):
-        if isinstance(e, torch.Tensor) and not torch.allclose(e, g, rtol=0, atol=1e-6):
-            raise PassError(f"the rewritten model differs from the original on example_inputs "
-                            f"(max abs difference {(e - g).abs().max().item():.3g})",
-                            "identical outputs (the rewrite preserves numerics)",
-                            ["please report this with the model; transform(..., verify=False) skips the check"])
+        if e.shape != g.shape:
+            found = f"shapes {tuple(e.shape)} and {tuple(g.shape)}"
+        elif not torch.allclose(e, g, rtol=0, atol=1e-6, equal_nan=True):
+            found = f"max abs difference {(e - g).abs().max().item():.3g}"
+        else:
+            continue
+        raise PassError(f"the rewritten model differs from the original on example_inputs: {what} ({found})",
+                        "identical outputs (the rewrite preserves numerics)",
+                        ["please report this with the model; transform(..., verify=False) skips the check"])

@@ -37,6 +37,10 @@ class CaptureError(DMTError):
     """The model could not be captured into a graph."""
 
 
+class ModeError(DMTError):
+    """The DMT model was called in a mode (train / eval) its capture does not compute."""
+
+
 class NoEmbeddingError(DMTError):
     """The model has no embedding lookup to put into towers."""
 
