@@ -16,7 +16,9 @@ class DMTError(ValueError):
     def __init__(self, found: str, expected: str, fixes: Sequence[str] = ()) -> None:
         self.found = found
         self.expected = expected
-        self.fixes = tuple(fixes)
+        # the remedies are alternatives already (numbered, or joined with "or" on one line):
+        # a remedy's own leading "or " would be said twice
+        self.fixes = tuple(fix.removeprefix("or ") for fix in fixes)
         lines = [f"found: {found}", f"expected: {expected}"]
         if self.fixes:
             lines.append("Possible solutions:")
