@@ -44,6 +44,7 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs import breakdown
 from dmt_fx.jobs.data import slice_batch, synthetic_inputs
+from dmt_fx.jobs.modes import add_mode_args, evaluate, save_plain_state, seed_step, set_train_mode
 from dmt_fx.jobs.steps import Steps, batch_of, split_variant
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
@@ -81,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compression", type=int, default=1)
     p.add_argument("--towers-per-domain", type=int, default=1, help="k: the partitioner's towers per domain")
     p.add_argument("--record-outputs", action="store_true")
+    add_mode_args(p)
     p.add_argument("--checkpoint-dir", default=None,
                    help="periodic checkpoints here; a rerun of the same command resumes from the latest")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps between periodic checkpoints")
@@ -213,6 +215,7 @@ def _breakdown(profiles: list, steps_per_profile: int = 1) -> dict[str, Any]:
 def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     rank, world = dist.get_rank(), dist.get_world_size()
     module, optimizer, make = build(args, topology)
+    set_train_mode(module, args.train_mode)
     if args.load_checkpoint:
         state = module.state_dict()
         dcp.load(state, checkpoint_id=args.load_checkpoint)
@@ -223,13 +226,14 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
     losses, times, cpu_times, main_cpu_times, queue_waits, outputs = [], [], [], [], [], []
     kill_rank, kill_step, kill_signal = _fault(args)
     mode = "off" if not args.pipeline else "dmt" if is_dmt(args.variant) else "torchrec"
-    steps = Steps(module, optimizer, batch_of(make, batch_slicer(args.target), rank, world, args.batch_size),
-                  first, args.steps, mode)
+    batch = batch_of(make, batch_slicer(args.target), rank, world, args.batch_size)
+    steps = Steps(module, optimizer, batch, first, args.steps, mode)
     for step in range(first, args.steps):
         args.current_step = step
         if rank == kill_rank and step == kill_step:
             os.kill(os.getpid(), kill_signal)
         steps.prepare(step)  # this step's batch (and a pipeline's next ones), outside the timed part
+        seed_step(args, step, rank)
         start, cpu_start, queued = time.perf_counter(), time.process_time(), runqueue_wait_s()
         main_start = time.thread_time()
         with meter if step in metered else contextlib.nullcontext(), profiled(step, steps_profiled, args.pipeline,
@@ -249,10 +253,12 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         if args.checkpoint_dir and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
             resume.save(args.checkpoint_dir, step, module, optimizer)
         _progress(args, rank, step)
+    evaluate(args, module, batch, rank)
     if args.save_checkpoint:
         dcp.save(module.state_dict(), checkpoint_id=args.save_checkpoint)
     if outputs:
         torch.save(outputs, os.path.join(args.out, f"outputs_rank{rank}.pt"))
+        save_plain_state(args, module, rank)
     traffic, dense_bytes = meter.summary(), ddp_param_bytes(module)
     return {"rank": rank, "variant": args.variant, "topology": str(topology), "first_step": first, "losses": losses,
             "pipelined": bool(args.pipeline), "pipelined_modules": steps.pipelined_modules(),

@@ -2,8 +2,8 @@
 per-field row offsets added in forward.
 
 - `TorchFMModel`: torchfm's FeaturesLinear + FeaturesEmbedding + a factorization machine,
-  as torchfm writes them (offsets a numpy array, `x + x.new_tensor(self.offsets).unsqueeze(0)`,
-  which torch.fx cannot trace and torch.export captures): two joint tables.
+  as torchfm writes them (offsets a numpy array, `x + x.new_tensor(self.offsets).unsqueeze(0)`;
+  the tracer reads the array as a tensor constant): two joint tables.
 - `NvidiaJointDLRM`: NVIDIA DLRM's JointEmbedding (offsets a buffer, `offsets[:-1]`), with a
   dense bottom MLP and an int taken from the ids' shape (captured by torch.export);
   `SymbolicJointDLRM` the same written for torch.fx.
@@ -169,7 +169,7 @@ def data_offsets_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
 
 
 JOINT_ENTRIES: tuple[Entry, ...] = (
-    Entry("torchfm FM", "joint tables, numpy offsets (torchfm FeaturesEmbedding; export)", torchfm_model),
+    Entry("torchfm FM", "joint tables, numpy offsets (torchfm FeaturesEmbedding)", torchfm_model),
     Entry("NVIDIA joint DLRM", "joint table, offsets buffer (NVIDIA JointEmbedding; export)", nvidia_joint_dlrm),
     Entry("NVIDIA joint DLRM (fx)", "joint table, offsets buffer, torch.fx-traceable", symbolic_joint_dlrm),
     Entry("joint, learned offsets", "joint table, offsets a parameter: stays whole", learned_offsets_model,

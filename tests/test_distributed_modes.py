@@ -1,0 +1,41 @@
+"""train() / eval() on a real world (issue 20): BatchNorm / Dropout models trained on 2x2,
+each captured in train or eval mode, switched with module.train() / module.eval() on the
+distributed model, against single-process training that runs each rank's batch as the rank
+does (`per_rank_reference`: per-rank running statistics, per-(step, rank) dropout seeds).
+
+Per case, within 1e-5: every training step's outputs, eval-mode outputs after training,
+each rank's batch-norm buffers and dense weights, and the DCP checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+from dmt_fx import Topology
+from tests import dist_modes
+from tests.corpus.modes import make_inputs
+from tests.dist_cases import Case, check_modes_case, run_cases
+
+TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_modes.py")
+STEPS, EVAL_STEPS = 3, 2
+FLAGS = ("--step-seed", "--eval-steps", str(EVAL_STEPS))
+
+# (case, the mode the training steps run in: None keeps the capture mode)
+CASES = [
+    (Case("fx-train", f"{TARGET}:fx_mlp_target", dist_modes.fx_mlp, make_inputs, args=FLAGS), None),
+    (Case("export-eval-then-train", f"{TARGET}:export_mlp_eval_target", dist_modes.export_mlp_eval, make_inputs,
+          args=(*FLAGS, "--train-mode", "train")), True),
+    (Case("ctr-block-train-in-eval", f"{TARGET}:ctr_block_target", dist_modes.ctr_block, make_inputs,
+          args=(*FLAGS, "--train-mode", "eval")), False),
+    (Case("root-dropout-eval-then-train", f"{TARGET}:root_dropout_eval_target", dist_modes.root_dropout_eval,
+          make_inputs, args=(*FLAGS, "--train-mode", "train")), True),
+]
+
+
+def test_modes_train_and_evaluate_as_single_process(tmp_path) -> None:
+    topology = "2x2"
+    world = Topology.parse(topology).world_size
+    result = run_cases(tmp_path, topology, [case for case, _ in CASES], steps=STEPS)
+    assert result.ok, result.log_tail(60)
+    for case, training in CASES:
+        diffs = check_modes_case(result, case, world, STEPS, EVAL_STEPS, training)
+        print(f"{topology} {case.name}: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
