@@ -8,6 +8,11 @@ without a dense input; joint tables (one nn.Embedding for all fields, indexed wi
 offsets: constant ones, split by field, or ones computed from the batch, kept whole with a
 warning). Otherwise each field has its own table (nn.Embedding on one id column, or a QR
 pair); fields share one dim so attention can stack them.
+
+Orthogonal to the style (issue 20): the head before the top layer (none, BatchNorm1d, Dropout
+or both, as CTR libraries' MLPs), the mode the model is in at capture (train or eval), and for
+the tensor-input styles whether forward reads an int from a shape, which symbolic tracing
+cannot follow, so the model is captured by torch.export.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from tests.random_models import set_seed_params
 STYLES = ("dataclass", "dict", "float_columns", "ids_only", "qr_mult", "qr_concat", "attention", "joint",
           "joint_data")
 DENSE_IN = 3
+HEADS = ("none", "batchnorm", "dropout", "batchnorm_dropout")
+EXPORTABLE = ("float_columns", "ids_only", "attention", "joint", "joint_data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +44,9 @@ class StyleSpec:
     local_world_size: int
     batch_size: int
     seed: int
+    head: str = "none"
+    training: bool = True  # the model's mode at capture
+    force_export: bool = False
 
     @property
     def topology(self) -> str:
@@ -68,7 +78,8 @@ def style_specs(draw: Any) -> StyleSpec:
         style in ("dataclass", "dict", "attention", "joint", "joint_data") and draw(st.booleans()))
     return StyleSpec(style, tuple(draw(st.integers(1, 30)) for _ in range(fields)), draw(st.sampled_from([2, 4, 8])),
                      has_dense, draw(st.integers(1, 4)), draw(st.integers(1, 2)), draw(st.integers(2, 6)),
-                     draw(st.integers(0, 2**16)))
+                     draw(st.integers(0, 2**16)), draw(st.sampled_from(HEADS)), draw(st.booleans()),
+                     style in EXPORTABLE and draw(st.booleans()))
 
 
 @dataclasses.dataclass
@@ -92,9 +103,15 @@ class StyleModel(nn.Module):
         width = spec.dim * (2 if spec.style == "qr_concat" else 1)
         self.bottom = nn.Linear(DENSE_IN, width) if spec.has_dense else None
         self.attention = nn.MultiheadAttention(width, 1, batch_first=True) if spec.style == "attention" else None
-        self.top = nn.Linear(width * (self.num_fields + int(spec.has_dense)), 1)
+        features = width * (self.num_fields + int(spec.has_dense))
+        self.head = _head(spec.head, features)
+        self.top = nn.Linear(features, 1)
+        self.force_export = spec.force_export
+        self.train(spec.training)
 
     def combine(self, ids: torch.Tensor, dense: torch.Tensor | None) -> torch.Tensor:
+        if self.force_export:  # an int from a shape: symbolic tracing stops here, torch.export does not
+            ids = ids[:, :int(ids.shape[1])]
         if self.style.startswith("qr"):
             embedded = [bag(ids[:, i:i + 1]) for i, bag in enumerate(self.fields)]
         elif self.style == "joint":
@@ -105,10 +122,10 @@ class StyleModel(nn.Module):
             embedded = [emb(ids[:, i]) for i, emb in enumerate(self.fields)]
         tokens = ([self.bottom(dense)] if self.bottom is not None else []) + embedded
         if self.attention is None:
-            return self.top(torch.cat(tokens, dim=1))
+            return self.top(self.head(torch.cat(tokens, dim=1)))
         stacked = torch.stack(tokens, dim=1)
         attended, _ = self.attention(stacked, stacked, stacked)
-        return self.top((attended + stacked).flatten(1))
+        return self.top(self.head((attended + stacked).flatten(1)))
 
     def forward(self, *args: Any) -> torch.Tensor:
         if self.style == "dataclass":
@@ -120,10 +137,20 @@ class StyleModel(nn.Module):
         return self.combine(args[0], args[1] if self.has_dense else None)
 
 
+def _head(kind: str, features: int) -> nn.Module:
+    layers = ([nn.BatchNorm1d(features)] if "batchnorm" in kind else []) + (
+        [nn.Dropout(0.5)] if "dropout" in kind else [])
+    return nn.Sequential(*layers)
+
+
 def build_style_model(spec: StyleSpec) -> nn.Module:
     torch.manual_seed(spec.seed)
     model = StyleModel(spec)
     set_seed_params(model, spec.seed)
+    g = torch.Generator().manual_seed(spec.seed)
+    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):  # eval mode must differ
+        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) - 0.5)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
     return model
 
 

@@ -18,16 +18,14 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 import dmt_fx
-from dmt_fx.compiler.modes import has_mode_dependent
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from tests.corpus import CORPUS, Entry
+from tests.mode_equivalence import check_equivalence, float_leaves, max_diff
 
 TOPOLOGY = "2x2"
-TOLERANCE = 1e-6
 
 
 @dataclasses.dataclass
@@ -37,76 +35,6 @@ class Row:
     route: str
     equivalence: str
     towers: str
-
-
-def _float_leaves(out: Any) -> list[torch.Tensor]:
-    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-
-
-def _run(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    """Outputs of one forward and backward (of the sum of every differentiable output)."""
-    out = _float_leaves(model(*inputs))
-    loss = sum(o.sum() for o in out if o.requires_grad)
-    loss.backward()
-    return [o.detach() for o in out]
-
-
-def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b)), "different structure"
-    return max([(x.double() - y.double()).abs().max().item() for x, y in zip(a, b) if x.numel()] or [0.0])
-
-
-def _grads(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
-    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
-    return [n for n, _ in named], [g for _, g in named]
-
-
-def modes_to_check(pristine: nn.Module, gm: nn.Module) -> list[bool]:
-    """The capture mode, and the other one when the model has mode-dependent modules (unless its
-    own forward branches on self.training: then the DMT model refuses the other mode)."""
-    modes = [pristine.training]
-    if has_mode_dependent(pristine) and "dmt_one_mode" not in gm.meta:
-        modes.append(not pristine.training)
-    return modes
-
-
-def _buffers(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
-    named = list(model.named_buffers())
-    return [n for n, _ in named], [b.detach().double() for _, b in named]
-
-
-def check_equivalence(model: nn.Module, pristine: nn.Module, gm: nn.Module, inputs: tuple) -> str:
-    """One forward and backward in each mode to check, from the same state and the same RNG
-    seed: outputs, gradients and buffers (batch-norm running statistics) as the original's."""
-    worst = 0.0
-    for training in modes_to_check(pristine, gm):
-        worst = max(worst, _check_mode(model, pristine, gm, inputs, training))
-    model.load_state_dict(pristine.state_dict())
-    model.train(pristine.training)
-    gm.train(pristine.training)
-    return "bitwise" if worst == 0 else f"<= 1e-6 ({worst:.1g})"
-
-
-def _check_mode(model: nn.Module, pristine: nn.Module, gm: nn.Module, inputs: tuple, training: bool) -> float:
-    model.load_state_dict(pristine.state_dict())  # gm shares the model's parameters and buffers
-    for p in model.parameters():
-        p.grad = None
-    ref = copy.deepcopy(pristine).train(training)
-    gm.train(training)
-    torch.manual_seed(0)
-    expected = _run(ref, inputs)
-    torch.manual_seed(0)
-    got = _run(gm, inputs)
-    ref_names, ref_grads = _grads(ref)
-    names, grads = _grads(model)
-    mode = "train" if training else "eval"
-    assert names == ref_names and ref_grads, f"{mode}: gradients of {sorted(set(names) ^ set(ref_names))} differ"
-    ref_buffer_names, ref_buffers = _buffers(ref)
-    buffer_names, buffers = _buffers(model)
-    assert buffer_names == ref_buffer_names, f"{mode}: buffers {sorted(set(buffer_names) ^ set(ref_buffer_names))}"
-    diffs = _max_diff(expected, got), _max_diff(ref_grads, grads), _max_diff(ref_buffers, buffers)
-    assert max(diffs) <= TOLERANCE, f"{mode} mode: outputs, gradients, buffers differ by {diffs}"
-    return max(diffs)
 
 
 def check_checkpoints(pristine: nn.Module, gm: nn.Module, inputs: tuple) -> None:
@@ -119,8 +47,8 @@ def check_checkpoints(pristine: nn.Module, gm: nn.Module, inputs: tuple) -> None
                 p.add_(torch.randn_like(p))
     gm.load_state_dict(other.state_dict())  # original -> DMT
     with torch.no_grad():
-        expected = _float_leaves(_seeded(other, inputs))
-        assert _max_diff(expected, _float_leaves(_seeded(gm, inputs))) == 0
+        expected = float_leaves(_seeded(other, inputs))
+        assert max_diff(expected, float_leaves(_seeded(gm, inputs))) == 0
     back = copy.deepcopy(pristine)
     back.load_state_dict(gm.state_dict())  # DMT -> original
     for key, value in other.state_dict().items():

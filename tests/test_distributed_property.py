@@ -14,6 +14,14 @@ on 2x2 and 4x1 (tests/test_distributed_plans.py covers 2x1 in CI), and on 2x2 th
 regressions the slow suite found (`REGRESSIONS`); the slow suite
 (-m slow): 26 per topology, 104 in all
 (DMT_DIST_PROPERTY_EXAMPLES overrides the per-topology count).
+
+The corpus's styles (tests/random_styles.py: batch dataclasses, dicts, float columns, QR bags,
+attention, joint tables; heads with BatchNorm and Dropout; captured in train or eval mode, by
+symbolic tracing or torch.export), each trained in a drawn mode (as built, train() or eval())
+and then evaluated in eval mode on 2x2 and 4x1, against single-process training that runs each
+rank's batch as the rank does (per-rank running statistics and dropout seeds): every step's
+outputs, the eval outputs, buffers, dense weights and the checkpoint within 1e-5. CI: 3
+examples on 2x2; the slow suite: 100 per topology (DMT_DIST_STYLE_EXAMPLES overrides).
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ import os
 import pytest
 
 from dmt_fx import Topology
-from tests.dist_cases import check_case, run_cases
-from tests.dist_property import draw_cases, spec_case
+from tests.dist_cases import check_case, check_modes_case, run_cases
+from tests.dist_property import STYLE_EVAL_STEPS, draw_cases, draw_style_cases, spec_case
 from tests.random_models import PlainSpec, PlainTable
 
 STEPS = 3
@@ -65,3 +73,27 @@ def test_generated_models_train_equal_to_single_process(tmp_path, topology: str)
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_many_generated_models_train_equal_to_single_process(tmp_path, topology: str) -> None:
     _run(tmp_path, topology, int(os.environ.get("DMT_DIST_PROPERTY_EXAMPLES", 26)))
+
+
+def _run_styles(tmp_path, topology: str, examples: int) -> None:
+    counts: dict[str, int] = {}
+    drawn = draw_style_cases(topology, examples, str(tmp_path), counts)
+    result = run_cases(tmp_path, topology, [d.case for d in drawn], steps=STEPS, deadline_s=60 + 40 * len(drawn))
+    assert result.ok, result.log_tail(60)
+    world, worst = Topology.parse(topology).world_size, 0.0
+    for d in drawn:
+        diffs = check_modes_case(result, d.case, world, STEPS, STYLE_EVAL_STEPS, d.training)
+        worst = max(worst, *diffs.values())
+    print(f"{topology}: {len(drawn)} style examples, max |diff| {worst:.3g}")
+    for key, count in sorted(counts.items()):
+        print(f"  {count:4d}  {key}")
+
+
+def test_generated_styles_train_and_evaluate_as_single_process(tmp_path) -> None:
+    _run_styles(tmp_path, "2x2", 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ("2x2", "4x1"))
+def test_many_generated_styles_train_and_evaluate_as_single_process(tmp_path, topology: str) -> None:
+    _run_styles(tmp_path, topology, int(os.environ.get("DMT_DIST_STYLE_EXAMPLES", 100)))

@@ -22,6 +22,7 @@ from hypothesis import event, given, note, settings
 
 import dmt_fx
 from dmt_fx import Topology
+from tests.mode_equivalence import check_equivalence
 from tests.random_models import (
     PlainSpec,
     TorchRecSpec,
@@ -178,11 +179,13 @@ def _check_style(spec: StyleSpec) -> None:
     are bitwise equal on a fresh batch, every table is in one tower and QR pairs share one;
     a joint table is one table per field with constant offsets, else whole with a warning."""
     model = build_style_model(spec)
-    ref = copy.deepcopy(model)
+    pristine = copy.deepcopy(model)
     gm = dmt_fx.transform(model, spec.topology, example_inputs=make_style_inputs(spec, 4, spec.seed))
     event(f"style {spec.style}{'' if spec.has_dense else ', no dense input'}")
     event(f"route {dmt_fx.dmt_result(gm).route}")
-    _check_equivalence(ref, gm, make_style_inputs(spec, spec.batch_size, spec.seed + 1))
+    event(f"head {spec.head}, captured in {'train' if spec.training else 'eval'} mode")
+    # both modes when the head is mode-dependent: outputs, gradients and running statistics
+    check_equivalence(model, pristine, gm, make_style_inputs(spec, spec.batch_size, spec.seed + 1))
     result = dmt_fx.dmt_result(gm)
     assert len(result.sites.tables) == spec.num_tables, "a physical table is missing from the analysis"
     tower_of = result.plan.tower_of()

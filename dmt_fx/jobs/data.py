@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -22,23 +23,42 @@ def slice_kjt(kjt: KeyedJaggedTensor, start: int, stop: int) -> KeyedJaggedTenso
 
 
 def slice_batch(inputs: Any, start: int, stop: int) -> Any:
-    """Rows [start, stop) of a batch: tensors along dim 0, KJTs per sample."""
+    """Rows [start, stop) of a batch: tensors along dim 0, KJTs per sample, the fields of a
+    batch dataclass that is not a pytree node (a user's batch class) as the rest."""
     def cut(x):
         if isinstance(x, KeyedJaggedTensor):
             return slice_kjt(x, start, stop)
         if isinstance(x, torch.Tensor) and x.dim() > 0:
             return x[start:stop]
+        if _is_dataclass_batch(x):
+            return dataclasses.replace(x, **{f.name: slice_batch(getattr(x, f.name), start, stop)
+                                             for f in dataclasses.fields(x) if f.init})
         return x
     return pytree.tree_map(cut, inputs, is_leaf=lambda x: isinstance(x, KeyedJaggedTensor))
+
+
+def _is_dataclass_batch(x: Any) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
+def _tensor_leaves(inputs: Any) -> list[torch.Tensor]:
+    """The batch's tensors, inside batch dataclasses too."""
+    found = []
+    for leaf in pytree.tree_leaves(inputs):
+        if _is_dataclass_batch(leaf):
+            found += _tensor_leaves([getattr(leaf, f.name) for f in dataclasses.fields(leaf)])
+        elif isinstance(leaf, torch.Tensor):
+            found.append(leaf)
+    return found
 
 
 def clicks(inputs: Any, seed: int) -> torch.Tensor:
     """Learnable synthetic labels: a noisy linear rule on the first dense tensor's first
     features (random labels when the batch has no dense tensor)."""
-    dense = next((x for x in pytree.tree_leaves(inputs) if isinstance(x, torch.Tensor)
-                  and x.is_floating_point() and x.dim() == 2), None)
+    tensors = _tensor_leaves(inputs)
+    dense = next((x for x in tensors if x.is_floating_point() and x.dim() == 2), None)
     if dense is None:
-        return labels(len(pytree.tree_leaves(inputs)[0]), seed)
+        return labels(len(tensors[0]), seed)
     g = torch.Generator().manual_seed(20_000 + seed)
     score = dense[:, 0] - 0.5 * dense[:, 1 % dense.shape[1]] + 0.5 * torch.randn(dense.shape[0], generator=g)
     return (score > 0).float().unsqueeze(1)

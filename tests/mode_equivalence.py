@@ -1,0 +1,91 @@
+"""One equivalence check for a transformed model in each mode it may run in.
+
+`check_equivalence(model, pristine, gm, inputs)`: from the same state and the same RNG seed,
+one forward and backward of the original (a copy of `pristine`) and of the DMT model `gm`
+(which shares `model`'s parameters) in the capture mode, and in the other mode when the model
+has mode-dependent modules; outputs, gradients and buffers (batch-norm running statistics) must
+agree within TOLERANCE. Used by the corpus and by the property tests.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils import _pytree as pytree
+
+from dmt_fx.compiler.modes import has_mode_dependent
+
+TOLERANCE = 1e-6
+
+
+def float_leaves(out: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+
+
+def run_backward(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """Outputs of one forward and backward (of the sum of every differentiable output)."""
+    out = float_leaves(model(*inputs))
+    loss = sum(o.sum() for o in out if o.requires_grad)
+    loss.backward()
+    return [o.detach() for o in out]
+
+
+def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b)), "different structure"
+    return max([(x.double() - y.double()).abs().max().item() for x, y in zip(a, b) if x.numel()] or [0.0])
+
+
+def _grads(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    return [n for n, _ in named], [g for _, g in named]
+
+
+def modes_to_check(pristine: nn.Module, gm: nn.Module) -> list[bool]:
+    """The capture mode, and the other one when the model has mode-dependent modules (unless its
+    own forward branches on self.training: then the DMT model refuses the other mode)."""
+    modes = [pristine.training]
+    if has_mode_dependent(pristine) and "dmt_one_mode" not in gm.meta:
+        modes.append(not pristine.training)
+    return modes
+
+
+def _buffers(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    named = list(model.named_buffers())
+    return [n for n, _ in named], [b.detach().double() for _, b in named]
+
+
+def check_equivalence(model: nn.Module, pristine: nn.Module, gm: nn.Module, inputs: tuple) -> str:
+    """One forward and backward in each mode to check, from the same state and the same RNG
+    seed: outputs, gradients and buffers (batch-norm running statistics) as the original's."""
+    worst = 0.0
+    for training in modes_to_check(pristine, gm):
+        worst = max(worst, _check_mode(model, pristine, gm, inputs, training))
+    model.load_state_dict(pristine.state_dict())
+    model.train(pristine.training)
+    gm.train(pristine.training)
+    return "bitwise" if worst == 0 else f"<= 1e-6 ({worst:.1g})"
+
+
+def _check_mode(model: nn.Module, pristine: nn.Module, gm: nn.Module, inputs: tuple, training: bool) -> float:
+    model.load_state_dict(pristine.state_dict())  # gm shares the model's parameters and buffers
+    for p in model.parameters():
+        p.grad = None
+    ref = copy.deepcopy(pristine).train(training)
+    gm.train(training)
+    torch.manual_seed(0)
+    expected = run_backward(ref, inputs)
+    torch.manual_seed(0)
+    got = run_backward(gm, inputs)
+    ref_names, ref_grads = _grads(ref)
+    names, grads = _grads(model)
+    mode = "train" if training else "eval"
+    assert names == ref_names and ref_grads, f"{mode}: gradients of {sorted(set(names) ^ set(ref_names))} differ"
+    ref_buffer_names, ref_buffers = _buffers(ref)
+    buffer_names, buffers = _buffers(model)
+    assert buffer_names == ref_buffer_names, f"{mode}: buffers {sorted(set(buffer_names) ^ set(ref_buffer_names))}"
+    diffs = max_diff(expected, got), max_diff(ref_grads, grads), max_diff(ref_buffers, buffers)
+    assert max(diffs) <= TOLERANCE, f"{mode} mode: outputs, gradients, buffers differ by {diffs}"
+    return max(diffs)
