@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from tests.corpus import dcn
 from tests.corpus.joint import field_ids
 from tests.corpus.modes import BNDropoutMLP, CTRBlockModel, ExportBNDropoutMLP, RootDropoutModel, TorchFMDeepFM
 from tests.corpus.modes import make_inputs as make_inputs  # the worker's hook
@@ -66,3 +67,14 @@ def deepfm_inputs(batch: int, seed: int) -> tuple[torch.Tensor]:
 
 
 deepfm_target.make_inputs = deepfm_inputs  # type: ignore[attr-defined]
+
+
+def dcn_mix_eval() -> nn.Module:
+    return dcn.DCNv2(SEED, "mix").eval()
+
+
+def dcn_mix_target() -> tuple[nn.Module, tuple]:
+    return dcn_mix_eval(), dcn.make_inputs(4, SEED)
+
+
+dcn_mix_target.make_inputs = dcn.make_inputs  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ import os
 
 from dmt_fx import Topology
 from tests import dist_modes
+from tests.corpus import dcn
 from tests.corpus.modes import make_inputs
 from tests.dist_cases import Case, check_modes_case, run_cases
 
@@ -28,6 +29,8 @@ CASES = [
           args=(*FLAGS, "--train-mode", "eval")), False),
     (Case("root-dropout-eval-then-train", f"{TARGET}:root_dropout_eval_target", dist_modes.root_dropout_eval,
           make_inputs, args=(*FLAGS, "--train-mode", "train")), True),
+    (Case("dcn-v2-mix-eval-then-train", f"{TARGET}:dcn_mix_target", dist_modes.dcn_mix_eval, dcn.make_inputs,
+          args=(*FLAGS, "--train-mode", "train")), True),
 ]
 
 
