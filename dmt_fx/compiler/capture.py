@@ -44,7 +44,7 @@ from dmt_fx.compiler.modes import (
     switch_dropout_calls,
 )
 from dmt_fx.compiler.support import EMBEDDING_TYPES, check_supported
-from dmt_fx.ir.errors import CaptureError, DMTError, NoEmbeddingError
+from dmt_fx.ir.errors import CaptureError, DMTError, ModeError, NoEmbeddingError
 
 # Lookups written as functions on a parameter: torch.fx records them as call_function nodes.
 FUNCTIONAL_LOOKUPS = (F.embedding, F.embedding_bag, torch.embedding, torch.embedding_bag)
@@ -241,6 +241,8 @@ def functional_lookups(gm: torch.fx.GraphModule) -> list[str]:
 def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     try:
         gm = symbolic_capture(model)
+    except ModeError:  # a mode the graph would fix: export would fix it too, the real reason
+        raise
     except Exception as exc:  # tracing failures come as many exception types
         symbolic_error = exc
     else:
@@ -273,6 +275,8 @@ def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.G
         )
     try:
         return export_capture(model, example_inputs), "export"
+    except DMTError:  # our own refusal of the exported graph names its reason
+        raise
     except Exception as exc:
         raise CaptureError(
             f"symbolic tracing failed at {where}, and torch.export failed too: {type(exc).__name__}: "

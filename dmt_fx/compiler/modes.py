@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dmt_fx.compiler.support import EMBEDDING_TYPES
-from dmt_fx.ir.errors import CaptureError, ModeError
+from dmt_fx.ir.errors import ModeError
 
 aten = torch.ops.aten
 
@@ -74,11 +74,17 @@ def reads_training(module: nn.Module) -> bool:
     """True when the module's forward() reads `training` (source inspection; False if unknown)."""
     if isinstance(module, MODE_TYPES):
         return True
+    return any(_forward_reads_training(cls) for cls in type(module).__mro__
+               if "forward" in vars(cls) and cls is not nn.Module)
+
+
+def _forward_reads_training(cls: type) -> bool:
+    """Whether `cls`'s own forward reads `training` (a subclass's forward that calls
+    super().forward() reads it through its base class, hence the whole MRO above)."""
     try:
-        source = inspect.getsource(type(module).forward)
+        return "training" in inspect.getsource(vars(cls)["forward"])
     except (OSError, TypeError):
         return False
-    return "training" in source
 
 
 def _holds_embedding(module: nn.Module) -> bool:
@@ -196,7 +202,7 @@ def refuse_fixed_modes(model: nn.Module, gm: fx.GraphModule) -> None:
     if not fixed:
         return
     where = sorted({_owner(n) for n in fixed})
-    raise CaptureError(
+    raise ModeError(
         f"mode-dependent functions ({', '.join(sorted({_name(n.target) for n in fixed}))}) called in "
         f"forward() of {', '.join(where)}, not through a module: the captured graph would keep the "
         "capture mode, and train()/eval() would not switch them",

@@ -40,7 +40,8 @@ class CaptureError(DMTError):
 
 
 class ModeError(DMTError):
-    """The DMT model was called in a mode (train / eval) its capture does not compute."""
+    """A train / eval mode the captured graph cannot follow: refused at capture (a batch norm
+    function whose mode the graph would fix) or at call time (a forward branching on it)."""
 
 
 class NoEmbeddingError(DMTError):
