@@ -11,11 +11,13 @@ offsets), split by field where the offsets are constants, else whole with a warn
 from __future__ import annotations
 
 from tests.corpus.composite import COMPOSITE_ENTRIES
+from tests.corpus.ctr_inputs import CTR_INPUT_ENTRIES
 from tests.corpus.entry import Entry
 from tests.corpus.joint import JOINT_ENTRIES
 from tests.corpus.styles import STYLE_ENTRIES
 from tests.corpus.torchrec_models import TORCHREC_ENTRIES
 
 CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES
+CORPUS += CTR_INPUT_ENTRIES  # issue 27: batch classes that are not pytree nodes
 
 __all__ = ["CORPUS", "Entry"]
