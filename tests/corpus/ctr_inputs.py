@@ -6,6 +6,9 @@
 - `MappingBatchModel`: the batch a `collections.abc.Mapping` over a private dict, built with
   keyword arguments.
 - `FrozenBatchModel`: the batch a frozen dataclass, read field by field in a loop.
+- `SparseJointDLRM`: NVIDIA DLRM's joint mode, its one joint `nn.Embedding` built with
+  `sparse=True` gradients: split by field as the other joint tables are. Not a CORPUS row:
+  the corpus check compares gradients densely (tests/test_distributed_ctr_inputs.py checks it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import torch
 import torch.nn as nn
 
 from tests.corpus.entry import Entry
+from tests.corpus.joint import FIELD_ROWS, NvidiaJointDLRM
+from tests.corpus.joint import make_inputs as joint_inputs
 
 BATCH, DENSE, DIM, ROWS, FIELDS = 6, 5, 8, 13, 4
 
@@ -82,6 +87,16 @@ class FrozenBatchModel(_FieldsModel):
         return self.head(batch.dense, batch.ids)
 
 
+class SparseJointDLRM(NvidiaJointDLRM):
+    """NVIDIA's JointSparseEmbedding: `nn.Embedding(sum(sizes), dim, sparse=True)`."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        torch.manual_seed(seed + 1)
+        self.embeddings.embedding = nn.Embedding(sum(FIELD_ROWS), self.embeddings.embedding.embedding_dim,
+                                                 sparse=True)
+
+
 def features(seed: int, batch: int = BATCH) -> dict[str, torch.Tensor]:
     """{"dense": [B, DENSE], "ids": [B, FIELDS]}: one batch's tensors."""
     g = torch.Generator().manual_seed(seed + 11)
@@ -98,6 +113,10 @@ def mapping_batch_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
 
 def frozen_batch_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
     return FrozenBatchModel(seed), (FrozenBatch(**features(seed)),)
+
+
+def sparse_joint_dlrm(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
+    return SparseJointDLRM(seed), joint_inputs(BATCH, seed)
 
 
 CTR_INPUT_ENTRIES: tuple[Entry, ...] = (
