@@ -5,7 +5,11 @@
 In one process: outputs and gradient values bitwise (the DMT model's gradient of the weight
 is dense, the original's sparse). On 2x2 (one torchrun launch): SGD and Adagrad, 5 steps,
 every step's outputs and the final parameters equal single-process training of the
-original (its sparse gradients) within 1e-5; the job's checkpoint loads into the original."""
+original (its sparse gradients) within 1e-5; the job's checkpoint loads into the original.
+
+Tables with padding_idx=0 (a sum bag, a mean bag, an nn.Embedding; `distribute` refused them):
+the same 2x2 launch trains them equal to single-process training, row 0 of every table stays
+zero in the job's checkpoint, and the original's checkpoint starts a DMT job."""
 
 from __future__ import annotations
 
@@ -22,26 +26,31 @@ import dmt_fx
 from dmt_fx import Topology
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_ctr_inputs
-from tests.corpus.joint import FIELD_ROWS, make_inputs
+from tests import dist_ctr_inputs, dist_ctr_padding
+from tests.corpus.joint import FIELD_ROWS
 from tests.dist_cases import gathered_outputs as gathered
 from tests.dist_cases import train_steps
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_ctr_inputs.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGET = os.path.join(HERE, "dist_ctr_inputs.py")
+PADDED = os.path.join(HERE, "dist_ctr_padding.py")
 TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
-CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad")]
+CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad"), ("padded", "sgd"), ("padded", "adagrad")]
+MODULES = {"sparse_joint": (dist_ctr_inputs, TARGET), "padded": (dist_ctr_padding, PADDED)}
+PADDED_TABLES = ("sum_bag.weight", "mean_bag.weight", "single.weight")
+LOAD = "padded-load"  # the original's checkpoint (3 steps of SGD) loaded by a 1-step job
 MAX_DIFFS: dict[str, tuple[float, float]] = {}
 
 
 def _build(factory: str, seed: int = dist_ctr_inputs.SEED) -> nn.Module:
-    return getattr(dist_ctr_inputs, factory)(seed)[0]
+    return getattr(MODULES[factory][0], factory)(seed)[0]
 
 
-def train_original(factory: str, optimizer: str) -> tuple[list[torch.Tensor], nn.Module]:
+def train_original(factory: str, optimizer: str, steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     model = _build(factory)
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    return train_steps(model, opt, make_inputs, B * 4, STEPS), model
+    return train_steps(model, opt, MODULES[factory][0].make_inputs, B * 4, steps), model
 
 
 def test_the_sparse_joint_table_splits_by_field_exactly() -> None:
@@ -66,8 +75,12 @@ def test_the_sparse_joint_table_splits_by_field_exactly() -> None:
 def launched(tmp_path_factory):
     """One torchrun launch on 2x2 with every case; returns its folder."""
     tmp = tmp_path_factory.mktemp("ctr_inputs")
-    cases = [{"name": f"{f}-{o}", "args": ["--target", f"{TARGET}:{f}", "--optimizer", o,
+    _, trained = train_original("padded", "sgd", steps=3)
+    dcp.save(trained.state_dict(), checkpoint_id=str(tmp / "original"))
+    cases = [{"name": f"{f}-{o}", "args": ["--target", f"{MODULES[f][1]}:{f}", "--optimizer", o,
                                           "--save-checkpoint", str(tmp / f"{f}-{o}.ckpt")]} for f, o in CASES]
+    cases.append({"name": LOAD, "args": ["--target", f"{PADDED}:padded", "--steps", "1",
+                                         "--load-checkpoint", str(tmp / "original")]})
     with open(tmp / "cases.json", "w") as handle:
         json.dump(cases, handle)
     out = str(tmp / "out")
@@ -95,3 +108,19 @@ def test_sparse_joint_training_equals_single_process(launched, factory: str, opt
     params = max(float((state[k].float() - v.float()).abs().max()) for k, v in want.items())
     MAX_DIFFS[f"{factory}-{optimizer}"] = (outputs, params)
     assert outputs <= TOLERANCE and params <= TOLERANCE, (outputs, params)
+    if factory == "padded":  # row padding_idx: zero, and no gradient ever reached it
+        assert all(not state[name][0].any() for name in PADDED_TABLES)
+
+
+def test_padded_tables_distribute() -> None:
+    model, inputs = dist_ctr_padding.padded()
+    check_distributable(dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs))
+
+
+def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
+    _, trained = train_original("padded", "sgd", steps=3)
+    expected = trained(*dist_ctr_padding.make_inputs(B * 4, 0)).detach()
+    got = gathered(str(launched / "out" / LOAD), 4)[0]
+    diff = float((expected - got).abs().max())
+    MAX_DIFFS[f"{LOAD} (first outputs)"] = (diff, 0.0)
+    assert diff <= 1e-6, diff

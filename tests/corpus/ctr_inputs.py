@@ -9,6 +9,8 @@
 - `SparseJointDLRM`: NVIDIA DLRM's joint mode, its one joint `nn.Embedding` built with
   `sparse=True` gradients: split by field as the other joint tables are. Not a CORPUS row:
   the corpus check compares gradients densely (tests/test_distributed_ctr_inputs.py checks it).
+- `PaddedTablesModel`: a feature processor's tables, every one with `padding_idx=0`: a sum
+  bag and a mean bag on [B, L] ids, an nn.Embedding on [B] ids (id 0 is frequent).
 """
 
 from __future__ import annotations
@@ -97,6 +99,36 @@ class SparseJointDLRM(NvidiaJointDLRM):
                                                  sparse=True)
 
 
+PAD_LEN = 3  # ids per sample of the padded bags
+
+
+class PaddedTablesModel(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.sum_bag = nn.EmbeddingBag(ROWS, DIM, mode="sum", padding_idx=0)
+        self.mean_bag = nn.EmbeddingBag(ROWS, DIM, mode="mean", padding_idx=0)
+        self.single = nn.Embedding(ROWS, DIM, padding_idx=0)
+        self.bottom = nn.Sequential(nn.Linear(DENSE, DIM), nn.ReLU())
+        self.top = nn.Linear(DIM * 4, 1)
+
+    def forward(self, dense: torch.Tensor, bag_ids: torch.Tensor, mean_ids: torch.Tensor,
+                one_ids: torch.Tensor) -> torch.Tensor:
+        x = [self.bottom(dense), self.sum_bag(bag_ids), self.mean_bag(mean_ids), self.single(one_ids)]
+        return self.top(torch.cat(x, dim=1))
+
+
+def padded_inputs(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """(dense, [B, L] ids, [B, L] ids, [B] ids); ids in [0, 4): about one in four is padding."""
+    g = torch.Generator().manual_seed(seed + 13)
+    ids = [torch.randint(0, 4, shape, generator=g) for shape in ((batch, PAD_LEN), (batch, PAD_LEN), (batch,))]
+    return (torch.rand(batch, DENSE, generator=g), *ids)
+
+
+def padded_tables_model(seed: int) -> tuple[nn.Module, tuple[Any, ...]]:
+    return PaddedTablesModel(seed), padded_inputs(BATCH, seed)
+
+
 def features(seed: int, batch: int = BATCH) -> dict[str, torch.Tensor]:
     """{"dense": [B, DENSE], "ids": [B, FIELDS]}: one batch's tensors."""
     g = torch.Generator().manual_seed(seed + 11)
@@ -123,4 +155,5 @@ CTR_INPUT_ENTRIES: tuple[Entry, ...] = (
     Entry("dict-subclass batch", "batch a dict subclass, not a pytree node (export)", dict_batch_model),
     Entry("Mapping batch", "batch a collections.abc.Mapping, not a pytree node (export)", mapping_batch_model),
     Entry("frozen dataclass batch", "batch a frozen dataclass, not a pytree node (export)", frozen_batch_model),
+    Entry("padding_idx tables", "every table with padding_idx=0 (sum, mean bags; nn.Embedding)", padded_tables_model),
 )
