@@ -37,6 +37,7 @@ PADDED = os.path.join(HERE, "dist_ctr_padding.py")
 TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
 CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad"), ("padded", "sgd"), ("padded", "adagrad")]
+SLOW = "adagrad"  # its cases launch a second world, under the slow marker (default tests <= 60 s)
 MODULES = {"sparse_joint": (dist_ctr_inputs, TARGET), "padded": (dist_ctr_padding, PADDED)}
 PADDED_TABLES = ("sum_bag.weight", "mean_bag.weight", "single.weight")
 LOAD = "padded-load"  # the original's checkpoint (3 steps of SGD) loaded by a 1-step job
@@ -71,16 +72,16 @@ def test_the_sparse_joint_table_splits_by_field_exactly() -> None:
         assert torch.equal(want, q.grad.to_dense() if q.grad.is_sparse else q.grad), name
 
 
-@pytest.fixture(scope="module")
-def launched(tmp_path_factory):
-    """One torchrun launch on 2x2 with every case; returns its folder."""
-    tmp = tmp_path_factory.mktemp("ctr_inputs")
-    _, trained = train_original("padded", "sgd", steps=3)
-    dcp.save(trained.state_dict(), checkpoint_id=str(tmp / "original"))
+def _launch(tmp, optimizers: set[str], load: bool):
+    """One torchrun launch on 2x2 with the cases of `optimizers` (and the checkpoint load)."""
     cases = [{"name": f"{f}-{o}", "args": ["--target", f"{MODULES[f][1]}:{f}", "--optimizer", o,
-                                          "--save-checkpoint", str(tmp / f"{f}-{o}.ckpt")]} for f, o in CASES]
-    cases.append({"name": LOAD, "args": ["--target", f"{PADDED}:padded", "--steps", "1",
-                                         "--load-checkpoint", str(tmp / "original")]})
+                                          "--save-checkpoint", str(tmp / f"{f}-{o}.ckpt")]}
+             for f, o in CASES if o in optimizers]
+    if load:
+        _, trained = train_original("padded", "sgd", steps=3)
+        dcp.save(trained.state_dict(), checkpoint_id=str(tmp / "original"))
+        cases.append({"name": LOAD, "args": ["--target", f"{PADDED}:padded", "--steps", "1",
+                                             "--load-checkpoint", str(tmp / "original")]})
     with open(tmp / "cases.json", "w") as handle:
         json.dump(cases, handle)
     out = str(tmp / "out")
@@ -89,13 +90,29 @@ def launched(tmp_path_factory):
             "--cases", str(tmp / "cases.json")]
     result = launch(Topology.parse(TOPOLOGY), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """The default cases (SGD, the checkpoint load) in one launch; returns its folder."""
+    tmp = tmp_path_factory.mktemp("ctr_inputs")
+    _launch(tmp, {"sgd"}, load=True)
     yield tmp
     for case, (outputs, params) in MAX_DIFFS.items():
         print(f"  {case:35s} max |diff| outputs {outputs:9.3g} parameters {params:9.3g}")
 
 
-@pytest.mark.parametrize("factory, optimizer", CASES, ids=[f"{f}-{o}" for f, o in CASES])
-def test_sparse_joint_training_equals_single_process(launched, factory: str, optimizer: str) -> None:
+@pytest.fixture(scope="module")
+def launched_slow(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ctr_inputs_slow")
+    _launch(tmp, {SLOW}, load=False)
+    return tmp
+
+
+@pytest.mark.parametrize("factory, optimizer", [
+    pytest.param(f, o, id=f"{f}-{o}", marks=[pytest.mark.slow] if o == SLOW else []) for f, o in CASES])
+def test_training_equals_single_process(request, factory: str, optimizer: str) -> None:
+    launched = request.getfixturevalue("launched_slow" if optimizer == SLOW else "launched")
     expected, trained = train_original(factory, optimizer)
     got = gathered(str(launched / "out" / f"{factory}-{optimizer}"), 4)
     assert len(got) == STEPS
