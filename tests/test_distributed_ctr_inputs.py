@@ -24,9 +24,10 @@ import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
+from dmt_fx.compiler.batch_classes import register_batch_classes
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_ctr_inputs, dist_ctr_padding
+from tests import dist_ctr_batches, dist_ctr_inputs, dist_ctr_padding
 from tests.corpus.joint import FIELD_ROWS
 from tests.dist_cases import gathered_outputs as gathered
 from tests.dist_cases import train_steps
@@ -34,11 +35,14 @@ from tests.dist_cases import train_steps
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = os.path.join(HERE, "dist_ctr_inputs.py")
 PADDED = os.path.join(HERE, "dist_ctr_padding.py")
+BATCHES = os.path.join(HERE, "dist_ctr_batches.py")
 TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
-CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad"), ("padded", "sgd"), ("padded", "adagrad")]
-SLOW = "adagrad"  # its cases launch a second world, under the slow marker (default tests <= 60 s)
-MODULES = {"sparse_joint": (dist_ctr_inputs, TARGET), "padded": (dist_ctr_padding, PADDED)}
+CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad"), ("padded", "sgd"), ("padded", "adagrad"),
+         ("dict_batch", "adagrad")]
+SLOW = "adagrad"  # its cases (and the dict batch) launch a second world, slow (default tests <= 60 s)
+MODULES = {"sparse_joint": (dist_ctr_inputs, TARGET), "padded": (dist_ctr_padding, PADDED),
+           "dict_batch": (dist_ctr_batches, BATCHES)}
 PADDED_TABLES = ("sum_bag.weight", "mean_bag.weight", "single.weight")
 LOAD = "padded-load"  # the original's checkpoint (3 steps of SGD) loaded by a 1-step job
 MAX_DIFFS: dict[str, tuple[float, float]] = {}
@@ -50,6 +54,7 @@ def _build(factory: str, seed: int = dist_ctr_inputs.SEED) -> nn.Module:
 
 def train_original(factory: str, optimizer: str, steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     model = _build(factory)
+    register_batch_classes(MODULES[factory][0].make_inputs(1, 0))  # as capture does: labels read its leaves
     opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
     return train_steps(model, opt, MODULES[factory][0].make_inputs, B * 4, steps), model
 
@@ -98,15 +103,21 @@ def launched(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ctr_inputs")
     _launch(tmp, {"sgd"}, load=True)
     yield tmp
+    _report()
+
+
+def _report() -> None:
     for case, (outputs, params) in MAX_DIFFS.items():
         print(f"  {case:35s} max |diff| outputs {outputs:9.3g} parameters {params:9.3g}")
+    MAX_DIFFS.clear()
 
 
 @pytest.fixture(scope="module")
 def launched_slow(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ctr_inputs_slow")
     _launch(tmp, {SLOW}, load=False)
-    return tmp
+    yield tmp
+    _report()
 
 
 @pytest.mark.parametrize("factory, optimizer", [

@@ -71,7 +71,7 @@ class _FieldsModel(nn.Module):
     def head(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         n = int(ids.shape[1])
         embedded = [self.fields[i](ids[:, i]) for i in range(n)]
-        return self.top(torch.cat([self.bottom(dense)] + embedded, dim=1)).squeeze(-1)
+        return self.top(torch.cat([self.bottom(dense)] + embedded, dim=1))
 
 
 class DictBatchModel(_FieldsModel):
