@@ -274,7 +274,6 @@ def assert_names_module_and_fix(error: DMTError, module: str, says: str) -> None
 @pytest.mark.parametrize("options, says", [
     ({"mode": "max"}, "mode='max'"),
     ({"max_norm": 1.0}, "max_norm=1.0"),
-    ({"padding_idx": 0}, "padding_idx=0"),
     ({"scale_grad_by_freq": True}, "scale_grad_by_freq=True"),
 ])
 def test_what_torchrec_cannot_compute_is_refused_by_name(options: dict, says: str) -> None:

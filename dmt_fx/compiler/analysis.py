@@ -142,11 +142,13 @@ def _lookup_options(gm: fx.GraphModule, lk: _PlainLookup) -> list[str]:
     if lk.node.op == "call_module":
         m = gm.get_submodule(lk.node.target)
         found = {"padding_idx": m.padding_idx is not None, "max_norm": m.max_norm is not None,
-                 "scale_grad_by_freq": m.scale_grad_by_freq, "sparse": m.sparse}
+                 "scale_grad_by_freq": m.scale_grad_by_freq}
     else:
         args = list(lk.node.args) + [None] * 5
-        found = {"padding_idx": args[2] not in (None, -1), "scale_grad_by_freq": bool(args[3]),
-                 "sparse": bool(args[4])}
+        found = {"padding_idx": args[2] not in (None, -1), "scale_grad_by_freq": bool(args[3])}
+    # sparse=True (NVIDIA DLRM's joint mode) changes only the gradient's layout: each field's
+    # rows get the same values (in one process as a dense gradient of the weight, its fields'
+    # views), and distributed, TorchRec's tables train them with their fused optimizer
     return [name for name, on in found.items() if on]
 
 

@@ -20,7 +20,6 @@ calls them is captured again by torch.export, whose aten ops name each table's p
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import traceback
 from typing import Any
@@ -34,6 +33,7 @@ from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from dmt_fx.compiler.batch_classes import is_user_node, register_batch_classes
 from dmt_fx.compiler.interactions import keeps_whole
 from dmt_fx.compiler.modes import (
     ModeGuard,
@@ -92,30 +92,12 @@ def _switch_modes(model: nn.Module, gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
-def register_batch_dataclasses(value: Any) -> None:
-    """Let torch.export flatten batch objects: every dataclass type in `value` (a batch as
-    training scripts hand it over) that pytree does not know yet is registered with
-    `torch.export.register_dataclass` (a process-wide registration, as torch's own is)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if type(value) not in pytree.SUPPORTED_NODES:
-            torch.export.register_dataclass(type(value))
-        children: Any = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    elif isinstance(value, dict):
-        children = list(value.values())
-    elif isinstance(value, (list, tuple)):
-        children = list(value)
-    else:
-        return
-    for child in children:
-        register_batch_dataclasses(child)
-
-
 def _dynamic_shapes(value: Any) -> Any:
     """Dim.AUTO for every dimension of every tensor, shaped as torch.export wants: like the
     inputs for built-in containers, as the flattened fields for a registered batch class."""
     if isinstance(value, torch.Tensor):
         return {i: Dim.AUTO for i in range(value.dim())}
-    if isinstance(value, dict):
+    if isinstance(value, dict) and not is_user_node(value):
         return {k: _dynamic_shapes(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         return type(value)(_dynamic_shapes(v) for v in value)
@@ -135,7 +117,7 @@ def _by_signature(model: nn.Module, dynamic: tuple) -> tuple:
 
 
 def export_capture(model: nn.Module, example_inputs: tuple) -> torch.fx.GraphModule:
-    register_batch_dataclasses(example_inputs)
+    register_batch_classes(example_inputs)  # dataclasses and dict-likes torch.export can flatten
     # Every tensor dimension AUTO: batch and bag sizes stay symbolic, while dimensions
     # the model fixes (feature counts, embedding dims) are specialised without error.
     dynamic = _by_signature(model, _dynamic_shapes(tuple(example_inputs)))
@@ -275,7 +257,7 @@ def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.G
         )
     try:
         return export_capture(model, example_inputs), "export"
-    except DMTError:  # our own refusal of the exported graph names its reason
+    except DMTError:  # our own refusals (a mode the graph would fix, a batch class) name their reason
         raise
     except Exception as exc:
         raise CaptureError(

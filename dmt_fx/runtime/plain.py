@@ -4,7 +4,7 @@ At `distribute`, every plain lookup of a tower becomes one table of a TorchRec c
   1. read each tower lookup node of the logical graph: its id tensors (indices, offsets,
      per-sample weights) as the *local* tensors that its peer input exchange received, and
      its options; refuse what TorchRec cannot compute the same way (max pooling, max_norm,
-     padding_idx, scale_grad_by_freq) with a DMTError naming the module;
+     scale_grad_by_freq) with a DMTError naming the module;
   2. group the lookups into virtual collections (one unweighted, one weighted: a TorchRec
      collection is either), whose tables are the original tables (same rows, same weights);
   3. at run time `PlainKJT` turns the local id tensors into one KJT (a bag per sample: 1-D
@@ -29,6 +29,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR, Role, nodes_with_role, role_of
 from dmt_fx.ir.result import DMTResult
+from dmt_fx.runtime.padding_idx import drop_padding, local_padding
 
 EMBEDDING_BAG = "embedding_bag"
 EMBEDDING = "embedding"
@@ -58,6 +59,7 @@ class PlainLookup:
     # original weight `weight` (`param` is then the field's own key, `joint_field_key`).
     row_offset: int = 0
     weight: str = ""  # the original weight's name when `param` is a joint field's key
+    padding_idx: int | None = None  # ids equal to it are dropped from the bags (runtime/padding_idx.py)
 
     @property
     def weighted(self) -> bool:
@@ -121,7 +123,8 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     return PlainLookup(site.node, feature.name, table.name, param, table.num_embeddings, table.embedding_dim,
                        node.meta["dmt"]["host"], exchange, form, options["pooling"], bool(options["include_last_offset"]),
                        _local(args["indices"]), _local(args.get("offsets")), _local(args.get("weights")),
-                       table.row_offset, table.param)
+                       table.row_offset, table.param,
+                       local_padding(options["padding_idx"], table.row_offset, table.num_embeddings))
 
 
 def _arguments(gm: fx.GraphModule, node: fx.Node) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -164,8 +167,6 @@ def _check(module: str, options: dict[str, Any]) -> None:
                     "sum or mean pooling (TorchRec's pooled tables: SUM, MEAN)"),
         "max_norm": (options["max_norm"] is not None, f"max_norm={options['max_norm']}",
                      "no max_norm (it renormalises rows in forward; TorchRec tables do not)"),
-        "padding_idx": (options["padding_idx"] is not None, f"padding_idx={options['padding_idx']}",
-                        "no padding_idx (TorchRec pools every id it receives)"),
         "scale_grad_by_freq": (bool(options["scale_grad_by_freq"]), "scale_grad_by_freq=True",
                                "scale_grad_by_freq=False (the fused optimizers update per id)"),
     }
@@ -232,19 +233,23 @@ class PlainKJT(nn.Module):
         super().__init__()
         self.keys = [lk.feature for lk in lookups]
         self.forms = [(lk.form, lk.offsets is not None, lk.include_last_offset, lk.weighted) for lk in lookups]
+        self.padding = [lk.padding_idx for lk in lookups]
 
     def forward(self, *tensors: torch.Tensor) -> KeyedJaggedTensor:
         values, lengths, weights, strides = [], [], [], set()
         it = iter(tensors)
-        for key, (form, has_offsets, last, weighted) in zip(self.keys, self.forms):
+        for key, (form, has_offsets, last, weighted), padding in zip(self.keys, self.forms, self.padding):
             ids = next(it)
             offsets = next(it) if has_offsets else None
             v, n = bags(key, form, ids, offsets, last)
+            w = next(it).reshape(-1) if weighted else None
+            if padding is not None:
+                v, n, w = drop_padding(v, n, w, padding)
             values.append(v)
             lengths.append(n)
             strides.add(n.numel())
-            if weighted:
-                weights.append(next(it).reshape(-1))
+            if w is not None:
+                weights.append(w)
         if len(strides) != 1:
             raise DMTError(f"local batch sizes {sorted(strides)} across the lookups {self.keys}",
                            "every lookup with one bag per sample of the batch", ["pass one bag per sample"])

@@ -12,6 +12,7 @@ modes.py: BatchNorm / Dropout after the embeddings, captured by each route in ea
 from __future__ import annotations
 
 from tests.corpus.composite import COMPOSITE_ENTRIES
+from tests.corpus.ctr_inputs import CTR_INPUT_ENTRIES
 from tests.corpus.dcn import DCN_ENTRIES
 from tests.corpus.entry import Entry
 from tests.corpus.joint import JOINT_ENTRIES
@@ -19,6 +20,7 @@ from tests.corpus.modes import MODE_ENTRIES
 from tests.corpus.styles import STYLE_ENTRIES
 from tests.corpus.torchrec_models import TORCHREC_ENTRIES
 
-CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES + MODE_ENTRIES + DCN_ENTRIES
+CORPUS: tuple[Entry, ...] = (TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES + MODE_ENTRIES
+                             + DCN_ENTRIES + CTR_INPUT_ENTRIES)
 
 __all__ = ["CORPUS", "Entry"]
