@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-PINS="torch==2.13.0 fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0 tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath typing-inspect networkx rich pytest hypothesis matplotlib ruff"
+PINS="torch==2.13.0 fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0 tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath typing-inspect networkx rich pytest hypothesis matplotlib ruff mypy==2.4.1"
 STAMP="$VENV/.dmt_fx_pins"
 
 # `dmt-fx bench emulated` needs iproute2 (ip, tc); install it when missing and we are root.
@@ -28,7 +28,7 @@ $PIP install fbgemm-gpu-cpu==1.8.0
 # CPU build: install it without dependencies and list its other dependencies ourselves.
 $PIP install --no-deps torchrec==1.8.0
 $PIP install tensordict torchmetrics==1.0.3 tqdm pyre-extensions iopath typing-inspect \
-  networkx rich pytest hypothesis matplotlib ruff
+  networkx rich pytest hypothesis matplotlib ruff mypy==2.4.1
 $PIP install --no-deps -e .
 "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, dmt_fx; print('setup: ok, torch', __import__('torch').__version__)"
 echo "$PINS" > "$STAMP"

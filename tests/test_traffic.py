@@ -12,7 +12,7 @@ process checks the measurement against counts it makes WITHOUT the meter:
 * known collectives: what the test sent (12 floats, 12 int64, uneven rows ...);
 * threads: an all-to-all issued by a backward function on an autograd engine pool thread.
 
-and against the formulas of /work/shared/DMT.md (from the topology, the plan and the
+and against the formulas of docs/traffic.md (from the topology, the plan and the
 batches, never from the measurement):
 
 * DMT: every collective that crosses hosts runs on the peer group: H-1 cross-host

@@ -36,7 +36,30 @@ BASELINES: Registry[Baseline] = Registry(
 
 
 def register_baseline(name: str, builder: BaselineBuilder, *, family: str = "custom") -> BaselineBuilder:
-    """Make `name` a baseline of `dmt-fx run --baseline` and of the benchmarks."""
+    """Make `name` a baseline of `dmt-fx run --baseline` and of the benchmarks.
+
+    Args:
+        name: the baseline's name (`--baseline name`).
+        builder: `(model, *, topology, optimizer_class, optimizer_kwargs, plan) -> (module, optimizer)`,
+            called on every rank with its copy of the original model.
+        family: "flat" counts it in the best flat plan of the benchmarks.
+
+    Returns:
+        `builder`, so the function can be used as a decorator.
+
+    Raises:
+        DMTError: `name` is not a non-empty string.
+
+    Example:
+        >>> from torch.nn.parallel import DistributedDataParallel
+        >>> from dmt_fx.baselines import baseline_names, register_baseline
+        >>> def replicated(model, *, topology, optimizer_class, optimizer_kwargs, plan):
+        ...     module = DistributedDataParallel(model)
+        ...     return module, optimizer_class(module.parameters(), **optimizer_kwargs)
+        >>> _ = register_baseline("replicated", replicated)
+        >>> "replicated" in baseline_names()
+        True
+    """
     BASELINES.register(name, Baseline(name, builder, family))
     return builder
 

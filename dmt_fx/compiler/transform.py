@@ -84,7 +84,26 @@ def transform(
     `tower_module` names a registered kind (`TOWER_MODULES`) or is a factory
     `(TowerSpec) -> nn.Module`. "identity" preserves numerics; the compressing kinds
     ("linear", "dot", "dcn", factories) compress each tower's output by `compression` before
-    the cross-host hop and rebuild the interaction for it: that changes the model (opt-in)."""
+    the cross-host hop and rebuild the interaction for it: that changes the model (opt-in).
+
+    Args:
+        model, topology: the flat model (not modified) and a `Topology` or "HxL".
+        example_inputs: one batch of forward()'s positional arguments: captures models fx
+            cannot trace, measures pooling, and verifies the rewrite in train and eval mode.
+        plan: a `TowerPlan`, its dict or JSON (string or file), "auto" or `AutoOptions`.
+
+    Returns:
+        A `GraphModule` with the model's signature and parameters; `gm.meta["dmt"]`: the result.
+
+    Raises:
+        DMTError: bad model, topology, plan or inputs (what was found, expected, the fix).
+
+    Example:
+        >>> import torch, dmt_fx; from dmt_fx.models.zoo import default_dlrm
+        >>> model, batch = default_dlrm()
+        >>> torch.equal(dmt_fx.transform(model, "2x2", example_inputs=batch)(*batch), model(*batch))
+        True
+    """
     if not isinstance(model, nn.Module):
         raise DMTError(f"a {type(model).__name__}", "a torch.nn.Module", ["pass the model object itself"])
     topology = _as_topology(topology)

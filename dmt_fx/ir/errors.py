@@ -11,7 +11,27 @@ from typing import Sequence
 
 
 class DMTError(ValueError):
-    """Base class of every error dmt_fx raises for bad input."""
+    """Base class of every error dmt_fx raises for bad input.
+
+    Every message says what was found, what was expected and, numbered, how to fix it;
+    subclasses (`TopologyError`, `PlanError`, `CaptureError`, ...) name the kind of input.
+
+    Args:
+        found: what the input was.
+        expected: what it should have been.
+        fixes: remedies, alternatives to each other.
+
+    Raises:
+        Nothing itself: it is what dmt_fx raises; catch `DMTError` for all of them.
+
+    Example:
+        >>> import dmt_fx
+        >>> try:
+        ...     dmt_fx.Topology(0, 4)
+        ... except dmt_fx.DMTError as err:
+        ...     print(err.one_line())
+        num_hosts=0; expected num_hosts a positive int; fix: pass e.g. Topology(num_hosts=2, local_world_size=4) or Topology.parse('2x4')
+    """
 
     def __init__(self, found: str, expected: str, fixes: Sequence[str] = ()) -> None:
         self.found = found

@@ -31,6 +31,34 @@ class Tower:
 
 @dataclasses.dataclass(frozen=True)
 class TowerPlan:
+    """Which features form each tower and on which host it runs: what `transform` plans.
+
+    Read it with `dmt_fx.tower_plan(gm)`; write one by hand, edit the JSON of
+    `dmt-fx plan --format json`, and pass it back as `transform(..., plan=...)`, which
+    checks it against the model and topology (fingerprint, every feature once, tables whole).
+
+    Args:
+        towers: one `Tower(features, host)` per tower (optional `sharding`).
+        topology: the topology's "HxL".
+        fingerprint: of the embedding layout the plan was made for ("" skips the check).
+        partitioner, lookup_imbalance, memory_imbalance, balance_bound, changes_model,
+            warnings: what the partitioner reports; a hand-written plan may leave them.
+
+    Raises:
+        PlanError: from `TowerPlan.load` / `from_json`, when the text or file is not a plan,
+            and from `transform` when the plan does not fit the model or topology.
+
+    Example:
+        >>> import dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> model, _ = default_dlrm()
+        >>> plan = dmt_fx.tower_plan(dmt_fx.transform(model, "2x2"))
+        >>> again = dmt_fx.TowerPlan.from_json(plan.to_json())
+        >>> again.towers == plan.towers
+        True
+        >>> gm = dmt_fx.transform(model, "2x2", plan=again)
+    """
+
     towers: tuple[Tower, ...]
     topology: str
     fingerprint: str = ""

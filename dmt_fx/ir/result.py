@@ -95,7 +95,25 @@ def _has_module(gm: nn.Module, path: str) -> bool:
 
 
 def tower_plan(gm: nn.Module) -> TowerPlan:
-    """The tower plan of a model made by `transform`."""
+    """The tower plan of a model made by `transform`.
+
+    Args:
+        gm: the `GraphModule` `transform` returned.
+
+    Returns:
+        Its `TowerPlan`: `.towers[i].features`, `.host`, the imbalances, `.to_json()`.
+
+    Raises:
+        DMTError: `gm` was not made by `dmt_fx.transform`.
+
+    Example:
+        >>> import dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> model, _ = default_dlrm()
+        >>> plan = dmt_fx.tower_plan(dmt_fx.transform(model, "2x2"))
+        >>> [t.host for t in plan.towers], sorted(f for t in plan.towers for f in t.features)[:3]
+        ([0, 1], ['category', 'city', 'device'])
+    """
     return dmt_result(gm).plan
 
 

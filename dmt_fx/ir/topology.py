@@ -29,7 +29,28 @@ class Topology:
     """`num_hosts` domains x `local_world_size` ranks; domain h owns ranks h*L .. h*L+L-1.
 
     `ranks_per_host` (None: `local_world_size`) is how many of a domain's ranks one
-    torchrun host runs; hosts are numbered like the ranks, host p owns ranks p*R .. p*R+R-1."""
+    torchrun host runs; hosts are numbered like the ranks, host p owns ranks p*R .. p*R+R-1.
+
+    Args:
+        num_hosts: H, the hosts (fast-interconnect domains); one tower each by default.
+        local_world_size: L, the ranks of each.
+        intra_host_bandwidth_gbps, inter_host_bandwidth_gbps: link bandwidths in GB/s per
+            rank, for the cost model (defaults: an H100 host and a 400 Gb/s NIC per GPU).
+        intra_host_latency_us, inter_host_latency_us: per-message latencies, for the cost model.
+        ranks_per_host: R, the ranks one torchrun host runs (a divisor of L; default L).
+
+    Raises:
+        TopologyError: a size that is not a positive int, a bandwidth <= 0, or R not a
+            divisor of L.
+
+    Example:
+        >>> from dmt_fx import Topology
+        >>> t = Topology(2, 4)
+        >>> str(t), t.world_size
+        ('2x4', 8)
+        >>> Topology(2, 4, ranks_per_host=2).ranks_per_host
+        2
+    """
 
     num_hosts: int
     local_world_size: int

@@ -83,7 +83,34 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     (table_wise, row_wise, column_wise, or one registered with `register_sharding`); a host
     whose towers name a sharding in the plan (`Tower.sharding`, as plan="auto" sets it) uses
     that one instead (`TowerPlan.sharding_of_host`).
-    Takes ownership of `module`: the dense parameters are trained in place."""
+    Takes ownership of `module`: the dense parameters are trained in place.
+
+    Args:
+        module: the `GraphModule` `transform` returned, for the world's topology.
+        optimizer_class: the optimizer (SGD, Adagrad, Adam): fused into the sharded tables,
+            a plain one for the dense parameters.
+        optimizer_kwargs: its arguments, e.g. {"lr": 0.1}.
+        sharding: the default intra-host sharding, as above.
+        timeout: for every collective, on the world and both DMT groups.
+
+    Returns:
+        (module, optimizer): the rank's module (same call signature; `state_dict()` keeps the
+        original keys, tables as `ShardedTensor`s) and one optimizer for all its parameters.
+
+    Raises:
+        DMTError: the world does not match the plan's topology, a sharding name is unknown,
+            or the model holds a form the runtime cannot run (named, with a fix).
+
+    Example:
+        >>> import torch, torch.distributed as dist, dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+        >>> model, batch = default_dlrm()
+        >>> module, optimizer = dmt_fx.distribute(dmt_fx.transform(model, "1x1"),
+        ...                                       optimizer_kwargs={"lr": 0.1})
+        >>> module(*batch).sum().backward(); optimizer.step()
+        >>> dist.destroy_process_group()
+    """
     result = dmt_result(module)
     me = check_world(result.topology)  # before any collective
     check_distributable(module)

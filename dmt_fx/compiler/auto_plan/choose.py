@@ -57,7 +57,30 @@ MAX_TOWERS_PER_DOMAIN = 8  # k tried up to this (and units // hosts) unless Auto
 
 @dataclasses.dataclass(frozen=True)
 class AutoOptions:
-    """What plan="auto" optimises for; `transform(plan=AutoOptions(...))` passes them."""
+    """What plan="auto" optimises for; `transform(plan=AutoOptions(...))` passes them.
+
+    Args:
+        memory_per_rank: bytes of tables one rank may hold (None: no limit).
+        quality_budget: the share of pairwise interaction affinity a compressing plan must
+            keep inside towers (default 0.9; binds only c > 1).
+        batch_size: the local batch per rank the step time is predicted for.
+        compressions: the c > 1 to try with a compressing tower module.
+        hardware: the embedding-row bandwidth and tower-module FLOP rate assumed.
+        towers_per_domain: the k towers per host to try (None: 1, 2, ...).
+
+    Raises:
+        DMTError: an option out of range (checked when built); from `transform`, no candidate
+            fits `memory_per_rank` (found the least bytes any needs, expected the limit).
+
+    Example:
+        >>> import dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> model, batch = default_dlrm()
+        >>> gm = dmt_fx.transform(model, "2x2", example_inputs=batch,
+        ...                       plan=dmt_fx.AutoOptions(memory_per_rank=10**9))
+        >>> gm.meta["dmt_auto"].plan.topology
+        '2x2'
+    """
 
     memory_per_rank: int | None = None  # bytes of tables a rank may hold (None: no limit)
     quality_budget: float = DEFAULT_QUALITY_BUDGET  # share of pairwise affinity kept inside towers

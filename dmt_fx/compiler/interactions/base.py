@@ -53,7 +53,28 @@ def register_interaction(kind: str, matcher: Matcher, rewriter: Rewriter, *, vec
     modules whose width changes (`ctx.rebuild_next_linear(...)` helps). `vectors=True` asks
     tower modules for whole D-wide vectors (dot-product style interactions). `module`, a
     predicate on nn.Modules, makes the capture keep the modules it accepts whole (one
-    call_module node) instead of tracing through them."""
+    call_module node) instead of tracing through them.
+
+    Args:
+        kind: the kind's name (shown by `dmt-fx plan` and in `ModelSites`).
+        matcher: `(gm, node) -> bool`.
+        rewriter: `(InteractionContext) -> None`, rewriting the graph in place.
+        vectors: whether tower modules must return whole D-wide vectors.
+        module: a predicate on modules the capture keeps whole.
+
+    Returns:
+        None. The newest kind whose matcher accepts a node wins.
+
+    Raises:
+        DMTError: `kind` is not a non-empty string.
+
+    Example:
+        >>> import dmt_fx
+        >>> from dmt_fx.compiler.interactions import INTERACTIONS
+        >>> dmt_fx.register_interaction("never", lambda gm, node: False, lambda ctx: None)
+        >>> "never" in INTERACTIONS
+        True
+    """
     INTERACTIONS.register(kind, InteractionKind(kind, matcher, rewriter, vectors, module))
 
 

@@ -44,7 +44,30 @@ def register_partitioner(name: str, fn: Partitioner) -> Partitioner:
     """Teach dmt_fx a partitioner; `transform(partitioner=name)` then plans with it.
 
     `fn(request)` returns a TowerPlan, or the towers' feature names, one list per tower
-    (tower t on domain t // request.towers_per_domain); either is validated against the model and topology."""
+    (tower t on domain t // request.towers_per_domain); either is validated against the model and topology.
+
+    Args:
+        name: the name for `transform(partitioner=name)` and `--partitioner`.
+        fn: `(PartitionRequest) -> TowerPlan | list[list[str]]`.
+
+    Returns:
+        `fn`, so the function can be used as a decorator.
+
+    Raises:
+        DMTError: `name` is not a non-empty string. A plan `fn` returns that splits a table
+            or misses a feature is refused by `transform` (`PlanError`).
+
+    Example:
+        >>> import dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> def user_alone(request):
+        ...     names = [f.name for f in request.sites.features]
+        ...     return [["user_id"], [n for n in names if n != "user_id"]]
+        >>> _ = dmt_fx.register_partitioner("user_alone", user_alone)
+        >>> model, _ = default_dlrm()
+        >>> dmt_fx.tower_plan(dmt_fx.transform(model, "2x2", partitioner="user_alone")).towers[0].features
+        ('user_id',)
+    """
     return PARTITIONERS.register(name, fn)
 
 

@@ -72,7 +72,28 @@ def register_tower_module(name: str, factory: TowerModuleFactory, *, changes_mod
     `factory(spec)` returns one module per tower mapping (B, spec.in_width) to
     (B, spec.out_width). `changes_model=False` is for modules that keep the model's
     numerics: they are called with the tower's lookups and must return them as a tuple
-    (no interaction rewrite, the result is verified against the original)."""
+    (no interaction rewrite, the result is verified against the original).
+
+    Args:
+        name: the kind's name for `transform(tower_module=name)` and `--tower-module`.
+        factory: `(TowerSpec) -> nn.Module`, called once per tower.
+        changes_model: False only for numerics-preserving modules, as above.
+
+    Returns:
+        `factory`, so the function can be used as a decorator.
+
+    Raises:
+        DMTError: `factory` is not callable, or `name` is not a non-empty string.
+
+    Example:
+        >>> import torch, dmt_fx
+        >>> from dmt_fx.models.zoo import default_dlrm
+        >>> _ = dmt_fx.register_tower_module("half", lambda spec: torch.nn.Linear(spec.in_width, spec.out_width))
+        >>> model, batch = default_dlrm()
+        >>> gm = dmt_fx.transform(model, "2x2", example_inputs=batch, tower_module="half", compression=2)
+        >>> gm(*batch).shape, dmt_fx.tower_plan(gm).changes_model
+        (torch.Size([16, 1]), True)
+    """
     if not callable(factory):
         raise DMTError(f"a tower-module factory of type {type(factory).__name__}",
                        "a callable (TowerSpec) -> nn.Module", ["pass a class or a function taking a TowerSpec"])

@@ -47,7 +47,26 @@ SHARDINGS: Registry[ShardingFn] = Registry(
 
 
 def register_sharding(name: str, fn: ShardingFn) -> ShardingFn:
-    """Make `fn` available as `distribute(..., sharding=name)` and `--sharding name`."""
+    """Make `fn` available as `distribute(..., sharding=name)` and `--sharding name`.
+
+    Args:
+        name: the sharding's name.
+        fn: `(tables, host) -> {table name: TorchRec parameter-sharding generator}`; `tables`
+            are the host's `EmbeddingBagConfig`s (largest first), `host` a `HostRanks`.
+
+    Returns:
+        `fn`, so the function can be used as a decorator.
+
+    Raises:
+        DMTError: `name` is not a non-empty string.
+
+    Example:
+        >>> from torchrec.distributed.sharding_plan import table_wise
+        >>> from dmt_fx.runtime.shardings import SHARDINGS, register_sharding
+        >>> _ = register_sharding("last_rank", lambda tables, host: {c.name: table_wise(rank=host.ranks[-1]) for c in tables})
+        >>> "last_rank" in SHARDINGS
+        True
+    """
     return SHARDINGS.register(name, fn)
 
 
