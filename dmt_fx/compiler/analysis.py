@@ -293,12 +293,54 @@ def find_interaction(gm: fx.GraphModule, sites: tuple[EmbeddingSite, ...]) -> In
             masks[node.name] |= masks.get(n.name, 0)
         if node.op != "output" and masks[node.name] == everything and node.name in dense:
             module = node.target if node.op == "call_module" else None
-            return InteractionSite(node.name, _kind_of(gm, node), module)
+            kind = _kind_of(gm, node)
+            parts = _summands(gm, node) if kind.startswith("other:") else ()
+            return InteractionSite(node.name, kind, module, parts)
     return InteractionSite("", NO_INTERACTION, None)
 
 
+SUM_OPS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor}
+
+
+def _summands(gm: fx.GraphModule, node: fx.Node) -> tuple[str, ...]:
+    """The parts a sum adds (each named by the layers it comes from), or () for other nodes."""
+    if node.op != "call_function" or node.target not in SUM_OPS:
+        return ()
+    return tuple(_origin(gm, n) for n in node.args if isinstance(n, fx.Node))
+
+
+def _origin(gm: fx.GraphModule, node: fx.Node, limit: int = 3) -> str:
+    """A summand as the nearest layers (modules) it is computed from."""
+    layers: list[str] = []
+    frontier, seen = [node], set()
+    while frontier and len(layers) < limit:
+        n = frontier.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        path = n.target if n.op == "call_module" else (list(n.meta.get("nn_module_stack", {}).values()) or [("",)])[-1][0]
+        if path and path not in layers:
+            layers.append(str(path))
+            continue
+        frontier += [a for a in n.all_input_nodes if a.op != "placeholder"]
+    return f"{node.name} (from {', '.join(layers)})" if layers else node.name
+
+
 def require_interaction(sites: ModelSites, why: str) -> None:
-    """Refuse `why` (a compressing tower module) on a model without an interaction site."""
+    """Refuse `why` (a compressing tower module) on a model without an interaction site, or
+    whose embeddings meet the dense data only in a sum of parts."""
+    if sites.interaction.parts:
+        raise NoInteractionError(
+            f"{why} on a model whose embeddings meet the dense data first in a sum of parts at node "
+            f"{sites.interaction.node!r}: {'; '.join(sites.interaction.parts)} (the DeepFM / Wide&Deep form: "
+            "a linear part, an FM part and a deep MLP each read the embeddings on their own path)",
+            "one interaction that every embedding enters (a concatenation, a pairwise dot, a torchrec "
+            "interaction arch): the compressed tower outputs replace the per-feature embeddings there, and a "
+            "sum of parts has no one place to feed them",
+            ["keep tower_module='identity' (the default): exact",
+             "or register an interaction kind for your deep part (dmt_fx.register_interaction) whose rewriter "
+             "also rewires the other parts"],
+        )
     if sites.interaction.found:
         return
     raise NoInteractionError(

@@ -66,6 +66,9 @@ class InteractionSite:
     node: str  # "" when there is none
     kind: str  # torchrec.InteractionArch | ... | pairwise_dot | concat | other:<op> | none
     module: str | None
+    # For a sum of parts (DeepFM / Wide&Deep: a linear part + an FM part + a deep MLP added
+    # into the logit): each summand, as the layers it comes from; () otherwise.
+    parts: tuple[str, ...] = ()
 
     @property
     def found(self) -> bool:
