@@ -6,16 +6,18 @@ torchrec_models.py: the models shipped in the installed torchrec, each also as a
 per input style (batch dataclass, dict, one float tensor with id columns, attention, no
 dense input); composite.py: the reference DLRM's quotient-remainder (both combine modes)
 and mixed-dimension bags; joint.py: joint tables (one weight for all fields, per-field
-offsets), split by field where the offsets are constants, else whole with a warning."""
+offsets), split by field where the offsets are constants, else whole with a warning;
+fm_family.py: FM, DeepFM, Wide&Deep with width-1, -3 and -10 tables."""
 
 from __future__ import annotations
 
 from tests.corpus.composite import COMPOSITE_ENTRIES
 from tests.corpus.entry import Entry
+from tests.corpus.fm_family import FM_ENTRIES
 from tests.corpus.joint import JOINT_ENTRIES
 from tests.corpus.styles import STYLE_ENTRIES
 from tests.corpus.torchrec_models import TORCHREC_ENTRIES
 
-CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES
+CORPUS: tuple[Entry, ...] = TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES + FM_ENTRIES
 
 __all__ = ["CORPUS", "Entry"]
