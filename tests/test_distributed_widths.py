@@ -21,6 +21,7 @@ import dmt_fx
 from dmt_fx import Topology
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
+from dmt_fx.runtime.padded import wire_widths
 from tests import dist_widths
 from tests.corpus.fm_family import make_inputs
 from tests.dist_cases import gathered_outputs as gathered
@@ -123,3 +124,42 @@ def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     diff = float((expected - got).abs().max())
     MAX_DIFFS[f"{topology} {LOAD} (first outputs)"] = (diff, 0.0)
     assert diff <= 1e-6, diff
+
+
+TRAFFIC_MODELS = {"fm": "fm_aligned", "deepfm": "deepfm_aligned"}
+
+
+def embedding_widths(factory: str) -> tuple[int, int]:
+    """(real, padded) total width of the model's tables: what one sample's pooled outputs
+    are on the peer exchange and inside the host (dmt_fx.runtime.padded.wire_widths)."""
+    model, inputs = getattr(dist_widths, factory)()
+    result = dmt_fx.dmt_result(dmt_fx.transform(model, "2x2", example_inputs=inputs))
+    return wire_widths([t.embedding_dim for t in result.sites.tables])
+
+
+def traffic(out: str, name: str) -> dict[str, float]:
+    per_rank = [json.load(open(os.path.join(out, name, f"rank{r}.json")))["traffic"] for r in range(4)]
+    return {k: sum(t[k] for t in per_rank) for k in ("intra_host_embedding_bytes", "cross_host_embedding_bytes")}
+
+
+@pytest.mark.slow
+def test_traffic_counts_include_the_padding(tmp_path) -> None:
+    """Measured traffic (the TrafficMeter) of the narrow FM / DeepFM against the same models
+    built with the padded widths: inside the host (TorchRec's output dist of the padded
+    tables) the bytes are the padded ones; the peer exchange carries the real widths only."""
+    names = [*TRAFFIC_MODELS, *TRAFFIC_MODELS.values()]
+    cases = [{"name": n, "args": ["--target", f"{TARGET}:{n}"]} for n in names]
+    with open(tmp_path / "cases.json", "w") as handle:
+        json.dump(cases, handle)
+    out = str(tmp_path / "out")
+    args = ["--target", f"{TARGET}:fm", "--topology", "2x2", "--steps", "4", "--batch-size", str(B), "--lr", str(LR),
+            "--out", out, "--timeout-s", "60", "--cases", str(tmp_path / "cases.json")]
+    result = launch(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=60)
+    assert result.ok, result.log_tail(80)
+    for narrow, aligned in TRAFFIC_MODELS.items():
+        got, base = traffic(out, narrow), traffic(out, aligned)
+        real, padded = embedding_widths(narrow)
+        assert embedding_widths(aligned) == (padded, padded)
+        print(f"  {narrow}: widths {real} -> {padded}; measured {got}; aligned {base}")
+        assert got["intra_host_embedding_bytes"] == base["intra_host_embedding_bytes"]
+        assert got["cross_host_embedding_bytes"] * padded == base["cross_host_embedding_bytes"] * real

@@ -35,6 +35,13 @@ def padded_dim(dim: int) -> int:
     return -(-dim // ALIGN) * ALIGN
 
 
+def wire_widths(dims: Sequence[int]) -> tuple[int, int]:
+    """(peer exchange, inside the host) pooled width of tables of widths `dims`: the traffic
+    model of the padding. The peer exchange carries the real columns; TorchRec's lookup and
+    output dist inside the host carry the padded ones (forward and backward alike)."""
+    return sum(dims), sum(padded_dim(d) for d in dims)
+
+
 def pad_collection(ebc: EmbeddingBagCollection) -> EmbeddingBagCollection:
     """`ebc` with every width rounded up, same names and features, on the meta device (the
     sharder allocates the shards)."""

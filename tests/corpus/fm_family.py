@@ -37,11 +37,11 @@ def _fm(v: torch.Tensor) -> torch.Tensor:
 
 
 class FMModel(nn.Module):
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, linear_dim: int = 1, factor_dim: int = 10) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.linear = _tables(1)
-        self.factors = _tables(10)
+        self.linear = _tables(linear_dim)
+        self.factors = _tables(factor_dim)
         self.dense = nn.Linear(DENSE, 1)
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -53,22 +53,22 @@ class FMModel(nn.Module):
 class JointLinear(nn.Module):
     """torchfm's FeaturesLinear: one width-1 table for all fields, offsets a buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, dim: int = 1) -> None:
         super().__init__()
-        self.fc = nn.Embedding(sum(FIELD_ROWS), 1)
+        self.fc = nn.Embedding(sum(FIELD_ROWS), dim)
         self.register_buffer("offsets", torch.tensor((0,) + FIELD_ROWS[:-1]).cumsum(0))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.fc(ids + self.offsets).sum(1)
+        return self.fc(ids + self.offsets).sum(1).sum(1, keepdim=True)
 
 
 class DeepFMModel(nn.Module):
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, linear_dim: int = 1, factor_dim: int = 3) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.linear = JointLinear()
-        self.factors = _tables(3)
-        self.mlp = nn.Sequential(nn.Linear(3 * len(FIELD_ROWS) + DENSE, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.linear = JointLinear(linear_dim)
+        self.factors = _tables(factor_dim)
+        self.mlp = nn.Sequential(nn.Linear(factor_dim * len(FIELD_ROWS) + DENSE, 8), nn.ReLU(), nn.Linear(8, 1))
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         v = torch.stack([t(ids[:, i]) for i, t in enumerate(self.factors)], dim=1)
@@ -97,6 +97,15 @@ def fm(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
 
 def deepfm(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
     return DeepFMModel(seed), make_inputs(4, seed)
+
+
+def fm_aligned(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
+    """The FM with the widths the runtime pads to (4 and 12): the traffic comparison's baseline."""
+    return FMModel(seed, 4, 12), make_inputs(4, seed)
+
+
+def deepfm_aligned(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
+    return DeepFMModel(seed, 4, 4), make_inputs(4, seed)
 
 
 def wide_deep(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
