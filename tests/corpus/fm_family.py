@@ -6,6 +6,9 @@
   (a buffer), per-field width-3 factor tables, FM interaction and an MLP;
 - `WideDeepModel`: per-field width-1 wide tables, width-3 and width-10 deep tables, MLP.
 Inputs: (dense [B, DENSE], ids [B, F]); outputs [B, 1] logits.
+- `CollectionsFM`: TorchRec collections with narrow tables: an EmbeddingBagCollection
+  (widths 1, 3, 6) and a weighted one (width 1: the linear part of a weighted multi-hot field);
+- `QRFM`: quotient-remainder pairs of width 3 (the reference DLRM's QR bags) and width 1.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from tests.corpus.composite import QREmbeddingBag
 from tests.corpus.entry import Entry
 
 DENSE = 4
@@ -91,6 +98,71 @@ class WideDeepModel(nn.Module):
         return wide + self.mlp(deep)
 
 
+KJT_WIDTHS = {"f0": 1, "f1": 3, "f2": 6}  # pooled TorchRec tables
+KJT_ROWS, QR_ROWS = 9, 20
+
+
+class CollectionsFM(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.ebc = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name=f"t_{k}", embedding_dim=d, num_embeddings=KJT_ROWS, feature_names=[k])
+            for k, d in KJT_WIDTHS.items()])
+        self.weighted = EmbeddingBagCollection(tables=[
+            EmbeddingBagConfig(name="t_w0", embedding_dim=1, num_embeddings=KJT_ROWS, feature_names=["w0"])],
+            is_weighted=True)
+        self.top = nn.Linear(DENSE + sum(KJT_WIDTHS.values()) + 1, 1)
+
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor, weighted: KeyedJaggedTensor) -> torch.Tensor:
+        parts = [dense, self.ebc(kjt).values(), self.weighted(weighted).values()]
+        return self.top(torch.cat(parts, dim=1))
+
+
+class QRFM(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.factors = QREmbeddingBag(QR_ROWS, 3, 4)
+        self.linear = QREmbeddingBag(QR_ROWS, 1, 4)
+        self.dense = nn.Linear(DENSE, 1)
+
+    def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        v = self.factors(ids)
+        return self.dense(dense) + self.linear(ids) + (v * v).sum(1, keepdim=True)
+
+
+def make_collection_inputs(batch: int, seed: int) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(seed + 27)
+
+    def kjt(keys: list[str], weighted: bool) -> KeyedJaggedTensor:
+        lengths = torch.randint(0, 3, (len(keys) * batch,), generator=g)
+        ids = torch.randint(0, KJT_ROWS, (int(lengths.sum()),), generator=g)
+        weights = torch.rand(len(ids), generator=g) if weighted else None
+        return KeyedJaggedTensor.from_lengths_sync(keys, ids, lengths, weights=weights)
+
+    return torch.rand(batch, DENSE, generator=g), kjt(list(KJT_WIDTHS), False), kjt(["w0"], True)
+
+
+def collections_fm(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
+    return CollectionsFM(seed), make_collection_inputs(4, seed)
+
+
+collections_fm.make_inputs = make_collection_inputs  # the worker prefers the factory's make_inputs
+
+
+def make_qr_inputs(batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 28)
+    return torch.rand(batch, DENSE, generator=g), torch.randint(0, QR_ROWS, (batch, 2), generator=g)
+
+
+def qr_fm(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
+    return QRFM(seed), make_qr_inputs(4, seed)
+
+
+qr_fm.make_inputs = make_qr_inputs
+
+
 def fm(seed: int = 0) -> tuple[nn.Module, tuple[Any, ...]]:
     return FMModel(seed), make_inputs(4, seed)
 
@@ -116,4 +188,7 @@ FM_ENTRIES: tuple[Entry, ...] = (
     Entry("FM (width 1 and 10)", "per-field width-1 linear and width-10 factor tables", fm),
     Entry("DeepFM (joint width 1)", "joint width-1 linear table with offsets, width-3 factors", deepfm),
     Entry("Wide&Deep (widths 1, 3, 10)", "per-field width-1 wide tables, width-3 and -10 deep tables", wide_deep),
+    Entry("FM collections (widths 1, 3, 6)", "TorchRec pooled and weighted EBCs with narrow tables",
+          collections_fm),
+    Entry("QR FM (widths 3, 1)", "quotient-remainder pairs of width 3 and 1", qr_fm),
 )
