@@ -5,9 +5,9 @@ features, one or two collections; plain nn.EmbeddingBag models when `distribute`
 them) x random valid plans (each table on a random host, hosts may hold none) x topologies
 {2x2, 4x1, 1x4, 2x1}: DMT trained 3 steps on the world equals single-process training of
 the original (every step's outputs and the final parameters within 1e-5). Dims are drawn as
-generated (2, 4, 8, 16): check_distributable refuses a dim that is not a multiple of 4 (FBGEMM's
-tables need it) and a table read with and without per-sample weights; each refusal is counted
-by reason, then the model is tried with its dims widened to multiples of 4, or another drawn.
+generated (2, 4, 8, 16): a dim that is not a multiple of 4 runs padded (dmt_fx.runtime.padded,
+issue 26); check_distributable refuses a table read with and without per-sample weights; each
+refusal is counted by reason, then another model is drawn.
 
 Every topology's examples run in ONE torchrun launch (the worker's --cases). CI: 2 examples
 on 2x2 and 4x1 (tests/test_distributed_plans.py covers 2x1 in CI), and on 2x2 the

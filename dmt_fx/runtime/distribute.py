@@ -29,7 +29,6 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
-from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
@@ -171,23 +170,9 @@ def check_distributable(model: DMTResult | fx.GraphModule) -> None:
     """Raise DMTError when `distribute` cannot run this model; needs no process group, so the
     CLI calls it before torchrun starts. Pass the transformed GraphModule: its plain lookups'
     options (pooling mode, max_norm, padding_idx, per-sample weights, ...) are read from its
-    graph and modules; a DMTResult alone checks the tables' dims only."""
+    graph and modules; a DMTResult alone has nothing to check. Any table width runs: the
+    runtime pads widths FBGEMM cannot take (`dmt_fx.runtime.padded`)."""
     result = model if isinstance(model, DMTResult) else dmt_result(model)
-    check_table_dims(result)
     if isinstance(model, fx.GraphModule):
         plain_groups(plain_lookups(model, result))
 
-
-def check_table_dims(result: DMTResult) -> None:
-    """TorchRec's sharded tables run on FBGEMM's batched tables, which assert (on CPU too)
-    that every embedding dim is a multiple of 4; refuse the others here, by name, rather than
-    let FBGEMM's AssertionError stop every rank inside `distribute`."""
-    odd = [t for t in result.sites.tables if t.embedding_dim % 4]
-    if odd:
-        found = ", ".join(f"{t.name!r} (dim {t.embedding_dim})" for t in odd)
-        widths = ", ".join(f"{t.name!r}: {t.embedding_dim} -> {-(-t.embedding_dim // 4) * 4}" for t in odd)
-        raise DMTError(f"embedding tables whose dim is not a multiple of 4: {found}",
-                       "every table's embedding dim a multiple of 4 (FBGEMM's batched tables, under "
-                       "TorchRec's sharded tables, require it)",
-                       [f"build the tables with dims that are multiples of 4 ({widths})",
-                        "run the transformed model in one process (any dim works there)"])

@@ -35,6 +35,7 @@ from dmt_fx.ir import ops
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.groups import RankInfo, runtime_device
+from dmt_fx.runtime.padded import real_columns
 from dmt_fx.runtime.peer_ids import PeerIdExchange, PendingIds
 
 __all__ = ["HostLookup", "HostSlice", "InFlight", "SparseDist", "HostTowerBlock", "HostTowerExchange", "HostTowers", "tower_columns", "PeerIdExchange", "empty_rows",
@@ -129,8 +130,10 @@ class HostLookup(nn.Module):
         with record_function(stage_range(Stage.INTRA_OUTPUT)):
             pooled = self.lookup.output_dist(ctx, output).wait()
             # The sharded lookup orders its output by shard placement; peers expect the
-            # host's canonical order.
-            return ops.merge_keyed_tensors((pooled,), self.names).values()
+            # host's canonical order. Padded tables (padded.py) keep their real columns here,
+            # so the peer exchange carries the real widths.
+            merged = ops.merge_keyed_tensors((pooled,), self.names).values()
+            return real_columns(merged, self.slices[self.me.host].widths)
 
 
 @dataclasses.dataclass

@@ -51,6 +51,7 @@ from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange, HostTowers, tower_columns
 from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
 from dmt_fx.runtime.optim import copy_into_shards
+from dmt_fx.runtime.padded import TrimmedState, pad_collection, pad_weights, table_dims
 from dmt_fx.runtime.plain import (
     PlainKJT,
     PlainLookup,
@@ -99,6 +100,7 @@ class _Lowering:
         # id of a sharded lookup -> (the lookup, its table names -> the original tables' module paths)
         self.sharded: dict[int, tuple[nn.Module, dict[str, str]]] = {}
         self.fused: list[tuple[str, KeyedOptimizer]] = []
+        self.trims: list[TrimmedState] = []  # lookups over padded tables (any width: padded.py)
         # One sharding environment, made on EVERY rank: TorchRec's ShardingEnv builds a device
         # mesh, whose `new_group` call counts on the default group. Made per sharded collection,
         # only the ranks of hosts with tables would count it, the ranks would then disagree on
@@ -140,11 +142,15 @@ class _Lowering:
     def shard(self, index: int, host_ebc: EmbeddingBagCollection, weights: dict[str, Any]) -> nn.Module:
         """`host_ebc` sharded over the host's ranks, starting from `weights` (its state-dict keys)."""
         sharder = EmbeddingBagCollectionSharder(fused_params=self.fused_params)
-        plan = host_sharding_plan(host_ebc, self.sharding, self.result.topology, self.me.host, sharder)
+        dims, padded = table_dims(host_ebc), pad_collection(host_ebc)  # widths FBGEMM takes
+        plan = host_sharding_plan(padded, self.sharding, self.result.topology, self.me.host, sharder)
         # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
         # (its state_dict re-prefixes every key of a shared destination).
-        lookup = sharder.shard(host_ebc, plan, self.env, runtime_device())
-        copy_into_shards(lookup.state_dict(), weights)
+        lookup = sharder.shard(padded, plan, self.env, runtime_device())
+        copy_into_shards(lookup.state_dict(), pad_weights(weights, dims))
+        trim = TrimmedState(lookup, dims)
+        if trim:
+            self.trims.append(trim)
         self.fused.append((f"collection_{index}", lookup.fused_optimizer))
         return lookup
 
@@ -267,6 +273,8 @@ class _Lowering:
                 delattr(self.physical, attr)
         self.physical.recompile()
         install_state_dict_hooks(self.physical, self.renames(tower_modules), list(self.gm.state_dict().keys()))
+        for trim in self.trims:  # after the renames: its load hook reads the rank's keys
+            trim.install(self.physical)
         return Lowered(self.physical, [entry[0] for entry in self.sharded.values()], self.fused)
 
     def plain_tables(self) -> list[PlainLookup]:
