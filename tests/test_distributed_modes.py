@@ -29,6 +29,8 @@ CASES = [
           args=(*FLAGS, "--train-mode", "eval")), False),
     (Case("root-dropout-eval-then-train", f"{TARGET}:root_dropout_eval_target", dist_modes.root_dropout_eval,
           make_inputs, args=(*FLAGS, "--train-mode", "train")), True),
+    (Case("torchfm-deepfm", f"{TARGET}:deepfm_target", dist_modes.deepfm, dist_modes.deepfm_inputs, args=FLAGS),
+     None),
     (Case("dcn-v2-mix-eval-then-train", f"{TARGET}:dcn_mix_target", dist_modes.dcn_mix_eval, dcn.make_inputs,
           args=(*FLAGS, "--train-mode", "train")), True),
 ]
