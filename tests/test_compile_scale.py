@@ -30,7 +30,7 @@ def dlrm(num_features: int) -> DLRM:
               for i in range(num_features)]
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
     return DLRM(embedding_bag_collection=ebc, dense_in_features=4, dense_arch_layer_sizes=[8],
-                over_arch_layer_sizes=[4, 1])
+                over_arch_layer_sizes=[4, 1], dense_device=torch.device("meta"))
 
 
 def calls(fn) -> int:
