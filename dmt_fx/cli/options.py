@@ -4,8 +4,11 @@ transform's choices, and the transform they describe."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+from typing import ContextManager
 
 import torch.fx as fx
+from rich.console import Console
 
 from dmt_fx.cli.report import original_graph
 from dmt_fx.compiler.partitioners import PARTITIONERS
@@ -83,9 +86,18 @@ def transform_target(args: argparse.Namespace, keep_original: bool = False,
                      ) -> tuple[fx.GraphModule | None, fx.GraphModule]:
     """(the original graph when asked, the DMT graph) of TARGET under the parsed options."""
     topology = topology_of(args)  # before the (slow) model build: fail fast
-    model, inputs = load_target(args.target)
-    original = original_graph(model, inputs) if keep_original else None
-    gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,
-                   tower_module=args.tower_module, compression=args.compression, seed=args.seed,
-                   towers_per_domain=args.towers_per_domain)
+    with progress(f"building {args.target}"):
+        model, inputs = load_target(args.target)
+    with progress(f"transforming for {topology}"):
+        original = original_graph(model, inputs) if keep_original else None
+        gm = transform(model, topology, example_inputs=inputs, plan=args.plan, partitioner=args.partitioner,
+                       tower_module=args.tower_module, compression=args.compression, seed=args.seed,
+                       towers_per_domain=args.towers_per_domain)
     return original, gm
+
+
+def progress(what: str) -> ContextManager:
+    """A spinner on stderr while a slow stage runs (tens of seconds at 10,000 features); nothing
+    when stderr is not a terminal, so piped output and `--format json` stay clean."""
+    err = Console(stderr=True)
+    return err.status(f"{what} ...") if err.is_terminal else contextlib.nullcontext()

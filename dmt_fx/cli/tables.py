@@ -7,6 +7,7 @@ a table can be rendered, and tested, from a small hand-made record.
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from itertools import zip_longest
 from typing import Any
 
@@ -15,6 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 STYLE = {"inserted": "green", "removed": "red strike", "kept": ""}
+ELIDE_AFTER, ELIDE_HEAD, ELIDE_TAIL = 32, 3, 2  # a tower of 1,250 features: its count, first and last
+# a diff of more than DIFF_FULL_ROWS nodes shows KEPT_CONTEXT unchanged ones either side of a change
+DIFF_FULL_ROWS, KEPT_CONTEXT = 400, 3
 PIPE_WIDTH = 160  # rich's 80 columns squeeze the side-by-side diff and the wide tables when piped
 
 Record = dict[str, Any]
@@ -55,9 +59,17 @@ def side_by_side(original: list[Record], rewritten: list[Record]) -> Table:
     # Align on node names so kept nodes sit side by side between the changes.
     matcher = difflib.SequenceMatcher(a=[r["name"] for r in original], b=[r["name"] for r in rewritten],
                                       autojunk=False)
-    for _, a0, a1, b0, b1 in matcher.get_opcodes():
-        for left, right in zip_longest(original[a0:a1], rewritten[b0:b1]):
-            table.add_row(_name(left), _name(right), _role(right))
+    summarise = len(original) + len(rewritten) > DIFF_FULL_ROWS
+    for tag, a0, a1, b0, b1 in matcher.get_opcodes():
+        pairs = list(zip_longest(original[a0:a1], rewritten[b0:b1]))
+        if summarise and tag == "equal" and len(pairs) > 2 * KEPT_CONTEXT + 1:  # a long unchanged run: its ends only
+            skipped = len(pairs) - 2 * KEPT_CONTEXT
+            pairs = pairs[:KEPT_CONTEXT] + [None] + pairs[-KEPT_CONTEXT:]
+        for pair in pairs:
+            if pair is None:
+                table.add_row(Text(f"… {skipped} unchanged nodes …", style="dim"), Text(""), Text(""))
+            else:
+                table.add_row(_name(pair[0]), _name(pair[1]), _role(pair[1]))
     return table
 
 
@@ -89,11 +101,20 @@ def towers_table(towers: list[Record], title: str = "towers") -> Table:
                    right=("tower", "host"), left_title=True)
     for t in towers:
         leaves = [name.rpartition(".")[2] for name in t["tables"]]
+        counts = Counter(leaves)  # counted once: list.count per table is quadratic at 10,000 tables
         # a leaf name shared by two tables (weight_q of two QR bags) would be ambiguous
-        tables = ", ".join(leaf if leaves.count(leaf) == 1 else name for leaf, name in zip(leaves, t["tables"]))
-        table.add_row(str(t["tower"]), str(t["host"]), ", ".join(t["features"]), tables,
+        tables = [leaf if counts[leaf] == 1 else name for leaf, name in zip(leaves, t["tables"])]
+        table.add_row(str(t["tower"]), str(t["host"]), elided(t["features"]), elided(tables),
                       f"{t['lookup_cost']:g}", human_bytes(t["memory_bytes"]))
     return table
+
+
+def elided(names: list[str], limit: int = ELIDE_AFTER) -> str:
+    """All names when few; else the count, the first and the last few (JSON keeps them all)."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    head, tail = names[:ELIDE_HEAD], names[-ELIDE_TAIL:]
+    return f"{len(names)}: {', '.join(head)}, … {len(names) - len(head) - len(tail)} more …, {', '.join(tail)}"
 
 
 def composites_table(composites: list[Record]) -> Table:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import operator
+from collections import Counter
 from typing import Iterable
 
 import torch
@@ -189,11 +190,11 @@ def find_embedding_sites(gm: fx.GraphModule) -> tuple[tuple[EmbeddingSite, ...],
             found_or_lookups.append(_export_site(gm, node))
     plain = [x for x in found_or_lookups if isinstance(x, _PlainLookup)]
     composite = _composite_modules(plain)
-    readers = [id(lk.weight) for lk in plain]
+    readers = Counter(id(lk.weight) for lk in plain)  # counted once: list.count per lookup is quadratic
     sites, features, tables, owners, warnings = [], [], [], {}, []
     for item in found_or_lookups:
         if isinstance(item, _PlainLookup):
-            verdict = _joint_verdict(gm, item, readers.count(id(item.weight)))
+            verdict = _joint_verdict(gm, item, readers[id(item.weight)])
             if verdict is not None and not verdict.splits and _joint_warning(item, verdict.reason) not in warnings:
                 warnings.append(_joint_warning(item, verdict.reason))  # once for a table read twice
                 log.warning("analysis: %s", warnings[-1])

@@ -8,6 +8,7 @@ whole, hosts in range, made for this model and topology).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Mapping
 
 from dmt_fx.ir.errors import DMTError, PlanError
@@ -124,9 +125,10 @@ def validate_plan(plan: TowerPlan, sites: ModelSites, topology: Topology, poolin
 def _check_features(plan: TowerPlan, sites: ModelSites) -> None:
     known = [f.name for f in sites.features]
     named = list(plan.features)
-    unknown = sorted(set(named) - set(known))
-    missing = [f for f in known if f not in set(named)]
-    repeated = sorted({f for f in named if named.count(f) > 1})
+    named_set = set(named)  # built once: a set per feature (or list.count) made this quadratic
+    unknown = sorted(named_set - set(known))
+    missing = [f for f in known if f not in named_set]
+    repeated = sorted(f for f, n in Counter(named).items() if n > 1)
     problems = [f"unknown features {unknown}" if unknown else "",
                 f"missing features {missing}" if missing else "",
                 f"features in more than one tower {repeated}" if repeated else ""]

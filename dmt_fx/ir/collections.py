@@ -22,6 +22,8 @@ def sub_collection(ebcs: Sequence[EmbeddingBagCollection], tables: Collection[st
 
     Keeps the original output names: torchrec renames a key read by several tables, and a
     KJT key may be read by tables of different towers."""
+    if tables is not None and not isinstance(tables, (set, frozenset, dict)):
+        tables = set(tables)  # membership per config: a list would make the slice quadratic
     chosen = [(ebc, c) for ebc in ebcs for c in ebc.embedding_bag_configs() if tables is None or c.name in tables]
     weighted = ebcs[0].is_weighted() if ebcs else False
     device = ebcs[0]._device if ebcs else None
@@ -30,7 +32,8 @@ def sub_collection(ebcs: Sequence[EmbeddingBagCollection], tables: Collection[st
     out._embedding_bag_configs = [dataclasses.replace(c) for _, c in chosen]
     out._feature_names = [list(c.feature_names) for _, c in chosen]
     out._lengths_per_embedding = [c.embedding_dim for _, c in chosen for _ in c.feature_names]
-    out._embedding_names = [n for ebc, c in chosen for n in _names_by_table(ebc)[c.name]]
+    names = {id(ebc): _names_by_table(ebc) for ebc in ebcs}  # once per collection, not per table
+    out._embedding_names = [n for ebc, c in chosen for n in names[id(ebc)][c.name]]
     return out
 
 
