@@ -1,7 +1,7 @@
 """Every registered tower-module kind on every corpus model: success or a DMTError, never a
 raw exception from inside torch, and never a refusal that only wraps one.
 
-For each (model, kind) with compression 2: `transform`, then a forward and backward of the
+For each (model, kind) with compression 2 ("linear" in CI, every kind under -m slow): `transform`, then a forward and backward of the
 DMT model and `check_distributable` (the checks `distribute` runs before any process group
 exists). A refusal must give its own reason: a `PassError` ("pass ... failed: RuntimeError")
 is a crash the pass did not understand, and fails this test like a raw exception.
@@ -44,7 +44,11 @@ def _outcome(entry, kind: str) -> str:
     return "transforms and trains"
 
 
-@pytest.mark.parametrize("kind", COMPRESSING)
+# CI drives "linear" over the corpus (each kind shares the interaction rewrite); -m slow all kinds
+KINDS = [pytest.param(k, marks=() if k == "linear" else pytest.mark.slow) for k in COMPRESSING]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("entry", CORPUS, ids=[e.name for e in CORPUS])
 def test_tower_module_kind_succeeds_or_refuses_clearly(entry, kind: str) -> None:
     outcome = _outcome(entry, kind)
