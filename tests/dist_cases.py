@@ -88,14 +88,8 @@ def check_case(result: LaunchResult, case: Case, world: int, steps: int) -> tupl
     got = gathered_outputs(out_dir, world)
     assert len(got) == steps, f"{case.name}: {len(got)} steps recorded"
     out_diff = max((e - g).abs().max().item() for e, g in zip(expected, got))
-    fresh = case.build()
-    with torch.no_grad():  # other weights: everything must come from the checkpoint
-        for p in fresh.parameters():
-            p.add_(1.0)
-    state = fresh.state_dict()
-    dcp.load(state, checkpoint_id=os.path.join(out_dir, "ckpt"))
     want = trained.state_dict()
-    assert list(state) == list(want), f"{case.name}: checkpoint keys differ"
+    state = loaded_checkpoint(case, out_dir, want)
     param_diff = max((state[k] - v).abs().max().item() for k, v in want.items())
     assert out_diff <= 1e-5 and param_diff <= 1e-5, f"{case.name}: outputs {out_diff:.3g}, params {param_diff:.3g}"
     return out_diff, param_diff
@@ -172,14 +166,21 @@ def check_modes_case(result: LaunchResult, case: Case, world: int, steps: int, e
     return diffs
 
 
-def _checkpoint_diff(case: Case, out_dir: str, want: dict, buffers: list[dict]) -> float:
+def loaded_checkpoint(case: Case, out_dir: str, want: dict) -> dict:
+    """The case's DCP checkpoint loaded into a fresh original model whose weights were moved
+    off (everything must come from the checkpoint); its keys must be `want`'s, in order."""
     fresh = case.build()
-    with torch.no_grad():  # other weights: everything must come from the checkpoint
+    with torch.no_grad():
         for p in fresh.parameters():
             p.add_(1.0)
     state = fresh.state_dict()
     dcp.load(state, checkpoint_id=os.path.join(out_dir, "ckpt"))
     assert list(state) == list(want), f"{case.name}: checkpoint keys differ"
+    return state
+
+
+def _checkpoint_diff(case: Case, out_dir: str, want: dict, buffers: list[dict]) -> float:
+    state = loaded_checkpoint(case, out_dir, want)
     params = [k for k in want if k not in buffers[0]]
     worst = _max_diff([want[k] for k in params], [state[k] for k in params])
     for name in buffers[0]:  # a replicated buffer is saved once, from one of the ranks

@@ -169,14 +169,18 @@ def spec_case(spec: TorchRecSpec | PlainSpec, topology: str, name: str, folder: 
 def draw_cases(topology: str, examples: int, folder: str, counts: dict[str, int]) -> list[Case]:
     """`examples` cases drawn by Hypothesis (derandomized: the same ones on every run, and
     varied, unlike the first draws of a single example, which are the simplest ones)."""
-    drawn: list[Case] = []
+    return _draw(lambda i: cases(topology, f"prop_{topology.replace('x', '_')}_{i}", folder, counts), examples)
+
+
+def _draw(strategy: Any, examples: int) -> list:
+    """`examples` values of `strategy(i)` (i: the index of the draw), derandomized."""
+    drawn: list = []
 
     @settings(max_examples=examples, derandomize=True, database=None, phases=[Phase.generate], deadline=None)
     @given(data=st.data())
     def collect(data) -> None:
         if len(drawn) < examples:
-            drawn.append(data.draw(cases(topology, f"prop_{topology.replace('x', '_')}_{len(drawn)}", folder,
-                                         counts)))
+            drawn.append(data.draw(strategy(len(drawn))))
     collect()
     return drawn
 
@@ -250,13 +254,4 @@ STYLE_EVAL_STEPS = 2
 
 def draw_style_cases(topology: str, examples: int, folder: str, counts: dict[str, int]) -> list[StyleCase]:
     """`examples` style cases drawn by Hypothesis (derandomized, as `draw_cases`)."""
-    drawn: list[StyleCase] = []
-
-    @settings(max_examples=examples, derandomize=True, database=None, phases=[Phase.generate], deadline=None)
-    @given(data=st.data())
-    def collect(data) -> None:
-        if len(drawn) < examples:
-            drawn.append(data.draw(style_cases(topology, f"style_{topology.replace('x', '_')}_{len(drawn)}", folder,
-                                               counts)))
-    collect()
-    return drawn
+    return _draw(lambda i: style_cases(topology, f"style_{topology.replace('x', '_')}_{i}", folder, counts), examples)
