@@ -191,3 +191,18 @@ def _checkpoint_diff(case: Case, out_dir: str, want: dict, buffers: list[dict]) 
 def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b)), "different structure"
     return max([(x.double() - y.double()).abs().max().item() for x, y in zip(a, b) if x.numel()] or [0.0])
+
+
+def job_diffs(expected: list[torch.Tensor], out_dir: str, world: int, fresh: nn.Module, checkpoint: str,
+              want: dict) -> tuple[float, float, dict]:
+    """(max output difference over the job's steps, max difference of the job's checkpoint
+    loaded into `fresh` (weights moved off) against `want`, the loaded state); the keys and
+    the number of steps must match."""
+    got = gathered_outputs(out_dir, world)
+    assert len(got) == len(expected), f"{len(got)} of {len(expected)} steps recorded"
+    outputs = max(float((e - g).abs().max()) for e, g in zip(expected, got))
+    state = fresh.state_dict()
+    dcp.load(state, checkpoint_id=checkpoint)
+    assert list(state) == list(want), "checkpoint keys differ"
+    params = max(float((state[k].float() - v.float()).abs().max()) for k, v in want.items())
+    return outputs, params, state

@@ -30,7 +30,7 @@ from dmt_fx.runtime.distribute import check_distributable
 from tests import dist_ctr_batches, dist_ctr_inputs, dist_ctr_padding
 from tests.corpus.joint import FIELD_ROWS
 from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import train_steps
+from tests.dist_cases import job_diffs, train_steps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TARGET = os.path.join(HERE, "dist_ctr_inputs.py")
@@ -125,15 +125,10 @@ def launched_slow(tmp_path_factory):
 def test_training_equals_single_process(request, factory: str, optimizer: str) -> None:
     launched = request.getfixturevalue("launched_slow" if optimizer == SLOW else "launched")
     expected, trained = train_original(factory, optimizer)
-    got = gathered(str(launched / "out" / f"{factory}-{optimizer}"), 4)
-    assert len(got) == STEPS
-    outputs = max(float((e - g).abs().max()) for e, g in zip(expected, got))
-    fresh = _build(factory, seed=123)  # other weights: everything must come from the checkpoint
-    state = fresh.state_dict()
-    dcp.load(state, checkpoint_id=str(launched / f"{factory}-{optimizer}.ckpt"))
-    want = trained.state_dict()
-    assert list(state) == list(want)
-    params = max(float((state[k].float() - v.float()).abs().max()) for k, v in want.items())
+    assert len(expected) == STEPS
+    outputs, params, state = job_diffs(expected, str(launched / "out" / f"{factory}-{optimizer}"), 4,
+                                       _build(factory, seed=123), str(launched / f"{factory}-{optimizer}.ckpt"),
+                                       trained.state_dict())
     MAX_DIFFS[f"{factory}-{optimizer}"] = (outputs, params)
     assert outputs <= TOLERANCE and params <= TOLERANCE, (outputs, params)
     if factory == "padded":  # row padding_idx: zero, and no gradient ever reached it

@@ -26,7 +26,7 @@ from dmt_fx.runtime.padded import wire_widths
 from tests import dist_widths
 from tests.corpus.fm_family import make_inputs
 from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import train_steps
+from tests.dist_cases import job_diffs, train_steps
 
 TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_widths.py")
 B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
@@ -106,16 +106,11 @@ def test_training_equals_single_process(launched) -> None:
     for model, optimizer, sharding in CASES[launch_name]:
         name = _name(model, optimizer, sharding)
         expected, trained = train_original(model, optimizer, world)
-        got = gathered(str(tmp / "out" / name), world)
-        assert len(got) == STEPS
-        outputs = max(float((e - g).abs().max()) for e, g in zip(expected, got))
-        fresh = _build(model, seed=123)  # other weights: everything must come from the checkpoint
-        state = fresh.state_dict()
-        dcp.load(state, checkpoint_id=str(tmp / f"{name}.ckpt"))
+        assert len(expected) == STEPS
         want = trained.state_dict()
-        assert list(state) == list(want)
+        outputs, params, state = job_diffs(expected, str(tmp / "out" / name), world, _build(model, seed=123),
+                                           str(tmp / f"{name}.ckpt"), want)
         assert all(state[k].shape == v.shape for k, v in want.items())
-        params = max(float((state[k].float() - v.float()).abs().max()) for k, v in want.items())
         MAX_DIFFS[f"{launch_name} {name}"] = (outputs, params)
         if outputs > TOLERANCE or params > TOLERANCE:
             failed.append((name, outputs, params))
