@@ -20,9 +20,9 @@ import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
+from dmt_fx.ir.widths import wire_widths
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from dmt_fx.runtime.padded import wire_widths
 from tests import dist_widths
 from tests.corpus.fm_family import make_inputs
 from tests.dist_cases import gathered_outputs as gathered
@@ -133,7 +133,7 @@ TRAFFIC_MODELS = {"fm": "fm_aligned", "deepfm": "deepfm_aligned"}
 
 def embedding_widths(factory: str) -> tuple[int, int]:
     """(real, padded) total width of the model's tables: what one sample's pooled outputs
-    are on the peer exchange and inside the host (dmt_fx.runtime.padded.wire_widths)."""
+    are on the peer exchange and inside the host (dmt_fx.ir.widths.wire_widths)."""
     model, inputs = getattr(dist_widths, factory)()
     result = dmt_fx.dmt_result(dmt_fx.transform(model, "2x2", example_inputs=inputs))
     return wire_widths([t.embedding_dim for t in result.sites.tables])
