@@ -147,3 +147,14 @@ def test_twenty_steps_with_qcomms_stay_close_to_fp32(tmp_path) -> None:
         _check_close(runs, fp32, other)
         losses = [torch.tensor(runs[v][0][0]["losses"]) for v in (fp32, other)]
         assert (losses[0] - losses[1]).abs().max().item() <= TOLERANCE * losses[0].abs().max().item()
+
+
+def test_the_analytic_traffic_halves_too() -> None:
+    from dmt_fx.bench.cost_model import analytic_traffic
+
+    sizes = {"batch": B, "width": NUM_FEATURES * DIM, "features": NUM_FEATURES}
+    for name in ("flat-table_wise", "dmt-identity", "dmt-c4"):
+        fp32, fp16 = (analytic_traffic(v, H, 2, **sizes) for v in (name, f"{name}+fp16"))
+        assert fp16["cross_host_embedding_bytes"] * 2 == fp32["cross_host_embedding_bytes"]
+        assert fp16["cross_host_id_bytes"] == fp32["cross_host_id_bytes"]
+    assert analytic_traffic("dmt-identity+fp16", H, 2, **sizes)["cross_host_embedding_bytes"] == 16_384
