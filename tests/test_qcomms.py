@@ -25,7 +25,10 @@ import os
 
 import pytest
 import torch
+import torch.distributed as dist
+from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 
+import dmt_fx
 from dmt_fx.baselines import baseline_names
 from dmt_fx.bench import emulated, traffic
 from dmt_fx.bench.variants import DMT, FLAT, OTHER, Variant, is_dmt, parse, with_qcomms
@@ -33,6 +36,7 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import launch
 from dmt_fx.models.wide import DIM, NUM_FEATURES
+from dmt_fx.models.zoo import default_dlrm
 from dmt_fx.runtime.qcomms import check_precision, codecs, qcomm_codecs_registry, wire_bytes
 
 TOLERANCE = 2.0 ** -8  # of max |output|: BF16's relative precision, the coarser codec
@@ -92,6 +96,29 @@ def test_the_codecs_send_16_bits(precision, forward, backward) -> None:
         wire = codec.encode(x)
         assert wire.dtype == dtype and wire.element_size() == 2
         assert torch.equal(codec.decode(wire), x.to(dtype).float()) and not torch.equal(codec.decode(wire), x)
+
+
+@pytest.fixture
+def world_of_one():
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distribute_puts_the_codecs_on_the_peer_exchange_only(world_of_one) -> None:
+    model, _ = default_dlrm()
+    with pytest.raises(DMTError, match="comm_precision='fp8'"):
+        dmt_fx.distribute(dmt_fx.transform(model, "1x1"), comm_precision="fp8")
+    model, batch = default_dlrm()
+    module, optimizer = dmt_fx.distribute(dmt_fx.transform(model, "1x1"), comm_precision="fp16")
+    dists = {name: m for name, m in module.named_modules() if isinstance(m, PooledEmbeddingsAllToAll)}
+    peer = {name for name, m in dists.items() if m._codecs is not None}
+    assert peer and all(name.endswith("output_dist") and "lookup" not in name for name in peer), sorted(dists)
+    assert all(dists[name]._codecs.backward._comm_precision.value == "bf16" for name in peer)
+    module(*batch).sum().backward()
+    optimizer.step()
 
 
 # ---------------------------------------------------------------- a real 2x2 world
