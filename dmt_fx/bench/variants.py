@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.jobs.steps import PIPELINED as PIPELINE_SUFFIX  # one owner of the suffix: the worker's steps
 from dmt_fx.runtime.qcomms import FP32, PRECISIONS
 
 __all__ = ["DMT", "FLAT", "OTHER", "PIPELINE_SUFFIX", "QCOMMS", "Variant", "is_dmt", "of_precision", "parse",
            "with_qcomms"]
 
 DMT, FLAT, OTHER = "dmt", "flat", "baseline"  # families
-PIPELINE_SUFFIX = "+pipeline"
 _COMPRESSED = "dmt-c"
 QCOMMS = "fp16"  # the precision the default variant lists add: TorchRec's usual production qcomms
 
