@@ -89,6 +89,10 @@ MEASURED = {
     ("2x4", "dmt-identity"): (4_096, 32_768, 4, 55_368),
     ("4x2", "flat-table_wise"): (6_288, 49_152, 30, 9_240),
     ("4x2", "dmt-c8"): (6_144, 6_144, 12, 36_888),
+    # qcomms (+fp16: FP16 forward, BF16 backward), `dmt-fx bench traffic --topologies 2x2` on 2026-12-06
+    ("2x2", "flat-table_wise+fp16"): (4_144, 16_384, 10, 10_264),
+    ("2x2", "dmt-identity+fp16"): (4_096, 16_384, 4, 36_888),
+    ("2x2", "dmt-c4+fp16"): (4_096, 4_096, 4, 36_888),
 }
 
 

@@ -5,8 +5,9 @@ TARGET defaults to `dmt-fx bench emulated`'s workload (`dmt_fx.models.sized:benc
 used for every part, so the equivalence shown is that of the model timed.
 Transform the model and show the rewrite, check in one process that the DMT model computes
 what the original computes, then train DMT with identity towers (the original model),
-DMT with linear tower modules at c = 4 and every flat baseline (`dmt_fx.baselines`, family
-"flat") through torchrun, and compare them with the best flat one.
+DMT with linear tower modules at c = 4 (also with TorchRec's qcomms, `dmt-c4+fp16`) and every
+fp32 flat baseline (`dmt_fx.baselines`, family "flat") plus `flat-table_wise+fp16` through
+torchrun, and compare them with the best flat one.
 
 Network: where root and iproute2 are present (`dmt_fx.bench.netns.check_requirements`),
 the runs go over the emulated two-tier network of `dmt-fx bench emulated` (one network
@@ -32,6 +33,7 @@ from dmt_fx.baselines import baseline_names
 from dmt_fx.baselines.registry import FLAT
 from dmt_fx.bench import emulated
 from dmt_fx.bench.netns import EmulationError, check_requirements
+from dmt_fx.bench.variants import of_precision
 from dmt_fx.cli.report import graph_diff, original_graph, plan_report
 from dmt_fx.cli.run import add_job_options, check_job, job_spec
 from dmt_fx.cli.tables import console, cpu_bound_note, side_by_side, towers_table
@@ -53,7 +55,8 @@ def add_parser(verbs: Any) -> None:
 
 
 DEMO_STEPS = 12  # steps per variant after warm-up (2 metered and 3 profiled among them): under 3 minutes on 2 cores
-DMT_VARIANTS = ("dmt-identity", "dmt-c4")
+DMT_VARIANTS = ("dmt-identity", "dmt-c4", "dmt-c4+fp16")  # +fp16: TorchRec's qcomms on DMT's peer exchanges
+QCOMMS_FLAT = ("flat-table_wise+fp16",)  # the flat plan with the same qcomms, counted in "best flat"
 STARVED = 0.25  # core wait above this share of a step: the step time measures the machine's load
 
 
@@ -66,7 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
     gm = transform(copy.deepcopy(model), topology, example_inputs=inputs)
     print_rewrite(out, gm, original)
     print_equivalence(out, args.target, model, topology, inputs)
-    flat = baseline_names(FLAT)
+    flat = (*of_precision(baseline_names(FLAT)), *QCOMMS_FLAT)
     rows, network = compare(args, [*DMT_VARIANTS, *flat], out)
     mode = ", every variant pipelined (flat: TorchRec's TrainPipelineSparseDist)" if args.pipeline else ""
     render(out, rows, flat, title=f"DMT vs TorchRec flat plans: {args.target} on {args.topology}, {network}, "
