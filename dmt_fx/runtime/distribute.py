@@ -37,6 +37,7 @@ from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.shardings import SHARDINGS
+from dmt_fx.runtime.shutdown import keep_until_exit
 
 # Names this module offered before the runtime was split; kept importable from here.
 __all__ = ["DEFAULT_TIMEOUT", "SHARDINGS", "DistributedDMT", "RankInfo", "check_distributable", "check_world",
@@ -133,6 +134,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     # and the tower modules.
     optimizer = combined_optimizer(lowered.module, lowered.lookups, optimizer_class, kwargs, lowered.fused)
     joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
+    keep_until_exit()  # no gloo destructor may join its threads under the GIL (runtime/shutdown.py)
     return DistributedDMT(ddp, me, joint), optimizer
 
 
