@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from dmt_fx import Topology
+from dmt_fx import DMTError, Topology
 from dmt_fx.jobs.faults import ENV
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime import resume
@@ -85,3 +85,20 @@ def test_kill_trials(tmp_path, straight, monkeypatch) -> None:
     print(f"20 trials: {mid_save} kills during a save, {partial} left a partial checkpoint (skipped), "
           "every resume exact")
     assert partial >= 5  # the draws reach inside the save, not only its end
+
+
+def test_the_marker_decides_what_is_complete(tmp_path) -> None:
+    """Without processes: only the step the marker names is complete, newer ones are partial,
+    and a marker naming a directory without DCP metadata is a DMTError, not a DCP traceback."""
+    done, unfinished = tmp_path / "step_00000001", tmp_path / "step_00000002"
+    done.mkdir()
+    (done / ".metadata").write_text("")
+    unfinished.mkdir()
+    assert resume.latest(str(tmp_path)) is None  # no marker: nothing completed, both partial
+    assert resume.partial_saves(str(tmp_path), None) == [str(done), str(unfinished)]
+    (tmp_path / "latest").write_text("step_00000001")
+    assert resume.latest(str(tmp_path)) == str(done)
+    assert resume.partial_saves(str(tmp_path), str(done)) == [str(unfinished)]
+    (tmp_path / "latest").write_text("step_00000002")
+    with pytest.raises(DMTError, match="no DCP .metadata"):
+        resume.latest(str(tmp_path))
