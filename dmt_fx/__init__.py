@@ -28,11 +28,13 @@ from dmt_fx.ir.plan import Tower, TowerPlan
 from dmt_fx.ir.result import DMTResult, dmt_result, tower_plan
 from dmt_fx.ir.topology import Topology
 from dmt_fx.runtime.distribute import distribute
+from dmt_fx.runtime.shutdown import shutdown
 
 __all__ = [
     "AutoOptions", "CaptureError", "DMTError", "DMTResult", "ExampleInputsError", "NoEmbeddingError",
     "NoInteractionError", "PassError", "PlanError", "TopologyError", "Tower", "TowerPlan",
     "Topology", "TowerSpec", "UnsupportedEmbeddingError", "distribute", "dmt_result",
-    "register_interaction", "register_partitioner", "register_tower_module", "tower_plan", "transform",
+    "register_interaction", "register_partitioner", "register_tower_module", "shutdown", "tower_plan",
+    "transform",
 ]
 __version__ = "0.1.0"

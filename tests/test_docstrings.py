@@ -31,6 +31,7 @@ ENTRY_POINTS = {
     "register_sharding": register_sharding,
     "register_baseline": register_baseline,
     "DMTError": dmt_fx.DMTError,
+    "shutdown": dmt_fx.shutdown,
 }
 # A class documents its constructor, so it has no Returns: section.
 CLASSES = {"Topology", "TowerPlan", "AutoOptions", "DMTError"}

@@ -45,6 +45,7 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs import breakdown
 from dmt_fx.jobs.data import slice_batch, synthetic_inputs
+from dmt_fx.jobs.faults import save_fault
 from dmt_fx.jobs.modes import add_mode_args, evaluate, save_plain_state, seed_step, set_train_mode
 from dmt_fx.jobs.steps import Steps, batch_of, split_variant
 from dmt_fx.jobs.target import load_target, target_module
@@ -252,7 +253,8 @@ def train(args: argparse.Namespace, topology: Topology) -> dict[str, Any]:
         if args.record_outputs:
             outputs.append(out.detach().clone())
         if args.checkpoint_dir and args.checkpoint_every and (step + 1) % args.checkpoint_every == 0:
-            resume.save(args.checkpoint_dir, step, module, optimizer)
+            with save_fault(args.checkpoint_dir, rank, step):  # kill trials only (DMT_FX_SAVE_FAULT)
+                resume.save(args.checkpoint_dir, step, module, optimizer)
         _progress(args, rank, step)
     evaluate(args, module, batch, rank)
     if args.save_checkpoint:
@@ -324,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         os._exit(1)  # skip teardown: a collective with a dead peer could block it
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
-    dist.barrier()  # teardown only when every rank is done (see DESIGN pitfalls)
-    dist.destroy_process_group()
+    dmt_fx.shutdown()  # a barrier, then teardown that cannot hang at exit (runtime/shutdown.py)
     return 0
 
 
@@ -346,8 +347,7 @@ def _train_variants(args: argparse.Namespace, topology: Topology) -> int:
             json.dump(result, handle)
         dist.barrier()  # the next variant's setup starts together on every rank
     args.out = base_out
-    dist.barrier()
-    dist.destroy_process_group()
+    dmt_fx.shutdown()
     return 0
 
 
@@ -390,8 +390,7 @@ def _train_cases(argv: list[str] | None, args: argparse.Namespace, topology: Top
         with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
             json.dump(result, handle)
         dist.barrier()  # the next case's setup starts together on every rank
-    dist.barrier()
-    dist.destroy_process_group()
+    dmt_fx.shutdown()
     return 0
 
 

@@ -38,6 +38,7 @@ from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
 from dmt_fx.runtime.shardings import SHARDINGS
+from dmt_fx.runtime.shutdown import keep_until_exit
 
 # Names this module offered before the runtime was split; kept importable from here.
 __all__ = ["DEFAULT_TIMEOUT", "SHARDINGS", "DistributedDMT", "RankInfo", "check_distributable", "check_world",
@@ -143,6 +144,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     optimizer = combined_optimizer(lowered.module, fused_lookups, optimizer_class, kwargs, lowered.fused,
                                    dense_tables=dense_lookups)
     joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
+    keep_until_exit()  # no gloo destructor may join its threads under the GIL (runtime/shutdown.py)
     return DistributedDMT(ddp, me, joint), optimizer
 
 
