@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir.errors import DMTError
@@ -92,17 +92,24 @@ def joint_field_key(param: str, row_offset: int, rows: int) -> str:
 # ---------------------------------------------------------------- step 1: read the graph
 
 
-def plain_lookups(gm: fx.GraphModule, result: DMTResult) -> list[PlainLookup]:
+def plain_lookups(gm: fx.GraphModule, result: DMTResult, *, sequence: bool = False) -> list[PlainLookup]:
     """Every plain tower lookup of the logical graph, in model (site) order; refuses what
-    TorchRec cannot compute like the original op."""
+    TorchRec cannot compute like the original op. `sequence`: the unpooled ones instead
+    (nn.Embedding read as [B, L] sequences: `dmt_fx.runtime.sequence_lowering`)."""
     order = {s.node: i for i, s in enumerate(result.sites.sites)}
     found = [_read(gm, node, result) for node in nodes_with_role(gm.graph, Role.TOWER_LOOKUP)
-             if node.op != "call_module" or not _is_collection(gm, node)]
+             if (node.op != "call_module" or not _is_collection(gm, node)) and _is_sequence(node, result) == sequence]
     return sorted(found, key=lambda lookup: order[lookup.origin])
 
 
 def _is_collection(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(gm.get_submodule(str(node.target)), EmbeddingBagCollection)
+    return isinstance(gm.get_submodule(str(node.target)), (EmbeddingBagCollection, EmbeddingCollection))
+
+
+def _is_sequence(node: fx.Node, result: DMTResult) -> bool:
+    """A lookup whose feature returns one row per id ([B, L] ids; marked by the transform)."""
+    site = next(s for s in result.sites.sites if s.node == node.meta["dmt"]["origin"])
+    return result.sites.feature(node.meta["dmt"].get("features", site.features)[0]).sequence
 
 
 def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
@@ -114,7 +121,7 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     args, options = _arguments(gm, node)
     _check(site.module, options)
     form = EMBEDDING if options["form"] == EMBEDDING else EMBEDDING_BAG
-    if form == EMBEDDING:
+    if form == EMBEDDING and not feature.sequence:  # a sequence runs unpooled (runtime/sequence.py)
         _check_ids(site.module, _local(args["indices"]))
     exchange = args["indices"].args[0]
     # The feature's name, not its key: a table called for several fields has one key (its

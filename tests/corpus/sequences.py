@@ -71,7 +71,10 @@ class Bert4RecStyle(nn.Module):
         self.items = EmbeddingCollection([EmbeddingConfig(name="item_table", embedding_dim=dim, num_embeddings=23,
                                                           feature_names=["history", "searches"])])
         self.positions = nn.Parameter(torch.randn(MAX_LEN, dim) * 0.1)
-        self.encoder = nn.TransformerEncoderLayer(dim, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        # No biases: attention's key bias has a zero gradient up to rounding, which Adagrad
+        # would turn into full-size steps of noise (different noise in one process and on a world).
+        self.encoder = nn.TransformerEncoderLayer(dim, 2, dim_feedforward=16, dropout=0.0, batch_first=True,
+                                                  bias=False)
         self.head = nn.Linear(2 * dim + DENSE, 1)
 
     def forward(self, dense: torch.Tensor, sequences: KeyedJaggedTensor) -> torch.Tensor:
