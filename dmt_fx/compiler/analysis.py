@@ -348,7 +348,16 @@ def _origin(gm: fx.GraphModule, node: fx.Node, limit: int = 3) -> str:
 
 def require_interaction(sites: ModelSites, why: str) -> None:
     """Refuse `why` (a compressing tower module) on a model without an interaction site, or
-    whose embeddings meet the dense data only in a sum of parts."""
+    whose embeddings meet the dense data only in a sum of parts, or with sequence features."""
+    sequences = [f.name for f in sites.features if f.sequence]
+    if sequences:
+        raise NoInteractionError(
+            f"{why} on a model with sequence (unpooled) features {sequences}",
+            "pooled features only: a compressing tower module compresses a tower's pooled rows, and a "
+            "sequence feature returns one row per id",
+            ["keep tower_module='identity' (the default): sequence features run exact, distributed too",
+             "or pool the sequences in the model (an EmbeddingBagCollection, nn.EmbeddingBag) to compress them"],
+        )
     if sites.interaction.parts:
         raise NoInteractionError(
             f"{why} on a model whose embeddings meet the dense data first in a sum of parts at node "

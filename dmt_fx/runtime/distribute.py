@@ -36,6 +36,7 @@ from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
+from dmt_fx.runtime.sequence_lowering import check_sequences
 from dmt_fx.runtime.shardings import SHARDINGS
 
 # Names this module offered before the runtime was split; kept importable from here.
@@ -175,4 +176,5 @@ def check_distributable(model: DMTResult | fx.GraphModule) -> None:
     result = model if isinstance(model, DMTResult) else dmt_result(model)
     if isinstance(model, fx.GraphModule):
         plain_groups(plain_lookups(model, result))
+        check_sequences(model, result)  # nn.Embedding read as [B, L] ids (runtime/sequence_lowering.py)
 

@@ -288,10 +288,12 @@ def bags(key: str, form: str, ids: torch.Tensor, offsets: torch.Tensor | None,
 
 def sequence_error(module: str, shape: str) -> DMTError:
     """nn.Embedding on [B, L] ids returns a [B, L, D] sequence; TorchRec's pooled tables cannot."""
-    return DMTError(f"nn.Embedding {module!r} on ids of shape {shape} (a [B, L, D] sequence output)",
-                    "ids of shape [B] or [B, 1]: one id per sample, which a pooled table returns",
-                    [f"pool the sequence in the model (nn.EmbeddingBag for {module!r})",
-                     "run the transformed model in one process"])
+    return DMTError(f"nn.Embedding {module!r} on ids of shape {shape} (a [B, L, D] sequence output) in a "
+                    "model transformed without such ids in example_inputs",
+                    "ids of shape [B] or [B, 1] (one id per sample), or a lookup the transform saw read as "
+                    "[B, L] ids, which then runs as a sequence (TorchRec's sharded EmbeddingCollection)",
+                    [f"pass example_inputs to dmt_fx.transform with the [B, L] ids {module!r} reads",
+                     f"or pool the sequence in the model (nn.EmbeddingBag for {module!r})"])
 
 
 def pooled_output(kt: KeyedTensor, key: str, form: str, ids: torch.Tensor) -> torch.Tensor:

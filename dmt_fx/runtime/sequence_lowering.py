@@ -84,6 +84,13 @@ def sequence_parts(lowering: Any) -> SequenceParts:
     return SequenceParts(sites, list(by_width.values()), exchanges)
 
 
+def check_sequences(gm: fx.GraphModule, result: Any) -> None:
+    """What `distribute` refuses of the sequence lookups; no process group needed (the CLI
+    runs it before torchrun, through `check_distributable`)."""
+    for lk in plain_lookups(gm, result, sequence=True):
+        check_plain_sequence(lk)
+
+
 def check_plain_sequence(lk: PlainLookup) -> None:
     """What an unpooled TorchRec table cannot compute like nn.Embedding on [B, L] ids."""
     if lk.padding_idx is not None:
