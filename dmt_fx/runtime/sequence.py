@@ -24,7 +24,6 @@ runs both after the one id exchange.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from typing import Any, Sequence
 
@@ -37,6 +36,7 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
+from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, empty_rows, lookup_order, output_dist
 from dmt_fx.runtime.groups import RankInfo
@@ -203,7 +203,6 @@ class HostSequenceExchange(nn.Module):
         self.num_hosts, self.me = me.topology.num_hosts, me
         self.outputs = list(outputs)
         self.back = JaggedReturn([lk.slices for lk in sequences], group, me)
-        self.ready = collections.deque()  # no train pipeline for sequence models: always empty
         self.pooled_back = self.pooled_layout(pooled, pooled_keys, group) if pooled else None
 
     def pooled_layout(self, pooled: Sequence[HostLookup], keys: Sequence[Sequence[str]],
@@ -217,6 +216,12 @@ class HostSequenceExchange(nn.Module):
         self.keys = [list(k) for k in keys]
         self.picks = [[position[(c, n)] for n in names] for c, names in enumerate(self.keys)]
         return output_dist(group, per_host)
+
+    def dist_start(self, kjts: Sequence[KeyedJaggedTensor]) -> Any:
+        """The train pipeline's first stage (`dmt_fx.runtime.pipeline`): not for sequences yet."""
+        raise DMTError("a train pipeline (--pipeline) over a model with sequence (unpooled) features",
+                       "pooled features only in DMTTrainPipeline (its stages are the pooled exchange's)",
+                       ["train without the pipeline (--pipeline off): every step runs the same exchanges"])
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[Any, ...]:
         with record_function(stage_range(Stage.PEER_INPUT)):
