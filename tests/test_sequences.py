@@ -193,3 +193,24 @@ def test_a_managed_collision_embedding_collection_is_refused_by_name() -> None:
         dmt_fx.transform(MC(), "2x1")
     assert "ManagedCollisionEmbeddingCollection" in info.value.found and "'mc'" in info.value.found
     assert any("_embedding_module" in fix for fix in info.value.fixes)
+
+
+def test_dmt_fx_plan_shows_sequence_features() -> None:
+    """`dmt-fx plan`'s report lists the sequence features with their mean lengths, and its
+    output-exchange estimate counts one row per id for them."""
+    from dmt_fx.cli.report import plan_report
+    from dmt_fx.cli.tables import plan_extras
+
+    model, batch = pooled_sequence()
+    gm = dmt_fx.transform(model, "2x2", example_inputs=batch)
+    data = plan_report(gm, batch_size=8)
+    lengths = {s["feature"]: s["mean_length"] for s in data["sequences"]}
+    kjt = batch[2]
+    assert lengths == {k: n / kjt.stride() for k, n in zip(kjt.keys(), kjt.length_per_key())}
+    assert any("sequence features" in str(getattr(extra, "title", "")) for extra in plan_extras(data))
+    sites, plan = dmt_fx.dmt_result(gm).sites, dmt_fx.tower_plan(gm)
+    for tower in plan.towers:
+        rows = sum(sites.feature(f).dim * (sites.feature(f).mean_length if sites.feature(f).sequence else 1)
+                   for f in tower.features)
+        out = next(c for c in data["collectives"] if c["tower"] == tower.index and "output" in c["kind"])
+        assert out["bytes_per_step"] == round(8 * rows * 4 / 2)
