@@ -136,22 +136,25 @@ def test_a_compressing_tower_module_on_sequence_features_is_refused() -> None:
     assert any("identity" in fix for fix in error.fixes)
 
 
-def test_padding_idx_on_a_sequence_table_is_refused_by_check_distributable() -> None:
-    class Padded(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.history = nn.Embedding(9, 4, padding_idx=0)
+def test_padding_idx_on_a_sequence_table_is_distributable() -> None:
+    """padding_idx on nn.Embedding read as [B, L] ids: the rank drops the padding ids before
+    the lookup and puts zero rows in their places (trained on a world in
+    tests/test_distributed_sequences.py: plain_sequence's `clicks`)."""
+    from torchrec.sparse.jagged_tensor import JaggedTensor
 
-        def forward(self, dense, ids):
-            return torch.cat([dense, self.history(ids).sum(1)], dim=1).sum(1, keepdim=True)
+    from dmt_fx.runtime.sequence_lowering import PlainSequenceKJT, sequence_rows
 
-    inputs = (torch.rand(4, 2), torch.randint(0, 9, (4, 3)))
-    gm = dmt_fx.transform(Padded(), "2x1", example_inputs=inputs)
-    assert torch.equal(gm(*inputs), Padded.__call__(gm, *inputs))  # one process keeps it
-    with pytest.raises(DMTError) as info:
-        check_distributable(gm)
-    assert "'history'" in info.value.found and "padding_idx=0" in info.value.found, str(info.value)
-    assert any("without padding_idx" in fix for fix in info.value.fixes)
+    model, batch = plain_sequence()
+    gm = dmt_fx.transform(model, "2x1", example_inputs=batch)
+    check_distributable(gm)
+    lookups = plain_lookups(gm, dmt_fx.dmt_result(gm), sequence=True)
+    clicks = next(lk for lk in lookups if lk.feature == "clicks")
+    assert clicks.padding_idx == 0
+    ids = torch.tensor([[0, 3, 0], [5, 0, 2]])
+    kjt = PlainSequenceKJT([clicks])(ids)
+    assert kjt.lengths().tolist() == [1, 2] and kjt.values().tolist() == [3, 5, 2]
+    rows = {"clicks": JaggedTensor(values=model.clicks(kjt.values()), lengths=kjt.lengths())}
+    assert torch.equal(sequence_rows(rows, "clicks", ids, 0), model.clicks(ids))
 
 
 def test_sequence_ids_unseen_by_the_transform_are_refused_with_the_fix() -> None:

@@ -45,6 +45,7 @@ from dmt_fx.runtime.exchange import HostSlice
 from dmt_fx.runtime.groups import runtime_device
 from dmt_fx.runtime.optim import copy_into_shards
 from dmt_fx.runtime.padded import TrimmedState, pad_weights
+from dmt_fx.runtime.padding_idx import drop_padding
 from dmt_fx.runtime.plain import PlainLookup, plain_lookups, pooled_output, received_output, table_attr
 from dmt_fx.runtime.sequence import (
     HostSequenceExchange,
@@ -75,8 +76,6 @@ def sequence_parts(lowering: Any) -> SequenceParts:
     result = lowering.result
     sites = [s for s in result.sites.sites if s.kind == SEQUENCE_KIND]
     lookups = plain_lookups(lowering.physical, result, sequence=True)
-    for lk in lookups:
-        check_plain_sequence(lk)
     by_width: dict[int, list[PlainLookup]] = {}
     for lk in lookups:
         by_width.setdefault(lk.dim, []).append(lk)
@@ -85,22 +84,10 @@ def sequence_parts(lowering: Any) -> SequenceParts:
 
 
 def check_sequences(gm: fx.GraphModule, result: Any) -> None:
-    """What `distribute` refuses of the sequence lookups; no process group needed (the CLI
-    runs it before torchrun, through `check_distributable`)."""
-    for lk in plain_lookups(gm, result, sequence=True):
-        check_plain_sequence(lk)
-
-
-def check_plain_sequence(lk: PlainLookup) -> None:
-    """What an unpooled TorchRec table cannot compute like nn.Embedding on [B, L] ids."""
-    if lk.padding_idx is not None:
-        raise DMTError(f"nn.Embedding {lk.table!r} with padding_idx={lk.padding_idx} read as [B, L] sequences",
-                       "no padding_idx on a sequence table (TorchRec's fused optimizers would train the "
-                       "padding row, which nn.Embedding keeps at zero)",
-                       [f"build {lk.table!r} without padding_idx and mask the padded positions in the model "
-                        "(their rows then get no gradient)",
-                        "or pool the sequence in the model with nn.EmbeddingBag(padding_idx=...), which distributes",
-                        "or run the transformed model in one process (it keeps every option)"])
+    """What `distribute` refuses of the sequence lookups (max_norm, scale_grad_by_freq: the
+    plain lookups' own checks); no process group needed (the CLI runs it before torchrun,
+    through `check_distributable`)."""
+    plain_lookups(gm, result, sequence=True)
 
 
 # ---------------------------------------------------------------- step 2
@@ -165,22 +152,36 @@ def plain_lookup(lowering: Any, index: int, group: list[PlainLookup]) -> Sequenc
 
 
 class PlainSequenceKJT(nn.Module):
-    """The local [B, ...] id tensors of plain sequence lookups -> one KJT, a sequence per sample."""
+    """The local [B, ...] id tensors of plain sequence lookups -> one KJT, a sequence per
+    sample; ids equal to a table's padding_idx are dropped (`sequence_rows` puts zero rows
+    in their places: nn.Embedding's padding row is zero and gets no gradient)."""
 
     def __init__(self, lookups: Sequence[PlainLookup]) -> None:
         super().__init__()
         self.keys = [lk.feature for lk in lookups]
+        self.padding = [lk.padding_idx for lk in lookups]
 
     def forward(self, *ids: torch.Tensor) -> KeyedJaggedTensor:
         batch = ids[0].shape[0]
-        lengths = [torch.full((batch,), x[0].numel() if batch else 0, dtype=torch.long, device=x.device) for x in ids]
-        return KeyedJaggedTensor(keys=self.keys, values=torch.cat([x.reshape(-1) for x in ids]).long(),
-                                 lengths=torch.cat(lengths), stride=batch)
+        values, lengths = [], []
+        for x, padding in zip(ids, self.padding):
+            v = x.reshape(-1).long()
+            n = torch.full((batch,), x[0].numel() if batch else 0, dtype=torch.long, device=x.device)
+            if padding is not None:
+                v, n, _ = drop_padding(v, n, None, padding)
+            values.append(v)
+            lengths.append(n)
+        return KeyedJaggedTensor(keys=self.keys, values=torch.cat(values), lengths=torch.cat(lengths), stride=batch)
 
 
-def sequence_rows(rows: dict[str, JaggedTensor], key: str, ids: torch.Tensor) -> torch.Tensor:
-    """A plain sequence lookup's rows in the shape nn.Embedding returns: ids.shape + (D,)."""
+def sequence_rows(rows: dict[str, JaggedTensor], key: str, ids: torch.Tensor, padding: int | None = None,
+                  ) -> torch.Tensor:
+    """A plain sequence lookup's rows in the shape nn.Embedding returns: ids.shape + (D,);
+    zero rows where the ids are the padding index (dropped before the lookup)."""
     values = rows[key].values()
+    if padding is not None:
+        full = values.new_zeros(ids.numel(), values.shape[1])
+        values = full.index_put((torch.nonzero(ids.reshape(-1) != padding).squeeze(1),), values)
     return values.view(*ids.shape, values.shape[1])
 
 
@@ -225,7 +226,7 @@ def lower_with_sequences(lowering: Any, parts: SequenceParts, sites: list[Embedd
         with graph.inserting_before(nodes[0]):
             item = graph.call_function(operator.getitem, (exchange, index))
             for lk, node in zip(group, nodes):
-                read = (sequence_rows, (item, lk.feature, lk.indices)) if sequence else \
+                read = (sequence_rows, (item, lk.feature, lk.indices, lk.padding_idx)) if sequence else \
                     (pooled_output, (item, lk.feature, lk.form, lk.indices))
                 node.replace_all_uses_with(graph.call_function(*read))
     stable_toposort(graph)

@@ -6,8 +6,9 @@
 - `Bert4RecStyle`: a sequence-only model in the shape of BERT4Rec (torchrec 1.8 ships no
   bert4rec example): an EmbeddingCollection over an item history, padded to a fixed length,
   learned positions, one transformer encoder layer (no dropout), a masked mean, a head;
-- `PlainSequence`: plain nn.Embedding read as [B, L] sequences (a [B, L, D] output), an
-  attention-style reduction in the model, and a pooled nn.EmbeddingBag beside them.
+- `PlainSequence`: plain nn.Embedding read as [B, L] sequences (a [B, L, D] output; one
+  with padding_idx=0), an attention-style reduction in the model, and a pooled
+  nn.EmbeddingBag beside them.
 Inputs: (dense [B, DENSE], KJT) or (dense, ids [B, L], bag ids [B, 2]); outputs [B, 1] logits.
 Sequence lengths vary from 0 to MAX_LEN: empty sequences in every batch.
 """
@@ -98,7 +99,7 @@ class PlainSequence(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.history = nn.Embedding(19, 8)
-        self.clicks = nn.Embedding(11, 6)
+        self.clicks = nn.Embedding(11, 6, padding_idx=0)  # 0 pads: a zero row that never trains
         self.bag = nn.EmbeddingBag(13, 8, mode="sum")
         self.query = nn.Linear(DENSE, 8)
         self.head = nn.Linear(8 + 6 + 8 + 8, 1)
