@@ -217,3 +217,13 @@ def test_dmt_fx_plan_shows_sequence_features() -> None:
                    for f in tower.features)
         out = next(c for c in data["collectives"] if c["tower"] == tower.index and "output" in c["kind"])
         assert out["bytes_per_step"] == round(8 * rows * 4 / 2)
+
+
+def test_plan_auto_on_a_sequence_model() -> None:
+    """plan="auto" counts a sequence feature's rows back per sample (dim x mean length) and
+    gives an exact identity plan."""
+    model, batch = pooled_sequence()
+    gm = dmt_fx.transform(model, "2x2", example_inputs=batch, plan="auto")
+    assert torch.equal(gm(*batch), model(*batch))
+    assert sorted(f for t in dmt_fx.tower_plan(gm).towers for f in t.features) == ["history", "item", "searches",
+                                                                                   "user"]
