@@ -227,3 +227,25 @@ def test_plan_auto_on_a_sequence_model() -> None:
     assert torch.equal(gm(*batch), model(*batch))
     assert sorted(f for t in dmt_fx.tower_plan(gm).towers for f in t.features) == ["history", "item", "searches",
                                                                                    "user"]
+
+
+def test_an_untraceable_sequence_model_is_refused_not_exported() -> None:
+    """torch.export would take the EmbeddingCollection apart into its tables' aten ops (ids
+    without their sequences): a symbolic-tracing failure is refused with its place and fix."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from dmt_fx import CaptureError
+
+    class Loop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ec = EmbeddingCollection([EmbeddingConfig(name="t", embedding_dim=4, num_embeddings=10,
+                                                           feature_names=["f"])])
+
+        def forward(self, kjt):
+            return torch.stack([v.sum() for v in self.ec(kjt)["f"].to_dense()])  # a Python loop over samples
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2, 3]), torch.tensor([2, 1]))
+    with pytest.raises(CaptureError) as info:
+        dmt_fx.transform(Loop(), "2x1", example_inputs=(kjt,))
+    assert "EmbeddingCollection" in info.value.expected and info.value.fixes
