@@ -41,6 +41,7 @@ from dmt_fx.bench.cost_model import (  # noqa: E402
     tiers_from,
     tiers_of,
 )
+from dmt_fx.bench.variants import DMT, parse  # noqa: E402
 from dmt_fx.ir.topology import Topology  # noqa: E402
 
 VARIANTS = ("flat-table_wise", "dmt-identity", "dmt-c4")
@@ -66,7 +67,8 @@ def single_process_compute(target: str, variant: str, topology: str, batch: int,
     """Median single-process step time of `variant`'s model (flat: the original; dmt-*: its
     transform on `topology`, with the variant's tower modules) at local batch `batch`;
     `env`: environment the target's factory reads (dmt_fx.bench.emulated's model size)."""
-    key = (target, variant if variant.startswith("dmt") else "flat", topology, batch, tuple(sorted((env or {}).items())))
+    typed = parse(variant)
+    key = (target, typed.base if typed.family == DMT else "flat", topology, batch, tuple(sorted((env or {}).items())))
     if key in _compute_cache:
         return _compute_cache[key]
     import torch
@@ -82,10 +84,8 @@ def single_process_compute(target: str, variant: str, topology: str, batch: int,
     model, example = load_target(target)
     reference = dmt_fx.transform(copy.deepcopy(model), Topology.parse(topology), example_inputs=example)
     make = batch_maker(target, example, reference)
-    if variant.startswith("dmt"):
-        kw = {}
-        if variant.startswith("dmt-c"):
-            kw = {"tower_module": "linear", "compression": int(variant[len("dmt-c"):])}
+    if typed.family == DMT:
+        kw = {"tower_module": "linear", "compression": typed.compression} if typed.kind == "linear" else {}
         model = dmt_fx.transform(copy.deepcopy(model), Topology.parse(topology), example_inputs=example, **kw)
     inputs = make(batch, 7)
     _compute_cache[key] = measure_compute(model, inputs, clicks(inputs, 7), steps=steps)
@@ -273,7 +273,7 @@ def scale_traffic(variant: str, H: int, L: int, m: dict, sync_every: int = 1) ->
         shard = m["features"] * m["rows"] * (m["dim"] + 1) * wire.EMBEDDING_BYTES / H  # weights + row-wise state
         return [("inter", H, idc + 2, (ids + 2 * emb) * (H - 1) / H),
                 ("intra", L, 1 / sync_every, 2 * shard * (L - 1) / L / sync_every)]
-    c = 1 if variant == "dmt-identity" else int(variant[len("dmt-c"):])
+    c = parse(variant).compression  # dmt-identity: 1, dmt-c<c>: c
     return [("inter", H, pc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H / c),
             ("intra", L, idc + 2, (ids + 2 * emb) * (L - 1) / L)]
 

@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import time
-from collections import Counter
 
 import torch
 
@@ -41,6 +40,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor  # noqa: E402
 
 from dmt_fx import Topology  # noqa: E402
+from dmt_fx.bench.metrics import adjusted_rand_index  # noqa: E402
 from dmt_fx.compiler.affinity import DEFAULT_PROBES, interaction_matrix  # noqa: E402
 from dmt_fx.compiler.analysis import analyze  # noqa: E402
 from dmt_fx.compiler.capture import capture  # noqa: E402
@@ -83,17 +83,6 @@ def planted_inputs(num_features: int, batch: int, seed: int = 0) -> tuple[torch.
     values = torch.randint(0, ROWS, (int(lengths.sum()),), generator=g)
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=feature_names(num_features), values=values, lengths=lengths)
     return torch.rand(batch, DENSE, generator=g), kjt
-
-
-def adjusted_rand_index(a: list[int], b: list[int]) -> float:
-    """Hubert and Arabie's ARI of two labelings of the same items (1.0: the same partition)."""
-    pairs = lambda k: k * (k - 1) / 2  # noqa: E731
-    n = len(a)
-    index = sum(pairs(c) for c in Counter(zip(a, b)).values())
-    rows, cols = sum(pairs(c) for c in Counter(a).values()), sum(pairs(c) for c in Counter(b).values())
-    expected = rows * cols / pairs(n) if n > 1 else 0.0
-    top = (rows + cols) / 2
-    return 1.0 if top == expected else (index - expected) / (top - expected)
 
 
 def towers_ari(towers: list[list[str]], groups: list[list[str]]) -> float:

@@ -102,6 +102,7 @@ from torchrec.models.dlrm import DLRM
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import dmt_fx  # noqa: E402
+from dmt_fx.bench.metrics import adjusted_rand_index, auc, normalized_entropy  # noqa: E402
 from dmt_fx.compiler.affinity import feature_affinity, feature_embeddings, interaction_affinity  # noqa: E402
 from dmt_fx.compiler.partitioners.learned import DEFAULT_BALANCE_SLACK, learned_plan  # noqa: E402
 from dmt_fx.compiler.tower_modules import TOWER_MODULES, CompressingTowerModule  # noqa: E402
@@ -184,31 +185,6 @@ def make_model(gen: Generator, seed: int) -> DLRM:
                 dense_arch_layer_sizes=[64, DIM], over_arch_layer_sizes=[64, 32, 1])
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney U / (n_pos n_neg), with average ranks for tied scores."""
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of ranks s+1..e
-    pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def normalized_entropy(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Mean log loss / entropy of the base rate (of these labels)."""
-    p = float(labels.mean())
-    base = -(p * math.log(p) + (1 - p) * math.log(1 - p))
-    # log loss from logits, numerically stable: softplus(z) - y z
-    loss = np.logaddexp(0.0, logits) - labels * logits
-    return float(loss.mean() / base)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[tuple], labels: np.ndarray) -> tuple[float, float]:
     flags = [(m, m.training) for m in model.modules()]
@@ -220,23 +196,6 @@ def evaluate(model: nn.Module, batches: list[tuple], labels: np.ndarray) -> tupl
         for m, t in flags:
             m.training = t
     return normalized_entropy(labels, logits), auc(labels, logits)
-
-
-def adjusted_rand_index(a: list[int], b: list[int]) -> float:
-    """ARI of two labelings of the same items (Hubert & Arabie), from the contingency table."""
-    n = len(a)
-    ca, cb = sorted(set(a)), sorted(set(b))
-    table = np.zeros((len(ca), len(cb)), dtype=np.int64)
-    for x, y in zip(a, b):
-        table[ca.index(x), cb.index(y)] += 1
-    comb2 = lambda m: m * (m - 1) / 2.0  # noqa: E731
-    index = comb2(table).sum()
-    rows, cols = comb2(table.sum(axis=1)).sum(), comb2(table.sum(axis=0)).sum()
-    expected = rows * cols / comb2(n) if n > 1 else 0.0
-    top = 0.5 * (rows + cols)
-    if top == expected:
-        return 1.0
-    return float((index - expected) / (top - expected))
 
 
 def labels_of(groups: list[list[str]], names: list[str]) -> list[int]:

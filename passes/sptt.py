@@ -40,7 +40,7 @@ from dmt_fx.ir.sites import SEQUENCE_KIND, TORCHREC_KINDS, EmbeddingSite, ModelS
 log = logging.getLogger(__name__)
 PASS = "sptt"
 SELECT_FIELD = "select_field"  # role of a joint field's local ids (its column minus its row offset)
-FIELD_ROWS = "field_rows"  # role of the view of a joint field's rows of the weight
+FIELD_ROWS = Role.FIELD_ROWS
 
 
 def _id_inputs(node: fx.Node) -> list[fx.Node]:
@@ -128,10 +128,23 @@ class _Rewriter:
         """One field of a joint table: aten.embedding on a view of the field's rows."""
         table = self.sites.table(self.sites.feature(feature).table)
         weight = tag(self.graph.get_attr(table.param), PASS, FIELD_ROWS, tower=tower.index, host=tower.host)
-        rows = self._call(torch.narrow, (weight, 0, table.row_offset, table.num_embeddings), FIELD_ROWS, tower)
-        new = self.graph.call_function(torch.ops.aten.embedding.default, (rows, ids))
+        if self.sparse_gradient(site):
+            # narrow has no sparse backward: the field's ids look up the whole table again (its
+            # rows start at the offset), so the weight's gradient is sparse as in the original
+            rows = self._call(operator.add, (ids, table.row_offset), FIELD_ROWS, tower)
+            new = self.graph.call_function(torch.ops.aten.embedding.default, (weight, rows, -1, False, True))
+        else:
+            rows = self._call(torch.narrow, (weight, 0, table.row_offset, table.num_embeddings), FIELD_ROWS, tower)
+            new = self.graph.call_function(torch.ops.aten.embedding.default, (rows, ids))
         return tag(new, PASS, Role.TOWER_LOOKUP, tower=tower.index, host=tower.host, origin=site.node,
                    features=(feature,))
+
+    def sparse_gradient(self, site: EmbeddingSite) -> bool:
+        """Whether the original lookup gives its weight a sparse gradient (sparse=True)."""
+        node = self.nodes[site.node]
+        if node.op == "call_module":
+            return bool(getattr(self.gm.get_submodule(str(node.target)), "sparse", False))
+        return len(node.args) > 4 and bool(node.args[4]) or bool(node.kwargs.get("sparse", False))
 
     def lookup(self, site: EmbeddingSite, features: list[str], ids: list[fx.Node], tower: Tower) -> fx.Node:
         node = self.nodes[site.node]

@@ -24,6 +24,7 @@ from torchrec import EmbeddingBagCollection
 from dmt_fx.compiler.validation import InputValidator, install_lookup_guard
 from dmt_fx.ir import ops
 from dmt_fx.ir.graph import tag
+from dmt_fx.ir.names import Role
 from dmt_fx.ir.sites import TORCHREC_KINDS, ModelSites
 
 PASS = "validate_inputs"
@@ -88,6 +89,8 @@ def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
         if _role(node) != "tower_lookup" or site_of[node.meta["dmt"]["origin"]].kind in TORCHREC_KINDS:
             continue
         ids = node.args[1] if node.op == "call_function" else (node.args[0] if node.args else node.kwargs["input"])
+        if _role(ids) == Role.FIELD_ROWS:  # a sparse-gradient field: its local ids plus its row offset
+            ids = ids.args[0]
         if ids.target is operator.getitem and ids.args[0].target is ops.peer_input_exchange:
             ids = ids.args[0].args[0][ids.args[1]]
         # a joint table's field lookups name their feature (each its own row range)

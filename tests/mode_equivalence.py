@@ -39,8 +39,10 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def _grads(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    """Names (a sparse gradient's marked: its layout must match too) and dense values."""
     named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
-    return [n for n, _ in named], [g for _, g in named]
+    return ([n + (" (sparse)" if g.is_sparse else "") for n, g in named],
+            [g.to_dense() if g.is_sparse else g for _, g in named])
 
 
 def modes_to_check(pristine: nn.Module, gm: nn.Module) -> list[bool]:

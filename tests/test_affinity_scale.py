@@ -14,7 +14,6 @@ import torch
 
 from benchmarks.partition_scale import (
     GROUPS,
-    adjusted_rand_index,
     measure,
     planted_dlrm,
     planted_groups,
@@ -22,6 +21,7 @@ from benchmarks.partition_scale import (
     towers_ari,
 )
 from dmt_fx import DMTError, Topology
+from dmt_fx.bench.metrics import adjusted_rand_index
 from dmt_fx.compiler.affinity import EXACT_MAX_FEATURES, interaction_affinity, interaction_matrix
 from dmt_fx.compiler.analysis import analyze
 from dmt_fx.compiler.capture import capture

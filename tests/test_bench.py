@@ -89,6 +89,10 @@ MEASURED = {
     ("2x4", "dmt-identity"): (4_096, 32_768, 4, 55_368),
     ("4x2", "flat-table_wise"): (6_288, 49_152, 30, 9_240),
     ("4x2", "dmt-c8"): (6_144, 6_144, 12, 36_888),
+    # qcomms (+fp16: FP16 forward, BF16 backward), `dmt-fx bench traffic --topologies 2x2` on 2026-12-06
+    ("2x2", "flat-table_wise+fp16"): (4_144, 16_384, 10, 10_264),
+    ("2x2", "dmt-identity+fp16"): (4_096, 16_384, 4, 36_888),
+    ("2x2", "dmt-c4+fp16"): (4_096, 4_096, 4, 36_888),
 }
 
 
@@ -158,3 +162,41 @@ def test_bench_model_compresses_exactly():
     specs = [m.spec for m in gm.modules() if type(m).__name__ == "CompressingTowerModule"]
     assert specs and all(s.out_width * 8 == s.in_width for s in specs)
     assert gm(*example).shape == (16, 1)
+
+
+def test_analytic_traffic_counts_width_padding_inside_the_host_only():
+    """Narrow tables (the FM models' widths 1 and 10) are sharded at the padded width: the
+    model puts those columns on the intra-host tier, never across hosts."""
+    from dmt_fx.ir.widths import wire_widths
+
+    real, padded = wire_widths([1, 10, 1, 10, 1, 10, 1, 10])
+    assert (real, padded) == (44, 64)
+    kw = dict(batch=32, features=8)
+    narrow = analytic_traffic("dmt-identity", 2, 2, width=real, intra_width=padded, **kw)
+    as_real, as_padded = (analytic_traffic("dmt-identity", 2, 2, width=w, **kw) for w in (real, padded))
+    assert narrow["cross_host_embedding_bytes"] == as_real["cross_host_embedding_bytes"]
+    assert narrow["intra_host_bytes"] == as_padded["intra_host_bytes"] > as_real["intra_host_bytes"]
+
+
+def test_auto_plan_costs_narrow_tables_at_their_padded_width():
+    from dmt_fx.compiler.auto_plan.candidates import tower_tables
+    from dmt_fx.ir.widths import padded_dim
+
+    class Table:
+        num_embeddings, embedding_dim, dtype_bytes = 10, 3, 4
+
+    class Feature:
+        table = "t"
+
+    class Sites:
+        def feature(self, name):
+            return Feature()
+
+        def table(self, name):
+            return Table()
+
+    class Setup:
+        sites, pooling = Sites(), {}
+
+    (load,) = tower_tables(Setup(), ["f0", "f1"])
+    assert load.dim == padded_dim(3) == 4 and load.memory_bytes == 10 * 4 * 4

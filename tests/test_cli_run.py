@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from dmt_fx.bench import emulated
-from dmt_fx.cli.demo import emulated_args
+from dmt_fx.cli.demo import emulated_args, shape_args
 from dmt_fx.cli.main import main, parser
 from dmt_fx.jobs.summary import summarize
 
@@ -30,16 +30,19 @@ def test_run_prints_dmt_and_the_baseline_side_by_side(tmp_path, capsys) -> None:
 
 
 def test_demo_main_job(tmp_path, capsys) -> None:
+    """The default demo compares on 2x1 first (one core per rank), then on 2x2 (the hierarchy)."""
     code = main(["demo", "--steps", "3", "--network", "loopback", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     for text in ("graph diff", "peer_input_exchange", "tower plan", "bitwise equal", "flat-table_row_wise",
                  "best flat", "dmt-identity", "dmt-c4", "loopback", "CPU/step", "core wait",
-                 emulated.TARGET):
+                 emulated.TARGET, "one core per rank", "the host hierarchy"):
         assert text in out, text  # by default the demo trains bench emulated's workload
+    assert out.index(f"{emulated.TARGET} on 2x1") < out.index(f"{emulated.TARGET} on 2x2")
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert all(r["batch_size"] == emulated.DEFAULT_BATCH and r["target"] == emulated.TARGET for r in rows)
-    assert (tmp_path / "breakdown.png").stat().st_size > 0
+    assert [r["topology"] for r in rows][0] == "2x1" and {r["topology"] for r in rows} == {"2x1", "2x2"}
+    assert all((tmp_path / shape / "breakdown.png").stat().st_size > 0 for shape in ("2x1", "2x2"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
@@ -63,8 +66,8 @@ def test_demo_on_the_emulated_network(tmp_path, capsys) -> None:
 
 def test_demo_trains_the_bench_workload_and_probes_once() -> None:
     args = parser().parse_args(["demo"])
-    assert (args.target, args.batch_size) == (emulated.TARGET, emulated.DEFAULT_BATCH)
-    options = emulated_args(args, ["dmt-identity", "flat-table_wise"])
+    assert (args.target, args.batch_size, args.topology) == (emulated.TARGET, emulated.DEFAULT_BATCH, None)
+    options = emulated_args(shape_args(args, "2x2", several=True), ["dmt-identity", "flat-table_wise"])
     assert options.shaped_probe is False and options.batch_size == emulated.DEFAULT_BATCH
     assert options.target == emulated.TARGET and options.steps == args.steps
     assert parser().parse_args(["demo", "x.py:build"]).target == "x.py:build"  # TARGET still replaces it

@@ -2,8 +2,8 @@
 `sparse=True` gradients, is split by field like the other joint tables (it stayed whole:
 `sparse` was counted among the options a per-field row range would not keep).
 
-In one process: outputs and gradient values bitwise (the DMT model's gradient of the weight
-is dense, the original's sparse). On 2x2 (one torchrun launch): SGD and Adagrad, 5 steps,
+In one process: outputs and gradients bitwise, the weight's gradient sparse as the
+original's, so SparseAdam trains the DMT model as it trains the original. On 2x2 (one torchrun launch): SGD and Adagrad, 5 steps,
 every step's outputs and the final parameters equal single-process training of the
 original (its sparse gradients) within 1e-5; the job's checkpoint loads into the original.
 
@@ -73,8 +73,32 @@ def test_the_sparse_joint_table_splits_by_field_exactly() -> None:
     got.sum().backward()
     assert torch.equal(expected, got)
     for (name, p), q in zip(pristine.named_parameters(), model.parameters()):
+        assert p.grad.is_sparse == q.grad.is_sparse, name  # the layout is the original's too
         want = p.grad.to_dense() if p.grad.is_sparse else p.grad
         assert torch.equal(want, q.grad.to_dense() if q.grad.is_sparse else q.grad), name
+
+
+def test_sparse_adam_trains_the_split_sparse_joint_table_like_the_original() -> None:
+    """SparseAdam refuses dense gradients: it runs on the DMT model only if each field's
+    lookup keeps the sparse gradient (passes/sptt.py, field_lookup)."""
+    model, inputs = dist_ctr_inputs.sparse_joint()
+    pristine = copy.deepcopy(model)
+    gm = dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs)
+    trained = []
+    for net in (pristine, gm):
+        sparse = [p for n, p in net.named_parameters() if "embedding" in n]
+        dense = [p for n, p in net.named_parameters() if "embedding" not in n]
+        opts = [torch.optim.SparseAdam(sparse, lr=0.01), torch.optim.Adam(dense, lr=0.01)]
+        outs = []
+        for _ in range(3):
+            out = net(*inputs)
+            out.sum().backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+            outs.append(out.detach())
+        trained.append(outs)
+    assert all(torch.equal(a, b) for a, b in zip(*trained))
 
 
 def _launch(tmp, optimizers: set[str], load: bool):

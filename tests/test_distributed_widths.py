@@ -4,7 +4,7 @@ and 10 are sharded padded to a multiple of 4 and sliced back (dmt_fx.runtime.pad
 One torchrun launch per topology (2x2, 4x1; every case on both under `slow`) trains an FM
 (per-field width-1 and width-10 tables), a DeepFM (a joint width-1 table with offsets,
 width-3 tables), a Wide&Deep (widths 1, 3, 10), TorchRec pooled and weighted collections
-(widths 1, 3, 6) and quotient-remainder pairs (widths 3, 1) with SGD and Adagrad (and Adam where the tables are on a GPU: FBGEMM has no CPU Adam); every step's outputs and the job's DCP
+(widths 1, 3, 6) and quotient-remainder pairs (widths 3, 1) with SGD, Adagrad and Adam; every step's outputs and the job's DCP
 checkpoint (original keys and shapes) equal single-process training within 1e-5. The
 original's checkpoint also starts a DMT job (checkpoints both ways)."""
 
@@ -20,9 +20,9 @@ import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
+from dmt_fx.ir.widths import wire_widths
 from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from dmt_fx.runtime.padded import wire_widths
 from tests import dist_widths
 from tests.corpus.fm_family import make_inputs
 from tests.dist_cases import gathered_outputs as gathered
@@ -32,13 +32,14 @@ TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_widths.p
 B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
 MODELS = ("fm", "deepfm", "wide_deep", "collections_fm", "qr_fm")
-# FBGEMM has no Adam kernel for CPU tables ("Optimizer adam is not supported in CPU mode"):
-# the Adam cases run where the job's tables are on a GPU.
-RUN_OPTIMIZERS = [o for o in OPTIMIZERS if o != "adam" or torch.cuda.is_available()]
-ALL_CASES = [(m, o, "table_wise") for m in MODELS for o in RUN_OPTIMIZERS] + [("wide_deep", "adagrad", "row_wise")]
+# Adam: fused into FBGEMM's backward on a GPU; on the CPU, where FBGEMM has no fused Adam,
+# the tables take TorchRec's DENSE kernel and the dense Adam (runtime/optim.table_kernel).
+ALL_CASES = [(m, o, "table_wise") for m in MODELS for o in OPTIMIZERS] + [("wide_deep", "adagrad", "row_wise")]
 # Per launch: the default ones are shorter lists (60 s in all), "4x1-all" (slow) runs all.
-CASES = {"2x2": [c for c in ALL_CASES if c[2] == "table_wise" and (c[0] in MODELS[:3] or c[1] == "sgd")],
-         "4x1": [("deepfm", "adagrad", "table_wise"), ("collections_fm", "sgd", "table_wise")],
+CASES = {"2x2": [c for c in ALL_CASES if c[2] == "table_wise" and c[1] != "adam" and (c[0] in MODELS[:3] or c[1] == "sgd")]
+         + [("fm", "adam", "table_wise")],
+         "4x1": [("deepfm", "adagrad", "table_wise"), ("collections_fm", "sgd", "table_wise"),
+                 ("deepfm", "adam", "table_wise")],
          "2x2-all": ALL_CASES, "4x1-all": ALL_CASES}
 LOAD = "deepfm-load"  # the original's checkpoint (2 steps of SGD) loaded by a 1-step job
 MAX_DIFFS: dict[str, tuple[float, float]] = {}
@@ -133,7 +134,7 @@ TRAFFIC_MODELS = {"fm": "fm_aligned", "deepfm": "deepfm_aligned"}
 
 def embedding_widths(factory: str) -> tuple[int, int]:
     """(real, padded) total width of the model's tables: what one sample's pooled outputs
-    are on the peer exchange and inside the host (dmt_fx.runtime.padded.wire_widths)."""
+    are on the peer exchange and inside the host (dmt_fx.ir.widths.wire_widths)."""
     model, inputs = getattr(dist_widths, factory)()
     result = dmt_fx.dmt_result(dmt_fx.transform(model, "2x2", example_inputs=inputs))
     return wire_widths([t.embedding_dim for t in result.sites.tables])

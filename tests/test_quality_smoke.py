@@ -45,18 +45,20 @@ def test_quality_quick(tmp_path):
         assert set(target) >= {"value", "target", "met"} and isinstance(target["met"], bool)
 
 
-def test_ari_and_auc_helpers():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import quality
-    finally:
-        sys.path.pop(0)
+def test_ari_auc_and_ne_from_the_libraries():
+    """The benchmarks' metrics (dmt_fx.bench.metrics): AUC from torchmetrics, NE from TorchRec."""
     import numpy as np
 
-    assert quality.adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0
+    from dmt_fx.bench.metrics import adjusted_rand_index, auc, normalized_entropy
+
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 7, 7]) == 1.0
     # Hubert-Arabie example: a = [0,0,0,1,1,1], b = [0,0,1,1,2,2] -> ARI = 0.2424...
-    assert abs(quality.adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) - 0.24242424) < 1e-6
+    assert abs(adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) - 0.24242424) < 1e-6
     y = np.array([0, 0, 1, 1], dtype=float)
-    assert quality.auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
-    assert quality.auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
-    assert abs(quality.normalized_entropy(y, np.zeros(4)) - 1.0) < 1e-12
+    assert auc(y, np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert auc(y, np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert np.isnan(auc(np.ones(4), np.arange(4.0)))
+    assert abs(normalized_entropy(y, np.zeros(4)) - 1.0) < 1e-12  # predicting the base rate
+    logits = np.array([-2.0, 0.5, 1.0, 3.0])  # against log loss over the base rate's entropy, by hand
+    loss = np.mean(np.logaddexp(0.0, logits) - y * logits)
+    assert abs(normalized_entropy(y, logits) - loss / np.log(2.0)) < 1e-12

@@ -47,3 +47,24 @@ def test_resume_after_a_killed_rank(tmp_path, monkeypatch) -> None:
     assert resumed.ok, resumed.log_tail()
     first, losses = _losses(resumed)
     assert first == 4 and losses == expected[4:], (first, losses, expected)
+
+
+def test_adam_on_cpu_tables_resumes_exactly(tmp_path) -> None:
+    """Adam on the CPU runs the tables on TorchRec's DENSE kernel (FBGEMM fuses no CPU Adam):
+    its per-shard state must checkpoint sharded like the tables (runtime/dense_tables.py), or
+    the resumed run's updates differ (or the load fails)."""
+    def job(out: str, ckpt: str, steps: int) -> list[str]:
+        args = _job(out, ckpt)
+        args[args.index("--steps") + 1], args[args.index("--optimizer") + 1] = str(steps), "adam"
+        return args
+
+    straight = launch(Topology(2, 2), job(str(tmp_path / "a"), str(tmp_path / "ca"), 4), str(tmp_path / "a"),
+                      deadline_s=240)
+    assert straight.ok, straight.log_tail()
+    out, ckpt = str(tmp_path / "b"), str(tmp_path / "cb")
+    first = launch(Topology(2, 2), job(out, ckpt, 2), out, deadline_s=240)  # saves after step 1
+    assert first.ok, first.log_tail()
+    resumed = launch(Topology(2, 2), job(out, ckpt, 4), out, deadline_s=240)
+    assert resumed.ok, resumed.log_tail()
+    start, losses = _losses(resumed)
+    assert start == 2 and losses == _losses(straight)[1][2:], (start, losses, _losses(straight))

@@ -3,7 +3,10 @@
 * ``flat-table_wise``: tables, largest first, onto the least loaded of all N ranks;
 * ``flat-row_wise``: every table over all N ranks;
 * ``flat-table_row_wise``: every table row-wise over the ranks of one host, tables spread
-  over hosts by size.
+  over hosts by size;
+* ``flat-<sharding>+fp16`` / ``+bf16``: the same with TorchRec's quantized comms for the
+  pooled embeddings (qcomms: FP16 forward and BF16 backward, or BF16 both ways;
+  `dmt_fx.runtime.qcomms`), the sharder's `qcomm_codecs_registry`. Family "flat" too.
 
 An explicit ShardingPlan (``construct_module_sharding_plan``) for every
 EmbeddingBagCollection, FUSED kernels (see `dmt_fx.baselines.dmp`). This is the flat
@@ -27,6 +30,7 @@ from dmt_fx.baselines.registry import FLAT, register_baseline
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.topology import Topology
+from dmt_fx.runtime.qcomms import FP32, PRECISIONS, qcomm_codecs_registry
 
 SHARDINGS = ("table_wise", "row_wise", "table_row_wise")
 
@@ -75,10 +79,12 @@ def _place(config: Any, sharding: str, rank_load: list[int], host_load: list[int
 
 
 def build_flat(sharding: str, model: nn.Module, *, topology: Topology, optimizer_class: type,
-               optimizer_kwargs: Mapping[str, Any], plan: TowerPlan | None = None,
+               optimizer_kwargs: Mapping[str, Any], plan: TowerPlan | None = None, comm_precision: str = FP32,
                ) -> tuple[DistributedModelParallel, CombinedOptimizer]:
-    """The flat baseline `sharding` (the tower plan is not used: flat has no towers)."""
-    sharder = EmbeddingBagCollectionSharder(fused_params=dmp.fused_params(optimizer_class, optimizer_kwargs))
+    """The flat baseline `sharding` (the tower plan is not used: flat has no towers);
+    `comm_precision` the pooled embeddings' wire precision (`dmt_fx.runtime.qcomms`)."""
+    sharder = EmbeddingBagCollectionSharder(fused_params=dmp.fused_params(optimizer_class, optimizer_kwargs),
+                                            qcomm_codecs_registry=qcomm_codecs_registry(comm_precision))
     sharding_plan = flat_sharding_plan(model, sharding, topology, sharder)
     tables = {path: dmp.table_weights(ebc) for path, ebc in dmp.embedding_collections(model)}
     return dmp.shard(model, sharding_plan.plan, sharder, tables, optimizer_class, optimizer_kwargs)
@@ -86,3 +92,7 @@ def build_flat(sharding: str, model: nn.Module, *, topology: Topology, optimizer
 
 for _sharding in SHARDINGS:
     register_baseline(f"flat-{_sharding}", functools.partial(build_flat, _sharding), family=FLAT)
+for _precision in (p for p in PRECISIONS if p != FP32):  # after every fp32 plan: their order stays
+    for _sharding in SHARDINGS:
+        register_baseline(f"flat-{_sharding}+{_precision}",
+                          functools.partial(build_flat, _sharding, comm_precision=_precision), family=FLAT)

@@ -36,8 +36,10 @@ import time
 from typing import Any, Mapping, Union
 
 from dmt_fx.bench import bytes as wire
+from dmt_fx.bench.variants import DMT, parse
 from dmt_fx.compiler.auto_plan.steptime import Tier, Tiers, tiers_of
 from dmt_fx.ir.topology import Topology
+from dmt_fx.runtime.qcomms import wire_bytes
 
 __all__ = ["Tier", "Tiers", "predict", "breakdown", "analytic_traffic", "measure_compute", "tiers_from", "tiers_of"]
 
@@ -107,7 +109,7 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
                      id_bytes: int = wire.ID_BYTES, length_bytes: int = wire.LENGTH_BYTES,
                      id_collectives: int = wire.ID_COLLECTIVES, compression: int = 1,
                      handshake: bool = True, peer_id_collectives: int = wire.PEER_ID_COLLECTIVES,
-                     ) -> dict[str, float]:
+                     intra_width: int | None = None) -> dict[str, float]:
     """Traffic ONE rank sends per step (forward + backward), from the formulas of DMT.md
     and the byte model of `dmt_fx.bench.bytes` (the widths default to it).
 
@@ -130,31 +132,43 @@ def analytic_traffic(variant: str, hosts: int, ranks_per_host: int, *, batch: in
       H B samples of 1/H of the features: B F (L-1)/L ids and B D (L-1)/L embedding
       elements per direction, L-1 messages per collective. A tower module of compression
       c divides the cross-host embedding bytes by c (the intra-host lookup is unchanged).
+    * NAME+fp16 / NAME+bf16 (qcomms, `dmt_fx.runtime.qcomms`): the pooled embeddings travel
+      in 2 bytes per element both ways (`elem_bytes` is then the fp32 width): flat's whole
+      all-to-all, DMT's peer exchange (its intra-host lookup stays fp32).
+
+    intra_width: DMT's pooled width inside the host when it differs from `width`: tables
+    whose dim is not a multiple of 4 are sharded at the padded width and cut back before the
+    peer exchange (`dmt_fx.ir.widths.wire_widths(dims)` gives both widths). Flat TorchRec
+    plans run only aligned widths, so for them `width` is the one width.
     """
-    if variant.startswith("dmt-c"):
-        compression = int(variant[len("dmt-c"):])
+    typed = parse(variant)
+    if typed.family == DMT and typed.kind == "linear":
+        compression = typed.compression
+    scale = sum(wire_bytes(typed.precision)) / (2 * wire.EMBEDDING_BYTES)  # both directions, vs fp32
     H, L = hosts, ranks_per_host
     N = H * L
     ids = wire.kjt_bytes(batch, features, batch * features * ids_per_feature, length_bytes=length_bytes,
                          id_bytes=id_bytes)
     emb = wire.pooled_bytes(batch, width, elem_bytes=elem_bytes)
+    intra_emb = emb if intra_width is None else wire.pooled_bytes(batch, intra_width, elem_bytes=elem_bytes)
     split = wire.handshake_bytes() if handshake else 0  # per destination of each KJT all-to-all
     colls = id_collectives + 2  # id exchange + forward + backward embedding all-to-alls
     counts = {"intra_host_messages": colls * (L - 1),
               "cross_host_collectives": colls if H > 1 else 0, "intra_host_collectives": colls if L > 1 else 0}
-    if variant == "flat-table_wise":
+    if typed.base == "flat-table_wise":
         return {"cross_host_id_bytes": ids * (H - 1) / H + split * (N - L),
-                "cross_host_embedding_bytes": 2 * emb * (H - 1) / H,
+                "cross_host_embedding_bytes": 2 * emb * scale * (H - 1) / H,
                 "cross_host_messages": colls * (N - L),
-                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / N + split * (L - 1), **counts}
-    if variant == "dmt" or variant.startswith("dmt-"):
+                "intra_host_bytes": (ids + 2 * emb * scale) * (L - 1) / N + split * (L - 1), **counts}
+    if typed.family == DMT:
         peer_colls = peer_id_collectives + 2  # the lean peer exchange: no split handshake
         return {"cross_host_id_bytes": ids * (H - 1) / H,
-                "cross_host_embedding_bytes": 2 * emb * (H - 1) / H / compression,
+                "cross_host_embedding_bytes": 2 * emb * scale * (H - 1) / H / compression,
                 "cross_host_messages": peer_colls * (H - 1),
-                "intra_host_bytes": (ids + 2 * emb) * (L - 1) / L + split * (L - 1),
+                "intra_host_bytes": (ids + 2 * intra_emb) * (L - 1) / L + split * (L - 1),
                 **counts, "cross_host_collectives": peer_colls if H > 1 else 0}
-    raise ValueError(f"no analytic traffic for variant {variant!r} (flat-table_wise, dmt-identity, dmt-c<c>)")
+    raise ValueError(f"no analytic traffic for variant {variant!r} (flat-table_wise, dmt-identity, dmt-c<c>, "
+                     "each [+fp16|+bf16])")
 
 
 # ---------------------------------------------------------------- measured compute

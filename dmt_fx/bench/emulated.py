@@ -13,7 +13,9 @@ rank's step time after warm-up (`dmt_fx.jobs.summary`); (6) JSON and PNG. The na
 are removed on exit, on failure and on signals.
 
 Variants: every registered flat baseline (`dmt_fx.baselines`, family "flat": the best of
-them is reported as "best flat"), dmt-identity and dmt-c<N> (linear towers, compression N).
+them is reported as "best flat"; by default the fp32 ones and flat-table_wise+fp16, TorchRec's
+qcomms), dmt-identity and dmt-c<N> (linear towers, compression N), each also +fp16 (its peer
+pooled exchanges through the same codecs, `dmt_fx.bench.variants`).
 The model is `dmt_fx.models.sized:bench_model`, sized through its environment variable.
 `--pipeline on|both` trains each variant (also) through a sparse-dist train pipeline (flat
 plans: TorchRec's `TrainPipelineSparseDist`; DMT: `dmt_fx.runtime.pipeline`): records carry
@@ -39,6 +41,7 @@ from dmt_fx.baselines.registry import FLAT
 from dmt_fx.bench.breakdown_plot import add_cpu_bound, add_ideal_speedups, plot_breakdown
 from dmt_fx.bench.netns import SUBNET, EmulatedCluster, EmulationError, check_requirements, qdisc_inventory
 from dmt_fx.bench.probe import probe
+from dmt_fx.bench.variants import of_precision, with_qcomms
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
@@ -46,7 +49,9 @@ from dmt_fx.jobs.steps import pipelined_variants, split_variant
 from dmt_fx.jobs.summary import slowest_step_times, summarize
 from dmt_fx.models.sized import MODEL_ENV, TARGET
 
-DEFAULT_VARIANTS = (*baseline_names(FLAT), "dmt-identity", "dmt-c4")
+# the fp32 flat plans, flat table-wise with qcomms (FP16 forward, BF16 backward), DMT with and without them
+DEFAULT_VARIANTS = (*of_precision(baseline_names(FLAT)), "flat-table_wise+fp16",
+                    *with_qcomms(("dmt-identity", "dmt-c4")))
 DEFAULT_BATCH = 256  # local batch per rank: the workload the README's figures and `dmt-fx demo` use
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_VARIANTS", "MODEL_ENV", "TARGET", "EmulationError", "add_arguments", "parse_rate", "run"]

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from dmt_fx.baselines import baseline_names
+from dmt_fx.bench.variants import QCOMMS, of_precision
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
@@ -40,7 +41,9 @@ from dmt_fx.models.wide import DIM, NUM_FEATURES  # noqa: F401 (the record sizes
 BENCH_TARGET = "dmt_fx.models.wide:wide_model"
 TOPOLOGIES = ("2x2", "2x4", "4x2")
 DMT_VARIANTS = ("dmt-identity", "dmt-c2", "dmt-c4", "dmt-c8")  # identity towers, linear towers with c = 2, 4, 8
-VARIANTS = (*baseline_names(), *DMT_VARIANTS)  # every registered baseline, then DMT
+# every registered fp32 baseline, the flat plans with qcomms (+fp16), then DMT and its qcomms variants
+VARIANTS = (*of_precision(baseline_names()), *of_precision(baseline_names(), QCOMMS), *DMT_VARIANTS,
+            "dmt-identity+fp16", "dmt-c4+fp16")
 
 
 def traffic_bench(topologies: Sequence[str] = TOPOLOGIES, variants: Sequence[str] = VARIANTS, *,

@@ -4,7 +4,8 @@
   dmt-fx bench emulated [--topology 2x2] [--variants ...] [--format rich|json]    (root + iproute2)
 
 Variant lists come from `dmt_fx.baselines.BASELINES` plus the DMT variants (dmt-identity,
-dmt-c<N>: linear tower modules with compression N).
+dmt-c<N>: linear tower modules with compression N); NAME+fp16 / NAME+bf16 sends the pooled
+embeddings through TorchRec's qcomms (the grammar: `dmt_fx.bench.variants`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
-"""`dmt-fx demo [TARGET] [--topology 2x2] [--steps N]`: the README's main job.
+"""`dmt-fx demo [TARGET] [--topology HxL] [--steps N]`: the README's main job.
+
+Without --topology it compares on two shapes, the honest one first: 2x1 (two ranks, one
+core each on a 2-core machine, so the network and the runtime decide), then 2x2, the
+host hierarchy DMT is built for, labelled CPU-bound where its four ranks outnumber the
+cores (there a step time measures CPU per rank more than the network).
 
 TARGET defaults to `dmt-fx bench emulated`'s workload (`dmt_fx.models.sized:bench_model`,
 16 tables x 10,000 x 64, local batch 256: shaped like a production DLRM's per-rank traffic),
 used for every part, so the equivalence shown is that of the model timed.
 Transform the model and show the rewrite, check in one process that the DMT model computes
 what the original computes, then train DMT with identity towers (the original model),
-DMT with linear tower modules at c = 4 and every flat baseline (`dmt_fx.baselines`, family
-"flat") through torchrun, and compare them with the best flat one.
+DMT with linear tower modules at c = 4 (also with TorchRec's qcomms, `dmt-c4+fp16`) and every
+fp32 flat baseline (`dmt_fx.baselines`, family "flat") plus `flat-table_wise+fp16` through
+torchrun, and compare them with the best flat one.
 
 Network: where root and iproute2 are present (`dmt_fx.bench.netns.check_requirements`),
 the runs go over the emulated two-tier network of `dmt-fx bench emulated` (one network
@@ -32,6 +38,7 @@ from dmt_fx.baselines import baseline_names
 from dmt_fx.baselines.registry import FLAT
 from dmt_fx.bench import emulated
 from dmt_fx.bench.netns import EmulationError, check_requirements
+from dmt_fx.bench.variants import of_precision
 from dmt_fx.cli.report import graph_diff, original_graph, plan_report
 from dmt_fx.cli.run import add_job_options, check_job, job_spec
 from dmt_fx.cli.tables import console, cpu_bound_note, side_by_side, towers_table
@@ -45,7 +52,8 @@ from dmt_fx.jobs.target import load_target, target_module
 def add_parser(verbs: Any) -> None:
     parser = verbs.add_parser("demo", help="the main job: transform, verify, train DMT and every flat plan")
     add_job_options(parser, steps=DEMO_STEPS)
-    parser.set_defaults(target=emulated.TARGET, batch_size=emulated.DEFAULT_BATCH)  # bench emulated's workload
+    parser.set_defaults(target=emulated.TARGET, batch_size=emulated.DEFAULT_BATCH,  # bench emulated's workload
+                        topology=None)  # none given: DEFAULT_TOPOLOGIES
     parser.add_argument("--network", choices=("auto", "emulated", "loopback"), default="auto",
                         help="auto: the emulated two-tier network where root and iproute2 are present, "
                              "else loopback (default auto)")
@@ -53,12 +61,17 @@ def add_parser(verbs: Any) -> None:
 
 
 DEMO_STEPS = 12  # steps per variant after warm-up (2 metered and 3 profiled among them): under 3 minutes on 2 cores
-DMT_VARIANTS = ("dmt-identity", "dmt-c4")
+DMT_VARIANTS = ("dmt-identity", "dmt-c4", "dmt-c4+fp16")  # +fp16: TorchRec's qcomms on DMT's peer exchanges
+QCOMMS_FLAT = ("flat-table_wise+fp16",)  # the flat plan with the same qcomms, counted in "best flat"
+DEFAULT_TOPOLOGIES = (("2x1", "one core per rank: the network and the runtime decide"),
+                      ("2x2", "the host hierarchy; CPU-bound where its 4 ranks outnumber the cores"))
 STARVED = 0.25  # core wait above this share of a step: the step time measures the machine's load
 
 
 def run_demo(args: argparse.Namespace) -> int:
     out = console()
+    shapes = [(args.topology, "")] if args.topology else list(DEFAULT_TOPOLOGIES)
+    args.topology = shapes[-1][0]  # the rewrite and the equivalence check: the hierarchical shape
     topology = Topology.parse(args.topology)
     check_job(args)  # a model distribute refuses stops here, before any output or torchrun
     model, inputs = load_target(args.target)
@@ -66,14 +79,29 @@ def run_demo(args: argparse.Namespace) -> int:
     gm = transform(copy.deepcopy(model), topology, example_inputs=inputs)
     print_rewrite(out, gm, original)
     print_equivalence(out, args.target, model, topology, inputs)
-    flat = baseline_names(FLAT)
-    rows, network = compare(args, [*DMT_VARIANTS, *flat], out)
-    mode = ", every variant pipelined (flat: TorchRec's TrainPipelineSparseDist)" if args.pipeline else ""
-    render(out, rows, flat, title=f"DMT vs TorchRec flat plans: {args.target} on {args.topology}, {network}, "
-                                  f"{args.steps} steps{mode}")
+    flat = (*of_precision(baseline_names(FLAT)), *QCOMMS_FLAT)
+    all_rows = []
+    for shape, label in shapes:
+        rows, network = compare(shape_args(args, shape, several=len(shapes) > 1), [*DMT_VARIANTS, *flat], out)
+        mode = ", every variant pipelined (flat: TorchRec's TrainPipelineSparseDist)" if args.pipeline else ""
+        render(out, rows, flat, title=f"DMT vs TorchRec flat plans: {args.target} on {shape}, {network}, "
+                                      f"{args.steps} steps{mode}" + (f" ({label})" if label else ""))
+        all_rows += rows
+    if len(shapes) > 1:  # every shape's rows in one summary (each row names its topology)
+        with open(os.path.join(args.out, "summary.json"), "w") as handle:
+            json.dump(all_rows, handle, indent=2)
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(all_rows, indent=2))
     return 0
+
+
+def shape_args(args: argparse.Namespace, topology: str, *, several: bool) -> argparse.Namespace:
+    """The job options for one shape; each shape's files in OUT/<shape> when there are several."""
+    options = copy.copy(args)
+    options.topology = topology
+    if several:
+        options.out = os.path.join(args.out, topology)
+    return options
 
 
 def compare(args: argparse.Namespace, variants: list[str], out: Console) -> tuple[list[dict[str, Any]], str]:

@@ -3,7 +3,8 @@
 Both train on the same batches from the same weights, one torchrun launch each (one agent
 per emulated host); the results table puts them side by side. Baselines come from
 `dmt_fx.baselines.BASELINES`; a TARGET file can register its own (`register_baseline`):
-the CLI imports it before it checks the name, and so does every rank.
+the CLI imports it before it checks the name, and so does every rank. Quantized comms:
+`--baseline flat-table_wise+fp16` (TorchRec's qcomms), `--comm-precision fp16` for DMT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dmt_fx.baselines import BASELINES
+from dmt_fx.bench.variants import DMT, Variant
 from dmt_fx.cli.options import add_ranks_per_host, add_towers_per_domain, registered, topology_of
 from dmt_fx.cli.tables import console, results_table
 from dmt_fx.compiler.tower_modules import TOWER_MODULES
@@ -25,6 +27,7 @@ from dmt_fx.jobs.runs import RunSpec, run_many
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.models.zoo import DEFAULT_TARGET
 from dmt_fx.runtime.distribute import check_distributable
+from dmt_fx.runtime.qcomms import FP32, PRECISIONS
 
 NO_BASELINE = "none"
 
@@ -40,6 +43,10 @@ def add_parser(verbs: Any) -> None:
                              "changes the model)")
     parser.add_argument("--compression", type=int, default=1, help="c: tower outputs are 1/c as wide")
     add_towers_per_domain(parser)
+    parser.add_argument("--comm-precision", choices=PRECISIONS, default=FP32,
+                        help="DMT's peer pooled exchanges through TorchRec's qcomms: fp16 (FP16 forward, BF16 "
+                             "backward) or bf16; the DMT row is then dmt+fp16 (compare with --baseline "
+                             "flat-table_wise+fp16; default %(default)s)")
     parser.set_defaults(run=run_run)
 
 
@@ -63,7 +70,8 @@ def add_job_options(parser: argparse.ArgumentParser, steps: int) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    variants = ["dmt", *baseline_variants(args.target, args.baseline)]
+    dmt = Variant(DMT, precision=getattr(args, "comm_precision", FP32)).name  # dmt, dmt+fp16, dmt+bf16
+    variants = [dmt, *baseline_variants(args.target, args.baseline)]
     check_job(args)
     out = console()
     rows = train(args, variants, out)

@@ -167,8 +167,8 @@ def _lookup_options(gm: fx.GraphModule, lk: _PlainLookup) -> list[str]:
         args = list(lk.node.args) + [None] * 5
         found = {"padding_idx": args[2] not in (None, -1), "scale_grad_by_freq": bool(args[3])}
     # sparse=True (NVIDIA DLRM's joint mode) changes only the gradient's layout: each field's
-    # rows get the same values (in one process as a dense gradient of the weight, its fields'
-    # views), and distributed, TorchRec's tables train them with their fused optimizer
+    # rows get the same values (in one process as a sparse gradient of the weight: each field
+    # reads it at its offset ids), and distributed, TorchRec's tables train them
     return [name for name, on in found.items() if on]
 
 

@@ -65,6 +65,9 @@ class Role:
     TOWER_MODULE = "tower_module"
     TOWER_OUTPUT = "tower_output"
     VALIDATE_INPUTS = "validate_inputs"
+    # a joint field's rows of the weight (a narrow view), or, for a sparse-gradient table, its
+    # received ids plus the field's row offset (the lookup then reads the whole weight)
+    FIELD_ROWS = "field_rows"
     # inserted by the runtime's lowering
     HOST_TOWER_EXCHANGE = "host_tower_exchange"
     HOST_TOWER_BLOCK = "host_tower_block"

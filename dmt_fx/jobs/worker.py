@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 import dmt_fx
+from dmt_fx.bench import variants
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs import breakdown
@@ -141,16 +142,16 @@ def broadcast_model(model: torch.nn.Module) -> None:
 def build(args: argparse.Namespace, topology: Topology):
     model, example_inputs = load_target(args.target)
     broadcast_model(model)
-    kind, compression = args.tower_module, args.compression
-    if args.variant.startswith("dmt-c"):  # e.g. dmt-c4: compressing tower modules, c = 4
-        kind, compression = (kind if kind != "identity" else "linear"), int(args.variant[len("dmt-c"):])
+    kind, compression, variant = args.tower_module, args.compression, variants.parse(args.variant)
+    if variant.kind == "linear":  # e.g. dmt-c4: compressing tower modules, c = 4
+        kind, compression = (kind if kind != "identity" else "linear"), variant.compression
     torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
                           compression=compression, plan=args.plan, towers_per_domain=args.towers_per_domain)
     make = batch_maker(args.target, example_inputs, gm)
     optim = {"optimizer_class": OPTIMIZERS[args.optimizer], "optimizer_kwargs": {"lr": args.lr}}
     if is_dmt(args.variant):
-        module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding,
+        module, optimizer = dmt_fx.distribute(gm, sharding=args.sharding, comm_precision=variant.precision,
                                               timeout=datetime.timedelta(seconds=args.timeout_s), **optim)
     else:
         from dmt_fx.baselines import build_baseline
@@ -165,7 +166,7 @@ def build(args: argparse.Namespace, topology: Topology):
 
 
 def is_dmt(variant: str) -> bool:
-    return variant in ("dmt", "dmt-identity") or variant.startswith("dmt-c")
+    return variants.is_dmt(variant)
 
 
 def metered_steps(args: argparse.Namespace, first: int) -> range:

@@ -34,8 +34,9 @@ from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
-from dmt_fx.runtime.optim import combined_optimizer, fused_params
+from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
+from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
 from dmt_fx.runtime.sequence_lowering import check_sequences
 from dmt_fx.runtime.shardings import SHARDINGS
 
@@ -76,7 +77,8 @@ class DistributedDMT(nn.Module):
 
 def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SGD,
                optimizer_kwargs: Mapping[str, Any] | None = None, sharding: str = "table_wise",
-               timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> tuple[DistributedDMT, CombinedOptimizer]:
+               timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+               comm_precision: str = FP32) -> tuple[DistributedDMT, CombinedOptimizer]:
     """Run the output of `transform` on this rank; call on every rank after init_process_group.
 
     `sharding`: how each host's tables are sharded over its ranks, one of `SHARDINGS.names()`
@@ -92,6 +94,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
         optimizer_kwargs: its arguments, e.g. {"lr": 0.1}.
         sharding: the default intra-host sharding, as above.
         timeout: for every collective, on the world and both DMT groups.
+        comm_precision: what the peer pooled exchanges send (`dmt_fx.runtime.qcomms`):
+            "fp32" (default), "fp16" (TorchRec's qcomms: FP16 forward, BF16 backward) or
+            "bf16"; ids always cross as integers.
 
     Returns:
         (module, optimizer): the rank's module (same call signature; `state_dict()` keeps the
@@ -116,14 +121,17 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     check_distributable(module)
     for name in {sharding, *result.plan.host_shardings().values()}:  # the plan's per-host ones too
         SHARDINGS.get(name)  # an unknown name fails here, on every rank, before any collective
+    check_precision(comm_precision)
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
+    dense_tables = table_kernel(optimizer_class, runtime_device()) == DENSE
     groups = build_groups(result.topology, timeout)
     place_on(module, runtime_device())
     order = list(module.state_dict().keys())  # the original's keys, before lowering takes the tables
     joints = joint_tables(module, plain_lookups(module, result))
-    lowered = lower(module, result, me, groups, sharding=sharding, fused_params=fused)
+    lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
+    compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
@@ -131,8 +139,10 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(lowered.module, ignored)
     ddp = DistributedDataParallel(lowered.module, device_ids=ddp_device_ids(), broadcast_buffers=False)
     # Everything but the sharded tables (updated by their fused optimizers): the dense layers
-    # and the tower modules.
-    optimizer = combined_optimizer(lowered.module, lowered.lookups, optimizer_class, kwargs, lowered.fused)
+    # and the tower modules; the tables too where they are on the DENSE kernel (table_kernel).
+    fused_lookups, dense_lookups = ([], lowered.lookups) if dense_tables else (lowered.lookups, [])
+    optimizer = combined_optimizer(lowered.module, fused_lookups, optimizer_class, kwargs, lowered.fused,
+                                   dense_tables=dense_lookups)
     joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
     return DistributedDMT(ddp, me, joint), optimizer
 

@@ -50,7 +50,7 @@ from dmt_fx.ir.sites import EmbeddingSite
 from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange, HostTowers, tower_columns
 from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
-from dmt_fx.runtime.optim import copy_into_shards
+from dmt_fx.runtime.optim import DENSE, FUSED, copy_into_shards
 from dmt_fx.runtime.padded import TrimmedState, pad_collection, pad_weights, table_dims
 from dmt_fx.runtime.plain import (
     PlainKJT,
@@ -81,14 +81,15 @@ class Lowered:
 
 
 def lower(gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups: ProcessGroups, *, sharding: str,
-          fused_params: dict[str, Any]) -> Lowered:
-    """Steps 1-4 of the module docstring."""
+          fused_params: dict[str, Any] | None) -> Lowered:
+    """Steps 1-4 of the module docstring. `fused_params` None: the tables use TorchRec's
+    DENSE kernel (no fused optimizer; the dense optimizer steps them: `table_kernel`)."""
     return _Lowering(gm, result, me, groups, sharding, fused_params).run()
 
 
 class _Lowering:
     def __init__(self, gm: fx.GraphModule, result: DMTResult, me: RankInfo, groups: ProcessGroups,
-                 sharding: str, fused_params: dict[str, Any]) -> None:
+                 sharding: str, fused_params: dict[str, Any] | None) -> None:
         self.gm, self.result, self.me, self.groups = gm, result, me, groups
         # The plan's sharding for this host (plan="auto" chooses one per tower), else `sharding`.
         self.sharding = result.plan.sharding_of_host(me.host, sharding)
@@ -148,7 +149,8 @@ class _Lowering:
         """`host_ebc` sharded over the host's ranks, starting from `weights` (its state-dict keys)."""
         sharder = EmbeddingBagCollectionSharder(fused_params=self.fused_params)
         dims, padded = table_dims(host_ebc), pad_collection(host_ebc)  # widths FBGEMM takes
-        plan = host_sharding_plan(padded, self.sharding, self.result.topology, self.me.host, sharder)
+        kernel = DENSE if self.fused_params is None else FUSED
+        plan = host_sharding_plan(padded, self.sharding, self.result.topology, self.me.host, sharder, kernel)
         # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
         # (its state_dict re-prefixes every key of a shared destination).
         lookup = sharder.shard(padded, plan, self.env, runtime_device())
@@ -156,7 +158,8 @@ class _Lowering:
         trim = TrimmedState(lookup, dims)
         if trim:
             self.trims.append(trim)
-        self.fused.append((f"collection_{index}", lookup.fused_optimizer))
+        if self.fused_params is not None:
+            self.fused.append((f"collection_{index}", lookup.fused_optimizer))
         return lookup
 
     def plain_host_lookup(self, index: int, group: list[PlainLookup]) -> HostLookup:

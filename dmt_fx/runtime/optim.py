@@ -9,7 +9,7 @@ single-process model starts.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,10 +19,22 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.runtime.dense_tables import TableStateOptimizer
 
 # TorchRec's default on GPU; asked for explicitly because the CPU default is the DENSE
 # kernel, whose tables would need the dense optimizer instead of a fused one.
 FUSED = EmbeddingComputeKernel.FUSED.value
+DENSE = EmbeddingComputeKernel.DENSE.value
+
+
+def table_kernel(optimizer_class: type, device: torch.device) -> str:
+    """TorchRec's compute kernel for the sharded tables: FUSED (the optimizer runs inside
+    FBGEMM's backward), except Adam on the CPU, which FBGEMM's CPU build does not fuse
+    ("Optimizer adam is not supported in CPU mode"). There the tables use the DENSE kernel:
+    autograd gives their shards dense gradients and the dense Adam steps them with every
+    other parameter, so every row moves each step exactly as torch.optim.Adam moves the
+    original's table."""
+    return DENSE if optimizer_class is torch.optim.Adam and device.type == "cpu" else FUSED
 
 
 def fused_params(optimizer_class: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,12 +70,16 @@ def copy_into_shards(sharded_state: Mapping[str, Any], full_state: Mapping[str, 
 
 
 def combined_optimizer(module: nn.Module, excluded: Iterable[nn.Module], optimizer_class: type,
-                       kwargs: Mapping[str, Any],
-                       fused: list[tuple[str, KeyedOptimizer]]) -> CombinedOptimizer:
+                       kwargs: Mapping[str, Any], fused: list[tuple[str, KeyedOptimizer]],
+                       dense_tables: Sequence[nn.Module] = ()) -> CombinedOptimizer:
     """The dense optimizer over every trainable parameter of `module` outside `excluded`
-    (the sharded lookups, which their fused optimizers update), combined with those."""
+    (the sharded lookups, which their fused optimizers update), combined with those. Tables
+    on the DENSE kernel (`dense_tables`) are not excluded: the dense optimizer updates their
+    shards, and its checkpoints show their state sharded like the tables (dense_tables.py)."""
     skip = {id(p) for m in excluded for p in m.parameters()}
     dense = {n: p for n, p in module.named_parameters() if id(p) not in skip and p.requires_grad}
     optimizers: list[tuple[str, KeyedOptimizer]] = [
         ("dense", KeyedOptimizerWrapper(dense, lambda ps: optimizer_class(ps, **kwargs)))]
+    if dense_tables:
+        return TableStateOptimizer(optimizers + fused, dense_tables)
     return CombinedOptimizer(optimizers + fused)

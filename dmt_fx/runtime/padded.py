@@ -27,19 +27,7 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, Sharde
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from dmt_fx.ir.errors import DMTError
-
-ALIGN = 4  # FBGEMM's batched tables: dims a multiple of 4
-
-
-def padded_dim(dim: int) -> int:
-    return -(-dim // ALIGN) * ALIGN
-
-
-def wire_widths(dims: Sequence[int]) -> tuple[int, int]:
-    """(peer exchange, inside the host) pooled width of tables of widths `dims`: the traffic
-    model of the padding. The peer exchange carries the real columns; TorchRec's lookup and
-    output dist inside the host carry the padded ones (forward and backward alike)."""
-    return sum(dims), sum(padded_dim(d) for d in dims)
+from dmt_fx.ir.widths import ALIGN, padded_dim
 
 
 def pad_collection(ebc: EmbeddingBagCollection) -> EmbeddingBagCollection:

@@ -119,6 +119,8 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
     table = result.sites.table(feature.table)
     param = joint_field_key(table.param, table.row_offset, table.num_embeddings) if table.joint else table.param
     args, options = _arguments(gm, node)
+    if role_of(args["indices"]) == Role.FIELD_ROWS:  # a sparse-gradient field: received ids + offset
+        args["indices"] = args["indices"].args[0]
     _check(site.module, options)
     form = EMBEDDING if options["form"] == EMBEDDING else EMBEDDING_BAG
     if form == EMBEDDING and not feature.sequence:  # a sequence runs unpooled (runtime/sequence.py)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 LATEST = "latest"
 
@@ -47,6 +48,7 @@ def restore(directory: str, module: torch.nn.Module, optimizer: Any) -> int:
         return 0
     with open(marker) as handle:
         path = os.path.join(directory, handle.read().strip())
+    _init_lazy_state(optimizer)
     state = _state(module, optimizer, 0)
     dcp.load(state, checkpoint_id=path)
     module.load_state_dict(state["model"])
@@ -55,3 +57,12 @@ def restore(directory: str, module: torch.nn.Module, optimizer: Any) -> int:
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state[f"rng_rank{dist.get_rank()}"])
     return int(state["step"]) + 1
+
+
+def _init_lazy_state(optimizer: Any) -> None:
+    """Give a dense optimizer whose state is made on its first step (Adam) that state, so
+    DCP can load the checkpoint into it in place. TorchRec's `init_state` steps with zero
+    gradients; whatever that step moves, the load that follows overwrites."""
+    for _, part in getattr(optimizer, "optimizers", [("", optimizer)]):
+        if isinstance(part, KeyedOptimizerWrapper) and not part.state:
+            part.init_state()

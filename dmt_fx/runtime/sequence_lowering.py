@@ -43,7 +43,7 @@ from dmt_fx.ir.names import (
 from dmt_fx.ir.sites import SEQUENCE_KIND, EmbeddingSite
 from dmt_fx.runtime.exchange import HostSlice
 from dmt_fx.runtime.groups import runtime_device
-from dmt_fx.runtime.optim import copy_into_shards
+from dmt_fx.runtime.optim import DENSE, FUSED, copy_into_shards
 from dmt_fx.runtime.padded import TrimmedState, pad_weights
 from dmt_fx.runtime.padding_idx import drop_padding
 from dmt_fx.runtime.plain import PlainLookup, plain_lookups, pooled_output, received_output, table_attr
@@ -97,13 +97,15 @@ def shard_sequences(lowering: Any, index: int, ec: nn.Module, weights: dict[str,
     """`ec` (an EmbeddingCollection) sharded over the host's ranks, starting from `weights`."""
     sharder = EmbeddingCollectionSharder(fused_params=lowering.fused_params)
     dims, padded = sequence_dims(ec), pad_sequence_collection(ec)
-    plan = host_sharding_plan(padded, lowering.sharding, lowering.result.topology, lowering.me.host, sharder)
+    kernel = DENSE if lowering.fused_params is None else FUSED  # DENSE: the dense optimizer steps them
+    plan = host_sharding_plan(padded, lowering.sharding, lowering.result.topology, lowering.me.host, sharder, kernel)
     lookup = sharder.shard(padded, plan, lowering.env, runtime_device())
     copy_into_shards(lookup.state_dict(), pad_weights(weights, dims))
     trim = TrimmedState(lookup, dims)
     if trim:
         lowering.trims.append(trim)
-    lowering.fused.append((f"sequence_{index}", lookup.fused_optimizer))
+    if lowering.fused_params is not None:
+        lowering.fused.append((f"sequence_{index}", lookup.fused_optimizer))
     return lookup
 
 

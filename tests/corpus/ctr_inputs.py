@@ -7,8 +7,8 @@
   keyword arguments.
 - `FrozenBatchModel`: the batch a frozen dataclass, read field by field in a loop.
 - `SparseJointDLRM`: NVIDIA DLRM's joint mode, its one joint `nn.Embedding` built with
-  `sparse=True` gradients: split by field as the other joint tables are. Not a CORPUS row:
-  the corpus check compares gradients densely (tests/test_distributed_ctr_inputs.py checks it).
+  `sparse=True` gradients: split by field as the other joint tables are, the weight's
+  gradient sparse as the original's.
 - `PaddedTablesModel`: a feature processor's tables, every one with `padding_idx=0`: a sum
   bag and a mean bag on [B, L] ids, an nn.Embedding on [B] ids (id 0 is frequent).
 """
@@ -156,4 +156,6 @@ CTR_INPUT_ENTRIES: tuple[Entry, ...] = (
     Entry("Mapping batch", "batch a collections.abc.Mapping, not a pytree node (export)", mapping_batch_model),
     Entry("frozen dataclass batch", "batch a frozen dataclass, not a pytree node (export)", frozen_batch_model),
     Entry("padding_idx tables", "every table with padding_idx=0 (sum, mean bags; nn.Embedding)", padded_tables_model),
+    Entry("sparse joint table", "NVIDIA DLRM joint mode: one nn.Embedding(sparse=True), split by field",
+          sparse_joint_dlrm),
 )

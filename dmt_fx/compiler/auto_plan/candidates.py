@@ -32,6 +32,7 @@ from dmt_fx.compiler.auto_plan.steptime import (
     kjt_bytes,
 )
 from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.widths import padded_dim
 
 COLLECTIVES = ID_COLLECTIVES + EMBEDDING_COLLECTIVES  # per step inside a host (TorchRec's all-to-alls)
 
@@ -93,7 +94,8 @@ def tower_tables(setup: Setup, features: Sequence[str]) -> list[TableLoad]:
     out = []
     for name, names in by_table.items():
         table = setup.sites.table(name)
-        out.append(TableLoad(name, table.num_embeddings, table.embedding_dim, table.dtype_bytes, len(names),
+        # inside the host a table lives at its padded width (memory, rows read, traffic)
+        out.append(TableLoad(name, table.num_embeddings, padded_dim(table.embedding_dim), table.dtype_bytes, len(names),
                              sum(setup.pooling.get(f, 1.0) for f in names)))
     return out
 

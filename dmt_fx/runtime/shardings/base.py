@@ -71,8 +71,9 @@ def register_sharding(name: str, fn: ShardingFn) -> ShardingFn:
 
 
 def host_sharding_plan(ebc: EmbeddingBagCollection, sharding: str, topology: Topology, host: int,
-                       sharder: EmbeddingBagCollectionSharder) -> EmbeddingModuleShardingPlan:
-    """TorchRec's plan for the host's tables over the host's ranks, by the sharding `sharding`.
+                       sharder: EmbeddingBagCollectionSharder, kernel: str = FUSED) -> EmbeddingModuleShardingPlan:
+    """TorchRec's plan for the host's tables over the host's ranks, by the sharding `sharding`,
+    on the compute kernel `kernel` (`dmt_fx.runtime.optim.table_kernel`).
 
     Built with global ranks (ShardedTensor placements need them), then mapped to ranks of the
     intra-host group."""
@@ -84,7 +85,7 @@ def host_sharding_plan(ebc: EmbeddingBagCollection, sharding: str, topology: Top
     plan = construct_module_sharding_plan(ebc, per_table, sharder=sharder, local_size=topology.local_world_size,
                                           world_size=topology.world_size, device_type=runtime_device().type)
     for parameter_sharding in plan.values():
-        parameter_sharding.compute_kernel = FUSED
+        parameter_sharding.compute_kernel = kernel
         # A host is its lookup's whole world: row-wise inside one host is plain row-wise there.
         if parameter_sharding.sharding_type == ShardingType.TABLE_ROW_WISE.value:
             parameter_sharding.sharding_type = ShardingType.ROW_WISE.value
