@@ -80,7 +80,15 @@ def sequence_parts(lowering: Any) -> SequenceParts:
     for lk in lookups:
         by_width.setdefault(lk.dim, []).append(lk)
     exchanges = [n for s in sites for n in lowering.input_exchanges(s)] + [lk.exchange for lk in lookups]
-    return SequenceParts(sites, list(by_width.values()), exchanges)
+    parts = SequenceParts(sites, list(by_width.values()), exchanges)
+    if parts and lowering.fused_params is None:  # on every rank, before any table is sharded
+        raise DMTError("sequence tables on TorchRec's DENSE kernel (the optimizer FBGEMM cannot fuse here, "
+                       "e.g. Adam on the CPU)",
+                       "a fused optimizer for sequence tables: TorchRec's DENSE sequence lookup on the CPU "
+                       "returns rows that do not match its lengths (construct_jagged_tensors fails)",
+                       ["train with torch.optim.SGD or torch.optim.Adagrad (fused on the CPU)",
+                        "or run on GPUs, where FBGEMM fuses Adam"])
+    return parts
 
 
 def check_sequences(gm: fx.GraphModule, result: Any) -> None:
