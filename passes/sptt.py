@@ -12,7 +12,8 @@ Algorithm:
      (a `narrow` view: the same parameter, one checkpoint key).
   4. One `peer_output_exchange` per tower over the tower's lookup outputs.
   5. Rewire the users: a plain lookup's users read the exchanged output; a collection's
-     users read `merge_keyed_tensors` of its towers' parts, in the original key order; a
+     users read `merge_keyed_tensors` of its towers' parts, in the original key order (an
+     unpooled EmbeddingCollection's: `merge_jagged_dicts`, its per-feature JaggedTensors); a
      joint table's users read its fields' outputs stacked in field order.
   6. Erase the original lookups and restore a topological order.
 Preserves numerics: in one process both exchanges are the identity, lookups read the same
@@ -30,11 +31,11 @@ import torch.fx as fx
 
 from dmt_fx.compiler.joint import ids_of
 from dmt_fx.ir import ops
-from dmt_fx.ir.collections import sub_collection
+from dmt_fx.ir.collections import sub_collection, sub_sequence_collection
 from dmt_fx.ir.graph import stable_toposort, tag
-from dmt_fx.ir.names import GroupKind, Role, table_name, table_path, tower_collection_path
+from dmt_fx.ir.names import GroupKind, Role, sequence_table_path, table_name, table_path, tower_collection_path
 from dmt_fx.ir.plan import Tower, TowerPlan
-from dmt_fx.ir.sites import EmbeddingSite, ModelSites
+from dmt_fx.ir.sites import SEQUENCE_KIND, TORCHREC_KINDS, EmbeddingSite, ModelSites
 
 log = logging.getLogger(__name__)
 PASS = "sptt"
@@ -77,7 +78,7 @@ class _Rewriter:
         inputs, slots = [], []
         for site, features in entries:
             node = self.nodes[site.node]
-            if site.kind == "torchrec_ebc":
+            if site.kind in TORCHREC_KINDS:
                 keys = tuple(self.sites.feature(f).key for f in features)
                 kjt = node.args[0] if node.args else node.kwargs["features"]
                 ids = [self._call(ops.select_features, (kjt, keys), Role.SELECT_FEATURES, tower)]
@@ -147,7 +148,9 @@ class _Rewriter:
 
     def lookup(self, site: EmbeddingSite, features: list[str], ids: list[fx.Node], tower: Tower) -> fx.Node:
         node = self.nodes[site.node]
-        if site.kind == "torchrec_ebc":
+        if site.kind == SEQUENCE_KIND:
+            new = self.graph.call_module(self.sequence_collection(site, features, tower), (ids[0],))
+        elif site.kind == "torchrec_ebc":
             ebc = self.gm.get_submodule(site.module)
             tables = {table_name(site.module, self.sites.feature(f).table) for f in features}
             path = tower_collection_path(tower.index, site.module)
@@ -167,10 +170,25 @@ class _Rewriter:
         return tag(new, PASS, Role.TOWER_LOOKUP, tower=tower.index, host=tower.host, origin=site.node,
                    features=tuple(features))
 
+    def sequence_collection(self, site: EmbeddingSite, features: list[str], tower: Tower) -> str:
+        """The tower's EmbeddingCollection over its tables of `site` (the original modules)."""
+        tables = {table_name(site.module, self.sites.feature(f).table) for f in features}
+        path = tower_collection_path(tower.index, site.module)
+        self.gm.add_submodule(path, sub_sequence_collection([self.gm.get_submodule(site.module)], tables))
+        for name in self.gm.get_submodule(path).embeddings:
+            self.renames[sequence_table_path(path, name)] = sequence_table_path(site.module, name)
+        return path
+
     def rewire(self, site: EmbeddingSite) -> None:
         """Step 5."""
         parts = self.parts[site.node]
-        if site.kind == "torchrec_ebc":
+        if site.kind == SEQUENCE_KIND:  # the per-feature JaggedTensors, in the collection's key order
+            ec = self.gm.get_submodule(site.module)
+            keys = tuple(n for names in ec.embedding_names_by_table() for n in names)
+            merged = tag(self.graph.call_function(ops.merge_jagged_dicts, (tuple(parts), keys)), PASS, Role.MERGE,
+                         origin=site.node)
+            self.nodes[site.node].replace_all_uses_with(merged)
+        elif site.kind == "torchrec_ebc":
             keys = tuple(self.gm.get_submodule(site.module)._embedding_names)
             merged = self.graph.call_function(ops.merge_keyed_tensors, (tuple(parts), keys))
             tag(merged, PASS, Role.MERGE, origin=site.node)
@@ -204,7 +222,7 @@ def sptt_pass(gm: fx.GraphModule, *, sites: ModelSites, plan: TowerPlan) -> fx.G
     for site in sites.sites:
         rewriter.erase(site)
     stable_toposort(gm.graph)
-    for module in {s.module for s in sites.sites if s.kind == "torchrec_ebc"}:
+    for module in {s.module for s in sites.sites if s.kind in TORCHREC_KINDS}:
         gm.delete_submodule(module)
     gm.meta.setdefault("dmt_renames", {}).update(rewriter.renames)
     log.info("sptt: rewrote %d embedding lookups (%d features) into %d towers",

@@ -25,7 +25,7 @@ from dmt_fx.compiler.validation import InputValidator, install_lookup_guard
 from dmt_fx.ir import ops
 from dmt_fx.ir.graph import tag
 from dmt_fx.ir.names import Role
-from dmt_fx.ir.sites import ModelSites
+from dmt_fx.ir.sites import TORCHREC_KINDS, ModelSites
 
 PASS = "validate_inputs"
 PATH = "dmt_input_validator"
@@ -86,7 +86,7 @@ def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
     site_of = {s.node: s for s in sites.sites}
     specs, nodes = [], []
     for node in gm.graph.nodes:
-        if _role(node) != "tower_lookup" or site_of[node.meta["dmt"]["origin"]].kind == "torchrec_ebc":
+        if _role(node) != "tower_lookup" or site_of[node.meta["dmt"]["origin"]].kind in TORCHREC_KINDS:
             continue
         ids = node.args[1] if node.op == "call_function" else (node.args[0] if node.args else node.kwargs["input"])
         if _role(ids) == Role.FIELD_ROWS:  # a sparse-gradient field: its local ids plus its row offset

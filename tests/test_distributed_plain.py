@@ -286,15 +286,19 @@ def test_what_torchrec_cannot_compute_is_refused_by_name(options: dict, says: st
 
 
 def test_sequence_outputs_are_refused_by_name() -> None:
-    """Symbolic capture keeps no shapes, so the ids' shape is known at run time only: the
-    rank's PlainKJT refuses [B, L] ids before the peer exchange (every rank stops there)."""
+    """Symbolic capture keeps no shapes: a transform without example inputs plans the lookup
+    pooled, and the rank's PlainKJT refuses [B, L] ids before the peer exchange (every rank
+    stops there), naming the fix: example inputs, with which the lookup runs as a sequence
+    (tests/test_distributed_sequences.py)."""
     inputs = (torch.rand(4, 3), torch.randint(0, 20, (4, 3)))
-    gm = dmt_fx.transform(_Sequence(), "2x1", example_inputs=inputs)
+    gm = dmt_fx.transform(_Sequence(), "2x1")
     to_kjt = PlainKJT(plain_groups(plain_lookups(gm, dmt_fx.dmt_result(gm)))[0])
     assert to_kjt(inputs[1][:, :1]).lengths().tolist() == [1, 1, 1, 1]  # [B, 1] ids are fine
     with pytest.raises(DMTError) as info:
         to_kjt(inputs[1])
     assert_names_module_and_fix(info.value, "seq", "(4, 3)")
+    seen = dmt_fx.transform(_Sequence(), "2x1", example_inputs=inputs)
+    assert [lk.feature for lk in plain_lookups(seen, dmt_fx.dmt_result(seen), sequence=True)] == ["seq"]
 
 
 class _ExportedSequence(nn.Module):
@@ -313,13 +317,16 @@ class _ExportedSequence(nn.Module):
         return torch.cat(out, dim=1).sum(1, keepdim=True)
 
 
-def test_sequence_outputs_of_the_export_route_are_refused_by_check_distributable() -> None:
+def test_sequence_outputs_of_the_export_route_run_as_sequences() -> None:
+    """The export route (its nodes keep shapes): table 0 on [B, L] ids runs as a sequence,
+    table 1 on [B, 1] ids pooled; check_distributable accepts both."""
     inputs = (torch.rand(4, 3), [torch.randint(0, 20, (4, 3)), torch.randint(0, 20, (4, 1))])
     gm = dmt_fx.transform(_ExportedSequence(), "2x1", example_inputs=inputs)
-    assert dmt_fx.dmt_result(gm).sites.route == "export"
-    with pytest.raises(DMTError) as info:
-        check_distributable(gm)
-    assert_names_module_and_fix(info.value, "seq.0", "on ids of shape (")
+    result = dmt_fx.dmt_result(gm)
+    assert result.sites.route == "export"
+    check_distributable(gm)
+    assert [lk.table for lk in plain_lookups(gm, result, sequence=True)] == ["seq.0"]
+    assert [lk.table for lk in plain_lookups(gm, result)] == ["seq.1"]
 
 
 def test_supported_plain_models_pass_the_check() -> None:

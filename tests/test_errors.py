@@ -50,11 +50,14 @@ class _SequenceModel(nn.Module):
         return self.ec(kjt)["f"].values()
 
 
-def test_unsupported_embedding_kind() -> None:
-    with pytest.raises(UnsupportedEmbeddingError, match="EmbeddingCollection.*at 'ec'") as info:
-        dmt_fx.transform(_SequenceModel(), "2x2")
-    _assert_helpful(info.value)
-    assert "unsharded, float" not in str(info.value)  # a remedy that does not apply to it
+def test_an_embedding_collection_is_a_sequence_site() -> None:
+    """Issue 23: an EmbeddingCollection (unpooled) is no longer refused: its features are
+    sequence features of their towers (tests/test_sequences.py)."""
+    model = _SequenceModel()
+    kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2, 3, 4]), torch.tensor([3, 0, 1]))
+    gm = dmt_fx.transform(model, "2x2", example_inputs=(kjt,))
+    assert torch.equal(gm(kjt), model(kjt))
+    assert dmt_fx.dmt_result(gm).sites.feature("f").sequence
 
 
 def test_the_sequence_remedy_works() -> None:

@@ -106,7 +106,8 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     Bytes per step per rank, for tower t with features F_t, local batch B and H hosts:
       ids exchange    = B * (sum_f pooling_f * 8 + |F_t| * 8) * (H - 1) / H
       output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H   (the tower module's output width
-                      instead of sum_f dim_f when tower modules compress)
+                      instead of sum_f dim_f when tower modules compress; a sequence feature
+                      counts dim_f * its mean length: one row per id)
     8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.bench.bytes`, what the
     traffic meter measures; the split-size handshake is left out); (H - 1) / H is the share of a
     rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
@@ -120,7 +121,9 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     widths = _compressed_widths(gm)
     for tower in plan.towers:
         dims = [sites.feature(f).dim for f in tower.features]
-        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, widths.get(tower.index))
+        # a sequence feature sends back one row per id: its mean length of rows per sample
+        rows = sum(f.dim * (f.mean_length if f.sequence else 1.0) for f in map(sites.feature, tower.features))
+        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, widths.get(tower.index, rows))
         for kind, size in zip(EXCHANGE_ROLES, (ids, outs)):
             collectives.append({"name": exchanges.get((kind, tower.index), f"{kind}[{tower.index}]"),
                                 "kind": kind, "tower": tower.index, "group": "cross-host",
@@ -138,8 +141,16 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
         "changes_model": plan.changes_model,
         "composites": _composites(sites, plan.tower_of()),
         "joint_tables": _joint_tables(sites, plan),
+        "sequences": _sequences(sites, plan),
         "warnings": list(plan.warnings),
     }
+
+
+def _sequences(sites: Any, plan: Any) -> list[dict[str, Any]]:
+    """Sequence (unpooled) features: their towers and mean ids per sample on the example batch."""
+    tower_of = plan.tower_of()
+    return [{"feature": f.name, "table": f.table, "dim": f.dim, "mean_length": f.mean_length,
+             "tower": tower_of[f.name]} for f in sites.features if f.sequence]
 
 
 def _joint_tables(sites: Any, plan: Any) -> list[dict[str, Any]]:

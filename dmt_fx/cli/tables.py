@@ -138,6 +138,15 @@ def joint_table(joint: list[Record]) -> Table:
     return table
 
 
+def sequences_table(sequences: list[Record]) -> Table:
+    """Sequence (unpooled) features: one row back per id, their mean length on the example batch."""
+    table = _table("sequence features (unpooled: one row per id)", ["feature", "table", "dim", "mean length", "tower"],
+                   right=("dim", "mean length", "tower"), left_title=True)
+    for s in sequences:
+        table.add_row(s["feature"], s["table"], str(s["dim"]), f"{s['mean_length']:.2f}", str(s["tower"]))
+    return table
+
+
 def warnings_text(warnings: list[str]) -> Text:
     """The plan's warnings (what the analysis could not do, and why), one per line."""
     return Text("\n".join(f"WARNING: {w}" for w in warnings), style="bold yellow")
@@ -145,12 +154,14 @@ def warnings_text(warnings: list[str]) -> Text:
 
 def plan_extras(data: Record) -> list[Any]:
     """What `dmt-fx plan` shows after the towers, when the model has it: composite embeddings
-    (quotient-remainder pairs), joint tables split by field, warnings."""
+    (quotient-remainder pairs), joint tables split by field, sequence features, warnings."""
     extras: list[Any] = []
     if data.get("composites"):
         extras.append(composites_table(data["composites"]))
     if data.get("joint_tables"):
         extras.append(joint_table(data["joint_tables"]))
+    if data.get("sequences"):
+        extras.append(sequences_table(data["sequences"]))
     if data.get("warnings"):
         extras.append(warnings_text(data["warnings"]))
     return extras

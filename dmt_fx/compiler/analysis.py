@@ -15,12 +15,12 @@ from typing import Iterable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from dmt_fx.compiler.interactions import match_interaction
 from dmt_fx.compiler.joint import JointOffsets, joint_offsets
 from dmt_fx.ir.errors import NoEmbeddingError, NoInteractionError
-from dmt_fx.ir.sites import NO_INTERACTION, EmbeddingSite, Feature, InteractionSite, ModelSites, Table
+from dmt_fx.ir.sites import NO_INTERACTION, SEQUENCE_KIND, EmbeddingSite, Feature, InteractionSite, ModelSites, Table
 
 _POOLING = {0: "sum", 1: "mean", 2: "max"}
 _EXPORT_BAG_OPS = {
@@ -54,6 +54,23 @@ def _ebc_site(node: fx.Node, fqn: str, ebc: EmbeddingBagCollection, taken: set[s
     return site, features, tables
 
 
+def _ec_site(node: fx.Node, fqn: str, ec: EmbeddingCollection, taken: set[str]) -> Found:
+    """A torchrec EmbeddingCollection: unpooled (sequence) features, one per KJT key it reads."""
+    features, tables = [], []
+    for config in ec.embedding_configs():
+        table_fqn = f"{fqn}.embeddings.{config.name}"
+        weight = ec.embeddings[config.name].weight
+        tables.append(Table(table_fqn, f"{table_fqn}.weight", config.num_embeddings,
+                            config.embedding_dim, weight.element_size()))
+        for key in config.feature_names:
+            name = key if key not in taken else f"{fqn}:{key}"
+            taken.add(name)
+            features.append(Feature(name, table_fqn, config.embedding_dim, "none", False, node.name, key,
+                                    sequence=True))
+    site = EmbeddingSite(node.name, SEQUENCE_KIND, fqn, tuple(f.name for f in features), node.name)
+    return site, features, tables
+
+
 @dataclasses.dataclass(frozen=True)
 class _PlainLookup:
     """One plain lookup before naming: tables are named once every lookup is known."""
@@ -71,6 +88,8 @@ def _module_site(gm: fx.GraphModule, node: fx.Node, taken: set[str]) -> Found | 
     module = gm.get_submodule(node.target)
     if isinstance(module, EmbeddingBagCollection):
         return _ebc_site(node, node.target, module, taken)
+    if isinstance(module, EmbeddingCollection):
+        return _ec_site(node, node.target, module, taken)
     if isinstance(module, nn.EmbeddingBag):
         psw = node.kwargs.get("per_sample_weights", node.args[2] if len(node.args) > 2 else None)
         return _PlainLookup(node, node.target, "embedding_bag", module.weight, f"{node.target}.weight",
@@ -329,7 +348,16 @@ def _origin(gm: fx.GraphModule, node: fx.Node, limit: int = 3) -> str:
 
 def require_interaction(sites: ModelSites, why: str) -> None:
     """Refuse `why` (a compressing tower module) on a model without an interaction site, or
-    whose embeddings meet the dense data only in a sum of parts."""
+    whose embeddings meet the dense data only in a sum of parts, or with sequence features."""
+    sequences = [f.name for f in sites.features if f.sequence]
+    if sequences:
+        raise NoInteractionError(
+            f"{why} on a model with sequence (unpooled) features {sequences}",
+            "pooled features only: a compressing tower module compresses a tower's pooled rows, and a "
+            "sequence feature returns one row per id",
+            ["keep tower_module='identity' (the default): sequence features run exact, distributed too",
+             "or pool the sequences in the model (an EmbeddingBagCollection, nn.EmbeddingBag) to compress them"],
+        )
     if sites.interaction.parts:
         raise NoInteractionError(
             f"{why} on a model whose embeddings meet the dense data first in a sum of parts at node "

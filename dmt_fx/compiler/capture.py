@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.export import Dim
 from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from dmt_fx.compiler.batch_classes import is_user_node, register_batch_classes
 from dmt_fx.compiler.interactions import keeps_whole
@@ -249,10 +249,11 @@ def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.G
                 "tensor shape, or a branch on tensor data",
             ],
         )
-    if any(isinstance(m, EmbeddingBagCollection) for m in model.modules()):
-        raise CaptureError(
+    if any(isinstance(m, (EmbeddingBagCollection, EmbeddingCollection)) for m in model.modules()):
+        raise CaptureError(  # export would take a collection apart into its tables' aten ops
             f"symbolic tracing of a torchrec model failed at {where}: {symbolic_error}",
-            "torchrec models that torch.fx can trace (EmbeddingBagCollection called on a KeyedJaggedTensor)",
+            "torchrec models that torch.fx can trace (EmbeddingBagCollection or EmbeddingCollection "
+            "called on a KeyedJaggedTensor)",
             ["avoid Python-level iteration over KeyedJaggedTensor keys or values in forward()"],
         )
     try:

@@ -16,12 +16,16 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardedModule
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.modules.fp_embedding_modules import FeatureProcessedEmbeddingBagCollection
-from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingBagCollection
+from torchrec.modules.mc_embedding_modules import (
+    ManagedCollisionEmbeddingBagCollection,
+    ManagedCollisionEmbeddingCollection,
+)
 
 from dmt_fx.ir.errors import NoEmbeddingError, UnsupportedEmbeddingError
 
-EMBEDDING_TYPES = (EmbeddingBagCollection, nn.EmbeddingBag, nn.Embedding)
-EXPECTED = "embeddings as float, unsharded torchrec EmbeddingBagCollection, nn.EmbeddingBag or nn.Embedding"
+EMBEDDING_TYPES = (EmbeddingBagCollection, EmbeddingCollection, nn.EmbeddingBag, nn.Embedding)
+EXPECTED = ("embeddings as float, unsharded torchrec EmbeddingBagCollection or EmbeddingCollection, "
+            "nn.EmbeddingBag or nn.Embedding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,18 +43,15 @@ REFUSALS = (
              ao_quantized.EmbeddingBag), "a quantized (inference) embedding module",
             ("transform the float model, before quantization (its tables are float "
              "EmbeddingBagCollection / nn.EmbeddingBag / nn.Embedding modules)",)),
-    Refusal((EmbeddingCollection,), "a torchrec EmbeddingCollection (sequence, unpooled embeddings; "
-            "not supported by dmt_fx yet)",
-            ("if forward() pools each sequence (sum or mean over its ids), use an EmbeddingBagCollection "
-             "with the same EmbeddingBagConfig tables and pooling=PoolingType.SUM or MEAN instead",
-             "keep sequence models on TorchRec's own sharding: DistributedModelParallel with the "
-             "EmbeddingCollectionSharder")),
     Refusal((FeatureProcessedEmbeddingBagCollection,), "a FeatureProcessedEmbeddingBagCollection",
             ("apply the feature processing to the KeyedJaggedTensor's weights before the model and "
              "use a weighted EmbeddingBagCollection (is_weighted=True)",)),
     Refusal((ManagedCollisionEmbeddingBagCollection,), "a ManagedCollisionEmbeddingBagCollection",
             ("remap the ids with the ManagedCollisionCollection before the model and pass its "
              "EmbeddingBagCollection (the module's `_embedding_module`)",)),
+    Refusal((ManagedCollisionEmbeddingCollection,), "a ManagedCollisionEmbeddingCollection",
+            ("remap the ids with the ManagedCollisionCollection before the model and pass its "
+             "EmbeddingCollection (the module's `_embedding_module`)",)),
 )
 
 

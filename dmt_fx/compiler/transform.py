@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.utils import _pytree as pytree
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from dmt_fx.compiler.analysis import analyze, require_interaction
 from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
@@ -38,6 +38,7 @@ from dmt_fx.compiler.partitioners import Partitioner, make_partition
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from dmt_fx.compiler.pass_runner import Pass, run_passes
 from dmt_fx.compiler.plans import validate_plan
+from dmt_fx.compiler.sequences import pooling_by_feature, with_sequences
 from dmt_fx.compiler.tower_modules import TowerModuleFactory, TowerModuleKind, TowerSpec, out_width, tower_module_kind
 from dmt_fx.ir.errors import DMTError, ExampleInputsError, PassError, TopologyError
 from dmt_fx.ir.plan import TowerPlan
@@ -112,7 +113,8 @@ def transform(
     gm, route = capture(model, inputs)
     _copy_unused_state(model, gm)
     sites = analyze(gm, route)
-    pooling = _pooling_by_feature(sites, pooling)
+    pooling = pooling_by_feature(sites, pooling)
+    sites = with_sequences(sites, pooling)  # unpooled lookups, marked with their mean lengths
     kind = tower_module_kind(tower_module)
     auto = None
     if plan == "auto" or isinstance(plan, AutoOptions):  # the cost model picks towers, c and shardings
@@ -196,7 +198,7 @@ def _measure_pooling(model: nn.Module, inputs: tuple) -> dict[tuple[str, str], f
 
     handles = []
     for fqn, module in model.named_modules():
-        hook = ebc_hook if isinstance(module, EmbeddingBagCollection) else (
+        hook = ebc_hook if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)) else (
             bag_hook if isinstance(module, nn.EmbeddingBag) else (
                 embedding_hook if isinstance(module, nn.Embedding) else None))
         if hook is not None:
@@ -214,20 +216,6 @@ def _check_signature(model: nn.Module, inputs: tuple) -> None:
         raise ExampleInputsError(f"{len(inputs)} example inputs ({exc})",
                                  f"positional arguments for forward({', '.join(params)})",
                                  ["pass example_inputs as a tuple with one entry per forward() argument"]) from None
-
-
-def _pooling_by_feature(sites: ModelSites, stats: Mapping[tuple[str, str], float]) -> dict[str, float]:
-    site_of = {s.node: s for s in sites.sites}
-    pooling = {}
-    for f in sites.features:
-        site = site_of[f.site]
-        if site.kind == "torchrec_ebc":
-            key = (site.module, f.key)
-        else:
-            key = (site.module, f.name.rpartition("@")[2] if "@" in f.name else "0")
-        # a field of a joint table: one id per sample (its column), not the table's F per sample
-        pooling[f.name] = 1.0 if f.field >= 0 else stats.get(key, 1.0)
-    return pooling
 
 
 # ---------------------------------------------------------------- plan, tower modules and passes

@@ -13,7 +13,11 @@ import dataclasses
 from typing import Collection, Sequence
 
 import torch.nn as nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection, get_embedding_names_by_table
+from torchrec.modules.embedding_modules import (
+    EmbeddingBagCollection,
+    EmbeddingCollection,
+    get_embedding_names_by_table,
+)
 
 
 def sub_collection(ebcs: Sequence[EmbeddingBagCollection], tables: Collection[str] | None = None,
@@ -47,3 +51,21 @@ def _names_by_table(ebc: EmbeddingBagCollection) -> dict[str, list[str]]:
             start += len(c.feature_names)
         return out
     return dict(zip((c.name for c in configs), get_embedding_names_by_table(configs)))
+
+
+def sub_sequence_collection(ecs: Sequence[EmbeddingCollection], tables: Collection[str] | None = None,
+                            ) -> EmbeddingCollection:
+    """`sub_collection` for torchrec EmbeddingCollections (unpooled): one over the tables of
+    `ecs` named in `tables` (all when None), sharing the original table modules."""
+    if tables is not None and not isinstance(tables, (set, frozenset, dict)):
+        tables = set(tables)
+    chosen = [(ec, i, c) for ec in ecs for i, c in enumerate(ec.embedding_configs())
+              if tables is None or c.name in tables]
+    out = EmbeddingCollection([], device=ecs[0]._device if ecs else None,
+                              need_indices=ecs[0].need_indices() if ecs else False)
+    out.embeddings = nn.ModuleDict({c.name: ec.embeddings[c.name] for ec, _, c in chosen})
+    out._embedding_configs = [dataclasses.replace(c) for _, _, c in chosen]
+    out._embedding_dim = chosen[0][2].embedding_dim if chosen else -1
+    out._feature_names = [list(c.feature_names) for _, _, c in chosen]
+    out._embedding_names_by_table = [list(ec.embedding_names_by_table()[i]) for ec, i, _ in chosen]
+    return out

@@ -37,9 +37,16 @@ def table_path(collection: str, table: str) -> str:
     return f"{collection}.embedding_bags.{table}"
 
 
+def sequence_table_path(collection: str, table: str) -> str:
+    """The module path of table `table` of the (unpooled) EmbeddingCollection at `collection`."""
+    return f"{collection}.embeddings.{table}"
+
+
 def table_name(collection: str, table_fqn: str) -> str:
-    """The inverse of `table_path`: the table's name inside its collection."""
+    """The inverse of `table_path` (or `sequence_table_path`): the table's name inside its collection."""
     prefix = table_path(collection, "")
+    if not table_fqn.startswith(prefix):
+        prefix = sequence_table_path(collection, "")
     assert table_fqn.startswith(prefix), f"{table_fqn} is not a table of {collection}"
     return table_fqn[len(prefix):]
 

@@ -243,6 +243,13 @@ def _blocks(parts: Sequence[KeyedTensor], blocks: list[tuple[int, int, int]]) ->
     return [by_part[p][start] for p, start, _ in blocks]
 
 
+def merge_jagged_dicts(parts: Sequence[dict[str, JaggedTensor]], keys: Sequence[str]) -> dict[str, JaggedTensor]:
+    """SPTT step 6 for an unpooled collection (a torchrec EmbeddingCollection): its towers'
+    per-feature JaggedTensors as one dict in the original key order (the same objects)."""
+    found = {k: v for part in parts for k, v in part.items()}
+    return {k: found[k] for k in keys}
+
+
 def pool_in_process(collection: EmbeddingBagCollection) -> EmbeddingBagCollection:
     """Make a tower collection's calls in one process return its pooled columns uncopied.
 

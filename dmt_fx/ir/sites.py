@@ -46,12 +46,20 @@ class Feature:
     # The column of the ids this feature reads, for a field of a joint table (-1 otherwise):
     # its ids are ids[..., field] - the field's row offset.
     field: int = -1
+    # An unpooled (sequence) read: a torchrec EmbeddingCollection's feature, or nn.Embedding on
+    # [B, L > 1] ids; its mean ids per sample on the example batch (0.0 when not measured).
+    sequence: bool = False
+    mean_length: float = 0.0
+
+
+SEQUENCE_KIND = "torchrec_ec"  # the site kind of a torchrec EmbeddingCollection (unpooled lookups)
+TORCHREC_KINDS = ("torchrec_ebc", SEQUENCE_KIND)  # sites that read a KJT through a torchrec collection
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingSite:
     node: str
-    kind: str  # torchrec_ebc | embedding_bag | embedding
+    kind: str  # torchrec_ebc | torchrec_ec | embedding_bag | embedding
     module: str
     features: tuple[str, ...]
     # export route only: the node holding the pooled output (getitem 0 of the aten op)

@@ -37,6 +37,7 @@ from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
+from dmt_fx.runtime.sequence_lowering import check_sequences
 from dmt_fx.runtime.shardings import SHARDINGS
 from dmt_fx.runtime.shutdown import keep_until_exit
 
@@ -187,4 +188,5 @@ def check_distributable(model: DMTResult | fx.GraphModule) -> None:
     result = model if isinstance(model, DMTResult) else dmt_result(model)
     if isinstance(model, fx.GraphModule):
         plain_groups(plain_lookups(model, result))
+        check_sequences(model, result)  # nn.Embedding read as [B, L] ids (runtime/sequence_lowering.py)
 

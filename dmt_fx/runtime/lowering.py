@@ -65,6 +65,7 @@ from dmt_fx.runtime.plain import (
     received_output,
     table_attr,
 )
+from dmt_fx.runtime.sequence_lowering import lower_with_sequences, sequence_parts
 from dmt_fx.runtime.shardings import host_sharding_plan
 
 PASS = "distribute"
@@ -118,10 +119,14 @@ class _Lowering:
             lookups.append(self.plain_host_lookup(index, group))
             kjts.append(self.plain_kjt(index, group))
         weighted = [self.site_weighted(s) for s in sites] + [group[0].weighted for group in self.plain]
+        sequences = sequence_parts(self)  # unpooled lookups (runtime/sequence_lowering.py)
         id_group = one_group([n for s in sites for n in self.input_exchanges(s)] +
-                             [lk.exchange for group in self.plain for lk in group])
+                             [lk.exchange for group in self.plain for lk in group] + sequences.exchanges)
         if self.result.plan.changes_model:  # Step 3
             tower_modules = self.lower_tower_block(lookups, kjts, weighted, id_group)
+        elif sequences:
+            tower_modules = []
+            lower_with_sequences(self, sequences, sites, lookups, kjts, weighted, id_group)
         else:
             tower_modules = []
             self.lower_exchange(sites, lookups, kjts, weighted, id_group)
@@ -289,8 +294,8 @@ class _Lowering:
         logical = {id(m): path for path, m in self.gm.named_modules()}
         for path, module in self.physical.named_modules():
             if id(module) in self.sharded:
-                for name, original in self.sharded[id(module)][1].items():
-                    renames[table_path(path, name)] = original
+                for name, original in self.sharded[id(module)][1].items():  # an EmbeddingCollection's: embeddings.*
+                    renames[f"{path}.{name}" if name.startswith("embeddings.") else table_path(path, name)] = original
             elif any(module is m for m in tower_modules) and path.startswith(RUNTIME_ATTR + "."):
                 renames[path] = logical[id(module)]
         return renames

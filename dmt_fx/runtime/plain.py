@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir.errors import DMTError
@@ -92,17 +92,24 @@ def joint_field_key(param: str, row_offset: int, rows: int) -> str:
 # ---------------------------------------------------------------- step 1: read the graph
 
 
-def plain_lookups(gm: fx.GraphModule, result: DMTResult) -> list[PlainLookup]:
+def plain_lookups(gm: fx.GraphModule, result: DMTResult, *, sequence: bool = False) -> list[PlainLookup]:
     """Every plain tower lookup of the logical graph, in model (site) order; refuses what
-    TorchRec cannot compute like the original op."""
+    TorchRec cannot compute like the original op. `sequence`: the unpooled ones instead
+    (nn.Embedding read as [B, L] sequences: `dmt_fx.runtime.sequence_lowering`)."""
     order = {s.node: i for i, s in enumerate(result.sites.sites)}
     found = [_read(gm, node, result) for node in nodes_with_role(gm.graph, Role.TOWER_LOOKUP)
-             if node.op != "call_module" or not _is_collection(gm, node)]
+             if (node.op != "call_module" or not _is_collection(gm, node)) and _is_sequence(node, result) == sequence]
     return sorted(found, key=lambda lookup: order[lookup.origin])
 
 
 def _is_collection(gm: fx.GraphModule, node: fx.Node) -> bool:
-    return isinstance(gm.get_submodule(str(node.target)), EmbeddingBagCollection)
+    return isinstance(gm.get_submodule(str(node.target)), (EmbeddingBagCollection, EmbeddingCollection))
+
+
+def _is_sequence(node: fx.Node, result: DMTResult) -> bool:
+    """A lookup whose feature returns one row per id ([B, L] ids; marked by the transform)."""
+    site = next(s for s in result.sites.sites if s.node == node.meta["dmt"]["origin"])
+    return result.sites.feature(node.meta["dmt"].get("features", site.features)[0]).sequence
 
 
 def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
@@ -116,7 +123,7 @@ def _read(gm: fx.GraphModule, node: fx.Node, result: DMTResult) -> PlainLookup:
         args["indices"] = args["indices"].args[0]
     _check(site.module, options)
     form = EMBEDDING if options["form"] == EMBEDDING else EMBEDDING_BAG
-    if form == EMBEDDING:
+    if form == EMBEDDING and not feature.sequence:  # a sequence runs unpooled (runtime/sequence.py)
         _check_ids(site.module, _local(args["indices"]))
     exchange = args["indices"].args[0]
     # The feature's name, not its key: a table called for several fields has one key (its
@@ -283,10 +290,12 @@ def bags(key: str, form: str, ids: torch.Tensor, offsets: torch.Tensor | None,
 
 def sequence_error(module: str, shape: str) -> DMTError:
     """nn.Embedding on [B, L] ids returns a [B, L, D] sequence; TorchRec's pooled tables cannot."""
-    return DMTError(f"nn.Embedding {module!r} on ids of shape {shape} (a [B, L, D] sequence output)",
-                    "ids of shape [B] or [B, 1]: one id per sample, which a pooled table returns",
-                    [f"pool the sequence in the model (nn.EmbeddingBag for {module!r})",
-                     "run the transformed model in one process"])
+    return DMTError(f"nn.Embedding {module!r} on ids of shape {shape} (a [B, L, D] sequence output) in a "
+                    "model transformed without such ids in example_inputs",
+                    "ids of shape [B] or [B, 1] (one id per sample), or a lookup the transform saw read as "
+                    "[B, L] ids, which then runs as a sequence (TorchRec's sharded EmbeddingCollection)",
+                    [f"pass example_inputs to dmt_fx.transform with the [B, L] ids {module!r} reads",
+                     f"or pool the sequence in the model (nn.EmbeddingBag for {module!r})"])
 
 
 def pooled_output(kt: KeyedTensor, key: str, form: str, ids: torch.Tensor) -> torch.Tensor:

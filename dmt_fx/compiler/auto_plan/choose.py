@@ -191,8 +191,9 @@ def _groups(setup: Setup, towers: int, k: int, compressing: bool, seed: int) -> 
 def _candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleKind,
                vector_dim: int | None, k: int = 1) -> Candidate:
     dims = [[setup.sites.feature(f).dim for f in g] for g in groups]
-    if c == 1:
-        return evaluate(setup, groups, 1, "identity", [sum(d) for d in dims], [0.0] * len(groups), "", k)
+    if c == 1:  # floats back per sample; a sequence feature's: one row per id (its mean length)
+        rows = [sum(f.dim * (f.mean_length if f.sequence else 1.0) for f in map(setup.sites.feature, g)) for g in groups]
+        return evaluate(setup, groups, 1, "identity", rows, [0.0] * len(groups), "", k)
     refused = ""
     if vector_dim == -1:
         refused = "kind: a vector interaction over unequal embedding dims cannot take compressed towers"

@@ -77,7 +77,9 @@ def host_sharding_plan(ebc: EmbeddingBagCollection, sharding: str, topology: Top
 
     Built with global ranks (ShardedTensor placements need them), then mapped to ranks of the
     intra-host group."""
-    configs = sorted(ebc.embedding_bag_configs(), key=lambda c: -c.num_embeddings * c.embedding_dim)
+    # a pooled collection's bag configs, or an unpooled EmbeddingCollection's (runtime/sequence.py)
+    tables = ebc.embedding_bag_configs() if hasattr(ebc, "embedding_bag_configs") else ebc.embedding_configs()
+    configs = sorted(tables, key=lambda c: -c.num_embeddings * c.embedding_dim)
     per_table = dict(SHARDINGS.get(sharding)(configs, HostRanks.of(topology, host)))
     _check_tables(sharding, per_table, [c.name for c in configs])
     plan = construct_module_sharding_plan(ebc, per_table, sharder=sharder, local_size=topology.local_world_size,

@@ -1,0 +1,184 @@
+"""Sequence (unpooled) embeddings on a real world (issue 23): torchrec EmbeddingCollection
+and nn.Embedding read as [B, L] ids, on TorchRec's sharded EmbeddingCollection inside the
+host, ids through the one peer id exchange, rows back through one jagged peer all-to-all.
+
+One torchrun launch per topology (tests/dist_sequences.py: the models of
+tests/corpus/sequences.py; every sequence batch has empty sequences) trains
+  - `pooled_sequence`: a pooled EmbeddingBagCollection + an EmbeddingCollection (width 6,
+    padded to 8 inside the host), sequences mean-pooled in the model;
+  - `bert4rec`: the sequence-only BERT4Rec shape (one table read by two features, so one
+    host of 2x2 owns no table);
+  - `plain_sequence`: nn.Embedding on [B, L] ids (widths 8 and 6) beside a pooled bag;
+with SGD and Adagrad (table-wise, and row-wise inside the host); every step's outputs and
+the job's DCP checkpoint (original keys) equal single-process training within 1e-5, and
+the original's checkpoint starts a DMT job (checkpoints both ways), and the traffic meter's
+cross-host embedding bytes equal an independent count. 2x2 with two cases (pooled +
+sequence, plain [B, L]) in CI; every case on 2x2 and 4x1 under `slow`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+import torch.nn as nn
+
+import dmt_fx
+from dmt_fx import Topology
+from dmt_fx.jobs.launch import launch
+from dmt_fx.runtime.distribute import check_distributable
+from tests import dist_sequences
+from tests.dist_cases import gathered_outputs as gathered
+from tests.dist_cases import job_diffs, train_steps
+
+TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_sequences.py")
+B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+MODELS = ("pooled_sequence", "bert4rec", "plain_sequence")
+# No Adam: on the CPU it needs TorchRec's DENSE kernel, whose sequence lookup fails (refused)
+ALL_CASES = [(m, o, "table_wise") for m in MODELS for o in OPTIMIZERS] + [
+    ("pooled_sequence", "adagrad", "row_wise"), ("bert4rec", "sgd", "row_wise")]
+# SGD in CI: Adagrad's update does not see a gradient scaled by a constant (a missed division).
+CASES = {"2x2": [("pooled_sequence", "sgd", "table_wise"), ("plain_sequence", "sgd", "table_wise")],
+         "2x2-all": ALL_CASES, "4x1-all": ALL_CASES}
+LOAD = "pooled_sequence-load"  # the original's checkpoint (2 steps of SGD) loaded by a 1-step job
+MAX_DIFFS: dict[str, tuple[float, float]] = {}
+TRAFFIC: dict[str, tuple[float, float]] = {}  # case -> cross-host embedding bytes per step (meter, count)
+
+
+def _name(model: str, optimizer: str, sharding: str) -> str:
+    return f"{model}-{optimizer}" + ("" if sharding == "table_wise" else f"-{sharding}")
+
+
+def _build(factory: str, seed: int = 0) -> nn.Module:
+    return getattr(dist_sequences, factory)(seed)[0]
+
+
+def train_original(factory: str, optimizer: str, world: int, steps: int = STEPS) -> tuple[list, nn.Module]:
+    model = _build(factory)
+    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
+    return train_steps(model, opt, getattr(dist_sequences, factory).make_inputs, B * world, steps), model
+
+
+def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
+    world = Topology.parse(topology).world_size
+    _, trained = train_original("pooled_sequence", "sgd", world, steps=2)
+    dcp.save(trained.state_dict(), checkpoint_id=str(tmp / "original"))
+    specs = [{"name": _name(m, o, s), "args": ["--target", f"{TARGET}:{m}", "--optimizer", o, "--sharding", s,
+                                               "--save-checkpoint", str(tmp / f"{_name(m, o, s)}.ckpt")]}
+             for m, o, s in cases]
+    specs.append({"name": LOAD, "args": ["--target", f"{TARGET}:pooled_sequence", "--steps", "1",
+                                         "--load-checkpoint", str(tmp / "original")]})
+    with open(tmp / "cases.json", "w") as handle:
+        json.dump(specs, handle)
+    out = str(tmp / "out")
+    args = ["--target", f"{TARGET}:pooled_sequence", "--topology", topology, "--steps", str(STEPS),
+            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs",
+            "--cases", str(tmp / "cases.json")]
+    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
+    assert result.ok, result.log_tail(80)
+
+
+@pytest.fixture(scope="module", params=["2x2", *(pytest.param(n, marks=pytest.mark.slow) for n in ("2x2-all", "4x1-all"))])
+def launched(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(f"sequences-{request.param}")
+    _launch(tmp, request.param.split("-")[0], CASES[request.param])
+    yield request.param, tmp
+    for case, (outputs, params) in sorted(MAX_DIFFS.items()):
+        print(f"  {case:45s} max |diff| outputs {outputs:9.3g} parameters {params:9.3g}")
+    for case, (got, want) in sorted(TRAFFIC.items()):
+        print(f"  {case:45s} cross-host embedding bytes/step: meter {got:g}, count {want:g}")
+
+
+def test_sequence_models_are_distributable_and_spread() -> None:
+    """Guards the cases below: each model has sequence features, distribute accepts it, and
+    the 2x2 plan puts sequence tables on a host (both hosts, but for bert4rec's one table)."""
+    for factory in MODELS:
+        model, inputs = getattr(dist_sequences, factory)()
+        gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)
+        check_distributable(gm)
+        result = dmt_fx.dmt_result(gm)
+        sequences = [f for f in result.sites.features if f.sequence]
+        assert sequences and all(f.mean_length > 0 for f in sequences), result.sites.features
+        hosts = {t.host for t in result.plan.towers if any(result.sites.feature(f).sequence for f in t.features)}
+        assert hosts == ({0} if factory == "bert4rec" else {0, 1}), hosts
+
+
+def test_training_equals_single_process(launched) -> None:
+    launch_name, tmp = launched
+    world = Topology.parse(launch_name.split("-")[0]).world_size
+    failed = []
+    for model, optimizer, sharding in CASES[launch_name]:
+        name = _name(model, optimizer, sharding)
+        expected, trained = train_original(model, optimizer, world)
+        want = trained.state_dict()
+        outputs, params, state = job_diffs(expected, str(tmp / "out" / name), world, _build(model, seed=123),
+                                           str(tmp / f"{name}.ckpt"), want)
+        assert all(state[k].shape == v.shape for k, v in want.items())
+        MAX_DIFFS[f"{launch_name} {name}"] = (outputs, params)
+        if outputs > TOLERANCE or params > TOLERANCE:
+            failed.append((name, outputs, params))
+    assert not failed, failed
+
+
+def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
+    launch_name, tmp = launched
+    world = Topology.parse(launch_name.split("-")[0]).world_size
+    _, trained = train_original("pooled_sequence", "sgd", world, steps=2)
+    expected = trained(*dist_sequences.pooled_sequence.make_inputs(B * world, 0)).detach()
+    got = gathered(str(tmp / "out" / LOAD), world)[0]
+    diff = float((expected - got).abs().max())
+    MAX_DIFFS[f"{launch_name} {LOAD} (first outputs)"] = (diff, 0.0)
+    assert diff <= 1e-6, diff
+
+
+def _rank_batches(factory: str, world: int, step: int) -> list[tuple]:
+    """Each rank's local batch of step `step` (rows [r*B, (r+1)*B) of the global batch)."""
+    from dmt_fx.jobs.data import slice_batch
+
+    batch = getattr(dist_sequences, factory).make_inputs(B * world, step)
+    return [slice_batch(batch, r * B, (r + 1) * B) for r in range(world)]
+
+
+def expected_embedding_bytes(factory: str, topology: str, steps: range) -> float:
+    """An independent count of the cross-host float bytes per step, all ranks together: every
+    rank receives, from the other hosts, B pooled rows of their pooled tables and one row per
+    id of its samples' sequence features they hold (forward), and sends the same bytes of
+    gradients back (backward); fp32."""
+    topo = Topology.parse(topology)
+    model, inputs = getattr(dist_sequences, factory)()
+    result = dmt_fx.dmt_result(dmt_fx.transform(model, topology, example_inputs=inputs))
+    host_of = {f: t.host for t in result.plan.towers for f in t.features}
+    total = 0.0
+    for step in steps:
+        for rank, local in enumerate(_rank_batches(factory, topo.world_size, step)):
+            host = topo.host_of(rank)
+            counts = {k: n for kjt in local[1:] for k, n in zip(kjt.keys(), kjt.length_per_key())}
+            for f in result.sites.features:
+                if host_of[f.name] != host:
+                    total += 2 * 4 * f.dim * (counts[f.key] if f.sequence else B)
+    return total / len(steps)
+
+
+def test_traffic_counts_the_jagged_exchange(launched) -> None:
+    """The meter's cross-host embedding bytes (the pooled and the jagged peer all-to-all,
+    forward and backward) equal the independent count of `expected_embedding_bytes`; for
+    bert4rec (one table, on host 0) the cross-host messages per step too: host 0's ranks send
+    their peers' rows (1), host 1's ranks their lengths, ids and row gradients (3)."""
+    launch_name, tmp = launched
+    if not launch_name.startswith("2x2"):
+        pytest.skip("counted on the 2x2 launches")
+    for model, optimizer, sharding in CASES[launch_name]:
+        if model == "plain_sequence":
+            continue  # its inputs are id tensors, not KJTs (the count reads KJT lengths)
+        name = _name(model, optimizer, sharding)
+        per_rank = [json.load(open(tmp / "out" / name / f"rank{r}.json")) for r in range(4)]
+        metered = per_rank[0]["metered_steps"]
+        got = sum(r["traffic"]["cross_host_embedding_bytes"] for r in per_rank)
+        want = expected_embedding_bytes(model, "2x2", range(metered[0], metered[-1] + 1))
+        TRAFFIC[f"{launch_name} {name}"] = (got, want)
+        assert got == want, (name, got, want)
+        if model == "bert4rec":
+            assert [r["traffic"]["cross_host_messages"] for r in per_rank] == [1, 1, 3, 3]
