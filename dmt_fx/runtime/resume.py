@@ -86,7 +86,9 @@ def partial_saves(directory: str, complete: str | None) -> list[str]:
 
 
 def _step_of(path: str) -> int:
-    return int(_STEP_DIR.search(os.path.basename(path)).group(1))
+    match = _STEP_DIR.search(os.path.basename(path))
+    assert match is not None, path  # only step_* directories are passed here
+    return int(match.group(1))
 
 
 def restore(directory: str, module: torch.nn.Module, optimizer: Any) -> int:

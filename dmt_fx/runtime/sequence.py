@@ -69,9 +69,12 @@ class SequenceLookup(nn.Module):
     owns no table of the collection. `slices[h]`: what host h holds (keys and names aligned:
     an unpooled feature's output is named by its key)."""
 
-    def __init__(self, slices: Sequence[HostSlice], lookup: nn.Module | None, me: RankInfo) -> None:
+    def __init__(self, slices: Sequence[HostSlice], lookup: Any, me: RankInfo) -> None:
         super().__init__()
-        self.slices, self.me, self.lookup = list(slices), me, lookup
+        # TorchRec's sharded EmbeddingCollection (or None): Any, as nn.Module's attribute
+        # typing would make its input_dist / compute / output_dist read as tensors
+        self.slices, self.me = list(slices), me
+        self.lookup: Any = lookup
         self.names = list(self.slices[me.host].names)
         self.widths = dict(zip(self.names, self.slices[me.host].widths))
         self.order = lookup_order(lookup, self.slices[me.host].keys)
@@ -231,16 +234,18 @@ class HostSequenceExchange(nn.Module):
         if num_pooled:
             out += self.pooled(kjts, received[:num_pooled])
         local = kjts[num_pooled:]
-        looked_up = [lk(r) for lk, r in zip(self.sequence_lookups, received[num_pooled:])]
+        lookups: list[Any] = list(self.sequence_lookups)
+        looked_up = [lk(r) for lk, r in zip(lookups, received[num_pooled:])]
         rows = self.back(looked_up, local)
         with record_function(stage_range(Stage.MERGE)):
             out += [self.as_read(spec, lk.slices, pieces, kjt)
-                    for spec, lk, pieces, kjt in zip(self.outputs, self.sequence_lookups, rows, local)]
+                    for spec, lk, pieces, kjt in zip(self.outputs, lookups, rows, local)]
         return tuple(out)
 
     def pooled(self, kjts: Sequence[KeyedJaggedTensor], received: Sequence[KeyedJaggedTensor | None]) -> list:
         rows, device = kjts[0].stride() * self.num_hosts, kjts[0].device()
         x = torch.cat([lk(kjt, rows, device) for lk, kjt in zip(self.host_lookups, received)], dim=1)
+        assert self.pooled_back is not None  # built whenever there are pooled lookups
         with record_function(stage_range(Stage.PEER_OUTPUT)):
             back = self.pooled_back(x).wait()
         pieces = back.split(self.arrive_widths, dim=1)

@@ -117,7 +117,7 @@ def shard_sequences(lowering: Any, index: int, ec: nn.Module, weights: dict[str,
     return lookup
 
 
-def ec_slice(ecs: Sequence[nn.Module]) -> HostSlice:
+def ec_slice(ecs: Sequence[Any]) -> HostSlice:
     keys = tuple(k for ec in ecs for c in ec.embedding_configs() for k in c.feature_names)
     names = tuple(n for ec in ecs for names in ec.embedding_names_by_table() for n in names)
     widths = tuple(c.embedding_dim for ec in ecs for c in ec.embedding_configs() for _ in c.feature_names)
@@ -210,11 +210,11 @@ def lower_with_sequences(lowering: Any, parts: SequenceParts, sites: list[Embedd
     pooled_received = [[received_output(graph, lk) for lk in group] for group in lowering.plain]
     seq_merges = [_one(nodes_with_role(graph, Role.MERGE, origin=s.node)) for s in parts.sites]
     seq_received = [[received_output(graph, lk) for lk in group] for group in parts.plain]
-    received = ([part.args[0] for m in merges + seq_merges for part in m.args[0]] +
-                [n.args[0] for nodes in pooled_received + seq_received for n in nodes])
+    received = _nodes([part.args[0] for m in merges + seq_merges for part in _nodes(m.args[0])] +
+                      [n.args[0] for nodes in pooled_received + seq_received for n in nodes])
     out_group = _one_group(received)
     keys = [m.args[1] for m in merges] + [[lk.feature for lk in group] for group in lowering.plain]
-    outputs = [SequenceOutput(tuple(m.args[1]), lowering.gm.get_submodule(_site_path(lowering, s)).need_indices())
+    outputs = [SequenceOutput(tuple(_keys(m.args[1])), lowering.gm.get_submodule(_site_path(lowering, s)).need_indices())
                for m, s in zip(seq_merges, parts.sites)]
     outputs += [SequenceOutput(tuple(lk.feature for lk in group)) for group in parts.plain]
     path = host_exchange_path(0)
@@ -276,3 +276,13 @@ def _one(nodes: Any) -> fx.Node:
     found = list(nodes)
     assert len(found) == 1, f"expected one node, found {[n.name for n in found]}"
     return found[0]
+
+
+def _nodes(arg: Any) -> list[fx.Node]:
+    """A node argument that is a list of nodes (a merge node's parts), typed for mypy."""
+    return list(arg)
+
+
+def _keys(arg: Any) -> list[str]:
+    """A merge node's keys argument, typed for mypy."""
+    return list(arg)
