@@ -31,11 +31,13 @@ from torchrec.optim.keyed import CombinedOptimizer
 
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
+from dmt_fx.runtime.fingerprint import one_model
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import combined_optimizer, fused_params
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
+from dmt_fx.runtime.rank_status import agree_on_inputs
 from dmt_fx.runtime.shardings import SHARDINGS
 
 # Names this module offered before the runtime was split; kept importable from here.
@@ -75,7 +77,8 @@ class DistributedDMT(nn.Module):
 
 def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SGD,
                optimizer_kwargs: Mapping[str, Any] | None = None, sharding: str = "table_wise",
-               timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> tuple[DistributedDMT, CombinedOptimizer]:
+               timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+               weights_from_rank0: bool = False) -> tuple[DistributedDMT, CombinedOptimizer]:
     """Run the output of `transform` on this rank; call on every rank after init_process_group.
 
     `sharding`: how each host's tables are sharded over its ranks, one of `SHARDINGS.names()`
@@ -91,6 +94,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
         optimizer_kwargs: its arguments, e.g. {"lr": 0.1}.
         sharding: the default intra-host sharding, as above.
         timeout: for every collective, on the world and both DMT groups.
+        weights_from_rank0: every rank takes rank 0's weights (one broadcast of the model).
+            Off (the default), the ranks' models are compared (`runtime/fingerprint.py`:
+            two small all-gathers) and a difference is refused, naming the tensors.
 
     Returns:
         (module, optimizer): the rank's module (same call signature; `state_dict()` keeps the
@@ -98,7 +104,8 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
 
     Raises:
         DMTError: the world does not match the plan's topology, a sharding name is unknown,
-            or the model holds a form the runtime cannot run (named, with a fix).
+            the model holds a form the runtime cannot run (named, with a fix), or the ranks
+            built different models (`ModelMismatchError`, naming the tables that differ).
 
     Example:
         >>> import torch, torch.distributed as dist, dmt_fx
@@ -119,10 +126,12 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     fused = fused_params(optimizer_class, kwargs)
     groups = build_groups(result.topology, timeout)
     place_on(module, runtime_device())
+    one_model(module, result, runtime_device(), weights_from_rank0)  # every rank: one model, not a mixture
     order = list(module.state_dict().keys())  # the original's keys, before lowering takes the tables
     joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=fused)
     _drop_joint_weights(lowered.module, joints)
+    agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
