@@ -39,6 +39,7 @@ from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this gr
 __all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line"]
 
 REFUSED = "refused its batch"  # the words every rank's message carries (the launcher looks for them)
+PEER_EXPECTED = "every rank's batch to fit the model"  # where a peer's own words start
 
 
 class PeerInputError(DMTError):
@@ -85,7 +86,7 @@ class AgreedValidator(nn.Module):
         bad = [rank for rank, line in enumerate(said) if line is not None]
         ranks = ", ".join(map(str, bad))
         raise PeerInputError(" | ".join(line for line in said if line is not None),
-                             f"every rank's batch to fit the model (rank {self.me.rank}'s did; it stops because "
+                             f"{PEER_EXPECTED} (rank {self.me.rank}'s did; it stops because "
                              f"its peers would wait for rank(s) {ranks} in the next collective)",
                              [f"read the log of rank(s) {ranks} for the whole error and fix their input data"])
 
@@ -122,5 +123,5 @@ def refusal_line(lines: list[str]) -> str | None:
     for line in lines:
         at = line.find("rank ", line.find("error:"))
         if REFUSED in line and at >= 0:
-            return line[at:]
+            return line[at:].split(f"; expected {PEER_EXPECTED}")[0]
     return None

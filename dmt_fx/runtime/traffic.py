@@ -175,9 +175,11 @@ class TrafficMeter:
         sent = collective.sent(args, len(ranks), me)
         payload = sum(t.numel() * t.element_size() for t in _tensors(args[0])) if collective.family == "all_reduce" \
             else sum(nbytes for _, _, nbytes in sent)
-        family = "control" if _group_desc(args[collective.group_arg]) == STATUS_GROUP_DESC else collective.family
+        family, op = collective.family, collective.name
+        if _group_desc(args[collective.group_arg]) == STATUS_GROUP_DESC:  # listed apart from the data's ops
+            family, op = "control", f"{collective.name}(status)"
         self.records.append(CollectiveRecord(
-            op=collective.name, step=self._step, group=tuple(ranks), family=family,
+            op=op, step=self._step, group=tuple(ranks), family=family,
             group_kind=group_kind(ranks, self.topology), phase=_phase(),
             payload_bytes=float(payload),
             sent=tuple((ranks[i], k, float(nbytes)) for i, k, nbytes in sent if i != me)))
