@@ -161,6 +161,7 @@ def _models_worker(rank: int, port: int, out_dir: str) -> None:
     import dmt_fx
     from dmt_fx.models import zoo
     from dmt_fx.runtime.fingerprint import ModelMismatchError, check_same_model
+    from dmt_fx.runtime.rank_status import status_group
 
     result = {}
     for case, example in (("refused", zoo.make_inputs(16, 0)), ("plan_refused", None)):
@@ -181,6 +182,11 @@ def _models_worker(rank: int, port: int, out_dir: str) -> None:
     for _ in range(20):
         check_same_model(same)
     result["check_s"] = (time.perf_counter() - start) / 20
+    group, flag = status_group(timedelta(seconds=60)), torch.zeros(1, dtype=torch.int64)
+    start = time.perf_counter()
+    for _ in range(50):  # what the per-batch agreement adds to a step: one all-reduce of one int64
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=group)
+    result["status_s"] = (time.perf_counter() - start) / 50
     result["max_diff"] = _train_rank0_weights(rank)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -190,7 +196,8 @@ def _models_worker(rank: int, port: int, out_dir: str) -> None:
 def test_different_models_are_refused_and_rank0_weights_train_rank0s_model(tmp_path) -> None:
     run_world(_models_worker, tmp_path, nprocs=WORLD, timeout_s=300)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
-    print({r: {"check_s": x["check_s"], "max_diff": x["max_diff"]} for r, x in enumerate(ranks)})
+    print({r: {k: x[k] for k in ("check_s", "status_s", "max_diff")} for r, x in enumerate(ranks)})
+    print(ranks[0]["refused"], ranks[0]["plan_refused"], sep="\n")
     for result in ranks:  # every rank refuses, with the same message
         message = result["refused"]
         assert message is not None and message == ranks[0]["refused"]

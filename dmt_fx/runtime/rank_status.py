@@ -6,7 +6,8 @@ id exchange and wait for the refusing rank until the collective timed out (120 s
 default), each with a gloo traceback that names no cause. So on every rank `distribute`
 wraps the validator in `AgreedValidator`:
 
-  1. run the rank's own checks; its `InputValidationError` is held, not raised yet;
+  1. run the rank's own checks; its `InputValidationError` (or any other error of the
+     checks) is held, not raised yet;
   2. one all-reduce (MAX) of one int64 over the world, on a group of its own (the status
      group, `STATUS_GROUP_DESC`): 0 when every rank's batch passed, else 1 + the highest
      refusing rank. This is the step's first collective, so no rank has entered one that a
@@ -33,7 +34,7 @@ import torch.nn as nn
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import Role, role_of
-from dmt_fx.runtime.groups import RankInfo
+from dmt_fx.runtime.groups import RankInfo, runtime_device
 from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this group's collectives as control
 
 __all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line"]
@@ -62,27 +63,28 @@ class AgreedValidator(nn.Module):
     def __init__(self, validator: nn.Module, group: dist.ProcessGroup, me: RankInfo) -> None:
         super().__init__()
         self.validator, self.group, self.me = validator, group, me
-        self.flag = torch.zeros(1, dtype=torch.int64)
+        self.flag = torch.zeros(1, dtype=torch.int64, device=runtime_device())  # NCCL reduces device tensors
 
     def forward(self, *values: Any) -> None:
         refusal = None
         try:
             self.validator(*values)
-        except DMTError as error:  # the validator's InputValidationError (the runtime imports no compiler)
+        except Exception as error:  # held until every rank knows: raised alone, it would strand the peers
             refusal = error
         flag = self.flag.fill_(self.me.rank + 1 if refusal is not None else 0)
-        flag = flag.to(_device(values))  # NCCL reduces device tensors
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         if int(flag.item()):
             self.refuse(refusal)
 
-    def refuse(self, refusal: DMTError | None) -> None:
+    def refuse(self, refusal: Exception | None) -> None:
         """Step 3: every rank learns every refusal; each raises its own error."""
-        mine = f"{where(self.me)} {REFUSED}: {refusal.one_line()}" if refusal is not None else None
+        mine = f"{where(self.me)} {REFUSED}: {_one_line(refusal)}" if refusal is not None else None
         said: list[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(said, mine, group=self.group)
-        if refusal is not None:
+        if isinstance(refusal, DMTError):  # the validator's InputValidationError (the runtime imports no compiler)
             raise type(refusal)(f"{where(self.me)}: {refusal.found}", refusal.expected, refusal.fixes) from refusal
+        if refusal is not None:
+            raise refusal
         bad = [rank for rank, line in enumerate(said) if line is not None]
         ranks = ", ".join(map(str, bad))
         raise PeerInputError(" | ".join(line for line in said if line is not None),
@@ -91,11 +93,10 @@ class AgreedValidator(nn.Module):
                              [f"read the log of rank(s) {ranks} for the whole error and fix their input data"])
 
 
-def _device(values: tuple) -> torch.device:
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            return value.device
-    return torch.device("cpu")
+def _one_line(error: Exception) -> str:
+    if isinstance(error, DMTError):
+        return error.one_line()
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
 
 
 def status_group(timeout: datetime.timedelta) -> dist.ProcessGroup:
