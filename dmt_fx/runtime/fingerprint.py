@@ -73,7 +73,9 @@ def _digest(text: str) -> float:
 
 def _header(tensors: Mapping[str, torch.Tensor], result: DMTResult | None, device: torch.device) -> torch.Tensor:
     layout = "\n".join(f"{k}|{tuple(v.shape)}|{v.dtype}" for k, v in tensors.items())
-    plan = result.plan.to_json() if result is not None else ""
+    # what the lowering reads (towers, hosts, features, tables, shardings), not the measured costs
+    plan = "" if result is None else "\n".join(f"{t.index}|{t.host}|{t.features}|{t.tables}|{t.sharding}"
+                                                for t in result.plan.towers)
     return torch.tensor([float(len(tensors)), _digest(layout), _digest(plan)], dtype=torch.float64, device=device)
 
 
