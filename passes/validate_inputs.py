@@ -4,7 +4,8 @@ Algorithm:
   1. Sparse inputs: every KJT a collection reads, with its keys (over all collections
      reading it) and the rows of each key's table.
   2. Plain lookups: each lookup's id tensor as it enters the peer exchange, and its rows.
-  3. Dense inputs: placeholders that feed no lookup (for the batch-size check).
+  3. Dense inputs: placeholders that feed no lookup (for the batch-size check), with their
+     per-sample shape in example_inputs when given (a wrong width is refused up front).
   4. One impure `call_module` node right after the last of those inputs checks them all.
   5. A KJT whose every lookup is a TorchRec EmbeddingBagCollection of plain nn.EmbeddingBag
      modules leaves its id ranges to those lookups (torch's CPU kernel refuses a bad id) when
@@ -16,7 +17,9 @@ Preserves numerics: it reads the inputs and returns nothing.
 from __future__ import annotations
 
 import operator
+from typing import Any, Sequence
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
 from torchrec import EmbeddingBagCollection
@@ -100,7 +103,19 @@ def _plain(gm: fx.GraphModule, sites: ModelSites) -> tuple[list, list[fx.Node]]:
     return specs, nodes
 
 
-def validate_inputs_pass(gm: fx.GraphModule, *, sites: ModelSites) -> fx.GraphModule:
+def _dense_shapes(gm: fx.GraphModule, dense: list[fx.Node], example_inputs: Sequence[Any] | None) -> list:
+    """Step 3: each dense input's shape after the batch dimension in example_inputs (None where
+    the placeholders are not forward()'s arguments one to one, or the input is no tensor)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if example_inputs is None or len(placeholders) != len(example_inputs):
+        return [None] * len(dense)
+    value = dict(zip(placeholders, example_inputs))
+    return [tuple(value[n].shape[1:]) if isinstance(value[n], torch.Tensor) and value[n].dim() > 0 else None
+            for n in dense]
+
+
+def validate_inputs_pass(gm: fx.GraphModule, *, sites: ModelSites,
+                         example_inputs: Sequence[Any] | None = None) -> fx.GraphModule:
     sparse_specs, sparse_nodes = _sparse(gm, sites)
     plain_specs, plain_nodes = _plain(gm, sites)
     dense = [n for n in gm.graph.nodes if n.op == "placeholder" and n.name in set(sites.dense_inputs)]  # Step 3
@@ -108,7 +123,8 @@ def validate_inputs_pass(gm: fx.GraphModule, *, sites: ModelSites) -> fx.GraphMo
     if not inputs:
         return gm
     later = _lookups_check_ids(gm, sparse_nodes)
-    gm.add_submodule(PATH, InputValidator(sparse_specs, plain_specs, [n.name for n in dense], later))
+    gm.add_submodule(PATH, InputValidator(sparse_specs, plain_specs, [n.name for n in dense], later,
+                                          _dense_shapes(gm, dense, example_inputs)))
     if any(later):  # Step 5
         install_lookup_guard(gm, PATH)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

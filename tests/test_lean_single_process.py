@@ -89,7 +89,7 @@ ONE_EACH = [1, 0] * 8  # lengths, key-major, batch 2: one id per key, in sample 
 
 @pytest.mark.parametrize("values, lengths, dtype, match", [
     # a negative length whose total still matches: only the fused check's least length sees it
-    ([1] * 8, [2, -1] + [1, 0] * 7, torch.int64, "lengths sum to 8 for 8 ids"),
+    ([1] * 8, [2, -1] + [1, 0] * 7, torch.int64, "feature 'user_id' length -1 .*sample 1"),
     ([1, 1, 1, 1, 1, 1, 1, 100], ONE_EACH, torch.int32, "feature 'weekday' id 100"),  # 100 rows
     ([1, 1, 1, 1, 1, 1, -1, 1], ONE_EACH, torch.int32, "feature 'hour' id -1"),
     ([1, 1, 1, 1, 1, 1, 1, 99], ONE_EACH, torch.int64, None),  # the last row is fine
@@ -163,7 +163,7 @@ def test_negative_lengths_stay_checked_up_front() -> None:
     gm = dmt_fx.transform(copy.deepcopy(model), "2x2", example_inputs=_tiny_batch([1, 2, 3, 4, 5], torch.int64, False))
     bad = KeyedJaggedTensor(keys=["a", "b"], values=torch.tensor([1, 2, 3, 4, 5], dtype=torch.int32),
                             lengths=torch.tensor([-1, 4, 1, 1], dtype=torch.int32))
-    with pytest.raises(InputValidationError, match="lengths sum to 5 for 5 ids") as info:
+    with pytest.raises(InputValidationError, match="feature 'a' length -1") as info:
         gm(torch.zeros(2, 1), bad)
     assert info.value.__cause__ is None  # refused before any lookup
 
@@ -178,10 +178,14 @@ def test_unknown_lookups_keep_the_full_check() -> None:
 
 
 def test_other_failures_are_not_renamed(models) -> None:
-    """A failure that is not the batch's ids (here: a dense input of the wrong width) re-raises as is."""
+    """A failure that is not the batch's ids (here: dense input of another dtype) re-raises as is;
+    a dense input of the wrong width is refused up front (its shape in example_inputs)."""
     _, checked, _ = models
-    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+    with pytest.raises(RuntimeError, match="dtype"):
+        checked(torch.randn(2, zoo.DENSE, dtype=torch.float64), _kjt([1] * 8, ONE_EACH))
+    with pytest.raises(InputValidationError, match=r"dense input 'dense_features' of shape \[2, 14\]") as info:
         checked(torch.randn(2, zoo.DENSE + 1), _kjt([1] * 8, ONE_EACH))
+    assert info.value.__cause__ is None
 
 
 def test_pooled_columns_equal_torchrecs_forward() -> None:

@@ -251,7 +251,7 @@ def graph_passes(sites: ModelSites, plan: TowerPlan, kind: TowerModuleKind, spec
                                                         example_inputs=inputs), True))
     passes.append(("cleanup", cleanup_pass, False))
     if validate_inputs:  # run-time checks of every batch; off for speed
-        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites), False))
+        passes.append(("validate_inputs", functools.partial(validate_inputs_pass, sites=sites, example_inputs=inputs), False))
     return passes
 
 

@@ -56,10 +56,12 @@ class InputValidator(nn.Module):
 
     def __init__(self, sparse: Sequence[tuple[str, tuple[str, ...], Mapping[str, int], bool]],
                  plain: Sequence[tuple[str, str, int]], dense: Sequence[str],
-                 lookups_check_ids: Sequence[bool] = ()) -> None:
+                 lookups_check_ids: Sequence[bool] = (), dense_shapes: Sequence[tuple[int, ...] | None] = ()) -> None:
         super().__init__()
         # sparse: (argument, keys, rows per key, weighted); plain: (argument, feature, rows)
         self.sparse, self.plain, self.dense = list(sparse), list(plain), list(dense)
+        # per dense argument: its shape after the batch dimension in example_inputs (None: unknown)
+        self.dense_shapes = list(dense_shapes) or [None] * len(self.dense)
         # per sparse argument: the rows of each key's table as a tensor, per key order and device
         self.bounds: list[dict] = [{} for _ in self.sparse]
         # per sparse argument: every lookup reading it refuses a bad id on the CPU (see the module doc)
@@ -75,8 +77,10 @@ class InputValidator(nn.Module):
             batch[spec[0]] = _check_kjt(kjt, *spec, bounds, ids_later=later and guarded is not None)
         for (argument, feature, rows), ids in zip(self.plain, values[n_sparse:n_sparse + n_plain]):
             _check_ids(ids, argument, feature, rows)
-        for argument, tensor in zip(self.dense, values[n_sparse + n_plain:]):
+        shapes = getattr(self, "dense_shapes", None) or [None] * len(self.dense)  # a validator pickled before
+        for argument, shape, tensor in zip(self.dense, shapes, values[n_sparse + n_plain:]):
             if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+                _check_dense(tensor, argument, shape)
                 batch[argument] = tensor.shape[0]
         if len(set(batch.values())) > 1:
             _fail(f"batch sizes {batch}", "one batch size for every dense and sparse input",
@@ -166,6 +170,15 @@ def _check_kjt(kjt: Any, argument: str, keys: tuple[str, ...], rows: Mapping[str
     return stride
 
 
+def _check_negative_length(lengths: torch.Tensor, given: Sequence[str], argument: str) -> None:
+    """The first negative length, named by feature and sample."""
+    negative = (lengths < 0).nonzero()
+    if negative.numel() and lengths.numel() % max(len(given), 1) == 0:
+        i, stride = int(negative[0]), lengths.numel() // len(given)
+        _fail(f"feature {given[i // stride]!r} length {int(lengths[i])} (argument {argument!r}, sample {i % stride})",
+              f"non-negative lengths for feature {given[i // stride]!r}", "rebuild the lengths from the bags")
+
+
 def _check_sum(total: int, values: torch.Tensor, argument: str, negative: bool = False) -> None:
     if total != values.numel() or negative:
         _fail(f"argument {argument!r}: lengths sum to {total} for {values.numel()} ids",
@@ -218,7 +231,8 @@ def _diagnose(values: torch.Tensor, lengths: torch.Tensor, given: list[str], arg
     """The first bad length or id of a KJT the fused check refused, named (runs only then;
     on the CPU, whatever device the ids are on: the message costs nothing on a valid batch)."""
     values, lengths = values.cpu(), lengths.cpu()
-    _check_sum(int(lengths.sum()), values, argument, bool((lengths < 0).any()))
+    _check_negative_length(lengths, given, argument)
+    _check_sum(int(lengths.sum()), values, argument)
     per_key = lengths.view(len(given), -1).sum(1)
     unread = torch.iinfo(torch.int64).max
     limit = torch.repeat_interleave(torch.tensor([rows.get(k, unread) for k in given]), per_key)
@@ -230,6 +244,17 @@ def _diagnose(values: torch.Tensor, lengths: torch.Tensor, given: list[str], arg
     key = given[int(torch.searchsorted(per_key.cumsum(0), torch.tensor(i), right=True))]
     _fail(f"feature {key!r} id {int(values[i])} (argument {argument!r}, position {i})",
           f"ids in [0, {rows[key]}) for feature {key!r}", "map ids into the table's range (e.g. modulo the size)")
+
+
+def _check_dense(tensor: torch.Tensor, argument: str, shape: tuple[int, ...] | None) -> None:
+    """A dense input must keep the per-sample shape of example_inputs: a wrong width would
+    fail later inside the first dense layer (and, distributed, after this rank's peers
+    entered a collective it never joins)."""
+    if shape is not None and tuple(tensor.shape[1:]) != tuple(shape):
+        width = f" (width {tensor.shape[-1]})" if tensor.dim() == 2 else ""
+        _fail(f"dense input {argument!r} of shape {list(tensor.shape)}{width}",
+              f"shape [batch, {', '.join(map(str, shape))}] as in example_inputs",
+              f"give every sample of {argument!r} the shape {list(shape)}")
 
 
 def _check_ids(ids: Any, argument: str, feature: str, rows: int) -> None:

@@ -11,6 +11,7 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import LaunchResult, launch
 from dmt_fx.jobs.summary import summarize
+from dmt_fx.runtime.rank_status import refusal_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ def run_variant(spec: RunSpec, variant: str, *, on_poll: Callable[[], None] | No
 
 def _failure_lines(result: LaunchResult) -> str:
     lines = [l for l in result.log_tail(200).splitlines() if "dmt-fx worker" in l]
-    return "\n".join(sorted(set(lines))[:8]) or result.log_tail(15)
+    cause = refusal_line(sorted(set(lines)))  # one rank refused its batch: that rank and why, once
+    return cause or "\n".join(sorted(set(lines))[:8]) or result.log_tail(15)
 
 
 def run_together(spec: RunSpec, variants: Sequence[str], *, deadline_s: float = 1800) -> list[dict[str, Any]]:

@@ -31,12 +31,14 @@ from torchrec.optim.keyed import CombinedOptimizer
 
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
+from dmt_fx.runtime.fingerprint import one_model
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
+from dmt_fx.runtime.rank_status import agree_on_inputs
 from dmt_fx.runtime.sequence_lowering import check_sequences
 from dmt_fx.runtime.shardings import SHARDINGS
 from dmt_fx.runtime.shutdown import keep_until_exit
@@ -79,7 +81,8 @@ class DistributedDMT(nn.Module):
 def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SGD,
                optimizer_kwargs: Mapping[str, Any] | None = None, sharding: str = "table_wise",
                timeout: datetime.timedelta = DEFAULT_TIMEOUT,
-               comm_precision: str = FP32) -> tuple[DistributedDMT, CombinedOptimizer]:
+               comm_precision: str = FP32,
+               weights_from_rank0: bool = False) -> tuple[DistributedDMT, CombinedOptimizer]:
     """Run the output of `transform` on this rank; call on every rank after init_process_group.
 
     `sharding`: how each host's tables are sharded over its ranks, one of `SHARDINGS.names()`
@@ -98,6 +101,9 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
         comm_precision: what the peer pooled exchanges send (`dmt_fx.runtime.qcomms`):
             "fp32" (default), "fp16" (TorchRec's qcomms: FP16 forward, BF16 backward) or
             "bf16"; ids always cross as integers.
+        weights_from_rank0: every rank takes rank 0's weights (one broadcast of the model).
+            Off (the default), the ranks' models are compared (`runtime/fingerprint.py`:
+            two small all-gathers) and a difference is refused, naming the tensors.
 
     Returns:
         (module, optimizer): the rank's module (same call signature; `state_dict()` keeps the
@@ -105,7 +111,8 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
 
     Raises:
         DMTError: the world does not match the plan's topology, a sharding name is unknown,
-            or the model holds a form the runtime cannot run (named, with a fix).
+            the model holds a form the runtime cannot run (named, with a fix), or the ranks
+            built different models (`ModelMismatchError`, naming the tables that differ).
 
     Example:
         >>> import torch, torch.distributed as dist, dmt_fx
@@ -128,11 +135,13 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     dense_tables = table_kernel(optimizer_class, runtime_device()) == DENSE
     groups = build_groups(result.topology, timeout)
     place_on(module, runtime_device())
+    one_model(module, result, runtime_device(), weights_from_rank0)  # every rank: one model, not a mixture
     order = list(module.state_dict().keys())  # the original's keys, before lowering takes the tables
     joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
+    agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())

@@ -24,6 +24,8 @@ and tensor bytes with the ring model's bytes per rank (2 (n-1)/n of the payload)
 steps (2 (n-1) sends per call); DDP's first steps add a few bookkeeping all-reduces (the
 used-parameter map) that warm-up skips. The *broadcasts* fill `broadcast_*`: in training
 they are DDP's one-off bucket-order sync in its second or third step, from rank 0.
+The *control* collectives are the runtime's agreement on each batch (`rank_status.py`: one
+8-byte all-reduce per forward on the status group): they fill `control_*` only.
 
 Threads: the mode lives in torch's thread-local state, which the autograd engine copies
 into the threads that run a backward pass (`at::ThreadLocalState`), so collectives issued
@@ -59,7 +61,9 @@ COUNT_KEYS = ("collectives", "cross_host_collectives", "intra_host_collectives")
 DENSE_KEYS = ("dense_allreduce_bytes", "dense_allreduce_payload_bytes", "dense_allreduce_messages",
               "dense_allreduce_collectives")
 BROADCAST_KEYS = ("broadcast_bytes", "broadcast_messages", "broadcast_collectives")
-ALL_KEYS = EXCHANGE_KEYS + COUNT_KEYS + DENSE_KEYS + BROADCAST_KEYS
+CONTROL_KEYS = ("control_bytes", "control_collectives")
+ALL_KEYS = EXCHANGE_KEYS + COUNT_KEYS + DENSE_KEYS + BROADCAST_KEYS + CONTROL_KEYS
+STATUS_GROUP_DESC = "dmt_rank_status"  # rank_status.py's group: its collectives are control traffic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ class CollectiveRecord:
     step: int
     group: tuple[int, ...]  # global ranks, in group-rank order
     sent: tuple[tuple[int, str, float], ...]  # (destination global rank, "id"|"embedding", bytes)
-    family: str = "exchange"  # or "all_reduce", "broadcast"
+    family: str = "exchange"  # or "all_reduce", "broadcast", "control"
     group_kind: str = MIXED_GROUP  # GroupKind.PEER, GroupKind.INTRA_HOST or MIXED_GROUP
     payload_bytes: float = 0.0  # bytes of the tensors handed to the call (all-reduce: reduced)
     phase: str = "forward"  # "backward" when issued while autograd runs a backward pass
@@ -171,8 +175,11 @@ class TrafficMeter:
         sent = collective.sent(args, len(ranks), me)
         payload = sum(t.numel() * t.element_size() for t in _tensors(args[0])) if collective.family == "all_reduce" \
             else sum(nbytes for _, _, nbytes in sent)
+        family, op = collective.family, collective.name
+        if _group_desc(args[collective.group_arg]) == STATUS_GROUP_DESC:  # listed apart from the data's ops
+            family, op = "control", f"{collective.name}(status)"
         self.records.append(CollectiveRecord(
-            op=collective.name, step=self._step, group=tuple(ranks), family=collective.family,
+            op=op, step=self._step, group=tuple(ranks), family=family,
             group_kind=group_kind(ranks, self.topology), phase=_phase(),
             payload_bytes=float(payload),
             sent=tuple((ranks[i], k, float(nbytes)) for i, k, nbytes in sent if i != me)))
@@ -205,7 +212,8 @@ class TrafficMeter:
         all-reduce: dense_allreduce_bytes (ring model: bytes this rank sends),
         dense_allreduce_payload_bytes (the gradient bytes reduced), dense_allreduce_messages
         (ring steps), dense_allreduce_collectives; broadcast_{bytes,messages,collectives}
-        (sent as the root); steps (how many were averaged);
+        (sent as the root); control_{bytes,collectives} (the runtime's per-batch agreement);
+        steps (how many were averaged);
         by_op {op: same keys + calls}; by_group {group kind: same keys + calls}."""
         rows = self.per_step()[skip:]
         count = max(len(rows), 1)
@@ -224,6 +232,12 @@ class TrafficMeter:
 
 
 # ---------------------------------------------------------------- per-step rows
+
+
+def _group_desc(group: Any) -> str:
+    if isinstance(group, torch.ScriptObject):
+        group = torch.distributed.ProcessGroup.unbox(group)
+    return str(getattr(group, "group_desc", ""))
 
 
 def _phase() -> str:
@@ -267,6 +281,8 @@ def _values(record: CollectiveRecord, topology: Topology, rank: int) -> dict[str
         values.update(collectives=1, cross_host_collectives=int(counts["cross_host_messages"] > 0),
                       intra_host_collectives=int(counts["intra_host_messages"] > 0))
         return values
+    if record.family == "control":
+        return {"control_bytes": sum(b for _, _, b in record.sent), "control_collectives": 1}
     if record.family == "all_reduce":
         return {"dense_allreduce_bytes": sum(b for _, _, b in record.sent),
                 "dense_allreduce_payload_bytes": record.payload_bytes,

@@ -1,0 +1,128 @@
+"""One bad rank stops every rank, by name: the ranks agree on each batch before any exchange.
+
+Input validation (`dmt_fx.compiler.validation.InputValidator`, the first node of the graph)
+refuses a bad batch in ONE process. Distributed, the other ranks would go on into the peer
+id exchange and wait for the refusing rank until the collective timed out (120 s by
+default), each with a gloo traceback that names no cause. So on every rank `distribute`
+wraps the validator in `AgreedValidator`:
+
+  1. run the rank's own checks; its `InputValidationError` (or any other error of the
+     checks) is held, not raised yet;
+  2. one all-reduce (MAX) of one int64 over the world, on a group of its own (the status
+     group, `STATUS_GROUP_DESC`): 0 when every rank's batch passed, else 1 + the highest
+     refusing rank. This is the step's first collective, so no rank has entered one that a
+     peer will never join. Cost per forward: one 8-byte all-reduce (2 (N-1) ring steps);
+     the traffic meter counts it apart, as `control_*`;
+  3. only when some rank refused: one `all_gather_object` of each rank's one-line message;
+     the refusing rank raises its InputValidationError, now naming its rank, host and local
+     rank; every other rank raises `PeerInputError`, whose message is ONE line naming the
+     refusing rank(s) and why.
+
+A model transformed with `validate_inputs=False` has no validator: nothing is checked,
+nothing is agreed, and no collective is added.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.fx as fx
+import torch.nn as nn
+
+from dmt_fx.ir.errors import DMTError
+from dmt_fx.ir.names import Role, role_of
+from dmt_fx.runtime.groups import RankInfo, runtime_device
+from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this group's collectives as control
+
+__all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line"]
+
+REFUSED = "refused its batch"  # the words every rank's message carries (the launcher looks for them)
+PEER_EXPECTED = "every rank's batch to fit the model"  # where a peer's own words start
+
+
+class PeerInputError(DMTError):
+    """Another rank refused its batch; this rank's own batch was fine. One line (`str`), so
+    a job's log says once per rank which rank failed and why."""
+
+    def __str__(self) -> str:
+        return self.one_line()
+
+
+def where(me: RankInfo) -> str:
+    return f"rank {me.rank} (host {me.host}, local rank {me.local_rank})"
+
+
+class AgreedValidator(nn.Module):
+    """The graph's InputValidator, then the world's agreement on its verdict (module doc)."""
+
+    _is_impure = True  # like the validator: dead-code elimination must keep it
+
+    def __init__(self, validator: nn.Module, group: dist.ProcessGroup, me: RankInfo) -> None:
+        super().__init__()
+        self.validator, self.group, self.me = validator, group, me
+        self.flag = torch.zeros(1, dtype=torch.int64, device=runtime_device())  # NCCL reduces device tensors
+
+    def forward(self, *values: Any) -> None:
+        refusal = None
+        try:
+            self.validator(*values)
+        except Exception as error:  # held until every rank knows: raised alone, it would strand the peers
+            refusal = error
+        flag = self.flag.fill_(self.me.rank + 1 if refusal is not None else 0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
+        if int(flag.item()):
+            self.refuse(refusal)
+
+    def refuse(self, refusal: Exception | None) -> None:
+        """Step 3: every rank learns every refusal; each raises its own error."""
+        mine = f"{where(self.me)} {REFUSED}: {_one_line(refusal)}" if refusal is not None else None
+        said: list[Any] = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(said, mine, group=self.group)
+        if isinstance(refusal, DMTError):  # the validator's InputValidationError (the runtime imports no compiler)
+            raise type(refusal)(f"{where(self.me)}: {refusal.found}", refusal.expected, refusal.fixes) from refusal
+        if refusal is not None:
+            raise refusal
+        bad = [rank for rank, line in enumerate(said) if line is not None]
+        ranks = ", ".join(map(str, bad))
+        raise PeerInputError(" | ".join(line for line in said if line is not None),
+                             f"{PEER_EXPECTED} (rank {self.me.rank}'s did; it stops because "
+                             f"its peers would wait for rank(s) {ranks} in the next collective)",
+                             [f"read the log of rank(s) {ranks} for the whole error and fix their input data"])
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, DMTError):
+        return error.one_line()
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+
+
+def status_group(timeout: datetime.timedelta) -> dist.ProcessGroup:
+    """The world's ranks in a group of their own (made on every rank, like every group)."""
+    return dist.new_group(timeout=timeout, group_desc=STATUS_GROUP_DESC)
+
+
+def agree_on_inputs(physical: fx.GraphModule, me: RankInfo, timeout: datetime.timedelta) -> bool:
+    """Wrap the rank module's validator (if any) in an AgreedValidator; call on every rank.
+
+    Returns whether there was one (a model transformed with validate_inputs=False has none).
+    The status group is made on every rank either way: group creation is collective."""
+    group = status_group(timeout)
+    nodes = [n for n in physical.graph.nodes if role_of(n) == Role.VALIDATE_INPUTS and n.op == "call_module"]
+    for node in nodes:
+        owner_path, _, name = str(node.target).rpartition(".")
+        owner = physical.get_submodule(owner_path) if owner_path else physical
+        setattr(owner, name, AgreedValidator(getattr(owner, name), group, me))
+    return bool(nodes)
+
+
+def refusal_line(lines: list[str]) -> str | None:
+    """The first line of a job's logs that says which rank refused its batch and why (a
+    peer's one-line message carries the refusing rank's own), else None."""
+    for line in lines:
+        at = line.find("rank ", line.find("error:"))
+        if REFUSED in line and at >= 0:
+            return line[at:].split(f"; expected {PEER_EXPECTED}")[0]
+    return None
