@@ -78,3 +78,19 @@ def test_summary_leaves_profiled_steps_out_and_averages_the_ranks() -> None:
     assert record["step_times_s"] == [0.2, 0.3]  # warm-up step 0 and profiled step 2 left out
     assert record["breakdown_s"] == {"lookup": 0.02} and record["exposed_comm_s"] == {"cross_host": 0.02}
     assert record["profiled_steps"] == [2]
+
+
+
+def test_a_profiler_that_fails_to_stop_drops_only_its_step(capsys):
+    """kineto once raised std::bad_alloc while stopping (a suite run): the job goes on."""
+    from dmt_fx.jobs.breakdown import _stop
+
+    class Failing:
+        def __exit__(self, *args):
+            raise MemoryError("std::bad_alloc")
+
+    kept = object()
+    profiles = [kept, Failing()]
+    _stop(profiles, 7)
+    assert profiles == [kept]
+    assert "profiler failed after step 7" in capsys.readouterr().err

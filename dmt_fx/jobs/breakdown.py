@@ -1,4 +1,4 @@
-"""Where a step's time goes: the collector side of issue 13 item 1.
+"""Where a step's time goes: the collector side of the step breakdown.
 
 The worker runs a few steps under `torch.profiler` and hands each step's events here.
 Every event whose name is a stage range (`dmt_fx.ir.stages`: the runtime opens the DMT
@@ -25,9 +25,13 @@ or not, is `comm_thread_s` (by gloo op name).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import sys
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
+
+import torch
 
 from dmt_fx.ir.stages import Stage, stage_of
 
@@ -120,3 +124,32 @@ def merge_ranks(per_rank: Sequence[dict[str, float]]) -> dict[str, float]:
     """Mean over ranks of each key (ranks of one host do the same work; hosts may differ)."""
     names = sorted({k for rank in per_rank for k in rank})
     return {k: statistics.fmean(rank.get(k, 0.0) for rank in per_rank) for k in names} if per_rank else {}
+
+
+@contextlib.contextmanager
+def profiled(step: int, steps: range, pipelined: bool, profiles: list) -> Any:
+    """A profiler per profiled step; pipelined: ONE session over the last steps, so that it
+    stops when the pipeline is drained. A pipeline has the next batch's collectives in flight
+    between steps, and a profiler stopped under an in-flight gloo collective crashed a rank
+    here (SIGSEGV at the end of a profiled step, once in three bench runs)."""
+    if step not in steps:
+        yield
+        return
+    if not pipelined or step == steps.start:
+        profiles.append(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
+        profiles[-1].__enter__()
+    try:
+        yield
+    finally:
+        if not pipelined or step == steps.stop - 1:
+            _stop(profiles, step)
+
+
+def _stop(profiles: list, step: int) -> None:
+    """Stop the last profiler; if the profiler itself fails (kineto raised std::bad_alloc once
+    in a suite run), drop that step's breakdown with one line: the step already ran."""
+    try:
+        profiles[-1].__exit__(None, None, None)
+    except (MemoryError, RuntimeError) as err:
+        profiles.pop()
+        print(f"dmt-fx worker: profiler failed after step {step} ({err!r}); its breakdown is left out", file=sys.stderr)

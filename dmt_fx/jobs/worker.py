@@ -44,6 +44,7 @@ from dmt_fx.bench import variants
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs import breakdown
+from dmt_fx.jobs.breakdown import profiled
 from dmt_fx.jobs.data import slice_batch, synthetic_inputs
 from dmt_fx.jobs.faults import save_fault
 from dmt_fx.jobs.modes import add_mode_args, evaluate, save_plain_state, seed_step, set_train_mode
@@ -185,25 +186,6 @@ def profiled_steps(args: argparse.Namespace, metered: range) -> range:
     if getattr(args, "pipeline", False):  # the last steps: see `profiled`
         start = max(start, args.steps - max(args.profile_steps, 0))
     return range(start, min(args.steps, start + max(args.profile_steps, 0)))
-
-
-@contextlib.contextmanager
-def profiled(step: int, steps: range, pipelined: bool, profiles: list) -> Any:
-    """A profiler per profiled step; pipelined: ONE session over the last steps, so that it
-    stops when the pipeline is drained. A pipeline has the next batch's collectives in flight
-    between steps, and a profiler stopped under an in-flight gloo collective crashed a rank
-    here (SIGSEGV at the end of a profiled step, once in three bench runs)."""
-    if step not in steps:
-        yield
-        return
-    if not pipelined or step == steps.start:
-        profiles.append(torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]))
-        profiles[-1].__enter__()
-    try:
-        yield
-    finally:
-        if not pipelined or step == steps.stop - 1:
-            profiles[-1].__exit__(None, None, None)
 
 
 def _breakdown(profiles: list, steps_per_profile: int = 1) -> dict[str, Any]:
