@@ -50,7 +50,7 @@ def run_cases(tmp_path, topology: str, cases: list[Case], *, steps: int, timeout
     with open(path, "w") as handle:
         json.dump(spec, handle)
     args = ["--target", cases[0].target, "--topology", topology, "--steps", str(steps), "--lr", str(LR),
-            "--out", out, "--timeout-s", str(timeout_s), "--record-outputs", "--cases", path]
+            "--out", out, "--timeout-s", str(timeout_s), "--record-outputs", "--profile-steps", "0", "--cases", path]
     return launch(Topology.parse(topology), args, out, deadline_s=deadline_s, grace_s=30)
 
 

@@ -78,7 +78,7 @@ def load_checkpoint_into_original(name: str, path: str):
 def test_dmt_training_equals_single_process(tmp_path, name: str, topology: str, sharding: str) -> None:
     world = Topology.parse(topology).world_size
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--save-checkpoint", ckpt, "--sharding", sharding)
+    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--save-checkpoint", ckpt, "--sharding", sharding)
     assert result.ok, result.log_tail()
     expected, trained = reference(name, world)
     got = gathered_outputs(result.out_dir, world)
@@ -100,7 +100,7 @@ def test_checkpoint_from_single_process_loads_into_dmt(tmp_path) -> None:
     _, trained = reference("torchrec_dlrm", 4, steps=3)
     ckpt = str(tmp_path / "original")
     dcp.save(trained.state_dict(), checkpoint_id=ckpt)
-    result = run_dmt(tmp_path, "torchrec_dlrm", "2x2", "--record-outputs", "--load-checkpoint", ckpt)
+    result = run_dmt(tmp_path, "torchrec_dlrm", "2x2", "--record-outputs", "--profile-steps", "0", "--load-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     module = importlib.import_module("examples.torchrec_dlrm")
     expected = trained(*module.make_inputs(B * 4, 0)).detach()
@@ -143,7 +143,7 @@ def test_tower_modules_distributed_equal_the_logical_model(tmp_path, name, topol
     equals the same logical model trained in one process."""
     world = Topology.parse(topology).world_size
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--tower-module", kind,
+    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--tower-module", kind,
                      "--compression", str(c), "--save-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     expected, trained = _reference_dmt_tm(name, topology, kind, c, world)

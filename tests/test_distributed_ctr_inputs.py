@@ -115,7 +115,7 @@ def _launch(tmp, optimizers: set[str], load: bool):
         json.dump(cases, handle)
     out = str(tmp / "out")
     args = ["--target", f"{TARGET}:sparse_joint", "--topology", TOPOLOGY, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs",
+            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--cases", str(tmp / "cases.json")]
     result = launch(Topology.parse(TOPOLOGY), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)

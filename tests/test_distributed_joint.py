@@ -58,7 +58,7 @@ def launched(tmp_path_factory):
         json.dump(cases, handle)
     out = str(tmp / "out")
     args = ["--target", f"{TARGET}:nvidia_joint", "--topology", TOPOLOGY, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs",
+            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--cases", str(tmp / "cases.json")]
     result = launch(Topology.parse(TOPOLOGY), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)

@@ -165,7 +165,7 @@ def run_launch(topology: str, tmp) -> None:
     out = str(tmp / f"out-{topology}")
     args = ["--target", f"{ROOT}/examples/{REF.split(':')[0]}.py:build", "--topology", topology,
             "--steps", str(STEPS), "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60",
-            "--record-outputs", "--cases", str(tmp / f"cases-{topology}.json")]
+            "--record-outputs", "--profile-steps", "0", "--cases", str(tmp / f"cases-{topology}.json")]
     result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)
 

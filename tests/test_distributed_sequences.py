@@ -75,7 +75,7 @@ def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
         json.dump(specs, handle)
     out = str(tmp / "out")
     args = ["--target", f"{TARGET}:pooled_sequence", "--topology", topology, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs",
+            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--cases", str(tmp / "cases.json")]
     result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)

@@ -25,7 +25,7 @@ DOMAINS = Topology.parse("2x2", ranks_per_host=1)
 def test_two_domains_of_two_hosts_train_like_one_process(tmp_path) -> None:
     out, ckpt = str(tmp_path / "domains"), str(tmp_path / "ckpt")
     args = ["--target", target("torchrec_dlrm"), "--topology", str(DOMAINS), "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", "0.1", "--out", out, "--timeout-s", "60", "--record-outputs",
+            "--batch-size", str(B), "--lr", "0.1", "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--save-checkpoint", ckpt]
     result = launch(DOMAINS, args, out, deadline_s=240, grace_s=60)
     assert result.ok, result.log_tail()

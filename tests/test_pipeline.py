@@ -62,7 +62,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     with open(os.path.join(out, "cases.json"), "w") as handle:
         json.dump(cases, handle)
     args = ["--target", TARGET, "--topology", "2x2", "--steps", str(STEPS), "--batch-size", "8", "--lr", "0.1",
-            "--out", out, "--timeout-s", "60", "--record-outputs", "--cases", os.path.join(out, "cases.json")]
+            "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0", "--cases", os.path.join(out, "cases.json")]
     result = launch(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=30)
     assert result.ok, result.log_tail(30)
     return out

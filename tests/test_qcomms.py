@@ -131,7 +131,7 @@ def _train(tmp_path, variants: tuple[str, ...], steps: int) -> dict[str, tuple[d
     out = str(tmp_path / "qcomms")
     args = ["--target", "dmt_fx.models.wide:wide_model", "--topology", "2x2", "--variants", ",".join(variants),
             "--steps", str(steps), "--warmup", "1", "--traffic-steps", "2", "--profile-steps", "0",
-            "--batch-size", str(B), "--lr", "0.05", "--record-outputs", "--out", out, "--timeout-s", "60"]
+            "--batch-size", str(B), "--lr", "0.05", "--record-outputs", "--profile-steps", "0", "--out", out, "--timeout-s", "60"]
     result = launch(Topology.parse("2x2"), args, out, deadline_s=400, grace_s=30)
     assert result.ok, result.log_tail(40)
     runs = {}

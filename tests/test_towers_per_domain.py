@@ -168,7 +168,7 @@ def test_compressing_towers_k2_on_2x2_equal_the_logical_model(tmp_path, name: st
     plan = dmt_fx.tower_plan(gm)
     assert [t.host for t in plan.towers] == [0, 0, 1, 1]
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, "2x2", "--record-outputs", "--tower-module", "linear", "--compression", "2",
+    result = run_dmt(tmp_path, name, "2x2", "--record-outputs", "--profile-steps", "0", "--tower-module", "linear", "--compression", "2",
                      "--plan", plan.to_json(), "--save-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     expected, trained = reference(name, 4, model=gm)
