@@ -52,6 +52,7 @@ from dmt_fx.jobs.steps import Steps, batch_of, split_variant
 from dmt_fx.jobs.target import load_target, target_module
 from dmt_fx.runtime import resume
 from dmt_fx.runtime.groups import check_world
+from dmt_fx.runtime.rank_status import settle_refusal
 from dmt_fx.runtime.shardings import SHARDINGS
 from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(args, topology)
     except DMTError as exc:
         print(f"dmt-fx worker rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        settle_refusal(exc)  # a refusal every rank raised: let every rank say why before any exits
         return 2
     except Exception as exc:  # a peer died or stopped answering: say so, exit non-zero, no hang
         where = f"at step {args.current_step}" if hasattr(args, "current_step") else "during setup"
@@ -305,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
               f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
         traceback.print_exc()
+        settle_refusal(exc)
         os._exit(1)  # skip teardown: a collective with a dead peer could block it
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)

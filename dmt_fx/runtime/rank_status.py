@@ -16,7 +16,9 @@ wraps the validator in `AgreedValidator`:
   3. only when some rank refused: one `all_gather_object` of each rank's one-line message;
      the refusing rank raises its InputValidationError, now naming its rank, host and local
      rank; every other rank raises `PeerInputError`, whose message is ONE line naming the
-     refusing rank(s) and why.
+     refusing rank(s) and why;
+  4. (the worker, `settle_refusal`) once a rank has printed its error, one barrier on the
+     status group, so the first rank to exit cannot cut a peer's line from the logs.
 
 A model transformed with `validate_inputs=False` has no validator: nothing is checked,
 nothing is agreed, and no collective is added.
@@ -37,7 +39,8 @@ from dmt_fx.ir.names import Role, role_of
 from dmt_fx.runtime.groups import RankInfo, runtime_device
 from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this group's collectives as control
 
-__all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line"]
+__all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line",
+           "settle_refusal"]
 
 REFUSED = "refused its batch"  # the words every rank's message carries (the launcher looks for them)
 PEER_EXPECTED = "every rank's batch to fit the model"  # where a peer's own words start
@@ -82,15 +85,40 @@ class AgreedValidator(nn.Module):
         said: list[Any] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(said, mine, group=self.group)
         if isinstance(refusal, DMTError):  # the validator's InputValidationError (the runtime imports no compiler)
-            raise type(refusal)(f"{where(self.me)}: {refusal.found}", refusal.expected, refusal.fixes) from refusal
+            own = type(refusal)(f"{where(self.me)}: {refusal.found}", refusal.expected, refusal.fixes)
+            raise self.agreed(own) from refusal
         if refusal is not None:
-            raise refusal
+            raise self.agreed(refusal)
         bad = [rank for rank, line in enumerate(said) if line is not None]
         ranks = ", ".join(map(str, bad))
-        raise PeerInputError(" | ".join(line for line in said if line is not None),
-                             f"{PEER_EXPECTED} (rank {self.me.rank}'s did; it stops because "
-                             f"its peers would wait for rank(s) {ranks} in the next collective)",
-                             [f"read the log of rank(s) {ranks} for the whole error and fix their input data"])
+        raise self.agreed(PeerInputError(
+            " | ".join(line for line in said if line is not None),
+            f"{PEER_EXPECTED} (rank {self.me.rank}'s did; it stops because "
+            f"its peers would wait for rank(s) {ranks} in the next collective)",
+            [f"read the log of rank(s) {ranks} for the whole error and fix their input data"]))
+
+    def agreed(self, error: Exception) -> Exception:
+        """Mark `error` as raised on every rank at once, so `settle_refusal` may wait for all."""
+        setattr(error, AGREED_ON, self.group)
+        return error
+
+
+AGREED_ON = "_dmt_agreed_on"  # attribute of an error every rank raised together: the status group
+
+
+def settle_refusal(error: BaseException) -> None:
+    """After an agreed refusal, once this rank has said why: wait until every rank has.
+
+    Every rank raises at the same step, but the first to exit ends the job: torchrun then
+    kills the ranks still writing their line, and a log would lack one rank's reason. One
+    barrier on the status group (every rank reaches it: they all raised) closes that race.
+    Any other error returns at once: its peers may never arrive."""
+    group = getattr(error, AGREED_ON, None)
+    if group is not None:
+        try:
+            dist.barrier(group=group)
+        except Exception:  # a peer died meanwhile: its line is lost either way, exit now
+            pass
 
 
 def _one_line(error: Exception) -> str:
