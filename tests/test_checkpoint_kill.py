@@ -63,12 +63,14 @@ def kill_trial(base: str, straight: list[float], monkeypatch, *, rank: str, step
             "first": first}
 
 
+@pytest.mark.distributed
 def test_kill_one_rank_during_a_save(tmp_path, straight, monkeypatch) -> None:
     outcome = kill_trial(str(tmp_path), straight, monkeypatch, rank="1", step=2, delay_ms=20)
     print(outcome)
     assert outcome["first"] in (2, 3)
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_kill_trials(tmp_path, straight, monkeypatch) -> None:
     """20 trials: the killed ranks, the step and the point in the save drawn at random (seeded)."""

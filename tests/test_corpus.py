@@ -22,8 +22,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 import dmt_fx
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
-from tests.corpus import CORPUS, Entry
-from tests.mode_equivalence import check_equivalence, float_leaves, max_diff
+from tests.harness.corpus import CORPUS, Entry
+from tests.harness.equivalence import check_equivalence, float_leaves, max_diff
 
 TOPOLOGY = "2x2"
 

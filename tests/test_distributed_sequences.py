@@ -2,8 +2,8 @@
 and nn.Embedding read as [B, L] ids, on TorchRec's sharded EmbeddingCollection inside the
 host, ids through the one peer id exchange, rows back through one jagged peer all-to-all.
 
-One torchrun launch per topology (tests/dist_sequences.py: the models of
-tests/corpus/sequences.py; every sequence batch has empty sequences) trains
+One torchrun launch per topology (tests/harness/targets/dist_sequences.py: the models of
+tests/harness/corpus/sequences.py; every sequence batch has empty sequences) trains
   - `pooled_sequence`: a pooled EmbeddingBagCollection + an EmbeddingCollection (width 6,
     padded to 8 inside the host), sequences mean-pooled in the model;
   - `bert4rec`: the sequence-only BERT4Rec shape (one table read by two features, so one
@@ -18,24 +18,23 @@ sequence, plain [B, L]) in CI; every case on 2x2 and 4x1 under `slow`."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_sequences
-from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import job_diffs, train_steps
+from tests.harness import training
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.launch import launch_cases
+from tests.harness.targets import dist_sequences
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_sequences.py")
-B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+TARGET = dist_sequences.__file__
+B, STEPS, TOLERANCE = 4, 4, 1e-5
+OPTIMIZERS = ("sgd", "adagrad")
 MODELS = ("pooled_sequence", "bert4rec", "plain_sequence")
 # No Adam: on the CPU it needs TorchRec's DENSE kernel, whose sequence lookup fails (refused)
 ALL_CASES = [(m, o, "table_wise") for m in MODELS for o in OPTIMIZERS] + [
@@ -58,8 +57,7 @@ def _build(factory: str, seed: int = 0) -> nn.Module:
 
 def train_original(factory: str, optimizer: str, world: int, steps: int = STEPS) -> tuple[list, nn.Module]:
     model = _build(factory)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    return train_steps(model, opt, getattr(dist_sequences, factory).make_inputs, B * world, steps), model
+    return training.train_original(model, getattr(dist_sequences, factory).make_inputs, B * world, steps, optimizer)
 
 
 def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
@@ -71,13 +69,8 @@ def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
              for m, o, s in cases]
     specs.append({"name": LOAD, "args": ["--target", f"{TARGET}:pooled_sequence", "--steps", "1",
                                          "--load-checkpoint", str(tmp / "original")]})
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(specs, handle)
-    out = str(tmp / "out")
-    args = ["--target", f"{TARGET}:pooled_sequence", "--topology", topology, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
-            "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(specs, str(tmp / "cases.json"), str(tmp / "out"), topology,
+                          target=f"{TARGET}:pooled_sequence", steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
 
 
@@ -106,6 +99,7 @@ def test_sequence_models_are_distributable_and_spread() -> None:
         assert hosts == ({0} if factory == "bert4rec" else {0, 1}), hosts
 
 
+@pytest.mark.distributed
 def test_training_equals_single_process(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -123,6 +117,7 @@ def test_training_equals_single_process(launched) -> None:
     assert not failed, failed
 
 
+@pytest.mark.distributed
 def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -162,6 +157,7 @@ def expected_embedding_bytes(factory: str, topology: str, steps: range) -> float
     return total / len(steps)
 
 
+@pytest.mark.distributed
 def test_traffic_counts_the_jagged_exchange(launched) -> None:
     """The meter's cross-host embedding bytes (the pooled and the jagged peer all-to-all,
     forward and backward) equal the independent count of `expected_embedding_bytes`; for

@@ -2,7 +2,7 @@
 
 Each example draws one case (a frozen, printable `Case`; Hypothesis shows it on failure):
 
-* "concat": the random TorchRec concat models of tests/random_models.py (one or two
+* "concat": the random TorchRec concat models of tests/harness/random_models.py (one or two
   EBCs, mixed dims, shared tables, weighted collections, SUM/MEAN, read by key).
 * "dlrm" / "dlrm_dcn" / "dlrm_projection": torchrec.models.dlrm over a random EBC
   (1-12 features, equal dim 4 or 8, shared tables, SUM/MEAN, KJT keys in random order).
@@ -40,9 +40,9 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import dmt_fx
-from tests.random_models import (
+from tests.harness.equivalence import assert_bitwise_equivalent
+from tests.harness.random_models import (
     _split,
-    assert_grads_equal,
     build_torchrec_model,
     make_torchrec_inputs,
     set_seed_params,
@@ -306,10 +306,6 @@ def _build(case: Case) -> tuple[nn.Module, tuple, tuple]:
             dlrm_inputs(spec, case.batch_size, case.seed + 1))
 
 
-def _outputs(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
 def check_case(case: Case) -> None:
     event(f"family {case.family}" + (" (must fail)" if case.must_fail else "") +
           (f", plan {case.plan}" if case.plan != "auto" else ""))
@@ -324,15 +320,7 @@ def check_case(case: Case) -> None:
     assert not case.must_fail, f"odd input transformed without a DMTError: {case}"
     event("transformed")
     note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
-    expected, got = _outputs(ref(*batch)), _outputs(gm(*batch))
-    assert len(expected) == len(got)
-    for e, g in zip(expected, got):
-        # Bitwise: with identity towers the rewrite only re-routes ids and slices /
-        # concatenates pooled outputs, so every kernel sees the same numbers in the same order.
-        assert torch.equal(e, g), f"outputs differ (max abs diff {(e - g).abs().max().item():.3g})"
-    sum(e.sum() for e in expected).backward()
-    sum(g.sum() for g in got).backward()
-    assert_grads_equal(ref, gm)
+    assert_bitwise_equivalent(ref, gm, batch)
 
 
 @given(case=cases())

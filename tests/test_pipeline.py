@@ -79,6 +79,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_pipelined_training_equals_unpipelined(trained: str, variant: str, optimizer: str) -> None:

@@ -150,6 +150,7 @@ def _check_close(runs: dict, fp32: str, other: str) -> float:
     return diff
 
 
+@pytest.mark.distributed
 def test_qcomms_halve_the_cross_host_embedding_bytes_on_2x2(tmp_path) -> None:
     runs = _train(tmp_path, tuple(v for pair in PAIRS for v in pair), steps=3)
     for fp32, fp16 in PAIRS:
@@ -164,6 +165,7 @@ def test_qcomms_halve_the_cross_host_embedding_bytes_on_2x2(tmp_path) -> None:
     assert all(r["traffic"]["cross_host_embedding_bytes"] == expected for r in runs["dmt-identity+fp16"][0])
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_twenty_steps_with_qcomms_stay_close_to_fp32(tmp_path) -> None:
     """The numeric effect over 20 steps, for both precisions and a compressing tower (~80 s)."""

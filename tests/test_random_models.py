@@ -1,4 +1,4 @@
-"""Property tests: dmt_fx.transform on random DLRM-style models (see tests/random_models.py).
+"""Property tests: dmt_fx.transform on random DLRM-style models (see tests/harness/random_models.py).
 
 For every generated model: transform with example inputs (verify=True) succeeds; on a
 fresh batch the outputs and every parameter gradient are bitwise equal to an untouched
@@ -8,7 +8,7 @@ table are in one tower; there are min(num_hosts, num_tables) towers.
 Example counts come from the Hypothesis profile (tests/conftest.py: 200 in CI,
 DMT_HYPOTHESIS_EXAMPLES overrides). The plain-PyTorch family goes through torch.export
 (~0.5 s per example), so it runs a fifth of that. The input styles of issue 11
-(tests/random_styles.py) run a tenth in CI and at least 2,000 with -m slow.
+(tests/harness/random_styles.py) run a tenth in CI and at least 2,000 with -m slow.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from hypothesis import event, given, note, settings
 
 import dmt_fx
 from dmt_fx import Topology
-from tests.mode_equivalence import check_equivalence
-from tests.random_models import (
+from tests.harness.equivalence import assert_bitwise_equivalent, check_equivalence
+from tests.harness.random_models import (
     PlainSpec,
     TorchRecSpec,
-    assert_grads_equal,
     build_plain_model,
     build_torchrec_model,
     make_plain_inputs,
@@ -34,18 +33,9 @@ from tests.random_models import (
     plain_specs,
     torchrec_specs,
 )
-from tests.random_styles import StyleSpec, build_style_model, make_style_inputs, style_specs
+from tests.harness.random_styles import StyleSpec, build_style_model, make_style_inputs, style_specs
 
 PLAIN_EXAMPLES = max(1, settings.default.max_examples // 5)
-
-
-def _check_equivalence(ref: torch.nn.Module, gm: torch.nn.Module, batch: tuple) -> None:
-    expected = ref(*batch)
-    got = gm(*batch)
-    assert torch.equal(expected, got), f"outputs differ (max abs diff {(expected - got).abs().max().item():.3g})"
-    expected.sum().backward()
-    got.sum().backward()
-    assert_grads_equal(ref, gm)
 
 
 def _check_plan(gm, names: list[str], table_of: dict[str, str], num_hosts: int, num_tables: int) -> None:
@@ -106,7 +96,7 @@ def test_random_torchrec_model(spec: TorchRecSpec) -> None:
     note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
     _torchrec_events(spec)
     assert dmt_fx.dmt_result(gm).route == "symbolic"
-    _check_equivalence(ref, gm, make_torchrec_inputs(spec, spec.batch_size, spec.seed + 1))
+    assert_bitwise_equivalent(ref, gm, make_torchrec_inputs(spec, spec.batch_size, spec.seed + 1))
     names = spec.feature_names()
     _check_plan(gm, [n for n, _, _ in names], {n: t for n, _, t in names}, spec.num_hosts, spec.num_tables)
 
@@ -123,7 +113,7 @@ def test_random_plain_model(spec: PlainSpec) -> None:
     note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
     _plain_events(spec)
     assert dmt_fx.dmt_result(gm).route == "export"
-    _check_equivalence(ref, gm, make_plain_inputs(spec, spec.batch_size, spec.seed + 1))
+    assert_bitwise_equivalent(ref, gm, make_plain_inputs(spec, spec.batch_size, spec.seed + 1))
     names = spec.feature_names()
     _check_plan(gm, [n for n, _ in names], dict(names), spec.num_hosts, spec.num_tables)
 
@@ -163,7 +153,7 @@ def test_key_looked_up_in_two_tables() -> None:
     gm = dmt_fx.transform(model, "2x1", example_inputs=x)
     plan = dmt_fx.tower_plan(gm)
     assert len(plan.towers) == 2
-    _check_equivalence(ref, gm, x)
+    assert_bitwise_equivalent(ref, gm, x)
     towers = [gm.get_submodule(f"dmt_towers.tower_{t.index}.ebc") for t in plan.towers]
     assert sorted(n for t in towers for n in t.embedding_bags) == ["t0", "t1"]
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from dmt_fx import Topology
 from dmt_fx.jobs.launch import launch
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 8, 2

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from hypothesis import strategies as st
 
-from tests.corpus.composite import QREmbeddingBag
-from tests.random_models import set_seed_params
+from tests.harness.corpus.composite import QREmbeddingBag
+from tests.harness.random_models import set_seed_params
 
 STYLES = ("dataclass", "dict", "float_columns", "ids_only", "qr_mult", "qr_concat", "attention", "joint",
           "joint_data")

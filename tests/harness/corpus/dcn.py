@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import init
 
-from tests.corpus.entry import Entry
+from tests.harness.corpus.entry import Entry
 
 BATCH, DENSE, DIM, FIELDS, ROWS, HIDDEN = 8, 3, 4, 4, 12, 8
 

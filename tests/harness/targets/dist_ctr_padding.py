@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tests.corpus.ctr_inputs import PaddedTablesModel
-from tests.corpus.ctr_inputs import padded_inputs as make_inputs
+from tests.harness.corpus.ctr_inputs import PaddedTablesModel
+from tests.harness.corpus.ctr_inputs import padded_inputs as make_inputs
 
 SEED = 0
 

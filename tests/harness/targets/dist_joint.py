@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tests.corpus.joint import NvidiaJointDLRM, SymbolicJointDLRM, make_inputs
+from tests.harness.corpus.joint import NvidiaJointDLRM, SymbolicJointDLRM, make_inputs
 
 SEED = 0
 

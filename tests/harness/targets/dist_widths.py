@@ -5,6 +5,15 @@ Every rank imports this file: the factories (model, example inputs) and the batc
 
 from __future__ import annotations
 
-from tests.corpus.fm_family import collections_fm, deepfm, deepfm_aligned, fm, fm_aligned, make_inputs, qr_fm, wide_deep
+from tests.harness.corpus.fm_family import (
+    collections_fm,
+    deepfm,
+    deepfm_aligned,
+    fm,
+    fm_aligned,
+    make_inputs,
+    qr_fm,
+    wide_deep,
+)
 
 __all__ = ["collections_fm", "deepfm", "deepfm_aligned", "fm", "fm_aligned", "make_inputs", "qr_fm", "wide_deep"]

@@ -13,15 +13,15 @@ networks (full-rank, low-rank experts); ctr_inputs.py: batch classes and padding
 
 from __future__ import annotations
 
-from tests.corpus.composite import COMPOSITE_ENTRIES
-from tests.corpus.ctr_inputs import CTR_INPUT_ENTRIES
-from tests.corpus.dcn import DCN_ENTRIES
-from tests.corpus.entry import Entry
-from tests.corpus.fm_family import FM_ENTRIES
-from tests.corpus.joint import JOINT_ENTRIES
-from tests.corpus.modes import MODE_ENTRIES
-from tests.corpus.styles import STYLE_ENTRIES
-from tests.corpus.torchrec_models import TORCHREC_ENTRIES
+from tests.harness.corpus.composite import COMPOSITE_ENTRIES
+from tests.harness.corpus.ctr_inputs import CTR_INPUT_ENTRIES
+from tests.harness.corpus.dcn import DCN_ENTRIES
+from tests.harness.corpus.entry import Entry
+from tests.harness.corpus.fm_family import FM_ENTRIES
+from tests.harness.corpus.joint import JOINT_ENTRIES
+from tests.harness.corpus.modes import MODE_ENTRIES
+from tests.harness.corpus.styles import STYLE_ENTRIES
+from tests.harness.corpus.torchrec_models import TORCHREC_ENTRIES
 
 CORPUS: tuple[Entry, ...] = (TORCHREC_ENTRIES + STYLE_ENTRIES + COMPOSITE_ENTRIES + JOINT_ENTRIES + MODE_ENTRIES
                              + DCN_ENTRIES + CTR_INPUT_ENTRIES + FM_ENTRIES)

@@ -5,6 +5,6 @@ Every rank imports this file: the factories (model, example inputs) and their ba
 
 from __future__ import annotations
 
-from tests.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
+from tests.harness.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
 
 __all__ = ["bert4rec", "plain_sequence", "pooled_sequence"]

@@ -14,8 +14,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.corpus.entry import Entry
-from tests.corpus.torchrec_models import BATCH, DENSE, DIM, KEYS, ROWS, dense, ebc, kjt
+from tests.harness.corpus.entry import Entry
+from tests.harness.corpus.torchrec_models import BATCH, DENSE, DIM, KEYS, ROWS, dense, ebc, kjt
 
 FIELDS = 4
 

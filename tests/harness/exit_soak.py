@@ -1,10 +1,10 @@
-"""The exit soak: launch the user-style job (`tests/user_job.py`) many times under a
+"""The exit soak: launch the user-style job (`tests/harness/user_job.py`) many times under a
 competing CPU load and time every rank's exit from its last step.
 
 A rank still alive `limit_s` after its last collective counts as a hang: its stacks are
 taken with gdb when gdb is there (the known race shows `~ProcessGroupGloo` on the main
 thread), then the launch's agents and workers are killed (`launch` kills their process
-groups when the poll raises). `python tests/exit_soak.py N [--finish user|shutdown]`
+groups when the poll raises). `python tests/harness/exit_soak.py N [--finish user|shutdown]`
 prints the counts; the tests call `soak`.
 """
 
@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Iterator
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from dmt_fx import Topology  # noqa: E402
@@ -138,7 +138,7 @@ def soak(launches: int, *, finish: str = "user", limit_s: float = 10.0, hang_s: 
     base = workdir or tempfile.mkdtemp(prefix="dmt_soak_")
     path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
     env_before = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = path  # the agents' workers import tests.user_job and examples
+    os.environ["PYTHONPATH"] = path  # the agents' workers import tests.harness.user_job and examples
     try:
         with cpu_load() if load else contextlib.nullcontext():
             result.bare_exit_s.append(bare_exit_s())
@@ -147,7 +147,7 @@ def soak(launches: int, *, finish: str = "user", limit_s: float = 10.0, hang_s: 
                 os.makedirs(out, exist_ok=True)
                 watch = ExitWatch(out, topology.world_size, limit_s, hang_s)
                 try:
-                    run = launch(topology, ["--out", out, "--finish", finish], out, module="tests.user_job",
+                    run = launch(topology, ["--out", out, "--finish", finish], out, module="tests.harness.user_job",
                                  deadline_s=600, grace_s=30, on_poll=watch)
                 except Hang as hang:
                     result.hangs += 1

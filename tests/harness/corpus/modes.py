@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.corpus.entry import Entry
-from tests.corpus.joint import FIELD_ROWS, FeaturesEmbedding, FeaturesLinear, field_ids
+from tests.harness.corpus.entry import Entry
+from tests.harness.corpus.joint import FIELD_ROWS, FeaturesEmbedding, FeaturesLinear, field_ids
 
 BATCH, DENSE, DIM, FIELDS, ROWS = 8, 5, 4, 3, 10
 HIDDEN = 6

@@ -1,6 +1,6 @@
 """torchrun targets for the distributed test of composite embeddings (tests/test_distributed_composite.py).
 
-Every rank imports this file: the models of tests/corpus/composite.py (quotient-remainder bags
+Every rank imports this file: the models of tests/harness/corpus/composite.py (quotient-remainder bags
 in both combine modes, mixed-dimension bags), their batches and the DLRM_Net batch slicer.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from examples.reference_dlrm import slice_inputs  # noqa: F401 (the worker's hook: (dense, offsets, indices))
-from tests.corpus.composite import CompositeDLRM, make_inputs  # noqa: F401 (make_inputs: the worker's hook)
+from tests.harness.corpus.composite import CompositeDLRM, make_inputs  # noqa: F401 (make_inputs: the worker's hook)
 
 SEED = 0
 

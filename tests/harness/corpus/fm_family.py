@@ -21,8 +21,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.corpus.composite import QREmbeddingBag
-from tests.corpus.entry import Entry
+from tests.harness.corpus.composite import QREmbeddingBag
+from tests.harness.corpus.entry import Entry
 
 DENSE = 4
 FIELD_ROWS = (7, 3, 11, 5)

@@ -22,9 +22,9 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from tests.corpus.entry import Entry
-from tests.corpus.joint import FIELD_ROWS, NvidiaJointDLRM
-from tests.corpus.joint import make_inputs as joint_inputs
+from tests.harness.corpus.entry import Entry
+from tests.harness.corpus.joint import FIELD_ROWS, NvidiaJointDLRM
+from tests.harness.corpus.joint import make_inputs as joint_inputs
 
 BATCH, DENSE, DIM, ROWS, FIELDS = 6, 5, 8, 13, 4
 

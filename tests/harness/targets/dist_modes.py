@@ -1,6 +1,6 @@
 """torchrun targets for the distributed test of modes (tests/test_distributed_modes.py).
 
-Every rank imports this file: the BatchNorm / Dropout models of tests/corpus/modes.py, each
+Every rank imports this file: the BatchNorm / Dropout models of tests/harness/corpus/modes.py, each
 built in the mode it is captured in, and their batches (`make_inputs`, the worker's hook)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tests.corpus import dcn
-from tests.corpus.joint import field_ids
-from tests.corpus.modes import BNDropoutMLP, CTRBlockModel, ExportBNDropoutMLP, RootDropoutModel, TorchFMDeepFM
-from tests.corpus.modes import make_inputs as make_inputs  # the worker's hook
+from tests.harness.corpus import dcn
+from tests.harness.corpus.joint import field_ids
+from tests.harness.corpus.modes import BNDropoutMLP, CTRBlockModel, ExportBNDropoutMLP, RootDropoutModel, TorchFMDeepFM
+from tests.harness.corpus.modes import make_inputs as make_inputs  # the worker's hook
 
 SEED = 0
 

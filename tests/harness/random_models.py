@@ -1,4 +1,4 @@
-"""Random DLRM-style models for property tests of dmt_fx, and shared test helpers.
+"""Random DLRM-style models for property tests of dmt_fx.
 
 Two families, both described by a frozen, printable spec (Hypothesis shows the spec of a
 failing example, and `build_*`/`make_*_inputs` rebuild it exactly):
@@ -37,30 +37,7 @@ DENSE_OUT = 4
 MAX_FEATURES = 64
 
 
-# ---------------------------------------------------------------- shared test helpers
-
-
-def grads_by_key(module: nn.Module) -> dict[str, torch.Tensor | None]:
-    """Gradient of every parameter, keyed by the module's state_dict key.
-
-    `state_dict(keep_vars=True)` returns the Parameter objects themselves, and a model
-    made by dmt_fx.transform renames its keys to the original model's, so the grads of a
-    transformed model and of (a copy of) the original can be compared key by key."""
-    return {k: v.grad for k, v in module.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter)}
-
-
-def assert_grads_equal(expected: nn.Module, got: nn.Module) -> None:
-    want, have = grads_by_key(expected), grads_by_key(got)
-    assert list(have) == list(want), "parameter keys differ"
-    for key, g in want.items():
-        h = have[key]
-        if g is None or h is None:
-            assert g is None and h is None, f"grad of {key}: one is None"
-            continue
-        # Bitwise: the rewrite only re-routes ids and slices/concatenates pooled outputs;
-        # every table sees the same lookups in the same order, so the backward sums the
-        # same numbers in the same order.
-        assert torch.equal(g, h), f"grad of {key} differs (max abs diff {(g - h).abs().max().item():.3g})"
+# ---------------------------------------------------------------- parameters
 
 
 def set_seed_params(module: nn.Module, seed: int) -> None:

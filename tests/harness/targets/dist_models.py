@@ -7,7 +7,7 @@ torchrec arch classes). `build` (3 user tables, 2 item tables) is the issue's mo
 item collection has no table on host 1 (the hang of issue 12, fixed in 38c1f90).
 `build_small` (2 user tables, 1 item table) has a collection with a single
 table, and fewer tables than the 4x1 world has hosts. Both are worker targets
-(`tests/dist_models.py:build`); `build_small.make_inputs` makes its batches.
+(`tests/harness/targets/dist_models.py:build`); `build_small.make_inputs` makes its batches.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tests.corpus.ctr_inputs import SparseJointDLRM
-from tests.corpus.joint import make_inputs
+from tests.harness.corpus.ctr_inputs import SparseJointDLRM
+from tests.harness.corpus.joint import make_inputs
 
 SEED = 0
 

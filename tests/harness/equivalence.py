@@ -1,10 +1,18 @@
-"""One equivalence check for a transformed model in each mode it may run in.
+"""The one single-process equivalence checker: the original model against its transform.
 
-`check_equivalence(model, pristine, gm, inputs)`: from the same state and the same RNG seed,
-one forward and backward of the original (a copy of `pristine`) and of the DMT model `gm`
-(which shares `model`'s parameters) in the capture mode, and in the other mode when the model
-has mode-dependent modules; outputs, gradients and buffers (batch-norm running statistics) must
-agree within TOLERANCE. Used by the corpus and by the property tests.
+`transform` shares the model's parameters, so the original is always a copy taken BEFORE the
+transform (`ref` / `pristine` below).
+
+- Bitwise (identity towers only re-route ids and slice/concatenate pooled outputs, so every
+  kernel sees the same numbers in the same order): `assert_bitwise_equivalent(ref, gm, batch)`
+  (one forward and backward of the sum of the outputs), built from `assert_same_outputs`,
+  `assert_grads_equal` (gradients keyed by state_dict key) and `assert_state_dicts_equal`.
+- Within TOLERANCE, in each mode the model may run in: `check_equivalence(model, pristine, gm,
+  inputs)`: from the same state and the same RNG seed, one forward and backward of the
+  original (a copy of `pristine`) and of the DMT model `gm` (which shares `model`'s
+  parameters) in the capture mode, and in the other mode when the model has mode-dependent
+  modules; outputs, gradients and buffers (batch-norm running statistics). Used by the corpus
+  and by the property tests.
 """
 
 from __future__ import annotations
@@ -19,6 +27,57 @@ from torch.utils import _pytree as pytree
 from dmt_fx.compiler.modes import has_mode_dependent
 
 TOLERANCE = 1e-6
+
+
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    return [x for x in pytree.tree_leaves(out) if isinstance(x, torch.Tensor)]
+
+
+def assert_same_outputs(expected: Any, got: Any) -> None:
+    """Every tensor leaf of `got` equals `expected`'s, bitwise, with its shape and dtype."""
+    e, g = tensor_leaves(expected), tensor_leaves(got)
+    assert len(e) == len(g) and e, "different output structure"
+    for a, b in zip(e, g):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert torch.equal(a, b), f"outputs differ (max abs diff {(a - b).abs().max().item():.3g})"
+
+
+def grads_by_key(module: nn.Module) -> dict[str, torch.Tensor | None]:
+    """Gradient of every parameter, keyed by the module's state_dict key.
+
+    `state_dict(keep_vars=True)` returns the Parameter objects themselves, and a model
+    made by dmt_fx.transform renames its keys to the original model's, so the grads of a
+    transformed model and of (a copy of) the original can be compared key by key."""
+    return {k: v.grad for k, v in module.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter)}
+
+
+def assert_grads_equal(expected: nn.Module, got: nn.Module) -> None:
+    want, have = grads_by_key(expected), grads_by_key(got)
+    assert list(have) == list(want), "parameter keys differ"
+    for key, g in want.items():
+        h = have[key]
+        if g is None or h is None:
+            assert g is None and h is None, f"grad of {key}: one is None"
+            continue
+        # Bitwise: every table sees the same lookups in the same order, so the backward
+        # sums the same numbers in the same order.
+        assert torch.equal(g, h), f"grad of {key} differs (max abs diff {(g - h).abs().max().item():.3g})"
+
+
+def assert_state_dicts_equal(expected: dict, got: dict) -> None:
+    assert list(got) == list(expected), "state_dict keys (or their order) differ"
+    for k, v in expected.items():
+        assert torch.equal(v, got[k]), f"state_dict[{k!r}] differs"
+
+
+def assert_bitwise_equivalent(ref: nn.Module, gm: nn.Module, batch: tuple) -> None:
+    """One forward of `batch` and one backward of the sum of every output: the outputs and
+    every parameter gradient of `gm` equal `ref`'s, bitwise."""
+    expected, got = ref(*batch), gm(*batch)
+    assert_same_outputs(expected, got)
+    sum(e.sum() for e in tensor_leaves(expected)).backward()
+    sum(g.sum() for g in tensor_leaves(got)).backward()
+    assert_grads_equal(ref, gm)
 
 
 def float_leaves(out: Any) -> list[torch.Tensor]:

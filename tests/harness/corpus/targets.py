@@ -1,4 +1,4 @@
-"""Every corpus entry as a CLI TARGET: `dmt-fx plan tests.corpus.targets:<slug> ...`.
+"""Every corpus entry as a CLI TARGET: `dmt-fx plan tests.harness.corpus.targets:<slug> ...`.
 
 `slug(entry.name)` is the factory's name (a Python identifier); the factory takes no
 arguments, as TARGET factories do, and builds the entry with seed 0."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from tests.corpus import CORPUS
+from tests.harness.corpus import CORPUS
 
 
 def slug(name: str) -> str:

@@ -17,7 +17,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.corpus.entry import Entry
+from tests.harness.corpus.entry import Entry
 
 BATCH, DENSE, DIM, ROWS = 6, 13, 8, 20
 KEYS = [f"f{i}" for i in range(4)]

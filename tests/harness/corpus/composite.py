@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parameter import Parameter
 
-from tests.corpus.entry import Entry
+from tests.harness.corpus.entry import Entry
 
 DENSE, DIM, BATCH = 5, 8, 6
 ROWS = [40, 90, 25]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from tests.corpus.ctr_inputs import DictBatchModel, FeatureDict, features
+from tests.harness.corpus.ctr_inputs import DictBatchModel, FeatureDict, features
 
 SEED = 0
 

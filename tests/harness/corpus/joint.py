@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tests.corpus.entry import Entry
+from tests.harness.corpus.entry import Entry
 
 BATCH, DENSE, DIM = 6, 5, 8
 FIELD_ROWS = (7, 3, 11, 5, 9)  # rows per field: unequal, so a split can balance only by field
