@@ -16,7 +16,7 @@ from dmt_fx import Topology
 from dmt_fx.bench.traffic import traffic_bench
 from dmt_fx.cli.main import main, parser
 from dmt_fx.cli.options import topology_of
-from dmt_fx.jobs.launch import launch
+from tests.harness.launch import launch_job
 from tests.harness.zoo import STEPS, B, gathered_outputs, load_checkpoint_into_original, reference, target
 
 DOMAINS = Topology.parse("2x2", ranks_per_host=1)
@@ -28,7 +28,7 @@ def test_two_domains_of_two_hosts_train_like_one_process(tmp_path) -> None:
     args = ["--target", target("torchrec_dlrm"), "--topology", str(DOMAINS), "--steps", str(STEPS),
             "--batch-size", str(B), "--lr", "0.1", "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--save-checkpoint", ckpt]
-    result = launch(DOMAINS, args, out, deadline_s=240, grace_s=60)
+    result = launch_job(DOMAINS, args, out, deadline_s=240, grace_s=60)
     assert result.ok, result.log_tail()
     assert len(result.returncodes) == 4  # one agent (torchrun host) per rank
     expected, trained = reference("torchrec_dlrm", DOMAINS.world_size)
