@@ -59,3 +59,8 @@ def leave() -> None:
 def unmarked(nodeid: str) -> str | None:
     """The process an unmarked test started (a fail inside a library's thread may be lost)."""
     return _unmarked.get(nodeid)
+
+
+def forget(nodeid: str) -> None:
+    """Drop the record of `nodeid`'s unmarked process (the enforcement's own test)."""
+    _unmarked.pop(nodeid, None)
