@@ -72,6 +72,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
     logging.disable(logging.WARNING)
     import torch.distributed as dist
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+    from torch.distributed.tensor import DTensor
     from torchrec.distributed.embedding import ShardedEmbeddingCollection
 
     import dmt_fx
@@ -100,7 +102,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             if table is None:
                 dense[key] = value.detach().clone()
             else:
-                shards += [(table, offsets, t.detach().clone()) for offsets, t in local_shards(value)]
+                # a plain tensor is a data-parallel (replicated) table: all of it, on every rank
+                pieces = local_shards(value) if isinstance(value, (ShardedTensor, DTensor)) else [((0, 0), value)]
+                shards += [(table, offsets, t.detach().clone()) for offsets, t in pieces]
         sequences = module.module.sequences
         kinds = {t: p.sharding_type for t, p in sequences.module_sharding_plan.items()} \
             if isinstance(sequences, ShardedEmbeddingCollection) else {}
