@@ -124,7 +124,8 @@ def _sequence_rows(rank: int, owners: dict[str, Owner]) -> float:
     return total / len(METERED)
 
 
-def _flat_expected(sharding: str, rank: int) -> float:
+def _flat_parts(sharding: str, rank: int) -> tuple[float, float]:
+    """(pooled, sequence) embedding elements this rank sends across hosts per step."""
     plan = _flat_plan(sharding)
     owners = {f: _row_owner(plan[f"s_{f}"]) if sharding == "row_wise" else _fixed_owner(plan[f"s_{f}"].ranks[0])
               for f in target.SEQUENCE_ROWS}
@@ -138,10 +139,10 @@ def _flat_expected(sharding: str, rank: int) -> float:
                 pooled += B * D * sum(_cross(rank, r) for r in range(N))  # forward, to every other-host rank
             elif _cross(rank, owner):
                 pooled += B * D  # backward, my samples' gradient to the owner
-    return pooled + _sequence_rows(rank, owners) * D
+    return pooled, _sequence_rows(rank, owners) * D
 
 
-def _dmt_expected(rank: int) -> float:
+def _dmt_parts(rank: int) -> tuple[float, float]:
     model, batch = target.sequence_model(0)
     host_of = {f: t.host for t in dmt_fx.tower_plan(dmt_fx.transform(model, TOPOLOGY, example_inputs=batch)).towers
                for f in t.features}
@@ -151,13 +152,29 @@ def _dmt_expected(rank: int) -> float:
     # pooled: my host's features to each peer's samples (forward), my samples' other-host ones back
     mine = sum(1 for f in target.POOLED_ROWS if host_of[f] == TOPOLOGY.host_of(rank))
     pooled = B * D * (mine * (H - 1) + len(target.POOLED_ROWS) - mine)
-    return pooled + _sequence_rows(rank, owners) * D
+    return pooled, _sequence_rows(rank, owners) * D
+
+
+def _parts(variant: str, rank: int) -> tuple[float, float]:
+    fp32 = variant.partition("+")[0]
+    return _dmt_parts(rank) if fp32 == "dmt-identity" else _flat_parts(fp32[len("flat-"):], rank)
 
 
 def _expected(variant: str, rank: int) -> float:
-    fp32 = variant.partition("+")[0]
-    elements = _dmt_expected(rank) if fp32 == "dmt-identity" else _flat_expected(fp32[len("flat-"):], rank)
-    return elements * (2 if variant.endswith("+fp16") else 4)
+    return sum(_parts(variant, rank)) * (2 if variant.endswith("+fp16") else 4)
+
+
+def counted(batch: int) -> dict[str, tuple[float, float]]:
+    """Per fp32 variant at local batch `batch`: (sequence, all) cross-host embedding bytes per
+    rank per step, mean over ranks: the benchmark report's count
+    (`python -m tests.test_sequence_traffic 32`)."""
+    global B
+    saved, B = B, batch
+    try:
+        return {v: (sum(_parts(v, r)[1] for r in range(N)) * 4 / N, sum(_expected(v, r) for r in range(N)) / N)
+                for v in VARIANTS if "+" not in v}
+    finally:
+        B = saved
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -177,3 +194,10 @@ def test_fp16_halves_rows_and_gradients_and_trains_close(fp32, runs) -> None:
         assert b["cross_host_messages"] == a["cross_host_messages"]
     diff = (got - ref).abs().max().item()
     assert 0 < diff <= TOLERANCE * ref.abs().max().item(), (fp32, diff)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name, (sequence, total) in counted(int(sys.argv[1]) if len(sys.argv) > 1 else B).items():
+        print(f"{name}: sequence rows + gradients {sequence:,.0f} B of {total:,.0f} B cross-host embedding bytes")
