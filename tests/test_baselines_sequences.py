@@ -179,3 +179,34 @@ def test_table_shards_match_and_trained(name, ranks, reference):
     for table, trained in reference["tables"].items():
         moved = (trained - reference["initial_tables"][table]).abs().max().item()
         assert moved > 10 * TABLE_TOL, f"reference table {table} barely moved ({moved}): the check proves nothing"
+
+
+# ---------------------------------------------------------------- plans alone (no world)
+
+
+def _plan(sharding: str, seq_dim: int) -> dict[str, dict[str, tuple[str, list[int]]]]:
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    from dmt_fx.baselines.flat import flat_sharding_plan
+    from dmt_fx.ir.topology import Topology
+
+    plan = flat_sharding_plan(corpus.PooledSequenceDLRM(0, seq_dim=seq_dim), sharding, Topology(H, L),
+                              EmbeddingBagCollectionSharder())
+    return {path: {t: (p.sharding_type, p.ranks) for t, p in module.items()} for path, module in plan.plan.items()}
+
+
+def test_table_row_wise_keeps_each_sequence_table_in_one_host() -> None:
+    # column-wise over the host's ranks when the dim splits into multiples of 4, else whole on one rank
+    assert _plan("table_row_wise", 8)["sequences"] == {"s_history": ("column_wise", [2, 3]),
+                                                       "s_searches": ("column_wise", [0, 1])}
+    assert _plan("table_row_wise", 4)["sequences"] == {"s_history": ("table_wise", [2]),
+                                                       "s_searches": ("table_wise", [0])}
+    assert _plan("table_wise", 8)["sequences"] == {"s_history": ("table_wise", [2]), "s_searches": ("table_wise", [3])}
+
+
+def test_a_width_torchrec_cannot_shard_is_a_clear_error() -> None:
+    from dmt_fx.ir.errors import DMTError
+
+    with pytest.raises(DMTError) as err:
+        _plan("row_wise", 6)  # the corpus model's own width: DMT pads it, TorchRec's DMP asserts
+    assert "s_history (6)" in str(err.value) and "multiple of 4" in str(err.value)

@@ -79,6 +79,7 @@ def flat_sharding_plan(model: nn.Module, sharding: str, topology: Topology,
         else:
             configs, module_sharder = collection.embedding_bag_configs(), sharder
             per_table = {c.name: _place(c, sharding, rank_load, host_load) for c in _by_size(configs)}
+        _check_widths(path, configs)
         module_plan = construct_module_sharding_plan(
             collection, per_table, sharder=module_sharder, local_size=topology.local_world_size,
             world_size=topology.world_size, device_type=dmp.runtime_device().type)
@@ -86,6 +87,17 @@ def flat_sharding_plan(model: nn.Module, sharding: str, topology: Topology,
             parameter_sharding.compute_kernel = dmp.FUSED  # table_row_wise() takes no kernel
         plan[path] = module_plan
     return ShardingPlan(plan)
+
+
+def _check_widths(path: str, configs: list) -> None:
+    """TorchRec's sharded tables need a dim that is a multiple of 4 (FBGEMM), else an
+    assertion deep inside DMP; DMT pads such tables itself (docs/widths.md), flat cannot."""
+    odd = [f"{c.name} ({c.embedding_dim})" for c in configs if c.embedding_dim % ALIGN]
+    if odd:
+        raise DMTError(f"tables of {path or 'the model'} whose width is not a multiple of {ALIGN}: {', '.join(odd)}",
+                       f"widths that are multiples of {ALIGN} under TorchRec's DMP (FBGEMM's batched tables)",
+                       [f"widen those tables to a multiple of {ALIGN} for the flat baselines",
+                        "DMT (distribute) pads them inside its sharded tables and runs them as they are"])
 
 
 def sequence_sharder_like(sharder: EmbeddingBagCollectionSharder) -> EmbeddingCollectionSharder:
