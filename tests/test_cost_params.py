@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import dmt_fx
+from dmt_fx.cli.main import main
 from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
 from dmt_fx.compiler.tower_modules.base import tower_module_kind
 from dmt_fx.cost import DEFAULT_PARAMS, SCHEMA, CostParams, Tier, Tiers, load_params
@@ -103,6 +104,18 @@ def test_a_missing_params_file_or_a_wrong_type_is_a_dmt_error(tmp_path):
         AutoOptions(cost_params=str(tmp_path / "absent.json"))
     with pytest.raises(DMTError, match="a CostParams, a JSON file path or None"):
         AutoOptions(cost_params=3)
+
+
+def test_cli_plan_auto_takes_a_params_file(tmp_path, capsys):
+    target = ["plan", "dmt_fx.models.zoo:default_dlrm", "--topology", "2x2", "--auto"]
+    bad = _write(tmp_path, {"schema": SCHEMA, "kappa_inter": -2})
+    assert main([*target, "--cost-params", bad]) == 2  # refused before the model is built
+    assert "kappa_inter=-2" in capsys.readouterr().err
+    good = _write(tmp_path, {"schema": SCHEMA, "overhead_per_collective_s": 1e-3})
+    assert main([*target, "--cost-params", good, "--format", "json"]) == 0
+    auto = json.loads(capsys.readouterr().out)["auto"]
+    assert auto["cost_params"]["overhead_per_collective_s"] == 1e-3
+    assert all(c["breakdown"]["overhead"] > 0 for c in auto["candidates"])
 
 
 @pytest.mark.skipif(not RECORDED.exists(), reason="no recorded sweep")
