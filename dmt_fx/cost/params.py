@@ -52,6 +52,14 @@ class CostParams:
         for name in _NUMBERS:
             _check_number(name, getattr(self, name), "CostParams")
 
+    @classmethod
+    def of(cls, numbers: Mapping[str, float], tiers: Tiers | None = None,
+           source: Mapping[str, Any] | None = None) -> "CostParams":
+        """From the three numbers by name (a fit's `params`); a missing one keeps its default."""
+        get = (lambda name: float(numbers.get(name, getattr(DEFAULT_PARAMS, name))))
+        return cls(kappa_compute=get("kappa_compute"), kappa_inter=get("kappa_inter"),
+                   overhead_per_collective_s=get("overhead_per_collective_s"), tiers=tiers, source=source or {})
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **{n: getattr(self, n) for n in _NUMBERS},
                 "tiers": None if self.tiers is None else self.tiers.to_dict(), "source": dict(self.source)}
@@ -105,8 +113,7 @@ def params_of(data: Any, where: str = "cost params") -> CostParams:
     source = data.get("source") or {}
     if not isinstance(source, Mapping):
         raise DMTError(f"{where}: source={source!r}", "an object (or absent)", ['drop "source"'])
-    return CostParams(*(float(data.get(n, getattr(DEFAULT_PARAMS, n))) for n in _NUMBERS),
-                      tiers=_tiers(data.get("tiers"), where), source=source)
+    return CostParams.of(data, _tiers(data.get("tiers"), where), source)
 
 
 def load_params(params: Union["CostParams", str, os.PathLike, Mapping[str, Any], None]) -> CostParams:

@@ -114,16 +114,16 @@ def record_load(record: Mapping[str, Any], t_compute_s: float | None = None, *,
     def tier(name: str, nbytes: float) -> TierLoad:
         return TierLoad(float(record.get(f"{name}_messages", 0.0)), nbytes,
                         float(record.get(f"{name}_collectives", 0.0)))
-    dense = {}
+    ring, hosts = _NONE, 1
     if include_dense:
         nbytes = float(record.get("dense_allreduce_bytes", record.get("dense_allreduce_bytes_estimate", 0.0)))
         hosts, ranks = _shape(record)
         steps = float(record.get("dense_allreduce_messages", 2 * (ranks - 1)))
         ring = TierLoad(steps, nbytes, steps)  # a ring step is one message and one call, whichever alpha applies
-        dense = {"dense_cross": ring} if hosts > 1 else {"dense_intra": ring}
     compute = float(t_compute_s if t_compute_s is not None else record.get("t_compute_s", 0.0))
     return StepLoad(compute, intra=tier("intra_host", float(record.get("intra_host_bytes", 0.0))),
-                    cross=tier("cross_host", cross_bytes(record)), **dense)
+                    cross=tier("cross_host", cross_bytes(record)),  # the ring runs at its slowest hop's speed
+                    dense_intra=ring if hosts == 1 else _NONE, dense_cross=ring if hosts > 1 else _NONE)
 
 
 def breakdown(record: Mapping[str, Any], links: Links, t_compute_s: float | None = None, *,

@@ -17,7 +17,7 @@ overhead per collective are FITTED on the training part of a sweep (least square
 from __future__ import annotations
 
 import statistics
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from dmt_fx.cost.fit import fit_alpha_beta, least_squares
 from dmt_fx.cost.links import Tier, TierLoad, Tiers, per_collective
@@ -61,15 +61,15 @@ def sweep_load(record: Mapping[str, Any], compute_s: float) -> StepLoad:
     # (tower modules: DDP over the host's ranks; 2D: the replica sync, in C) stays inside a host
     total = float(record.get("dense_allreduce_bytes", record.get("dense_allreduce_bytes_estimate", 0.0)))
     cross = min(total, float(record.get("dense_cross_host_bytes", total)))
-    dense = {}
-    if record.get("variant") != "torchrec-2d":  # 2D's weight sync is compute here (its replica_sync stage)
-        dense = {"dense_cross": TierLoad(0.0, cross, float(record.get("dense_allreduce_collectives", 0.0))),
-                 "dense_intra": TierLoad(0.0, total - cross)}
+    dense = record.get("variant") != "torchrec-2d"  # 2D's weight sync is compute here (its replica_sync stage)
     return StepLoad(compute_s,
                     intra=TierLoad(0.0, float(record.get("intra_host_bytes", 0.0)),
                                    float(record.get("intra_host_collectives", 0.0))),
                     cross=TierLoad(0.0, cross_bytes(record), float(record.get("cross_host_collectives", 0.0))),
-                    collectives=_collectives(record), **dense)
+                    dense_cross=TierLoad(0.0, cross, float(record.get("dense_allreduce_collectives", 0.0)))
+                    if dense else TierLoad(),
+                    dense_intra=TierLoad(0.0, total - cross) if dense else TierLoad(),
+                    collectives=_collectives(record))
 
 
 def comm_terms(record: Mapping[str, Any], tiers: Tiers) -> dict[str, float]:
@@ -86,7 +86,7 @@ def _collectives(record: Mapping[str, Any]) -> float:
     return float(record.get("cross_host_collectives", 0.0)) + float(record.get("intra_host_collectives", 0.0))
 
 
-def fit_step_model(samples: list[Mapping[str, Any]]) -> dict[str, float]:
+def fit_step_model(samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """PARAMS from samples {"record", "tiers", "compute_s"} (training points only)."""
     if not samples:
         return dict.fromkeys(PARAMS, 0.0)
@@ -101,7 +101,7 @@ def fit_step_model(samples: list[Mapping[str, Any]]) -> dict[str, float]:
 def predict_step(record: Mapping[str, Any], tiers: Tiers, compute_s: float, params: Mapping[str, float]
                  ) -> dict[str, float]:
     """The step model's terms and total (seconds) for one record: `step_terms` with `params`."""
-    fitted = CostParams(**{name: float(params[name]) for name in PARAMS})
+    fitted = CostParams.of({name: params[name] for name in PARAMS})
     terms = step_terms(sweep_load(record, compute_s), per_collective(tiers), params=fitted)
     return {"compute": terms["compute"], "inter": terms["cross"], "intra": terms["intra"], "dense": terms["dense"],
             "overhead": terms["overhead"], "total": terms["total"]}
@@ -130,7 +130,7 @@ def _in(sample: Mapping[str, Any], train: str) -> bool:
     return str(sample[key]) == value
 
 
-def _mape(rows: list[Mapping[str, Any]]) -> float | None:
+def _mape(rows: Sequence[Mapping[str, Any]]) -> float | None:
     return statistics.fmean(abs(r["error_pct"]) for r in rows) if rows else None
 
 
@@ -173,5 +173,4 @@ def cost_params(result: Mapping[str, Any], tiers: Tiers | None = None, **source:
     a probe's measured links to go with them (alpha per collective, as `sweep_tiers` gives)."""
     summary = {k: result.get(k) for k in ("train", "compute", "source", "held_out_mape_pct", "in_sample_mape_pct",
                                           "held_out_points")}
-    return CostParams(*(float(result["params"][name]) for name in PARAMS),
-                      tiers=None if tiers is None else per_collective(tiers), source={**summary, **source})
+    return CostParams.of(result["params"], None if tiers is None else per_collective(tiers), {**summary, **source})
