@@ -90,7 +90,7 @@ def test_params_that_make_another_candidate_cheaper_change_the_choice(dlrm, defa
     ({"schema": SCHEMA, "overhead_per_collective_s": float("nan")}, "overhead_per_collective_s=nan"),
     ({"schema": SCHEMA, "kapa_compute": 1.0}, "unknown field(s) ['kapa_compute']"),
     ({"schema": SCHEMA, "tiers": {"intra": {"alpha_s": 0.0}}}, "tiers="),
-    ({"schema": SCHEMA, "tiers": {"intra": {"beta_Bps": 0.0}, "inter": {"beta_Bps": 1e9}}}, "tiers.intra.beta_Bps=0"),
+    ({"schema": SCHEMA, "tiers": {"intra": {"beta_Bps": 0.0}, "inter": {"beta_Bps": 1e9}}}, "tiers.intra.beta_Bps=0.0"),
 ])
 def test_a_malformed_params_file_is_a_dmt_error(tmp_path, payload, found):
     path = _write(tmp_path, payload)
@@ -132,6 +132,9 @@ def test_the_sweeps_fit_round_trips_through_its_file(tmp_path):
     loaded = load_params(os.fspath(tmp_path / "fit.json"))
     assert loaded == params and loaded.source["held_out_mape_pct"] == result["held_out_mape_pct"]
     assert math.isclose(AutoOptions(cost_params=tmp_path / "fit.json").params.kappa_inter, params.kappa_inter)
+    free = CostParams(tiers=Tiers(Tier(0.0, math.inf, 3e-4), probed.inter))  # the probe's fit of free bytes
+    free.save(tmp_path / "free.json")
+    assert load_params(os.fspath(tmp_path / "free.json")).tiers == free.tiers
 
 
 def test_the_cost_package_imports_only_the_ir_and_libraries():

@@ -16,7 +16,8 @@ The file (JSON, one object; fields may be added, never renamed):
 
 `tiers` (optional): measured links that replace the Topology's link fields; alpha_s is
 charged per message, alpha_collective_s per collective call (the probe measures the latter).
-Numbers must be finite and >= 0. Anything else is a DMTError naming the field.
+Numbers must be finite and >= 0 (a bandwidth > 0, Infinity allowed: the probe's fit gives it
+when bytes cost nothing measurable). Anything else is a DMTError naming the field.
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def _tiers(data: Any, where: str) -> Tiers | None:
                        '{"intra": {"alpha_s": .., "beta_Bps": ..}, "inter": {..}} or null',
                        ["drop \"tiers\" to use the Topology's link fields"]) from None
     for tier_name, tier in (("intra", tiers.intra), ("inter", tiers.inter)):
-        for field in ("alpha_s", "beta_Bps", "alpha_collective_s"):
+        for field in ("alpha_s", "alpha_collective_s"):
             _check_number(f"tiers.{tier_name}.{field}", getattr(tier, field), where)
-        if not tier.beta_Bps:  # a zero bandwidth never delivers a byte
-            raise DMTError(f"{where}: tiers.{tier_name}.beta_Bps=0", "a bandwidth > 0 (bytes per second)",
+        if not tier.beta_Bps > 0:  # zero never delivers a byte; infinity (bytes measured free) is allowed
+            raise DMTError(f"{where}: tiers.{tier_name}.beta_Bps={tier.beta_Bps!r}",
+                           "a bandwidth > 0 in bytes per second (Infinity: bytes cost nothing)",
                            ["write the measured rate, e.g. \"beta_Bps\": 25e6 for 200 Mbit/s"])
     return tiers
 
