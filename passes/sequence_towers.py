@@ -19,7 +19,6 @@ Algorithm:
 from __future__ import annotations
 
 import logging
-import operator
 from typing import Mapping
 
 import torch

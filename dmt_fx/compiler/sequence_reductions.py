@@ -35,10 +35,18 @@ class SequenceReduction:
     node: str | None  # the reduction node's name in the captured graph
     reads: tuple[str, ...]  # the read nodes (jts[key] getitems, or the [B, L, D] lookup output)
     layers: tuple[str, ...] = ()  # the model's layers between the read and the reduction
+    plain: bool = False  # nn.Embedding on [B, L] ids (sequence kinds take EmbeddingCollection features only)
 
     @property
     def verdict(self) -> str:
         """One line for `dmt-fx plan`: can a sequence tower module take the reduction's place?"""
+        if self.plain:
+            return (f"{self.what}; sequence tower modules take EmbeddingCollection features only "
+                    "(keep identity for nn.Embedding [B, L] reads)")
+        return self.what
+
+    @property
+    def what(self) -> str:
         at = f" at node {self.node!r}" if self.node else ""
         if self.kind == EXACT:
             return f"model reduces by mean{at}: seq_mean is exact with c=1"
@@ -70,7 +78,7 @@ def find_reductions(gm: fx.GraphModule, sites: ModelSites, inputs: tuple, route:
             reads = [u for u in nodes[site.node].users if u.target is operator.getitem and u.args[1] == f.key]
         else:
             reads = [nodes[site.output]]
-        found[f.name] = _judge(f.name, reads, f.dim, values)
+        found[f.name] = dataclasses.replace(_judge(f.name, reads, f.dim, values), plain=site.kind != SEQUENCE_KIND)
     return found
 
 
