@@ -10,7 +10,7 @@ On a 2x2 gloo world (one torchrun launch, tests/dist_sequences.py; `slow`): seq_
 exactly like the original in one process (every step's outputs and the DCP checkpoint,
 1e-5); seq_attention c = 4 trains (its query and projections move) and the traffic meter's
 cross-host embedding bytes equal an independent count of fixed-width rows, below the
-identity run's jagged rows."""
+identity run's jagged rows; bert4rec with seq_attention c = 2 trains (its encoder bypassed)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from dmt_fx.jobs.launch import launch
 from dmt_fx.models.zoo import default_dlrm
 from tests import dist_sequences
 from tests.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
+from tests.dist_cases import gathered_outputs as gathered
 from tests.test_distributed_sequences import (
     LR,
     TARGET,
@@ -143,6 +144,8 @@ def launched(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sequence-towers")
     specs = [{"name": name, "args": ["--tower-module", kind, "--compression", str(c), "--save-checkpoint",
                                      str(tmp / f"{name}.ckpt")]} for name, (kind, c) in CASES.items()]
+    specs.append({"name": "bert4rec-seq_attention-c2", "args": ["--target", f"{TARGET}:bert4rec", "--tower-module",
+                                                              "seq_attention", "--compression", "2"]})
     (tmp / "cases.json").write_text(json.dumps(specs))
     out = str(tmp / "out")
     args = ["--target", f"{TARGET}:pooled_sequence", "--topology", "2x2", "--steps", str(STEPS), "--batch-size",
@@ -201,3 +204,11 @@ def test_seq_attention_learns_on_2x2(launched) -> None:
              "dmt_tower_modules.tower_1.pools.0.pool.query": torch.zeros(6)}
     dcp.load(state, checkpoint_id=str(launched / "seq_attention-c4.ckpt"))
     assert all(torch.isfinite(q).all() and q.abs().sum() > 0 for q in state.values()), state
+
+
+@pytest.mark.slow  # the same launch
+def test_bert4rec_trains_with_its_encoder_bypassed_on_2x2(launched) -> None:
+    """The rewrite leaves the encoder's parameters unread: the world's DDP must not wait for
+    their gradients (runtime/sequence_towers.py `unread_parameters`); every step ran."""
+    outputs = gathered(str(launched / "out" / "bert4rec-seq_attention-c2"), 4)
+    assert len(outputs) == STEPS and all(torch.isfinite(o).all() for o in outputs)

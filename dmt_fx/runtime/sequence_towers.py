@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.fx as fx
 import torch.nn as nn
 from torch.autograd.profiler import record_function
 from torch.nn.parallel import DistributedDataParallel
@@ -120,6 +121,21 @@ def lower_sequence_towers(lowering: Any, parts: SequenceParts, sites: list, look
     return mine
 
 
+def unread_parameters(gm: fx.GraphModule) -> list[str]:
+    """Parameters of the rank module its graph never reads: layers a rewrite bypassed (the
+    encoder of a BERT4Rec-style model, whose masked mean a sequence tower module replaced).
+    They stay in the module for its checkpoint, but out of the world's DDP, which would
+    otherwise wait for their gradients after every backward."""
+    read: set[int] = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            read |= {id(p) for p in gm.get_submodule(str(node.target)).parameters()}
+        elif node.op == "get_attr":
+            owner, _, name = str(node.target).rpartition(".")
+            read.add(id(getattr(gm.get_submodule(owner) if owner else gm, name)))
+    return [n for n, p in gm.named_parameters() if id(p) not in read]
+
+
 def _has(gm: nn.Module, path: str) -> bool:
     try:
         gm.get_submodule(path)
@@ -128,4 +144,4 @@ def _has(gm: nn.Module, path: str) -> bool:
     return True
 
 
-__all__ = ["HostReducer", "ReducedSequenceExchange", "lower_sequence_towers"]
+__all__ = ["HostReducer", "ReducedSequenceExchange", "lower_sequence_towers", "unread_parameters"]
