@@ -209,6 +209,6 @@ def test_seq_attention_learns_on_2x2(launched) -> None:
 @pytest.mark.slow  # the same launch
 def test_bert4rec_trains_with_its_encoder_bypassed_on_2x2(launched) -> None:
     """The rewrite leaves the encoder's parameters unread: the world's DDP must not wait for
-    their gradients (runtime/sequence_towers.py `unread_parameters`); every step ran."""
+    their gradients (runtime/sequence_towers.py `freeze_unread`); every step ran."""
     outputs = gathered(str(launched / "out" / "bert4rec-seq_attention-c2"), 4)
     assert len(outputs) == STEPS and all(torch.isfinite(o).all() for o in outputs)

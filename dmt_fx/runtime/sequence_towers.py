@@ -121,19 +121,37 @@ def lower_sequence_towers(lowering: Any, parts: SequenceParts, sites: list, look
     return mine
 
 
-def unread_parameters(gm: fx.GraphModule) -> list[str]:
+def freeze_unread(physical: fx.GraphModule, logical: nn.Module) -> list[str]:
     """Parameters of the rank module its graph never reads: layers a rewrite bypassed (the
     encoder of a BERT4Rec-style model, whose masked mean a sequence tower module replaced).
-    They stay in the module for its checkpoint, but out of the world's DDP, which would
-    otherwise wait for their gradients after every backward."""
+    They stay in the rank module (its checkpoint keeps their keys and values) as frozen
+    copies, so that the world's DDP does not wait for their gradients after every backward
+    (DDP's ignore list does not help there: it still counts an ignored parameter that gets
+    no gradient). Only where the owner is the rank module's own (not a module it shares with
+    the logical model: that would change the user's parameters). Returns their names."""
     read: set[int] = set()
-    for node in gm.graph.nodes:
+    for node in physical.graph.nodes:
         if node.op == "call_module":
-            read |= {id(p) for p in gm.get_submodule(str(node.target)).parameters()}
+            read |= {id(p) for p in physical.get_submodule(str(node.target)).parameters()}
         elif node.op == "get_attr":
             owner, _, name = str(node.target).rpartition(".")
-            read.add(id(getattr(gm.get_submodule(owner) if owner else gm, name)))
-    return [n for n, p in gm.named_parameters() if id(p) not in read]
+            read.add(id(getattr(physical.get_submodule(owner) if owner else physical, name)))
+    frozen = []
+    for name, param in list(physical.named_parameters()):
+        owner_path, _, attr = name.rpartition(".")
+        owner = physical.get_submodule(owner_path) if owner_path else physical
+        if id(param) in read or not param.requires_grad or owner is _submodule(logical, owner_path):
+            continue
+        owner._parameters[attr] = nn.Parameter(param.detach(), requires_grad=False)
+        frozen.append(name)
+    return frozen
+
+
+def _submodule(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path) if path else module
+    except AttributeError:
+        return None
 
 
 def _has(gm: nn.Module, path: str) -> bool:
@@ -144,4 +162,4 @@ def _has(gm: nn.Module, path: str) -> bool:
     return True
 
 
-__all__ = ["HostReducer", "ReducedSequenceExchange", "lower_sequence_towers", "unread_parameters"]
+__all__ = ["HostReducer", "ReducedSequenceExchange", "freeze_unread", "lower_sequence_towers"]
