@@ -138,16 +138,15 @@ def transform(
         require_interaction(sites, f"tower_module={kind.name!r}")
     made = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed, towers_per_domain)
     tower_plan_ = dataclasses.replace(made, changes_model=changes_model)
-    specs = sequence_specs(tower_plan_, sites, compression) if kind.sequences else \
-        tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)
+    specs = sequence_specs(tower_plan_, sites, compression) if kind.sequences else tower_specs(
+        tower_plan_, sites, compression, inputs, changes_model=changes_model)
     if changes_model:
         log.warning("transform: tower_module=%r with compression %d changes the model "
                     "(tower modules and the interaction are rebuilt and must be trained)", kind.name, compression)
     passes = graph_passes(sites, tower_plan_, kind, specs, inputs, validate_inputs=validate_inputs,
                           reductions=reductions)
     records = run_passes(gm, passes, disabled=disable_passes)
-    if reductions:  # dmt-fx plan: can a sequence tower module take each reduction's place?
-        gm.meta["dmt_sequence_reductions"] = {f: r.as_record() for f, r in reductions.items()}
+    gm.meta["dmt_sequence_reductions"] = {f: r.as_record() for f, r in reductions.items()}  # for dmt-fx plan
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult.of(gm, tower_plan_, sites, topology, route, records, renames)
     if auto is not None:  # why plan="auto" chose this plan (dmt-fx plan --auto renders it)

@@ -37,11 +37,13 @@ class HostReducer(nn.Module):
     features reduced and concatenated, (H x B, sum of their widths); no columns where the
     host holds none of the collection."""
 
-    def __init__(self, towers: Sequence[nn.Module], names: Sequence[Sequence[str]]) -> None:
+    def __init__(self, towers: Sequence[Any], names: Sequence[Sequence[str]]) -> None:
         super().__init__()
+        # the logical SequenceTower modules (compiler/tower_modules/sequence.py), by duck type:
+        # the runtime imports no compiler module
         self.towers = nn.ModuleList(towers)
         self.names = [list(n) for n in names]
-        self.owner = {f: i for i, t in enumerate(towers) for f in t.features}
+        self.owner: dict[str, Any] = {f: t for t in towers for f in t.features}
 
     def forward(self, looked_up: Sequence[dict[str, JaggedTensor] | None], rows: int,
                 device: torch.device) -> list[torch.Tensor]:
@@ -50,7 +52,7 @@ class HostReducer(nn.Module):
             if jts is None or not names:
                 out.append(empty_rows(rows, device))
                 continue
-            out.append(torch.cat([self.towers[self.owner[n]].pool_of(n)(jts[n].values(), jts[n].lengths())
+            out.append(torch.cat([self.owner[n].pool_of(n)(jts[n].values(), jts[n].lengths())
                                   for n in names], dim=1))
         return out
 
@@ -134,8 +136,8 @@ def freeze_unread(physical: fx.GraphModule, logical: nn.Module) -> list[str]:
         if node.op == "call_module":
             read |= {id(p) for p in physical.get_submodule(str(node.target)).parameters()}
         elif node.op == "get_attr":
-            owner, _, name = str(node.target).rpartition(".")
-            read.add(id(getattr(physical.get_submodule(owner) if owner else physical, name)))
+            path, _, attr = str(node.target).rpartition(".")
+            read.add(id(getattr(physical.get_submodule(path) if path else physical, attr)))
     frozen = []
     for name, param in list(physical.named_parameters()):
         owner_path, _, attr = name.rpartition(".")
