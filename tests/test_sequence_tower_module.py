@@ -212,3 +212,15 @@ def test_bert4rec_trains_with_its_encoder_bypassed_on_2x2(launched) -> None:
     their gradients (runtime/sequence_towers.py `freeze_unread`); every step ran."""
     outputs = gathered(str(launched / "out" / "bert4rec-seq_attention-c2"), 4)
     assert len(outputs) == STEPS and all(torch.isfinite(o).all() for o in outputs)
+
+
+def test_variant_names_for_the_benches() -> None:
+    """`dmt-seqmean-c<N>` / `dmt-seqattn-c<N>` name the sequence kinds for `bench traffic`,
+    `dmt-fx run --variants` and the worker (jobs/worker.py maps them to --tower-module)."""
+    from dmt_fx.bench import variants
+
+    for name, kind, c in (("dmt-seqmean-c4", "seq_mean", 4), ("dmt-seqattn-c1", "seq_attention", 1)):
+        parsed = variants.parse(name)
+        assert (parsed.kind, parsed.compression, parsed.name, variants.is_dmt(name)) == (kind, c, name, True)
+    with pytest.raises(dmt_fx.DMTError, match="dmt-seqmean-c<N>"):
+        variants.parse("dmt-seqmean-cx")
