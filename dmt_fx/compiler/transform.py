@@ -142,7 +142,7 @@ def transform(
         tower_plan_, sites, compression, inputs, changes_model=changes_model)
     if changes_model:
         log.warning("transform: tower_module=%r with compression %d changes the model "
-                    "(tower modules and the interaction are rebuilt and must be trained)", kind.name, compression)
+                    "(tower modules and the layers they feed are new or rebuilt and must be trained)", kind.name, compression)
     passes = graph_passes(sites, tower_plan_, kind, specs, inputs, validate_inputs=validate_inputs,
                           reductions=reductions)
     records = run_passes(gm, passes, disabled=disable_passes)
