@@ -98,9 +98,25 @@ def test_compression_sends_ceil_d_over_c_and_expands_back(kind: str) -> None:
                if "tower_modules" in n or "sequence_expand" in n or "sequences" in n), grads.keys()
 
 
+class LastItem(torch.nn.Module):
+    """Picks the last item of a [B, L] history (a plain nn.Embedding sequence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items, self.dense, self.head = torch.nn.Embedding(19, 8), torch.nn.Linear(3, 8), torch.nn.Linear(16, 1)
+
+    def forward(self, dense: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.dense(dense), self.items(history)[:, -1]], dim=1))
+
+
+def last_item():
+    g = torch.Generator().manual_seed(0)
+    return LastItem(), (torch.rand(4, 3, generator=g), torch.randint(0, 19, (4, 5), generator=g))
+
+
 def test_plan_says_whether_a_sequence_tower_module_takes_the_reduction() -> None:
     verdicts = {}
-    for factory in (pooled_sequence, bert4rec, plain_sequence):
+    for factory in (pooled_sequence, bert4rec, plain_sequence, last_item):
         model, inputs = factory()
         report = plan_report(dmt_fx.transform(model, "2x2", example_inputs=inputs))
         verdicts.update({(factory.__name__, s["feature"]): s["reduction"]["verdict"] for s in report["sequences"]})
@@ -109,6 +125,7 @@ def test_plan_says_whether_a_sequence_tower_module_takes_the_reduction() -> None
     assert "model reads rows (encoder" in verdicts[("bert4rec", "history")]
     assert "changes the model" in verdicts[("plain_sequence", "history")]  # attention against a dense query
     assert "EmbeddingCollection features only" in verdicts[("plain_sequence", "clicks")]  # its mean, plain
+    assert verdicts[("last_item", "items")].startswith("model picks the last item")
 
 
 def test_bert4rec_encoder_is_replaced_by_the_reduction() -> None:
