@@ -123,11 +123,11 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     for tower in plan.towers:
         dims = [sites.feature(f).dim for f in tower.features]
         # a sequence feature sends back one row per id: its mean length of rows per sample
-        reduced = widths.get(tower.index, {})  # a sequence tower module's features: their reduced widths
+        width = widths.get(tower.index)  # an int (compressing), or per feature (a sequence tower module)
+        reduced = width if isinstance(width, dict) else {}
         rows = sum(reduced.get(f.name, f.dim * (f.mean_length if f.sequence else 1.0))
                    for f in map(sites.feature, tower.features))
-        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts,
-                                 widths[tower.index] if isinstance(widths.get(tower.index), int) else rows)
+        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, width if isinstance(width, int) else rows)
         for kind, size in zip(EXCHANGE_ROLES, (ids, outs)):
             collectives.append({"name": exchanges.get((kind, tower.index), f"{kind}[{tower.index}]"),
                                 "kind": kind, "tower": tower.index, "group": "cross-host",
