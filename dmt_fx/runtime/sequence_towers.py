@@ -137,7 +137,8 @@ def freeze_unread(physical: fx.GraphModule, logical: nn.Module) -> list[str]:
             read |= {id(p) for p in physical.get_submodule(str(node.target)).parameters()}
         elif node.op == "get_attr":
             path, _, attr = str(node.target).rpartition(".")
-            read.add(id(getattr(physical.get_submodule(path) if path else physical, attr)))
+            value = getattr(physical.get_submodule(path) if path else physical, attr)
+            read |= {id(p) for p in value.parameters()} if isinstance(value, nn.Module) else {id(value)}
     frozen = []
     for name, param in list(physical.named_parameters()):
         owner_path, _, attr = name.rpartition(".")
