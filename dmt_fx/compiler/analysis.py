@@ -356,6 +356,8 @@ def require_interaction(sites: ModelSites, why: str) -> None:
             "pooled features only: a compressing tower module compresses a tower's pooled rows, and a "
             "sequence feature returns one row per id",
             ["keep tower_module='identity' (the default): sequence features run exact, distributed too",
+             "or tower_module='seq_mean' / 'seq_attention': a sequence kind reduces each EmbeddingCollection "
+             "sequence inside its host (pooled features kept as they are)",
              "or pool the sequences in the model (an EmbeddingBagCollection, nn.EmbeddingBag) to compress them"],
         )
     if sites.interaction.parts:

@@ -148,6 +148,8 @@ def build(args: argparse.Namespace, topology: Topology):
     kind, compression, variant = args.tower_module, args.compression, variants.parse(args.variant)
     if variant.kind == "linear":  # e.g. dmt-c4: compressing tower modules, c = 4
         kind, compression = (kind if kind != "identity" else "linear"), variant.compression
+    elif variant.kind in variants.SEQUENCE_KINDS.values():  # e.g. dmt-seqmean-c4: sequence tower modules
+        kind, compression = variant.kind, variant.compression
     torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
                           compression=compression, plan=args.plan, towers_per_domain=args.towers_per_domain)

@@ -40,6 +40,7 @@ from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
 from dmt_fx.runtime.rank_status import agree_on_inputs
 from dmt_fx.runtime.sequence_lowering import check_sequences
+from dmt_fx.runtime.sequence_towers import freeze_unread
 from dmt_fx.runtime.shardings import SHARDINGS
 from dmt_fx.runtime.shutdown import keep_until_exit
 
@@ -141,6 +142,8 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
+    if result.plan.changes_model:  # layers the rewrite bypassed get no gradient (runtime/sequence_towers.py)
+        freeze_unread(lowered.module, module)
     agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.

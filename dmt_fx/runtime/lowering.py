@@ -66,6 +66,7 @@ from dmt_fx.runtime.plain import (
     table_attr,
 )
 from dmt_fx.runtime.sequence_lowering import lower_with_sequences, sequence_parts
+from dmt_fx.runtime.sequence_towers import lower_sequence_towers
 from dmt_fx.runtime.shardings import host_sharding_plan
 
 PASS = "distribute"
@@ -122,7 +123,9 @@ class _Lowering:
         sequences = sequence_parts(self)  # unpooled lookups (runtime/sequence_lowering.py)
         id_group = one_group([n for s in sites for n in self.input_exchanges(s)] +
                              [lk.exchange for group in self.plain for lk in group] + sequences.exchanges)
-        if self.result.plan.changes_model:  # Step 3
+        if self.result.plan.changes_model and sequences:  # sequence tower modules (runtime/sequence_towers.py)
+            tower_modules = lower_sequence_towers(self, sequences, sites, lookups, kjts, weighted, id_group)
+        elif self.result.plan.changes_model:  # Step 3
             tower_modules = self.lower_tower_block(lookups, kjts, weighted, id_group)
         elif sequences:
             tower_modules = []
