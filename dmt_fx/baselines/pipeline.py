@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSparseDist
 
+from dmt_fx._compat import pipelined_modules as compat_pipelined_modules
 from dmt_fx.baselines.registry import BASELINES, FLAT, baseline_names
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
@@ -86,4 +87,4 @@ def flat_pipeline(module: nn.Module, optimizer: torch.optim.Optimizer) -> TrainP
 
 def pipelined_modules(pipeline: TrainPipelineSparseDist) -> list[str]:
     """The sharded modules whose input dist TorchRec pipelined (known after the first progress)."""
-    return [getattr(m.forward, "name", type(m).__name__) for m in pipeline._pipelined_modules]
+    return [getattr(m.forward, "name", type(m).__name__) for m in compat_pipelined_modules(pipeline)]
