@@ -56,6 +56,7 @@ from dmt_fx._compat.torch_fx import (
     set_graph_module_call,
 )
 from dmt_fx._compat.torchrec import (
+    StagedTrainPipeline,
     collection_device,
     crossnet_shape,
     ebc_embedding_names,
@@ -72,7 +73,7 @@ from dmt_fx._compat.torchrec_lazy import merged_keyed_tensor, pooled_keyed_tenso
 
 __all__ = [
     "ASSERT_OPS", "BATCH_NORM_LEGIT_OPS", "EMBEDDING_BAG_OP", "ConvNd", "DropoutNd", "NormBase",
-    "Shard", "ShardMetadata", "ShardedTensor", "ShardedTensorMetadata", "TensorProperties",
+    "Shard", "ShardMetadata", "ShardedTensor", "ShardedTensorMetadata", "StagedTrainPipeline", "TensorProperties",
     "TorchDispatchMode", "all_process_groups", "collection_device", "copy_attr", "copy_codegen",
     "crossnet_shape", "ddp_ignore", "ebc_embedding_names", "ebc_feature_names",
     "ebc_lengths_per_embedding", "embedding_shardings", "exit_now", "functional_collective_namespaces",

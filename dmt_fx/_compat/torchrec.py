@@ -8,9 +8,12 @@ would allocate and initialise tables only to throw them away.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, ContextManager, Sequence
 
+import torch
 import torch.nn as nn
+from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSparseDist
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 
@@ -81,3 +84,21 @@ def embedding_shardings(lookup: Any) -> list[Any] | None:
 # The sharded modules whose input dist a TrainPipelineSparseDist pipelined (torchrec 1.8.0).
 def pipelined_modules(pipeline: Any) -> list[Any]:
     return pipeline._pipelined_modules
+
+
+# TrainPipelineSparseDist's backward and optimizer step are private methods that progress()
+# calls: a pipeline that times them (profiler ranges) overrides them (torchrec 1.8.0).
+class StagedTrainPipeline(TrainPipelineSparseDist):
+    """TorchRec's TrainPipelineSparseDist whose backward and optimizer step each run inside
+    `self.stage("backward")` / `self.stage("optimizer")`, a context manager subclasses give."""
+
+    def stage(self, name: str) -> ContextManager[Any]:
+        return contextlib.nullcontext()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        with self.stage("backward"):
+            super()._backward(losses)
+
+    def _optimizer_step(self) -> None:
+        with self.stage("optimizer"):
+            super()._optimizer_step()
