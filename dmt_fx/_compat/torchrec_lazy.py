@@ -6,7 +6,9 @@ Checked on torchrec 1.8.0; tests/test_compat.py checks the fields they rely on, 
 tests/test_lean_single_process.py that they equal their eager forms and what they save.
 
 What they buy, in one process (the identity DMT model of the built-in DLRM, topology 2x2,
-one training step): see docs/compat.md for the figures and the command.
+one training step): 143 aten/fbgemm ops instead of 181 with their eager forms (the original
+model runs 155), and about a fifth of the step's CPU time (+23-24% without them, measured
+under load); the table per subclass and the command: docs/compat.md.
 """
 
 from __future__ import annotations
