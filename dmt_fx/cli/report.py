@@ -12,13 +12,13 @@ import torch.fx as fx
 import torch.nn as nn
 
 from dmt_fx._compat import qualified_name
-from dmt_fx.bench import bytes as wire
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.tower_modules import CompressingTowerModule
+from dmt_fx.cost import wire
 from dmt_fx.ir.result import dmt_result
 
 EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")
-# the one byte model (dmt_fx.bench.bytes), re-exported under the names this module had
+# the one byte model (dmt_fx.cost.wire), re-exported under the names this module had
 ID_BYTES, LENGTH_BYTES, EMBEDDING_BYTES = wire.ID_BYTES, wire.LENGTH_BYTES, wire.EMBEDDING_BYTES
 _ARGS_WIDTH = 80
 
@@ -108,7 +108,7 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
       output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H   (the tower module's output width
                       instead of sum_f dim_f when tower modules compress; a sequence feature
                       counts dim_f * its mean length: one row per id)
-    8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.bench.bytes`, what the
+    8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.cost.wire`, what the
     traffic meter measures; the split-size handshake is left out); (H - 1) / H is the share of a
     rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
     (sum_f pooling_f * dim_f * 4), so sum_f pooling_f is estimated as

@@ -34,6 +34,7 @@ from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_
 from torchrec.distributed.types import CommOp, QuantizedCommCodecs
 
 from dmt_fx._compat import set_all_to_all_codecs
+from dmt_fx.cost.wire import PRECISION_BYTES
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.runtime.exchange import HostTowerBlock, HostTowerExchange
@@ -48,7 +49,6 @@ PRECISIONS: dict[str, tuple[CommType, CommType]] = {
     "fp16": (CommType.FP16, CommType.BF16),
     "bf16": (CommType.BF16, CommType.BF16),
 }
-_BYTES = {CommType.FP32: 4, CommType.FP16: 2, CommType.BF16: 2}
 _OPS = (CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL, CommOp.POOLED_EMBEDDINGS_REDUCE_SCATTER,
         CommOp.SEQUENCE_EMBEDDINGS_ALL_TO_ALL)
 
@@ -63,8 +63,7 @@ def check_precision(precision: Any) -> str:
 
 def wire_bytes(precision: str) -> tuple[int, int]:
     """Bytes per pooled-embedding element on the wire: (forward, backward)."""
-    forward, backward = PRECISIONS[check_precision(precision)]
-    return _BYTES[forward], _BYTES[backward]
+    return PRECISION_BYTES[check_precision(precision)]  # the cost model's byte model owns the sizes
 
 
 def qcomms_config(precision: str) -> QCommsConfig | None:
