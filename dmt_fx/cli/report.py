@@ -10,8 +10,8 @@ from typing import Any
 
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.node import _get_qualified_name
 
+from dmt_fx._compat import qualified_name
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.tower_modules import CompressingTowerModule
 from dmt_fx.compiler.tower_modules.sequence import SequenceTower
@@ -69,7 +69,7 @@ def readable_target(node: fx.Node) -> str:
     if isinstance(target, str):
         return target
     try:
-        name = _get_qualified_name(target)  # torch.relu, not torch._VariableFunctionsClass.relu
+        name = qualified_name(target)  # torch.relu, not torch._VariableFunctionsClass.relu
     except Exception:  # a callable torch cannot name (a lambda, a partial)
         name = getattr(target, "__qualname__", None) or repr(target)
     return name.replace("_operator.", "operator.", 1).replace("builtins.", "", 1)

@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from dmt_fx._compat import pytree
 from dmt_fx.compiler.analysis import analyze, require_interaction
 from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
 from dmt_fx.compiler.capture import capture

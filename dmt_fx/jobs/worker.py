@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 import dmt_fx
+from dmt_fx._compat import exit_now
 from dmt_fx.bench import variants
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
               f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
         traceback.print_exc()
         settle_refusal(exc)
-        os._exit(1)  # skip teardown: a collective with a dead peer could block it
+        exit_now(1)  # skip teardown: a collective with a dead peer could block it
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
     dmt_fx.shutdown()  # a barrier, then teardown that cannot hang at exit (runtime/shutdown.py)

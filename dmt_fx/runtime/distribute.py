@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
+from dmt_fx._compat import ddp_ignore, module_parameters
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.fingerprint import one_model
@@ -149,7 +150,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
                if n.startswith(RUNTIME_ATTR + ".")]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(lowered.module, ignored)
+    ddp_ignore(lowered.module, ignored)
     ddp = DistributedDataParallel(lowered.module, device_ids=ddp_device_ids(), broadcast_buffers=False)
     # Everything but the sharded tables (updated by their fused optimizers): the dense layers
     # and the tower modules; the tables too where they are on the DENSE kernel (table_kernel).
@@ -187,7 +188,7 @@ def _drop_joint_weights(physical: nn.Module, joints: list[JointTable]) -> None:
             owner = physical.get_submodule(owner_path)
         except AttributeError:
             continue
-        if attr in owner._parameters:
+        if attr in module_parameters(owner):
             delattr(owner, attr)
 
 

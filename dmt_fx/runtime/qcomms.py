@@ -33,6 +33,7 @@ from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs
 from torchrec.distributed.types import CommOp, QuantizedCommCodecs
 
+from dmt_fx._compat import set_all_to_all_codecs
 from dmt_fx.cost.wire import PRECISION_BYTES
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
@@ -101,6 +102,6 @@ def compress_exchanges(module: nn.Module, precision: str) -> int:
     for owner in runtime.modules():
         dist_module = getattr(owner, "output_dist", None)
         if isinstance(owner, (HostTowerExchange, HostTowerBlock)) and isinstance(dist_module, PooledEmbeddingsAllToAll):
-            dist_module._codecs = pair
+            set_all_to_all_codecs(dist_module, pair)
             count += 1
     return count
