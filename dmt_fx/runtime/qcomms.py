@@ -36,6 +36,8 @@ from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs
 from torchrec.distributed.types import CommOp, QuantizedCommCodecs
 
+from dmt_fx._compat import set_all_to_all_codecs
+from dmt_fx.cost.wire import PRECISION_BYTES
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.runtime.exchange import HostTowerBlock, HostTowerExchange
@@ -51,7 +53,6 @@ PRECISIONS: dict[str, tuple[CommType, CommType]] = {
     "fp16": (CommType.FP16, CommType.BF16),
     "bf16": (CommType.BF16, CommType.BF16),
 }
-_BYTES = {CommType.FP32: 4, CommType.FP16: 2, CommType.BF16: 2}
 _OPS = (CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL, CommOp.POOLED_EMBEDDINGS_REDUCE_SCATTER,
         CommOp.SEQUENCE_EMBEDDINGS_ALL_TO_ALL)
 
@@ -66,8 +67,7 @@ def check_precision(precision: Any) -> str:
 
 def wire_bytes(precision: str) -> tuple[int, int]:
     """Bytes per pooled-embedding element on the wire: (forward, backward)."""
-    forward, backward = PRECISIONS[check_precision(precision)]
-    return _BYTES[forward], _BYTES[backward]
+    return PRECISION_BYTES[check_precision(precision)]  # the cost model's byte model owns the sizes
 
 
 def qcomms_config(precision: str) -> QCommsConfig | None:
@@ -108,11 +108,11 @@ def compress_exchanges(module: nn.Module, precision: str) -> int:
     for owner in runtime.modules():
         dist_module = getattr(owner, "output_dist", None)
         if isinstance(owner, (HostTowerExchange, HostTowerBlock)) and isinstance(dist_module, PooledEmbeddingsAllToAll):
-            dist_module._codecs = pair
+            set_all_to_all_codecs(dist_module, pair)
             count += 1
         if isinstance(owner, HostSequenceExchange):
             if isinstance(owner.pooled_back, PooledEmbeddingsAllToAll):
-                owner.pooled_back._codecs = pair
+                set_all_to_all_codecs(owner.pooled_back, pair)
                 count += 1
             owner.back.codecs = pair
             count += 1
