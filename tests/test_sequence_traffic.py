@@ -196,6 +196,42 @@ def test_fp16_halves_rows_and_gradients_and_trains_close(fp32, runs) -> None:
     assert 0 < diff <= TOLERANCE * ref.abs().max().item(), (fp32, diff)
 
 
+# ---------------------------------------------------------------- where the codecs go (one process)
+
+
+@pytest.fixture
+def world_of_one():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tower_module,compression", [("identity", 1), ("seq_attention", 4)])
+def test_comm_precision_reaches_every_peer_exchange_of_a_sequence_model(world_of_one, tower_module,
+                                                                        compression) -> None:
+    """The pooled exchange back (a sequence tower module's too) and the jagged sequence
+    exchange get the codecs; TorchRec's intra-host output dists do not."""
+    from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
+
+    from dmt_fx.runtime.sequence import HostSequenceExchange
+
+    model, batch = target.sequence_model(0)
+    gm = dmt_fx.transform(model, "1x1", example_inputs=batch, tower_module=tower_module, compression=compression)
+    module, optimizer = dmt_fx.distribute(gm, comm_precision="fp16")
+    (exchange,) = [m for m in module.modules() if isinstance(m, HostSequenceExchange)]
+    peer = [m for m in exchange.children() if isinstance(m, PooledEmbeddingsAllToAll)]
+    used = getattr(exchange, "all_back", exchange.pooled_back)  # a tower module's reduced exchange: all_back
+    assert used in peer and all(m._codecs is not None for m in peer) and exchange.back.codecs is not None
+    inner = [m for m in module.modules() if isinstance(m, PooledEmbeddingsAllToAll) and m not in peer]
+    assert all(m._codecs is None for m in inner)
+    module(*batch).sum().backward()
+    optimizer.step()
+
+
 if __name__ == "__main__":
     import sys
 

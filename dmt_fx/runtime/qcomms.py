@@ -95,7 +95,7 @@ def qcomm_codecs_registry(precision: str) -> dict[str, QuantizedCommCodecs] | No
 def compress_exchanges(module: nn.Module, precision: str) -> int:
     """Give DMT's peer embedding exchanges the codecs of `precision`; returns how many: the
     pooled ones (the `PooledEmbeddingsAllToAll`s the lowering put on the runtime's exchange
-    modules as `output_dist`, or a sequence model's `pooled_back`) and the jagged sequence
+    modules as `output_dist`, or a sequence model's `pooled_back` / `all_back`) and the jagged sequence
     exchange (`JaggedReturn.codecs`). TorchRec's intra-host sharded lookups are left as they
     are: their traffic stays on the fast links. A pooled exchange's codecs go where its
     constructor's `codecs` argument is kept (`_codecs`, read by every forward), so the
@@ -111,9 +111,12 @@ def compress_exchanges(module: nn.Module, precision: str) -> int:
             set_all_to_all_codecs(dist_module, pair)
             count += 1
         if isinstance(owner, HostSequenceExchange):
-            if isinstance(owner.pooled_back, PooledEmbeddingsAllToAll):
-                set_all_to_all_codecs(owner.pooled_back, pair)
-                count += 1
+            # its pooled peer exchange back (`pooled_back`; a sequence tower module's
+            # `all_back`) is a direct child; TorchRec's intra-host dists sit deeper
+            for child in owner.children():
+                if isinstance(child, PooledEmbeddingsAllToAll):
+                    set_all_to_all_codecs(child, pair)
+                    count += 1
             owner.back.codecs = pair
             count += 1
     return count
