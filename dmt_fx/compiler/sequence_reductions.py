@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.utils import _pytree as pytree
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
+from dmt_fx._compat import pytree
 from dmt_fx.compiler.tower_modules.sequence import MeanPool
 from dmt_fx.ir.sites import SEQUENCE_KIND, ModelSites
 

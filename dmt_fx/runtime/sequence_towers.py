@@ -145,7 +145,7 @@ def freeze_unread(physical: fx.GraphModule, logical: nn.Module) -> list[str]:
         owner = physical.get_submodule(owner_path) if owner_path else physical
         if id(param) in read or not param.requires_grad or owner is _submodule(logical, owner_path):
             continue
-        owner._parameters[attr] = nn.Parameter(param.detach(), requires_grad=False)
+        setattr(owner, attr, nn.Parameter(param.detach(), requires_grad=False))  # replaces the registered one
         frozen.append(name)
     return frozen
 
