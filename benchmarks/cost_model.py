@@ -1,19 +1,19 @@
-"""The alpha-beta cost model (dmt_fx/bench/cost_model.py) against measurements, and extrapolated.
+"""The alpha-beta cost model (dmt_fx/cost/) against measurements, and extrapolated.
 
     python benchmarks/cost_model.py [--emulated results/emulated.json] [--t-compute-ms 2.0]
 
 (a) When results/emulated.json exists (records of emulated-network runs: topology,
     variant, step_time_median_s, the traffic fields of `dmt-fx bench traffic`, and the
     measured intra/inter rates, per record or at the top level; see
-    `dmt_fx.bench.cost_model.tiers_from` for the accepted keys), predict every record's step
+    `dmt_fx.cost.tiers_from` for the accepted keys), predict every record's step
     time, t_compute measured here as a single-process step of the same model and variant at
     the same local batch (times ranks / cores when the emulated ranks share this CPU;
     --no-cpu-share to turn off), and report the prediction error.
 (b) Extrapolate to data-center shapes: L = 8 ranks per host, H = 8 .. 64 hosts,
     NVLink-class intra-host (450 GB/s, alpha 5 us) and NIC-class inter-host (50 GB/s per
     GPU, alpha 20 us: the link fields of the `Topology` predicted for), traffic per rank per
-    step from the ANALYTIC formulas of DMT.md and the byte model of `dmt_fx.bench.bytes`
-    (`dmt_fx.bench.cost_model.analytic_traffic`) for a stated model size, for flat table-wise,
+    step from the ANALYTIC formulas of DMT.md and the byte model of `dmt_fx.cost.wire`
+    (`dmt_fx.cost.traffic.analytic_traffic`) for a stated model size, for flat table-wise,
     DMT identity and DMT c = 4; predicted DMT speedup vs hosts. THIS IS A MODEL: no
     overlap, a serial alpha per message, t_compute assumed (not measured on such a GPU),
     dense all-reduce left out (the same for every variant, it would dilute the speedups).
@@ -31,17 +31,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dmt_fx.bench import bytes as wire  # noqa: E402
-from dmt_fx.bench.cost_model import (  # noqa: E402
-    Tier,
-    Tiers,
-    analytic_traffic,
-    breakdown,
-    measure_compute,
-    tiers_from,
-    tiers_of,
-)
+from dmt_fx.bench.cost_model import analytic_traffic  # noqa: E402  (by variant name)
 from dmt_fx.bench.variants import DMT, parse  # noqa: E402
+from dmt_fx.cost import traffic, wire  # noqa: E402
+from dmt_fx.cost.fit import latency_model  # noqa: E402
+from dmt_fx.cost.links import Tier, Tiers, tiers_from, tiers_of  # noqa: E402
+from dmt_fx.cost.measure import measure_compute  # noqa: E402
+from dmt_fx.cost.steptime import breakdown, step_terms  # noqa: E402
 from dmt_fx.ir.topology import Topology  # noqa: E402
 
 VARIANTS = ("flat-table_wise", "dmt-identity", "dmt-c4")
@@ -231,59 +227,21 @@ def plot(result: dict, path: str) -> None:
 # Left out (equal for all, or not modelled): dense all-reduce, tower-module compute, overlap.
 
 
-def latency_model(sweep: dict) -> dict:
-    """a_collective per tier and a_message (shared) from the sweep's latency probes."""
-    from dmt_fx.bench.cost_fit import fit_alpha_beta, least_squares
-
-    def alpha(tier: dict) -> float:  # refitted from the probe's points when it kept them
-        return fit_alpha_beta(tier["points"])["alpha_s"] if tier.get("points") else tier["alpha_s"]
-
-    cross, intra = [], []
-    for point in sweep.get("points", []):
-        fit = ((point.get("network") or {}).get("probes", {}).get("shaped") or {}).get("latency") or {}
-        if "cross" in fit:
-            cross.append((fit["cross"]["group_size"], alpha(fit["cross"]), point["topology"], point["rate"]))
-        if "intra" in fit:
-            intra.append((fit["intra"]["group_size"], alpha(fit["intra"])))
-    if len({n for n, *_ in cross}) >= 2:
-        a_coll, a_msg = least_squares([[1.0, n - 1.0] for n, *_ in cross], [a for _, a, *_ in cross], relative=False)
-    else:  # one group size: no slope to measure, every collective costs the same
-        a_coll, a_msg = (statistics.fmean(a for _, a, *_ in cross) if cross else 0.0), 0.0
-    intra_n2 = statistics.fmean(a for n, a in intra if n == 2) if intra else a_coll + a_msg
-    return {"a_message_s": a_msg, "a_collective_inter_s": a_coll,
-            "a_collective_intra_s": max(0.0, intra_n2 - a_msg),
-            "probes_cross": [{"group_size": n, "alpha_per_collective_s": a, "topology": t, "rate": r}
-                             for n, a, t, r in cross],
-            "probes_intra_alpha_per_collective_s": [a for _, a in intra]}
-
-
 def scale_traffic(variant: str, H: int, L: int, m: dict, sync_every: int = 1) -> list[tuple[str, int, float, float]]:
-    """(tier, group size, collectives, bytes) per rank per step for one variant at H x L."""
-    N, B, D = H * L, m["local_batch"], m["features"] * m["dim"]
-    ids = wire.kjt_bytes(B, m["features"], B * m["features"] * m["ids_per_feature"])
-    emb = wire.pooled_bytes(B, D)
-    idc, pc = wire.ID_COLLECTIVES, wire.PEER_ID_COLLECTIVES
-    if variant == "flat-table_wise":
-        return [("inter", N, idc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H),
-                ("intra", L, 0, (ids + 2 * emb) * (L - 1) / N)]
-    if variant == "flat-grid_shard":
-        return [("inter", N, idc, ids * (H - 1) / H), ("inter", H, 2, 2 * emb * (H - 1) / H),
-                ("intra", L, 2, 2 * emb * (L - 1))]
+    """(tier, group size, collectives, bytes) per rank per step for one variant at H x L
+    (`dmt_fx.cost.traffic.scale_traffic` of the variant's layout)."""
     if variant.startswith("torchrec-2d"):
-        shard = m["features"] * m["rows"] * (m["dim"] + 1) * wire.EMBEDDING_BYTES / H  # weights + row-wise state
-        return [("inter", H, idc + 2, (ids + 2 * emb) * (H - 1) / H),
-                ("intra", L, 1 / sync_every, 2 * shard * (L - 1) / L / sync_every)]
-    c = parse(variant).compression  # dmt-identity: 1, dmt-c<c>: c
-    return [("inter", H, pc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H / c),
-            ("intra", L, idc + 2, (ids + 2 * emb) * (L - 1) / L)]
+        return traffic.scale_traffic("torchrec-2d", H, L, m, sync_every)
+    if variant.startswith("flat-"):
+        return traffic.scale_traffic(variant, H, L, m, sync_every)
+    return traffic.scale_traffic(traffic.DMT, H, L, m, compression=parse(variant).compression)
 
 
 def scale_time(parts: list, lat: dict, beta_intra: float, beta_inter: float, t_compute: float) -> float:
-    total = t_compute
-    for tier, n, colls, nbytes in parts:
-        a_coll = lat["a_collective_inter_s"] if tier == "inter" else lat["a_collective_intra_s"]
-        total += colls * (a_coll + lat["a_message_s"] * (n - 1)) + nbytes / (beta_inter if tier == "inter" else beta_intra)
-    return total
+    """The one step model on the measured latency form: a_collective per call, a_message per peer."""
+    tiers = Tiers(Tier(lat["a_message_s"], beta_intra, lat["a_collective_intra_s"]),
+                  Tier(lat["a_message_s"], beta_inter, lat["a_collective_inter_s"]))
+    return step_terms(traffic.scale_load(parts, t_compute), tiers)["total"]
 
 
 SCALE_VARIANTS = ("flat-table_wise", "flat-grid_shard", "torchrec-2d", "torchrec-2d-sync100", "dmt-identity", "dmt-c4")

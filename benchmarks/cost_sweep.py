@@ -12,9 +12,14 @@ The first launch of each (topology, rate) runs the probe's latency mode
 `uptime` is recorded before and after each launch. The results JSON is rewritten after every
 launch, so a cut-off sweep keeps what it measured.
 
-Fit and predict: `dmt_fx.bench.cost_model.fit_step_model` on the training part of the sweep
+Fit and predict: `dmt_fx.cost.sweep.fit_step_model` on the training part of the sweep
 (--train: one batch, one rate or one topology), `predict_step` on every point; the error on
 the points NOT used for fitting is the headline (`held_out`), the in-sample error next to it.
+
+Save: `--save-params PATH` writes the fitted parameters of one split (--params-split, default
+the headline) as the JSON of `dmt_fx.cost.params` (schema "dmt_fx.cost_params/1"), which
+`AutoOptions(cost_params=PATH)` loads so plan="auto" ranks its candidates with the fitted
+model; `--params-network "2x2 200mbit"` adds that point's measured links ("tiers").
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.cost_model import extrapolate_measured, plot_measured  # noqa: E402
-from dmt_fx.bench.cost_fit import evaluate_sweep  # noqa: E402
+from dmt_fx.cost.sweep import cost_params, evaluate_sweep, sweep_tiers  # noqa: E402
 
 VARIANTS = "flat-table_wise,flat-grid_shard,torchrec-2d,dmt-identity,dmt-c2,dmt-c4"
 LOCK = "/tmp/dmtfx_netns.lock"
@@ -136,6 +141,11 @@ def main(argv=None) -> int:
     p.add_argument("--png", default="results/cost_extrapolation.png")
     p.add_argument("--train", default="batch=256", help="the points the model is fitted on: batch=B, "
                    "rate=R, topology=T (the rest is held out)")
+    p.add_argument("--save-params", help="write the fitted parameters (dmt_fx.cost_params/1 JSON) here, "
+                   "for AutoOptions(cost_params=PATH)")
+    p.add_argument("--params-split", default="headline", help="the split whose fit --save-params writes")
+    p.add_argument("--params-network", help='"TOPOLOGY RATE" of a probed point whose links --save-params '
+                   "adds (default: none; plan='auto' keeps the Topology's links)")
     args = p.parse_args(argv)
     sweep = json.load(open(args.from_json)) if args.from_json else run_sweep(args)
     if args.refresh:
@@ -159,7 +169,26 @@ def main(argv=None) -> int:
     extra = extrapolation(sweep, splits["headline"], args.png)
     save({"splits": splits, "extrapolation": extra}, args.fit_out)
     print(f"-> {args.fit_out}, {args.png}")
+    if args.save_params:
+        save_params(sweep, splits, args)
     return 0
+
+
+def save_params(sweep: dict, splits: dict, args: argparse.Namespace) -> None:
+    """The fit of one split as the JSON plan='auto' loads (dmt_fx.cost.params)."""
+    if args.params_split not in splits:
+        raise SystemExit(f"--params-split {args.params_split!r}: one of {sorted(splits)}")
+    tiers = None
+    if args.params_network:
+        probed = {f"{p['topology']} {p['rate']}": sweep_tiers(p) for p in sweep["points"] if sweep_tiers(p)}
+        if args.params_network not in probed:
+            raise SystemExit(f"--params-network {args.params_network!r}: one of {sorted(probed)}")
+        tiers = probed[args.params_network]
+    params = cost_params(splits[args.params_split], tiers, split=args.params_split,
+                         sweep=args.from_json or args.out, network=args.params_network)
+    os.makedirs(os.path.dirname(args.save_params) or ".", exist_ok=True)
+    params.save(args.save_params)
+    print(f"-> {args.save_params} (fitted parameters, {args.params_split})")
 
 
 def fmt_params(params: dict) -> str:

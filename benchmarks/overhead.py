@@ -44,6 +44,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dmt_fx  # noqa: E402
+from dmt_fx._compat import graph_module_call  # noqa: E402
 from dmt_fx.compiler.validation import LookupGuard  # noqa: E402
 from dmt_fx.ir.topology import Topology  # noqa: E402
 from dmt_fx.jobs.data import clicks  # noqa: E402
@@ -91,7 +92,7 @@ def validation_of(dmt) -> str:
     validator = getattr(dmt, "dmt_input_validator", None)
     if validator is None:
         return "off"
-    guarded = isinstance(vars(type(dmt)).get("_wrapped_call"), LookupGuard)
+    guarded = isinstance(graph_module_call(type(dmt)), LookupGuard)
     return "lookups" if guarded and any(validator.lookups_check_ids) else "full"
 
 

@@ -303,7 +303,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--compression", type=int, default=2)
     p.add_argument("--tower-module", default="dot",  # the compressing kinds: DMT-TM needs one that changes the model
-                   choices=[name for name, kind in TOWER_MODULES.items() if kind.changes_model])
+                   choices=[name for name, kind in TOWER_MODULES.items() if kind.changes_model and not kind.sequences])
     p.add_argument("--seed", type=int, default=0, help="generator, initial weights and batch order")
     p.add_argument("--partition-seed", type=int, default=None, help="seed of the random/learned partitioner "
                                                                      "(default --seed)")

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.utils import _pytree as pytree
 
+from dmt_fx._compat import pytree
 from dmt_fx.compiler.interactions import InteractionContext, interaction_kind
 from dmt_fx.compiler.interactions.context import PASS, derived_nodes, remove_dead_code
 from dmt_fx.compiler.tower_modules import TowerSpec

@@ -29,6 +29,7 @@ import operator
 import torch
 import torch.fx as fx
 
+from dmt_fx._compat import ebc_embedding_names
 from dmt_fx.compiler.joint import ids_of
 from dmt_fx.ir import ops
 from dmt_fx.ir.collections import sub_collection, sub_sequence_collection
@@ -189,7 +190,7 @@ class _Rewriter:
                          origin=site.node)
             self.nodes[site.node].replace_all_uses_with(merged)
         elif site.kind == "torchrec_ebc":
-            keys = tuple(self.gm.get_submodule(site.module)._embedding_names)
+            keys = tuple(ebc_embedding_names(self.gm.get_submodule(site.module)))
             merged = self.graph.call_function(ops.merge_keyed_tensors, (tuple(parts), keys))
             tag(merged, PASS, Role.MERGE, origin=site.node)
             self.nodes[site.node].replace_all_uses_with(merged)

@@ -14,14 +14,14 @@ from rich.console import Console
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 import dmt_fx
-from dmt_fx.bench import bytes as wire
 from dmt_fx.cli.auto_report import render_auto
 from dmt_fx.cli.main import main
 from dmt_fx.cli.plan import memory_size
-from dmt_fx.compiler.auto_plan import SHARDING_MODELS, AutoOptions, steptime
+from dmt_fx.compiler.auto_plan import SHARDING_MODELS, AutoOptions, Hardware
 from dmt_fx.compiler.auto_plan.candidates import Setup, cross_load, evaluate, intra_bytes
 from dmt_fx.compiler.auto_plan.shardings import TableLoad, table_wise_slots
 from dmt_fx.compiler.partitioners.balanced import balanced_plan
+from dmt_fx.cost import tiers_of, wire
 from dmt_fx.models.wide import wide_model
 from dmt_fx.models.zoo import default_dlrm
 from dmt_fx.runtime.shardings import SHARDINGS, HostRanks
@@ -51,12 +51,12 @@ def test_candidate_traffic_matches_the_measured_bytes(wide_sites, topology, c):
     topo = dmt_fx.Topology.parse(topology)
     pooling = {f.name: 1.0 for f in wide_sites.features}
     groups = [list(t.features) for t in balanced_plan(wide_sites, topo, pooling).towers]
-    setup = Setup(wide_sites, pooling, topo.num_hosts, topo.local_world_size, 32, steptime.tiers_of(topo),
-                  steptime.Hardware(), None, 0.0, None, shardings=("table_wise",))
+    setup = Setup(wide_sites, pooling, topo.num_hosts, topo.local_world_size, 32, tiers_of(topo),
+                  Hardware(), None, 0.0, None, shardings=("table_wise",))
     widths = [16 * len(g) // c for g in groups]  # concat interaction: W_t / c exactly
     candidate = evaluate(setup, groups, c, "linear", widths, [0.0] * len(groups))
     ids, embedding, intra = MEASURED[topology]
-    id_bytes = [steptime.kjt_bytes(32, len(g), 32 * len(g)) for g in groups]  # no weighted features here
+    id_bytes = [wire.kjt_bytes(32, len(g), 32 * len(g)) for g in groups]  # no weighted features here
     cross = [cross_load(setup, h, list(range(len(groups))), id_bytes, widths)[1] for h in range(topo.num_hosts)]
     assert sum(cross) / len(cross) == ids + embedding // c  # the meter's figure is the mean over ranks
     assert candidate.cross_bytes == max(cross)
@@ -69,12 +69,6 @@ def test_candidate_traffic_matches_the_measured_bytes(wide_sites, topology, c):
         load = SHARDING_MODELS["table_wise"](tables, topo.local_world_size, topo.num_hosts * 32)
         sent += [intra_bytes(setup, load, r) for r in range(topo.local_world_size)]
     assert sum(sent) / len(sent) == intra
-
-
-def test_byte_sizes_agree_with_the_one_byte_model():
-    assert (steptime.ID_BYTES, steptime.LENGTH_BYTES, steptime.EMBEDDING_BYTES, steptime.ID_COLLECTIVES) == (
-        wire.ID_BYTES, wire.LENGTH_BYTES, wire.EMBEDDING_BYTES, wire.ID_COLLECTIVES)
-    assert steptime.handshake_bytes() == wire.handshake_bytes()
 
 
 def test_sharding_models_follow_the_runtime():
@@ -106,6 +100,9 @@ def test_transform_auto_identity_keeps_the_model_and_explains(built_in):
     assert [(c.towers, c.towers_per_domain) for c in auto.candidates] == [(1, 1), (2, 1), (4, 2), (6, 3)]
     admissible = [c for c in auto.candidates if not c.refused]
     assert auto.candidates[auto.winner].step_s == min(c.step_s for c in admissible)
+    # the step times before the step model moved to dmt_fx.cost (a pure move: the same bits)
+    assert [c.step_s for c in auto.candidates] == [0.0001633195911111111, 0.0001626346488888889,
+                                                   0.00016270007111111114, 0.00016270007111111114]
     assert len(plan.towers) == auto.candidates[auto.winner].towers
     assert all(0.0 <= c.kept_affinity <= 1.0 for c in auto.candidates)
     assert auto.candidates[0].kept_affinity == 1.0  # one tower keeps every pair
@@ -207,13 +204,13 @@ def test_k_towers_per_host_sends_the_measured_bytes(wide_sites):
     model sees it so: the same cross bytes as the 2-tower plan."""
     topo = dmt_fx.Topology.parse("2x2")
     pooling = {f.name: 1.0 for f in wide_sites.features}
-    setup = Setup(wide_sites, pooling, 2, 2, 32, steptime.tiers_of(topo), steptime.Hardware(), None, 0.0, None)
+    setup = Setup(wide_sites, pooling, 2, 2, 32, tiers_of(topo), Hardware(), None, 0.0, None)
     names = [f.name for f in wide_sites.features]
     four = [names[i::4] for i in range(4)]
     widths = [16 * len(g) for g in four]
     k2 = evaluate(setup, four, 1, "identity", widths, [0.0] * 4, towers_per_domain=2)
     assert k2.tower_hosts == (0, 0, 1, 1) and k2.towers_per_domain == 2 and "2 per host" in k2.label
-    ids = [steptime.kjt_bytes(32, len(g), 32 * len(g)) for g in four]
+    ids = [wire.kjt_bytes(32, len(g), 32 * len(g)) for g in four]
     cross = [cross_load(setup, h, [0, 0, 1, 1], ids, widths)[1] for h in range(2)]
     assert sum(cross) / 2 == 36_864 == k2.cross_bytes
     two = [four[0] + four[1], four[2] + four[3]]

@@ -92,9 +92,9 @@ def test_the_codecs_send_16_bits(precision, forward, backward) -> None:
     the 2x2 test below runs them over gloo (a world of one skips the codecs)."""
     pair = codecs(precision)
     x = (torch.randn(3, 5, dtype=torch.float64) * 1e3).float()
-    for codec, dtype in ((pair.forward, forward), (pair.backward, backward)):
-        wire = codec.encode(x)
-        assert wire.dtype == dtype and wire.element_size() == 2
+    for codec, dtype, nbytes in zip((pair.forward, pair.backward), (forward, backward), wire_bytes(precision)):
+        wire = codec.encode(x)  # the cost model's bytes per element (dmt_fx.cost.wire) are the codec's
+        assert wire.dtype == dtype and wire.element_size() == nbytes == 2
         assert torch.equal(codec.decode(wire), x.to(dtype).float()) and not torch.equal(codec.decode(wire), x)
 
 

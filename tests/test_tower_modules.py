@@ -19,7 +19,7 @@ from dmt_fx.jobs.data import clicks
 
 ZOO_EQUAL_DIMS = ["torchrec_dlrm", "torchrec_dlrm_dcn", "torchrec_dlrm_projection", "reference_dlrm"]
 ZOO_MIXED_DIMS = ["weighted_shared", "two_collections", "plain_embedding"]
-COMPRESSING = [name for name, kind in TOWER_MODULES.items() if kind.changes_model]
+COMPRESSING = [name for name, kind in TOWER_MODULES.items() if kind.changes_model and not kind.sequences]
 
 
 def _spec(n: int = 4, d: int = 8, c: int = 2, vector_dim: int | None = None) -> TowerSpec:

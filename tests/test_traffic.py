@@ -6,7 +6,7 @@ flat table-wise baseline, then collectives of sizes the test itself chooses. The
 process checks the measurement against counts it makes WITHOUT the meter:
 
 * ids: the bytes of the lengths and values of the very KJTs each rank was fed
-  (`element_size()` of the tensors), and the byte model of `dmt_fx.bench.bytes`;
+  (`element_size()` of the tensors), and the byte model of `dmt_fx.cost.wire`;
 * the dense all-reduce: the dense parameters of the original model (DDP's buckets carry
   every dense gradient once per step), so `dense_allreduce_payload_bytes` is measured;
 * known collectives: what the test sent (12 floats, 12 int64, uneven rows ...);
@@ -38,7 +38,7 @@ import pytest
 import torch
 
 import dmt_fx
-from dmt_fx.bench import bytes as wire
+from dmt_fx.cost import wire
 from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 from examples import torchrec_dlrm as ex
 from tests.harness.launch import run_world

@@ -18,13 +18,13 @@ loss trains like the global-batch mean.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ModuleSharder, ShardingEnv, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
@@ -32,7 +32,8 @@ from dmt_fx.ir.errors import DMTError
 from dmt_fx.runtime.groups import runtime_device
 from dmt_fx.runtime.optim import FUSED, copy_into_shards, fused_params
 
-__all__ = ["FUSED", "embedding_collections", "fused_params", "runtime_device", "shard", "table_weights"]
+__all__ = ["FUSED", "embedding_collections", "fused_params", "runtime_device", "shard", "sharded_collections",
+           "table_weights"]
 
 
 def embedding_collections(model: nn.Module) -> list[tuple[str, EmbeddingBagCollection]]:
@@ -49,18 +50,35 @@ def embedding_collections(model: nn.Module) -> list[tuple[str, EmbeddingBagColle
     return found
 
 
-def table_weights(ebc: nn.Module) -> dict[str, torch.Tensor]:
-    """The collection's full tables by state_dict key, referenced (no copy)."""
-    return {k: v for k, v in ebc.state_dict(keep_vars=True).items() if k.startswith("embedding_bags.")}
+def sharded_collections(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, collection) of every EmbeddingBagCollection and EmbeddingCollection (sequence,
+    unpooled) of `model`, in module order: what the flat baselines shard."""
+    found = [(path, m) for path, m in model.named_modules()
+             if isinstance(m, (EmbeddingBagCollection, EmbeddingCollection))]
+    if not any(isinstance(m, EmbeddingCollection) for _, m in found):
+        return embedding_collections(model)  # its refusals: no collection, a collection as the model
+    if any(path == "" for path, _ in found):
+        raise DMTError(f"a {type(model).__name__} as the whole model", "a model that contains its collections",
+                       ["wrap the collection in a small nn.Module"])
+    return found
 
 
-def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder,
+def table_weights(collection: nn.Module) -> dict[str, torch.Tensor]:
+    """The collection's full tables by state_dict key, referenced (no copy): `embedding_bags.*`
+    of an EmbeddingBagCollection, `embeddings.*` of an EmbeddingCollection."""
+    prefix = "embeddings." if isinstance(collection, EmbeddingCollection) else "embedding_bags."
+    return {k: v for k, v in collection.state_dict(keep_vars=True).items() if k.startswith(prefix)}
+
+
+def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder | Sequence[ModuleSharder],
           tables: Mapping[str, Mapping[str, torch.Tensor]], optimizer_class: type,
           optimizer_kwargs: Mapping[str, Any]) -> tuple[DistributedModelParallel, CombinedOptimizer]:
-    """`model` under DMP over the whole world with `plan` (module path -> module plan);
-    `tables` (module path -> full tables by key) are copied into the new shards."""
+    """`model` under DMP over the whole world with `plan` (module path -> module plan) and
+    `sharder` (one, or one per collection type); `tables` (module path -> full tables by
+    key) are copied into the new shards."""
+    sharders = list(sharder) if isinstance(sharder, Sequence) else [sharder]
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(torch.distributed.group.WORLD),
-                                   device=runtime_device(), plan=ShardingPlan(dict(plan)), sharders=[sharder])
+                                   device=runtime_device(), plan=ShardingPlan(dict(plan)), sharders=sharders)
     for path, weights in tables.items():
         copy_into_shards(dmp.module.get_submodule(path).state_dict(), weights)
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))

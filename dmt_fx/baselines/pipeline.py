@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch.autograd.profiler import record_function
 from torchrec.distributed.train_pipeline.train_pipelines import TrainPipelineSparseDist
 
+from dmt_fx._compat import StagedTrainPipeline
+from dmt_fx._compat import pipelined_modules as compat_pipelined_modules
 from dmt_fx.baselines.registry import BASELINES, FLAT, baseline_names
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
@@ -54,16 +56,11 @@ class TrainModel(nn.Module):
         return loss, (loss.detach(), out.detach())
 
 
-class StagedSparseDist(TrainPipelineSparseDist):
+class StagedSparseDist(StagedTrainPipeline):
     """TorchRec's pipeline with the step's stages in dmt_fx's profiler ranges (breakdown_s)."""
 
-    def _backward(self, losses: torch.Tensor) -> None:
-        with record_function(stage_range(Stage.BACKWARD)):
-            super()._backward(losses)
-
-    def _optimizer_step(self) -> None:
-        with record_function(stage_range(Stage.OPTIMIZER)):
-            super()._optimizer_step()
+    def stage(self, name: str) -> record_function:
+        return record_function(stage_range(Stage.BACKWARD if name == "backward" else Stage.OPTIMIZER))
 
 
 def check_pipelinable(name: str) -> None:
@@ -86,4 +83,4 @@ def flat_pipeline(module: nn.Module, optimizer: torch.optim.Optimizer) -> TrainP
 
 def pipelined_modules(pipeline: TrainPipelineSparseDist) -> list[str]:
     """The sharded modules whose input dist TorchRec pipelined (known after the first progress)."""
-    return [getattr(m.forward, "name", type(m).__name__) for m in pipeline._pipelined_modules]
+    return [getattr(m.forward, "name", type(m).__name__) for m in compat_pipelined_modules(pipeline)]

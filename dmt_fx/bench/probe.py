@@ -11,7 +11,7 @@ Latency mode (`--latency`; `probe(..., latency=True)` or DMT_FX_PROBE_LATENCY=1,
 back with a FIXED total of bytes (k = 1 .. 16: more messages, same bytes) and one all-to-all
 of varying bytes; the slowest rank's median per point, and alpha (seconds per collective and
 per message) and beta (bytes per second) fitted by least squares
-(`dmt_fx.bench.cost_fit.fit_alpha_beta`) with the residuals, under probe.json["latency"].
+(`dmt_fx.cost.fit.fit_alpha_beta`) with the residuals, under probe.json["latency"].
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from dmt_fx.bench.cost_fit import fit_alpha_beta
 from dmt_fx.bench.netns import IFNAME, EmulatedCluster, EmulationError
+from dmt_fx.cost.fit import fit_alpha_beta
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.launch import launch
 

@@ -13,6 +13,11 @@ so the cross-host embedding bytes of dmt-c<N> show the compression exactly. (The
 DLRM's dot interaction needs whole D-wide vectors: ceil(n_t / c) x D, not exact for
 c = 8 with 2 to 4 features per tower.)
 
+`--target dmt_fx.models.sequences:sequence_model` is a pooled + sequence model (8 pooled
+features, 2 sequences of mean length 10, dim 16): the flat plans shard its
+EmbeddingCollection with TorchRec's sequence sharder, DMT sends its rows in the jagged peer
+exchange (benchmarks/reports/2026-12-07-sequence-traffic.md).
+
 Fast domains wider than a host (`ranks_per_host`, `--ranks-per-host`): "2x2" with
 ranks_per_host=1 is 2 domains of 2 ranks run as 4 torchrun agents of 1 rank. The meter's
 tiers follow the topology's domains (its `host_of`), so on such a world `cross_host_*` is

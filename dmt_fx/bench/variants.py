@@ -7,6 +7,8 @@ record), so the names stay as they are; this module is the one place that reads 
     BASE      := "dmt"                  DMT, tower module and compression from the flags
                | "dmt-identity"         DMT, identity towers (c = 1)
                | "dmt-c" N              DMT, linear tower modules of compression N
+               | "dmt-seqmean-c" N      DMT, sequence tower modules seq_mean of compression N
+               | "dmt-seqattn-c" N      DMT, sequence tower modules seq_attention of compression N
                | "flat-" SHARDING       the original model under TorchRec DMP over the world
                | any other baseline     (torchrec-2d, torchrec-towers, a user's)
 
@@ -30,6 +32,8 @@ __all__ = ["DMT", "FLAT", "OTHER", "PIPELINE_SUFFIX", "QCOMMS", "Variant", "is_d
 
 DMT, FLAT, OTHER = "dmt", "flat", "baseline"  # families
 _COMPRESSED = "dmt-c"
+# sequence tower modules (compiler/tower_modules/sequence.py): name prefix -> kind
+SEQUENCE_KINDS = {"dmt-seqmean-c": "seq_mean", "dmt-seqattn-c": "seq_attention"}
 QCOMMS = "fp16"  # the precision the default variant lists add: TorchRec's usual production qcomms
 
 
@@ -55,7 +59,8 @@ class Variant:
             return str(self.kind)
         if self.kind is None:
             return "dmt"
-        return "dmt-identity" if self.kind == "identity" else f"{_COMPRESSED}{self.compression}"
+        prefix = next((p for p, k in SEQUENCE_KINDS.items() if k == self.kind), _COMPRESSED)
+        return "dmt-identity" if self.kind == "identity" else f"{prefix}{self.compression}"
 
     @property
     def unpipelined(self) -> str:
@@ -93,6 +98,13 @@ def _base(text: str, name: str) -> Variant:
         return Variant(DMT)
     if text == "dmt-identity":
         return Variant(DMT, "identity")
+    for prefix, kind in SEQUENCE_KINDS.items():
+        if text.startswith(prefix):
+            digits = text[len(prefix):]
+            if not digits.isdigit() or int(digits) < 1:
+                raise DMTError(f"variant {name!r}", f"{prefix}<N> with N a positive integer (the compression)",
+                               [f"e.g. {prefix}4"])
+            return Variant(DMT, kind, int(digits))
     if text.startswith(_COMPRESSED):
         digits = text[len(_COMPRESSED):]
         if not digits.isdigit() or int(digits) < 1:
@@ -100,7 +112,8 @@ def _base(text: str, name: str) -> Variant:
                            ["e.g. dmt-c4"])
         return Variant(DMT, "linear", int(digits))
     if text.startswith("dmt-"):
-        raise DMTError(f"variant {name!r}", "dmt, dmt-identity or dmt-c<N>", ["e.g. dmt-identity or dmt-c4"])
+        raise DMTError(f"variant {name!r}", "dmt, dmt-identity, dmt-c<N>, dmt-seqmean-c<N> or dmt-seqattn-c<N>",
+                       ["e.g. dmt-identity or dmt-c4"])
     if text.startswith("flat-"):
         return Variant(FLAT, text[len("flat-"):])
     return Variant(OTHER, text)

@@ -46,7 +46,8 @@ def _add_traffic(subs: Any) -> None:
                         help="torchrun hosts of R ranks: each topology's domains span several hosts (e.g. "
                              "--topologies 2x2 --ranks-per-host 1: 2 domains on 4 hosts); cross_domain_* fields")
     parser.add_argument("--target", default=bench.BENCH_TARGET,
-                        help="model factory (default %(default)s: concat interaction, c = 2, 4, 8 exact)")
+                        help="model factory (default %(default)s: concat interaction, c = 2, 4, 8 exact; "
+                             "dmt_fx.models.sequences:sequence_model: pooled + sequence features)")
     add_towers_per_domain(parser)
     parser.add_argument("--steps", type=int, default=3, help="steps per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="left out of the means (default 1)")

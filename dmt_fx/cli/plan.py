@@ -2,7 +2,7 @@
 
 `--format json` adds the plan itself (`.plan`), which `--plan FILE` and
 `dmt_fx.transform(..., plan=)` take back. `--auto [--link-bandwidths INTRA,INTER]
-[--memory-per-rank B] [--quality-budget Q]` lets the cost model choose towers (k per host:
+[--memory-per-rank B] [--quality-budget Q] [--cost-params FILE]` lets the cost model choose towers (k per host:
 1, 2, ..., or only `--towers-per-domain K`), compression and each host's sharding
 (plan="auto", kept in the plan's towers) and explains the choice (`.auto` in JSON).
 """
@@ -45,6 +45,9 @@ def add_parser(verbs: Any) -> None:
     parser.add_argument("--quality-budget", metavar="Q", type=float, default=DEFAULT_QUALITY_BUDGET,
                         help="with --auto: share of pairwise affinity a compressing plan keeps inside towers "
                              f"(default {DEFAULT_QUALITY_BUDGET})")
+    parser.add_argument("--cost-params", metavar="FILE", default=None,
+                        help="with --auto: the step model's fitted parameters (benchmarks/cost_sweep.py "
+                             "--save-params); default: the model at face value")
     parser.set_defaults(run=run_plan)
 
 
@@ -103,7 +106,7 @@ def auto_target(args: argparse.Namespace):
         links["ranks_per_host"] = args.ranks_per_host
     topology = Topology.parse(args.topology, **links)  # before the (slow) model build: fail fast
     options = AutoOptions(memory_per_rank=args.memory_per_rank, quality_budget=args.quality_budget,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, cost_params=getattr(args, "cost_params", None))
     model, inputs = load_target(args.target)
     return transform(model, topology, example_inputs=inputs, plan=options, tower_module=args.tower_module,
                      seed=args.seed, towers_per_domain=getattr(args, "towers_per_domain", 1))  # k > 1: only that k

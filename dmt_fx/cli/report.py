@@ -10,15 +10,16 @@ from typing import Any
 
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.node import _get_qualified_name
 
-from dmt_fx.bench import bytes as wire
+from dmt_fx._compat import qualified_name
 from dmt_fx.compiler.capture import capture
 from dmt_fx.compiler.tower_modules import CompressingTowerModule
+from dmt_fx.compiler.tower_modules.sequence import SequenceTower
+from dmt_fx.cost import wire
 from dmt_fx.ir.result import dmt_result
 
 EXCHANGE_ROLES = ("peer_input_exchange", "peer_output_exchange")
-# the one byte model (dmt_fx.bench.bytes), re-exported under the names this module had
+# the one byte model (dmt_fx.cost.wire), re-exported under the names this module had
 ID_BYTES, LENGTH_BYTES, EMBEDDING_BYTES = wire.ID_BYTES, wire.LENGTH_BYTES, wire.EMBEDDING_BYTES
 _ARGS_WIDTH = 80
 
@@ -68,7 +69,7 @@ def readable_target(node: fx.Node) -> str:
     if isinstance(target, str):
         return target
     try:
-        name = _get_qualified_name(target)  # torch.relu, not torch._VariableFunctionsClass.relu
+        name = qualified_name(target)  # torch.relu, not torch._VariableFunctionsClass.relu
     except Exception:  # a callable torch cannot name (a lambda, a partial)
         name = getattr(target, "__qualname__", None) or repr(target)
     return name.replace("_operator.", "operator.", 1).replace("builtins.", "", 1)
@@ -108,7 +109,7 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
       output exchange = B * (sum_f dim_f) * 4 * (H - 1) / H   (the tower module's output width
                       instead of sum_f dim_f when tower modules compress; a sequence feature
                       counts dim_f * its mean length: one row per id)
-    8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.bench.bytes`, what the
+    8 bytes per int64 id and per int64 length, fp32 outputs (`dmt_fx.cost.wire`, what the
     traffic meter measures; the split-size handshake is left out); (H - 1) / H is the share of a
     rank's batch that lives on other hosts. The plan stores only each tower's lookup cost
     (sum_f pooling_f * dim_f * 4), so sum_f pooling_f is estimated as
@@ -122,8 +123,11 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
     for tower in plan.towers:
         dims = [sites.feature(f).dim for f in tower.features]
         # a sequence feature sends back one row per id: its mean length of rows per sample
-        rows = sum(f.dim * (f.mean_length if f.sequence else 1.0) for f in map(sites.feature, tower.features))
-        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, widths.get(tower.index, rows))
+        width = widths.get(tower.index)  # an int (compressing), or per feature (a sequence tower module)
+        reduced = width if isinstance(width, dict) else {}
+        rows = sum(reduced.get(f.name, f.dim * (f.mean_length if f.sequence else 1.0))
+                   for f in map(sites.feature, tower.features))
+        ids, outs = _tower_bytes(tower.lookup_cost, dims, batch_size, hosts, width if isinstance(width, int) else rows)
         for kind, size in zip(EXCHANGE_ROLES, (ids, outs)):
             collectives.append({"name": exchanges.get((kind, tower.index), f"{kind}[{tower.index}]"),
                                 "kind": kind, "tower": tower.index, "group": "cross-host",
@@ -141,16 +145,19 @@ def plan_report(gm: fx.GraphModule, batch_size: int = 512) -> dict[str, Any]:
         "changes_model": plan.changes_model,
         "composites": _composites(sites, plan.tower_of()),
         "joint_tables": _joint_tables(sites, plan),
-        "sequences": _sequences(sites, plan),
+        "sequences": _sequences(sites, plan, gm.meta.get("dmt_sequence_reductions", {})),
         "warnings": list(plan.warnings),
     }
 
 
-def _sequences(sites: Any, plan: Any) -> list[dict[str, Any]]:
-    """Sequence (unpooled) features: their towers and mean ids per sample on the example batch."""
+def _sequences(sites: Any, plan: Any, reductions: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sequence (unpooled) features: their towers, mean ids per sample on the example batch,
+    and the model's own reduction of each (`reduction`: whether a sequence tower module can
+    take its place; compiler/sequence_reductions.py), where the transform had example inputs."""
     tower_of = plan.tower_of()
     return [{"feature": f.name, "table": f.table, "dim": f.dim, "mean_length": f.mean_length,
-             "tower": tower_of[f.name]} for f in sites.features if f.sequence]
+             "tower": tower_of[f.name], **({"reduction": reductions[f.name]} if f.name in reductions else {})}
+            for f in sites.features if f.sequence]
 
 
 def _joint_tables(sites: Any, plan: Any) -> list[dict[str, Any]]:
@@ -179,9 +186,14 @@ def _composites(sites: Any, tower_of: dict[str, int]) -> list[dict[str, Any]]:
     return rows
 
 
-def _compressed_widths(gm: fx.GraphModule) -> dict[int, int]:
-    """Tower index -> output width of its compressing tower module (none for identity towers)."""
-    return {m.spec.index: m.spec.out_width for m in gm.modules() if isinstance(m, CompressingTowerModule)}
+def _compressed_widths(gm: fx.GraphModule) -> dict[int, Any]:
+    """Tower index -> output width of its compressing tower module (none for identity towers),
+    or for a sequence tower module (`seq_mean`, ...) its features' reduced widths by name."""
+    widths: dict[int, Any] = {m.spec.index: m.spec.out_width for m in gm.modules()
+                              if isinstance(m, CompressingTowerModule)}
+    widths.update({m.spec.index: dict(zip(m.features, m.widths)) for m in gm.modules()
+                   if isinstance(m, SequenceTower)})
+    return widths
 
 
 def _tower_bytes(lookup_cost: float, dims: list[int], batch: int, hosts: int,

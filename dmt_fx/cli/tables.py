@@ -142,8 +142,12 @@ def sequences_table(sequences: list[Record]) -> Table:
     """Sequence (unpooled) features: one row back per id, their mean length on the example batch."""
     table = _table("sequence features (unpooled: one row per id)", ["feature", "table", "dim", "mean length", "tower"],
                    right=("dim", "mean length", "tower"), left_title=True)
+    verdicts = any("reduction" in s for s in sequences)
+    if verdicts:  # the model's own reduction: can a sequence tower module (seq_mean, ...) take its place?
+        table.add_column("model's reduction")
     for s in sequences:
-        table.add_row(s["feature"], s["table"], str(s["dim"]), f"{s['mean_length']:.2f}", str(s["tower"]))
+        row = [s["feature"], s["table"], str(s["dim"]), f"{s['mean_length']:.2f}", str(s["tower"])]
+        table.add_row(*row, *([s.get("reduction", {}).get("verdict", "")] if verdicts else []))
     return table
 
 

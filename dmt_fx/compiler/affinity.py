@@ -57,10 +57,10 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 from rich.progress import Progress
-from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
+from dmt_fx._compat import ebc_embedding_names, pytree
 from dmt_fx.compiler.cka import feature_affinity as feature_affinity  # re-exported: its old home
 from dmt_fx.compiler.eager import eval_mode, hooked_runs, run_with_hooks
 from dmt_fx.ir.errors import DMTError
@@ -74,7 +74,7 @@ def _ebc_key_of(fqn: str, ebc: EmbeddingBagCollection) -> dict[tuple[str, str], 
     `key@table`; `_embedding_names` follows the tables' order, so zip it with the configs."""
     pairs = [(f"{fqn}.embedding_bags.{config.name}", key)
              for config in ebc.embedding_bag_configs() for key in config.feature_names]
-    return dict(zip(pairs, ebc._embedding_names))
+    return dict(zip(pairs, ebc_embedding_names(ebc)))
 
 
 def _per_sample(output: torch.Tensor) -> torch.Tensor:

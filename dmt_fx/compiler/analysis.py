@@ -17,6 +17,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from dmt_fx._compat import ASSERT_OPS, EMBEDDING_BAG_OP
 from dmt_fx.compiler.interactions import match_interaction
 from dmt_fx.compiler.joint import JointOffsets, joint_offsets
 from dmt_fx.ir.errors import NoEmbeddingError, NoInteractionError
@@ -26,7 +27,7 @@ _POOLING = {0: "sum", 1: "mean", 2: "max"}
 _EXPORT_BAG_OPS = {
     torch.ops.aten.embedding_bag.padding_idx,
     torch.ops.aten.embedding_bag.default,
-    torch.ops.aten._embedding_bag.default,
+    EMBEDDING_BAG_OP,
 }
 _EXPORT_EMBEDDING_OPS = {torch.ops.aten.embedding.default}
 Found = tuple[EmbeddingSite, list[Feature], list[Table]]  # one lookup's site, its features and tables
@@ -243,8 +244,7 @@ def _inputs(node: fx.Node) -> Iterable[fx.Node]:
 _METADATA_METHODS = {"size", "stride", "dim", "numel", "keys"}
 _METADATA_ATTRS = {"shape", "dtype", "device"}
 _METADATA_FUNCTIONS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_stride.int, torch.ops.aten.sym_numel.default,
-                       len, torch._assert, torch.ops.aten._assert_scalar.default,
-                       torch.ops.aten._assert_tensor_metadata.default}  # export's check of a .long() cast
+                       len, *ASSERT_OPS}  # ASSERT_OPS: export's checks (of a .long() cast, ...)
 _GUARDS = "_guards_fn"  # torch.export's shape guards: they check inputs and return nothing
 
 
@@ -356,6 +356,8 @@ def require_interaction(sites: ModelSites, why: str) -> None:
             "pooled features only: a compressing tower module compresses a tower's pooled rows, and a "
             "sequence feature returns one row per id",
             ["keep tower_module='identity' (the default): sequence features run exact, distributed too",
+             "or tower_module='seq_mean' / 'seq_attention': a sequence kind reduces each EmbeddingCollection "
+             "sequence inside its host (pooled features kept as they are)",
              "or pool the sequences in the model (an EmbeddingBagCollection, nn.EmbeddingBag) to compress them"],
         )
     if sites.interaction.parts:

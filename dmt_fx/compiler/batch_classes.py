@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
-from torch.utils import _pytree as pytree
 
+from dmt_fx._compat import pytree
 from dmt_fx.ir.errors import CaptureError
 
 # dict types pytree knows natively: their dynamic shapes are written like the inputs

@@ -29,10 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.export import Dim
-from torch.utils import _pytree as pytree
 from torchrec.fx.tracer import Tracer
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from dmt_fx._compat import ConvNd, pytree
 from dmt_fx.compiler.batch_classes import is_user_node, register_batch_classes
 from dmt_fx.compiler.interactions import keeps_whole
 from dmt_fx.compiler.modes import (
@@ -210,7 +210,7 @@ def _check_supported(model: nn.Module) -> None:
 
 def _table_parameters(model: nn.Module) -> list[str]:
     """2-D float parameters outside the dense layers: tables a functional lookup may read."""
-    dense = (nn.Linear, nn.Bilinear, nn.MultiheadAttention, nn.modules.conv._ConvNd)
+    dense = (nn.Linear, nn.Bilinear, nn.MultiheadAttention, ConvNd)
     return [f"{fqn}.{name}" for fqn, m in model.named_modules() if not isinstance(m, dense)
             for name, p in m.named_parameters(recurse=False) if p.dim() == 2 and p.is_floating_point()]
 

@@ -37,13 +37,22 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dmt_fx._compat import (
+    BATCH_NORM_LEGIT_OPS,
+    DropoutNd,
+    NormBase,
+    module_buffers,
+    module_children,
+    module_parameters,
+    set_module_dicts,
+)
 from dmt_fx.compiler.support import EMBEDDING_TYPES
 from dmt_fx.ir.errors import ModeError
 
 aten = torch.ops.aten
 
 # torch modules whose forward depends on self.training
-MODE_TYPES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase, nn.RReLU)
+MODE_TYPES = (DropoutNd, NormBase, nn.RReLU)
 
 # dropout functions, each called as fn(input, p, training); the keywords torch's F.* versions take
 DROPOUT_FUNCTIONS = (aten.dropout.default, aten.feature_dropout.default, aten.alpha_dropout.default,
@@ -52,7 +61,7 @@ DROPOUT_FUNCTIONS = (aten.dropout.default, aten.feature_dropout.default, aten.al
 
 # ops whose fixed training argument cannot be handed to a module here
 FIXED_MODE_OPS = (aten.batch_norm.default, aten.native_batch_norm.default, aten.instance_norm.default,
-                  aten._native_batch_norm_legit.default, aten._native_batch_norm_legit_functional.default,
+                  *BATCH_NORM_LEGIT_OPS,
                   aten.rrelu.default, aten.rrelu_with_noise.default, F.batch_norm, F.instance_norm, F.rrelu)
 
 
@@ -160,10 +169,8 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     """The user's module with its own mode flag but the same parameters and buffers, so the
     DMT model's train()/eval() never flips a module of the user's model."""
     clone = copy.copy(module)
-    for attr in ("_parameters", "_buffers", "_modules"):
-        object.__setattr__(clone, attr, dict(getattr(module, attr)))
-    clone._modules = {name: _shallow_copy(child) for name, child in module._modules.items()
-                      if child is not None}
+    children = {name: _shallow_copy(child) for name, child in module_children(module).items() if child is not None}
+    set_module_dicts(clone, dict(module_parameters(module)), dict(module_buffers(module)), children)
     return clone
 
 

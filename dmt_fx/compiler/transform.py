@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
+from dmt_fx._compat import pytree
 from dmt_fx.compiler.analysis import analyze, require_interaction
 from dmt_fx.compiler.auto_plan import AutoOptions, auto_plan
 from dmt_fx.compiler.capture import capture
@@ -38,6 +38,7 @@ from dmt_fx.compiler.partitioners import Partitioner, make_partition
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
 from dmt_fx.compiler.pass_runner import Pass, run_passes
 from dmt_fx.compiler.plans import validate_plan
+from dmt_fx.compiler.sequence_towers import check_sequence_kind, reductions_of, sequence_specs
 from dmt_fx.compiler.sequences import pooling_by_feature, with_sequences
 from dmt_fx.compiler.tower_modules import TowerModuleFactory, TowerModuleKind, TowerSpec, out_width, tower_module_kind
 from dmt_fx.ir.errors import DMTError, ExampleInputsError, PassError, TopologyError
@@ -48,6 +49,7 @@ from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.ir.topology import Topology
 from dmt_fx.passes.cleanup import cleanup_pass
 from dmt_fx.passes.interaction import interaction_pass
+from dmt_fx.passes.sequence_towers import sequence_towers_pass
 from dmt_fx.passes.sptt import sptt_pass
 from dmt_fx.passes.tower_modules import tower_modules_pass
 from dmt_fx.passes.validate_inputs import validate_inputs_pass
@@ -129,16 +131,22 @@ def transform(
         plan, compression, kind = auto.plan, auto.compression, tower_module_kind(auto.tower_module)
         towers_per_domain = 1  # the chosen plan places its towers itself
     changes_model = kind.changes_model
-    if changes_model:  # compressed towers feed the interaction: a model must have one
+    reductions = reductions_of(gm, sites, inputs, route)  # the model's own reductions of its sequences
+    if kind.sequences:  # the sequences reduced in their towers feed the model's reductions
+        check_sequence_kind(kind, sites, reductions, inputs, auto is not None)
+    elif changes_model:  # compressed towers feed the interaction: a model must have one
         require_interaction(sites, f"tower_module={kind.name!r}")
     made = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed, towers_per_domain)
     tower_plan_ = dataclasses.replace(made, changes_model=changes_model)
-    specs = tower_specs(tower_plan_, sites, compression, inputs, changes_model=changes_model)
+    specs = sequence_specs(tower_plan_, sites, compression) if kind.sequences else tower_specs(
+        tower_plan_, sites, compression, inputs, changes_model=changes_model)
     if changes_model:
         log.warning("transform: tower_module=%r with compression %d changes the model "
-                    "(tower modules and the interaction are rebuilt and must be trained)", kind.name, compression)
-    passes = graph_passes(sites, tower_plan_, kind, specs, inputs, validate_inputs=validate_inputs)
+                    "(tower modules and the layers they feed are new or rebuilt and must be trained)", kind.name, compression)
+    passes = graph_passes(sites, tower_plan_, kind, specs, inputs, validate_inputs=validate_inputs,
+                          reductions=reductions)
     records = run_passes(gm, passes, disabled=disable_passes)
+    gm.meta["dmt_sequence_reductions"] = {f: r.as_record() for f, r in reductions.items()}  # for dmt-fx plan
     renames = dict(gm.meta.pop("dmt_renames", {}))
     gm.meta["dmt"] = DMTResult.of(gm, tower_plan_, sites, topology, route, records, renames)
     if auto is not None:  # why plan="auto" chose this plan (dmt-fx plan --auto renders it)
@@ -238,15 +246,19 @@ def _make_plan(plan: TowerPlan | Mapping | str | None, partitioner: str | Partit
 
 
 def graph_passes(sites: ModelSites, plan: TowerPlan, kind: TowerModuleKind, specs: Sequence[TowerSpec],
-                 inputs: tuple | None, *, validate_inputs: bool = True) -> list[tuple[str, Pass, bool]]:
+                 inputs: tuple | None, *, validate_inputs: bool = True,
+                 reductions: Mapping[str, Any] | None = None) -> list[tuple[str, Pass, bool]]:
     """The pass list, configuration bound: (name, pass, changes_model). Pure: runs nothing."""
     changes = kind.changes_model
-    passes: list[tuple[str, Pass, bool]] = [
-        ("sptt", functools.partial(sptt_pass, sites=sites, plan=plan), False),
-        ("tower_modules", functools.partial(tower_modules_pass, plan=plan,
-                                            make_module=lambda tower: kind.build(specs[tower.index])), changes),
-    ]
-    if changes:
+    passes: list[tuple[str, Pass, bool]] = [("sptt", functools.partial(sptt_pass, sites=sites, plan=plan), False)]
+    if kind.sequences:  # instead of tower_modules + interaction (passes/sequence_towers.py)
+        passes.append(("sequence_towers", functools.partial(sequence_towers_pass, sites=sites, plan=plan, kind=kind,
+                                                            specs=list(specs), reductions=reductions or {}), True))
+    else:
+        passes.append(("tower_modules", functools.partial(tower_modules_pass, plan=plan,
+                                                          make_module=lambda tower: kind.build(specs[tower.index])),
+                       changes))
+    if changes and not kind.sequences:
         passes.append(("interaction", functools.partial(interaction_pass, sites=sites, specs=list(specs),
                                                         example_inputs=inputs), True))
     passes.append(("cleanup", cleanup_pass, False))

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dmt_fx._compat import graph_module_call, set_graph_module_call
 from dmt_fx.ir.errors import DMTError
 
 _INT = (torch.int32, torch.int64)
@@ -123,10 +124,10 @@ def install_lookup_guard(gm: nn.Module, path: str) -> bool:
     alone, and keeps `_wrapped_call` when recompiled). False, and the full checks stay, where
     the class has no `_wrapped_call` to wrap."""
     cls = type(gm)
-    call = vars(cls).get("_wrapped_call")
+    call = graph_module_call(cls)
     if call is None or isinstance(call, LookupGuard):
         return isinstance(call, LookupGuard)
-    cls._wrapped_call = LookupGuard(call, path)
+    set_graph_module_call(cls, LookupGuard(call, path))
     return True
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch.fx as fx
 
+from dmt_fx._compat import graph_root
+
 
 def tag(node: fx.Node, pass_name: str, role: str, **extra: Any) -> fx.Node:
     """Record provenance: which pass made the node, its DMT role, tower and origin."""
@@ -37,7 +39,7 @@ def stable_toposort(graph: fx.Graph) -> None:
     assert len(ordered) == len(nodes), "cycle in the rewritten graph"
     if ordered == nodes:
         return
-    cursor = graph._root
+    cursor = graph_root(graph)
     for node in ordered:
         cursor.append(node)
         cursor = node

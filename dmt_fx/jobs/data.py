@@ -6,8 +6,9 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from dmt_fx._compat import pytree
 
 
 def slice_kjt(kjt: KeyedJaggedTensor, start: int, stop: int) -> KeyedJaggedTensor:

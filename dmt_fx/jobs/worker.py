@@ -40,6 +40,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 import dmt_fx
+from dmt_fx._compat import exit_now
 from dmt_fx.bench import variants
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
@@ -148,6 +149,8 @@ def build(args: argparse.Namespace, topology: Topology):
     kind, compression, variant = args.tower_module, args.compression, variants.parse(args.variant)
     if variant.kind == "linear":  # e.g. dmt-c4: compressing tower modules, c = 4
         kind, compression = (kind if kind != "identity" else "linear"), variant.compression
+    elif variant.kind in variants.SEQUENCE_KINDS.values():  # e.g. dmt-seqmean-c4: sequence tower modules
+        kind, compression = variant.kind, variant.compression
     torch.manual_seed(0)  # tower modules start equal on every rank (and in a reference run)
     gm = dmt_fx.transform(model, topology, example_inputs=example_inputs, tower_module=kind,
                           compression=compression, plan=args.plan, towers_per_domain=args.towers_per_domain)
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
               f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
         traceback.print_exc()
         settle_refusal(exc)
-        os._exit(1)  # skip teardown: a collective with a dead peer could block it
+        exit_now(1)  # skip teardown: a collective with a dead peer could block it
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
     dmt_fx.shutdown()  # a barrier, then teardown that cannot hang at exit (runtime/shutdown.py)

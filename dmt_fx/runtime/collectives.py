@@ -39,7 +39,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 import torchrec.distributed.comm_ops  # noqa: F401 (registers the torchrec:: collective ops)
-from torch.distributed import distributed_c10d
+
+from dmt_fx._compat import functional_collective_namespaces, resolve_process_group
 
 __all__ = ["OPS", "Collective", "Sent", "group_ranks", "payload_kind"]
 
@@ -74,7 +75,7 @@ def group_ranks(group: Any) -> list[int]:
     if isinstance(group, torch.ScriptObject):
         group = dist.ProcessGroup.unbox(group)
     elif isinstance(group, str):  # funcol passes the group's registered name
-        group = distributed_c10d._resolve_process_group(group)
+        group = resolve_process_group(group)
     return list(dist.get_process_group_ranks(group))
 
 
@@ -233,8 +234,9 @@ TORCHREC_OPS = {
 
 
 def _vocabulary() -> dict[Any, Collective]:
-    tables = ((torch.ops.c10d, C10D_OPS), (torch.ops._c10d_functional, FUNCOL_OPS),
-              (torch.ops._c10d_functional_autograd, FUNCOL_OPS), (torch.ops.torchrec, TORCHREC_OPS))
+    funcol, funcol_autograd = functional_collective_namespaces()
+    tables = ((torch.ops.c10d, C10D_OPS), (funcol, FUNCOL_OPS), (funcol_autograd, FUNCOL_OPS),
+              (torch.ops.torchrec, TORCHREC_OPS))
     found: dict[Any, Collective] = {}
     for namespace, table in tables:
         for op, spec in table.items():

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
-from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
 
+from dmt_fx._compat import Shard, ShardedTensor, sharded_from_local_shards, sharded_group
 from dmt_fx.ir.errors import DMTError
 
 
@@ -51,8 +51,7 @@ def _as_sharded(layout: ShardedTensor, value: Any) -> Any:
     if not torch.is_tensor(value) or value.dim() == 0:
         return value  # e.g. Adam's step count: one scalar, equal on every rank
     local = [Shard(value, shards[0].metadata)] if shards else []  # no shard here: nothing to save
-    return ShardedTensor._init_from_local_shards_and_global_metadata(
-        local, layout.metadata(), process_group=layout._process_group)
+    return sharded_from_local_shards(local, layout.metadata(), process_group=sharded_group(layout))
 
 
 def _local(value: Any, current: Any) -> Any:

@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.optim.keyed import CombinedOptimizer
 
+from dmt_fx._compat import ddp_ignore, module_parameters
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.ir.result import DMTResult, dmt_result
 from dmt_fx.runtime.fingerprint import one_model
@@ -40,6 +41,7 @@ from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
 from dmt_fx.runtime.rank_status import agree_on_inputs
 from dmt_fx.runtime.sequence_lowering import check_sequences
+from dmt_fx.runtime.sequence_towers import freeze_unread
 from dmt_fx.runtime.shardings import SHARDINGS
 from dmt_fx.runtime.shutdown import keep_until_exit
 
@@ -141,12 +143,14 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
+    if result.plan.changes_model:  # layers the rewrite bypassed get no gradient (runtime/sequence_towers.py)
+        freeze_unread(lowered.module, module)
     agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
                if n.startswith(RUNTIME_ATTR + ".")]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(lowered.module, ignored)
+    ddp_ignore(lowered.module, ignored)
     ddp = DistributedDataParallel(lowered.module, device_ids=ddp_device_ids(), broadcast_buffers=False)
     # Everything but the sharded tables (updated by their fused optimizers): the dense layers
     # and the tower modules; the tables too where they are on the DENSE kernel (table_kernel).
@@ -184,7 +188,7 @@ def _drop_joint_weights(physical: nn.Module, joints: list[JointTable]) -> None:
             owner = physical.get_submodule(owner_path)
         except AttributeError:
             continue
-        if attr in owner._parameters:
+        if attr in module_parameters(owner):
             delattr(owner, attr)
 
 

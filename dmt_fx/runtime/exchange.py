@@ -31,6 +31,7 @@ from torch.autograd.profiler import record_function
 from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from dmt_fx._compat import embedding_shardings, non_persistent_buffers
 from dmt_fx.ir import ops
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
@@ -54,7 +55,7 @@ class HostSlice:
 def non_persistent(module: nn.Module) -> None:
     """TorchRec's split-size buffers are runtime state, not part of the model: keep them out
     of state_dict so checkpoints match the original model's keys."""
-    module._non_persistent_buffers_set.update(name for name, _ in module.named_buffers(recurse=False))
+    non_persistent_buffers(module).update(name for name, _ in module.named_buffers(recurse=False))
 
 
 def output_dist(group: dist.ProcessGroup, widths: Sequence[int]) -> PooledEmbeddingsAllToAll:
@@ -78,7 +79,7 @@ def lookup_order(lookup: nn.Module | None, keys: Sequence[str]) -> list[str]:
     order, each once: a KJT's keys are unique): ids received in this order skip its input
     permute, unless a column-wise table reads a feature once per shard. `keys` (each once)
     when there is no lookup."""
-    shardings = getattr(lookup, "_embedding_shardings", None)
+    shardings = embedding_shardings(lookup)
     order = [f for sharding in shardings for f in sharding.feature_names()] if shardings else keys
     return list(dict.fromkeys(order))
 

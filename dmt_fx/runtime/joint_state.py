@@ -18,9 +18,15 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed._shard.metadata import ShardMetadata
-from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata, TensorProperties
 
+from dmt_fx._compat import (
+    Shard,
+    ShardedTensor,
+    ShardedTensorMetadata,
+    ShardMetadata,
+    TensorProperties,
+    sharded_from_local_shards,
+)
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.runtime.plain import PlainLookup
 
@@ -89,8 +95,7 @@ class JointState:
             for key, rows in table.fields:
                 for shard in _local_shards(state.pop(key, None)):
                     local.append(Shard(shard.tensor, _shifted(shard.metadata, rows, shard.tensor.device)))
-            state[table.key] = ShardedTensor._init_from_local_shards_and_global_metadata(
-                local, self.metadata[table.key])
+            state[table.key] = sharded_from_local_shards(local, self.metadata[table.key])
         ordered = sorted(state.items(), key=lambda kv: self.order.get(kv[0], len(self.order)))
         return dict(ordered)
 

@@ -23,13 +23,21 @@ from typing import Any, Iterable
 
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.graph_module import _copy_attr
 from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.types import ShardingEnv
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import KeyedOptimizer
 
+from dmt_fx._compat import (
+    copy_attr,
+    copy_codegen,
+    ebc_embedding_names,
+    ebc_lengths_per_embedding,
+    module_buffers,
+    module_parameters,
+    non_persistent_buffers,
+)
 from dmt_fx.ir.collections import sub_collection
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.graph import stable_toposort, tag
@@ -66,6 +74,7 @@ from dmt_fx.runtime.plain import (
     table_attr,
 )
 from dmt_fx.runtime.sequence_lowering import lower_with_sequences, sequence_parts
+from dmt_fx.runtime.sequence_towers import lower_sequence_towers
 from dmt_fx.runtime.shardings import host_sharding_plan
 
 PASS = "distribute"
@@ -122,7 +131,9 @@ class _Lowering:
         sequences = sequence_parts(self)  # unpooled lookups (runtime/sequence_lowering.py)
         id_group = one_group([n for s in sites for n in self.input_exchanges(s)] +
                              [lk.exchange for group in self.plain for lk in group] + sequences.exchanges)
-        if self.result.plan.changes_model:  # Step 3
+        if self.result.plan.changes_model and sequences:  # sequence tower modules (runtime/sequence_towers.py)
+            tower_modules = lower_sequence_towers(self, sequences, sites, lookups, kjts, weighted, id_group)
+        elif self.result.plan.changes_model:  # Step 3
             tower_modules = self.lower_tower_block(lookups, kjts, weighted, id_group)
         elif sequences:
             tower_modules = []
@@ -307,8 +318,8 @@ class _Lowering:
 def host_slice(ebcs: list[EmbeddingBagCollection]) -> HostSlice:
     """What the tower collections `ebcs` of one host hold: keys in, names and widths out."""
     keys = tuple(k for ebc in ebcs for c in ebc.embedding_bag_configs() for k in c.feature_names)
-    names = tuple(n for ebc in ebcs for n in ebc._embedding_names)
-    widths = tuple(w for ebc in ebcs for w in ebc._lengths_per_embedding)
+    names = tuple(n for ebc in ebcs for n in ebc_embedding_names(ebc))
+    widths = tuple(w for ebc in ebcs for w in ebc_lengths_per_embedding(ebc))
     return HostSlice(keys, names, widths)
 
 
@@ -358,7 +369,7 @@ def copy_missing_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:
     logical = tuple(attr + "." for attr in LOGICAL_ATTRS)
     for name in names(gm):
         if name not in have and not name.startswith(logical):
-            _copy_attr(gm, physical, name)
+            copy_attr(gm, physical, name)
 
 
 def keep_constants_out_of_state(gm: fx.GraphModule, physical: fx.GraphModule) -> None:
@@ -370,10 +381,10 @@ def keep_constants_out_of_state(gm: fx.GraphModule, physical: fx.GraphModule) ->
             continue
         owner, _, name = str(node.target).rpartition(".")
         logical, module = gm.get_submodule(owner), physical.get_submodule(owner)
-        persistent = name in logical._parameters or (
-            name in logical._buffers and name not in logical._non_persistent_buffers_set)
-        if not persistent and name in module._buffers:
-            module._non_persistent_buffers_set.add(name)
+        persistent = name in module_parameters(logical) or (
+            name in module_buffers(logical) and name not in non_persistent_buffers(logical))
+        if not persistent and name in module_buffers(module):
+            non_persistent_buffers(module).add(name)
 
 
 def copy_graph(gm: fx.GraphModule) -> fx.Graph:
@@ -381,7 +392,7 @@ def copy_graph(gm: fx.GraphModule) -> fx.Graph:
     graph = fx.Graph()
     output = graph.graph_copy(gm.graph, {})
     graph.output(output)
-    graph._codegen = gm.graph._codegen
+    copy_codegen(gm.graph, graph)
     for old, new in zip(gm.graph.nodes, graph.nodes):
         new.meta = dict(old.meta)
     return graph

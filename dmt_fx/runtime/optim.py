@@ -14,10 +14,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
+from dmt_fx._compat import ShardedTensor
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.runtime.dense_tables import TableStateOptimizer
 

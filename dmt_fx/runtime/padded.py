@@ -22,10 +22,20 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-from torch.distributed._shard.metadata import ShardMetadata
-from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardedTensorMetadata
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from dmt_fx._compat import (
+    Shard,
+    ShardedTensor,
+    ShardedTensorMetadata,
+    ShardMetadata,
+    ebc_embedding_names,
+    register_state_dict_post_hook,
+    set_ebc_embedding_names,
+    sharded_from_local_shards,
+    sharded_group,
+    state_dict_hooks,
+)
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.widths import ALIGN, padded_dim
 
@@ -38,7 +48,7 @@ def pad_collection(ebc: EmbeddingBagCollection) -> EmbeddingBagCollection:
     configs = [dataclasses.replace(c, embedding_dim=padded_dim(c.embedding_dim)) for c in ebc.embedding_bag_configs()]
     out = EmbeddingBagCollection(configs, is_weighted=ebc.is_weighted(), device=torch.device("meta"))
     # Keep the original output names (sub_collection keeps a parent's names).
-    out._embedding_names = list(ebc._embedding_names)
+    set_ebc_embedding_names(out, ebc_embedding_names(ebc))
     return out
 
 
@@ -83,8 +93,7 @@ def trimmed(value: ShardedTensor, dim: int) -> ShardedTensor:
                                                                       shard.metadata.placement)))
     size = torch.Size([md.size[0], dim])
     global_md = ShardedTensorMetadata(shards, size, md.tensor_properties)
-    return ShardedTensor._init_from_local_shards_and_global_metadata(local, global_md,
-                                                                     process_group=value._process_group)
+    return sharded_from_local_shards(local, global_md, process_group=sharded_group(value))
 
 
 class TrimmedState:
@@ -110,7 +119,7 @@ class TrimmedState:
     def install(self, physical: nn.Module) -> None:
         path = next(p for p, m in physical.named_modules() if m is self.lookup)
         prefix = path + "." if path else ""
-        self.lookup._register_state_dict_hook(self.post)
+        register_state_dict_post_hook(self.lookup, self.post)
 
         def pre(module: nn.Module, state: dict[str, Any], *rest: Any) -> None:
             own = None
@@ -124,7 +133,7 @@ class TrimmedState:
         physical.register_load_state_dict_pre_hook(pre)
 
     def _padded_state(self) -> dict[str, Any]:
-        hooks = self.lookup._state_dict_hooks
+        hooks = state_dict_hooks(self.lookup)
         mine = [k for k, h in hooks.items() if h == self.post]
         saved = {k: hooks.pop(k) for k in mine}  # the lookup's own, padded, state
         try:

@@ -33,9 +33,9 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.fx as fx
 from torch.autograd.profiler import record_function
-from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torchrec.streamable import Pipelineable
 
+from dmt_fx._compat import plain_tuple_output
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import Role, role_of
 from dmt_fx.ir.stages import Stage, stage_range
@@ -89,10 +89,7 @@ def sparse_prologue(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
         if n.op == "placeholder" or n in needed:
             env[n] = graph.node_copy(n, lambda x: env[x])
     graph.output(tuple(env[a] for a in node.args))
-    codegen = gm.graph._codegen
-    if isinstance(codegen, _PyTreeCodeGen):  # export route: same inputs, a plain tuple out
-        info = codegen.pytree_info
-        graph._codegen = _PyTreeCodeGen(_PyTreeInfo(info.orig_args, info.in_spec, None))
+    plain_tuple_output(gm.graph, graph)  # export route: same inputs, a plain tuple out
     return fx.GraphModule(gm, graph, class_name="DMTSparsePrologue")
 
 

@@ -26,6 +26,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from dmt_fx._compat import op_argument_names
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR, Role, nodes_with_role, role_of
 from dmt_fx.ir.result import DMTResult
@@ -148,7 +149,7 @@ def _arguments(gm: fx.GraphModule, node: fx.Node) -> tuple[dict[str, Any], dict[
                    "include_last_offset": bag and module.include_last_offset, "max_norm": module.max_norm,
                    "padding_idx": module.padding_idx, "scale_grad_by_freq": module.scale_grad_by_freq}
         return args, options
-    schema = [a.name for a in node.target._schema.arguments]
+    schema = op_argument_names(node.target)
     bound = {**dict(zip(schema, node.args)), **node.kwargs}
     bag = "embedding_bag" in str(node.target)
     padding = bound.get("padding_idx")

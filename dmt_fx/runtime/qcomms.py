@@ -19,9 +19,12 @@ logging that BF16 is not supported on gloo. On this build (torch 2.x, fbgemm-gpu
 tests/test_qcomms.py), so the registry is built here from the same `get_qcomm_codecs`
 without that fallback, and "fp16" keeps its BF16 backward on CPU as on GPU.
 
-`distribute(..., comm_precision=...)` applies a precision to DMT's peer pooled exchanges
-(`compress_exchanges`); the flat baselines `flat-<sharding>+fp16` give the registry to
-TorchRec's sharder (`EmbeddingBagCollectionSharder(qcomm_codecs_registry=...)`).
+`distribute(..., comm_precision=...)` applies a precision to DMT's peer embedding
+exchanges (`compress_exchanges`): the pooled ones and, on a model with sequence features,
+the jagged exchange of the unpooled rows (`dmt_fx.runtime.sequence.JaggedReturn`: its rows
+forward, their gradients backward, the same codec pair). The flat baselines
+`flat-<sharding>+fp16` give the registry to TorchRec's sharders
+(`EmbeddingBagCollectionSharder` and `EmbeddingCollectionSharder`, `qcomm_codecs_registry=...`).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs
 from torchrec.distributed.types import CommOp, QuantizedCommCodecs
 
+from dmt_fx._compat import set_all_to_all_codecs
+from dmt_fx.cost.wire import PRECISION_BYTES
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import RUNTIME_ATTR
 from dmt_fx.runtime.exchange import HostTowerBlock, HostTowerExchange
+from dmt_fx.runtime.sequence import HostSequenceExchange
 
 __all__ = ["FP32", "PRECISIONS", "check_precision", "codecs", "compress_exchanges", "qcomm_codecs_registry",
            "qcomms_config", "wire_bytes"]
@@ -47,7 +53,6 @@ PRECISIONS: dict[str, tuple[CommType, CommType]] = {
     "fp16": (CommType.FP16, CommType.BF16),
     "bf16": (CommType.BF16, CommType.BF16),
 }
-_BYTES = {CommType.FP32: 4, CommType.FP16: 2, CommType.BF16: 2}
 _OPS = (CommOp.POOLED_EMBEDDINGS_ALL_TO_ALL, CommOp.POOLED_EMBEDDINGS_REDUCE_SCATTER,
         CommOp.SEQUENCE_EMBEDDINGS_ALL_TO_ALL)
 
@@ -62,8 +67,7 @@ def check_precision(precision: Any) -> str:
 
 def wire_bytes(precision: str) -> tuple[int, int]:
     """Bytes per pooled-embedding element on the wire: (forward, backward)."""
-    forward, backward = PRECISIONS[check_precision(precision)]
-    return _BYTES[forward], _BYTES[backward]
+    return PRECISION_BYTES[check_precision(precision)]  # the cost model's byte model owns the sizes
 
 
 def qcomms_config(precision: str) -> QCommsConfig | None:
@@ -89,11 +93,13 @@ def qcomm_codecs_registry(precision: str) -> dict[str, QuantizedCommCodecs] | No
 
 
 def compress_exchanges(module: nn.Module, precision: str) -> int:
-    """Give DMT's peer pooled exchanges (the `PooledEmbeddingsAllToAll`s the lowering put
-    on the runtime's exchange modules as `output_dist`) the codecs of `precision`;
-    returns how many. TorchRec's intra-host sharded lookups are left as they are: their
-    traffic stays on the fast links. The codecs go where the constructor's `codecs`
-    argument is kept (`_codecs`, read by every forward), so the lowering is unchanged."""
+    """Give DMT's peer embedding exchanges the codecs of `precision`; returns how many: the
+    pooled ones (the `PooledEmbeddingsAllToAll`s the lowering put on the runtime's exchange
+    modules as `output_dist`, or a sequence model's `pooled_back` / `all_back`) and the jagged sequence
+    exchange (`JaggedReturn.codecs`). TorchRec's intra-host sharded lookups are left as they
+    are: their traffic stays on the fast links. A pooled exchange's codecs go where its
+    constructor's `codecs` argument is kept (`_codecs`, read by every forward), so the
+    lowering is unchanged."""
     pair = codecs(precision)
     runtime = getattr(module, RUNTIME_ATTR, None)
     if pair is None or runtime is None:
@@ -102,6 +108,15 @@ def compress_exchanges(module: nn.Module, precision: str) -> int:
     for owner in runtime.modules():
         dist_module = getattr(owner, "output_dist", None)
         if isinstance(owner, (HostTowerExchange, HostTowerBlock)) and isinstance(dist_module, PooledEmbeddingsAllToAll):
-            dist_module._codecs = pair
+            set_all_to_all_codecs(dist_module, pair)
+            count += 1
+        if isinstance(owner, HostSequenceExchange):
+            # its pooled peer exchange back (`pooled_back`; a sequence tower module's
+            # `all_back`) is a direct child; TorchRec's intra-host dists sit deeper
+            for child in owner.children():
+                if isinstance(child, PooledEmbeddingsAllToAll):
+                    set_all_to_all_codecs(child, pair)
+                    count += 1
+            owner.back.codecs = pair
             count += 1
     return count

@@ -12,7 +12,9 @@ ids) is a tower unit like a pooled one (SPTT, docs/runtime.md):
      every sequence feature of every collection. No split handshake: the sender knows the
      rows from what it looked up, the receiver from the lengths it sent itself. Rows of
      tables of different widths travel flattened in one float tensor; the backward is the
-     same all-to-all with the splits swapped (`_AllToAll`);
+     same all-to-all with the splits swapped (`_AllToAll`). With a comm precision
+     (`distribute(comm_precision=...)`) the rows and their gradients travel through the
+     same qcomms codecs as the pooled exchange (`dmt_fx.runtime.qcomms.compress_exchanges`);
   4. the receiver rebuilds each collection's output as the model reads it: the
      `Dict[str, JaggedTensor]` an EmbeddingCollection returns (its own lengths, the ids as
      weights when it was built with `need_indices`), or an nn.Embedding's [..., D] rows.
@@ -32,6 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.autograd.profiler import record_function
 from torchrec.distributed.comm_ops import get_gradient_division
+from torchrec.distributed.types import QuantizedCommCodecs
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
@@ -103,24 +106,39 @@ class _AllToAll(torch.autograd.Function):
     """all_to_all_single with known splits; its backward sends the gradients back the same way,
     divided by the group's size when TorchRec divides its own (`get_gradient_division`, on by
     default): with the intra-host all-to-all's division by L, a table's gradient is the
-    world mean of the ranks' local-mean losses, as in single-process training."""
+    world mean of the ranks' local-mean losses, as in single-process training.
+
+    `codecs` (TorchRec's qcomms pair, `dmt_fx.runtime.qcomms`; None: fp32): the rows go
+    encoded (FP16 / BF16) and are decoded on arrival, the gradients likewise with the
+    backward codec, as TorchRec's own sequence all-to-all does (`All2All_Seq_Req`)."""
 
     @staticmethod
     def forward(ctx: Any, values: torch.Tensor, out_splits: list[int], in_splits: list[int],
-                group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        out = values.new_empty(sum(out_splits))
-        dist.all_to_all_single(out, values.contiguous(), out_splits, in_splits, group=group)
-        return out
+                group: dist.ProcessGroup, codecs: QuantizedCommCodecs | None = None) -> torch.Tensor:
+        ctx.splits, ctx.group, ctx.codecs = (out_splits, in_splits), group, codecs
+        return _exchange(values, out_splits, in_splits, group, None if codecs is None else codecs.forward)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         out_splits, in_splits = ctx.splits
-        back = grad.new_empty(sum(in_splits))
-        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        back = _exchange(grad, in_splits, out_splits, ctx.group, None if ctx.codecs is None else ctx.codecs.backward)
         if get_gradient_division():  # as TorchRec's all-to-alls: each rank's loss is its local batch's mean
             back.div_(dist.get_world_size(ctx.group))
-        return back, None, None, None
+        return back, None, None, None, None
+
+
+def _exchange(values: torch.Tensor, out_splits: list[int], in_splits: list[int], group: dist.ProcessGroup,
+              codec: Any) -> torch.Tensor:
+    """One all_to_all_single of float32 `values`, through `codec` (encode, send, decode) if any."""
+    if codec is None:
+        out = values.new_empty(sum(out_splits))
+        dist.all_to_all_single(out, values.contiguous(), out_splits, in_splits, group=group)
+        return out
+    wire = codec.encode(values.contiguous())
+    out = wire.new_empty(sum(codec.calc_quantized_size(n) for n in out_splits))
+    dist.all_to_all_single(out, wire, [codec.calc_quantized_size(n) for n in out_splits],
+                           [codec.calc_quantized_size(n) for n in in_splits], group=group)
+    return codec.decode(out)
 
 
 class JaggedReturn(nn.Module):
@@ -132,6 +150,7 @@ class JaggedReturn(nn.Module):
         self.slices = [list(s) for s in slices]
         self.group, self.me = group, me
         self.num_hosts = me.topology.num_hosts
+        self.codecs: QuantizedCommCodecs | None = None  # qcomms (`compress_exchanges`); None: fp32
 
     def forward(self, looked_up: Sequence[dict[str, JaggedTensor] | None],
                 local: Sequence[KeyedJaggedTensor]) -> list[list[torch.Tensor]]:
@@ -142,7 +161,7 @@ class JaggedReturn(nn.Module):
         out_splits = [sum(counts[c][k] * w for c, s in enumerate(self.slices) for k, w in zip(s[h].keys, s[h].widths))
                       for h in range(self.num_hosts)]
         with record_function(stage_range(Stage.PEER_OUTPUT)):
-            got = _AllToAll.apply(send, out_splits, in_splits, self.group)
+            got = _AllToAll.apply(send, out_splits, in_splits, self.group, self.codecs)
         sizes = [counts[c][k] * w for h in range(self.num_hosts) for c, s in enumerate(self.slices)
                  for k, w in zip(s[h].keys, s[h].widths)]
         pieces = iter(got.split(sizes))

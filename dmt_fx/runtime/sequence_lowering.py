@@ -199,8 +199,10 @@ def sequence_rows(rows: dict[str, JaggedTensor], key: str, ids: torch.Tensor, pa
 
 
 def lower_with_sequences(lowering: Any, parts: SequenceParts, sites: list[EmbeddingSite], lookups: list,
-                         kjts: list[fx.Node], weighted: list[bool], id_group: str) -> None:
-    """Steps 2-3 (the module docstring) for identity tower modules."""
+                         kjts: list[fx.Node], weighted: list[bool], id_group: str,
+                         exchange: Any = HostSequenceExchange) -> None:
+    """Steps 2-3 (the module docstring) for identity tower modules; `exchange` builds the
+    host exchange (sequence tower modules: `dmt_fx.runtime.sequence_towers`)."""
     graph, first_index = lowering.graph, len(lookups)
     seq_lookups = [site_lookup(lowering, first_index + i, s) for i, s in enumerate(parts.sites)]
     seq_lookups += [plain_lookup(lowering, first_index + len(parts.sites) + i, g) for i, g in enumerate(parts.plain)]
@@ -218,7 +220,7 @@ def lower_with_sequences(lowering: Any, parts: SequenceParts, sites: list[Embedd
                for m, s in zip(seq_merges, parts.sites)]
     outputs += [SequenceOutput(tuple(lk.feature for lk in group)) for group in parts.plain]
     path = host_exchange_path(0)
-    lowering.physical.add_submodule(path, HostSequenceExchange(
+    lowering.physical.add_submodule(path, exchange(
         lookups, weighted, keys, seq_lookups, outputs, lowering.groups.of(id_group), lowering.groups.of(out_group),
         lowering.me))
     users = set(merges + seq_merges) | {n for nodes in pooled_received + seq_received for n in nodes}

@@ -24,6 +24,9 @@ import gc
 from typing import Any
 
 import torch.distributed as dist
+import torch.nn as nn
+
+from dmt_fx._compat import all_process_groups, module_children
 
 __all__ = ["keep_until_exit", "live_groups", "shutdown"]
 
@@ -34,7 +37,7 @@ def live_groups() -> list[Any]:
     """This rank's process groups: the world and every group it is a member of."""
     if not dist.is_initialized():
         return []
-    groups = list(dist.distributed_c10d._world.pg_map)
+    groups = all_process_groups()
     return groups or [dist.group.WORLD]
 
 
@@ -92,5 +95,6 @@ def _release(module: Any) -> None:
     if module is None:
         return
     for name in ("ddp", "joint"):
-        if name in getattr(module, "_modules", {}) or name in getattr(module, "__dict__", {}):
+        children = module_children(module) if isinstance(module, nn.Module) else {}
+        if name in children or name in getattr(module, "__dict__", {}):
             delattr(module, name)

@@ -43,8 +43,8 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from dmt_fx._compat import TorchDispatchMode, in_backward
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import GroupKind
 from dmt_fx.ir.topology import Topology
@@ -242,7 +242,7 @@ def _group_desc(group: Any) -> str:
 
 def _phase() -> str:
     # the autograd engine sets a graph task id on the threads that run a backward pass
-    return "backward" if torch._C._current_graph_task_id() >= 0 else "forward"
+    return "backward" if in_backward() else "forward"
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:

@@ -8,7 +8,8 @@ Algorithm (`evaluate`):
      towers all get it (the runtime shards a host's tables one way);
   3. per rank: lookup rows, tower-module work, intra-host bytes (its sharding) and
      cross-host bytes (the peer all-to-alls of DMT.md: ids out, tower outputs back and
-     their gradients), timed by steptime.py; the step takes the busiest rank's time;
+     their gradients), timed by the one step model (`dmt_fx.cost.steptime.step_terms`, with
+     `AutoOptions.cost_params`); the step takes the busiest rank's time;
   4. the kept affinity of the towers, and a refusal reason when memory or quality fails.
 """
 
@@ -19,15 +20,15 @@ from typing import Any, Mapping, Sequence
 
 from dmt_fx.compiler.affinity import within_tower_affinity
 from dmt_fx.compiler.auto_plan.shardings import SHARDING_MODELS, HostLoad, TableLoad
-from dmt_fx.compiler.auto_plan.steptime import (
+from dmt_fx.cost.links import TierLoad, Tiers
+from dmt_fx.cost.params import DEFAULT_PARAMS, CostParams
+from dmt_fx.cost.steptime import Hardware, StepLoad, step_terms
+from dmt_fx.cost.wire import (
     EMBEDDING_BYTES,
     EMBEDDING_COLLECTIVES,
     ID_COLLECTIVES,
     PEER_ID_COLLECTIVES,
     WEIGHT_BYTES,
-    Hardware,
-    RankLoad,
-    Tiers,
     handshake_bytes,
     kjt_bytes,
 )
@@ -52,6 +53,7 @@ class Setup:
     quality_budget: float
     affinity: Mapping[tuple[str, str], float] | None
     shardings: tuple[str, ...] = tuple(SHARDING_MODELS)  # the ones a tower may get
+    params: CostParams = DEFAULT_PARAMS  # the step model's parameters (AutoOptions.cost_params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +107,16 @@ def intra_bytes(setup: Setup, load: HostLoad, rank: int) -> float:
     return load.sent[rank] + handshake_bytes() * (setup.ranks - 1)
 
 
+def _intra_load(setup: Setup, load: HostLoad, rank: int) -> TierLoad:
+    """The rank's TorchRec all-to-alls inside its host: L - 1 messages each."""
+    collectives = COLLECTIVES if setup.ranks > 1 else 0
+    return TierLoad(COLLECTIVES * (setup.ranks - 1), intra_bytes(setup, load, rank), collectives)
+
+
 def _host_time(setup: Setup, load: HostLoad, rank: int) -> float:
-    messages = COLLECTIVES * (setup.ranks - 1)
-    return setup.hardware.lookup_s(load.row_bytes[rank]) + setup.tiers.intra.time(messages,
-                                                                                   intra_bytes(setup, load, rank))
+    """What a host's sharding decides: the rank's lookup and intra-host exchanges."""
+    step = StepLoad(lookup_row_bytes=load.row_bytes[rank], intra=_intra_load(setup, load, rank))
+    return step_terms(step, setup.tiers, setup.hardware, setup.params)["total"]
 
 
 def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostLoad, bool]:
@@ -126,6 +134,12 @@ def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostL
     return name, loads[name], True
 
 
+def cross_collectives(setup: Setup) -> int:
+    """The peer exchange's collectives per step: ids (lengths, values[, weights]), pooled both ways."""
+    weighted = any(f.weighted for f in setup.sites.features)
+    return (PEER_ID_COLLECTIVES + weighted + EMBEDDING_COLLECTIVES) if setup.hosts > 1 else 0
+
+
 def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float], out: list[int]) -> tuple[float, float]:
     """Step 3: (messages, bytes) one rank of `host` sends across hosts per step."""
     if setup.hosts == 1:
@@ -136,8 +150,7 @@ def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float],
             sent += (setup.hosts - 1) * setup.batch * out[t] * EMBEDDING_BYTES
         else:  # its samples' ids to the tower, the gradient of the tower's output back
             sent += ids[t] + setup.batch * out[t] * EMBEDDING_BYTES
-    weighted = any(f.weighted for f in setup.sites.features)
-    return float((PEER_ID_COLLECTIVES + weighted + EMBEDDING_COLLECTIVES) * (setup.hosts - 1)), sent
+    return float(cross_collectives(setup) * (setup.hosts - 1)), sent
 
 
 def _peer_id_bytes(setup: Setup, features: Sequence[str]) -> float:
@@ -157,27 +170,27 @@ def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, to
               for h, mine in enumerate(on_host) if mine}
     ids = [_peer_id_bytes(setup, g) for g in groups]
     rows_per_rank = setup.hosts * setup.batch / setup.ranks  # the tower module runs data-parallel in the host
-    best: tuple[float, int, dict[str, float], RankLoad] | None = None
+    best: tuple[float, int, dict[str, float], float] | None = None
+    peer = cross_collectives(setup)
     for host in range(setup.hosts):
         messages, cross = cross_load(setup, host, tower_host, ids, list(widths))
         macs = sum(macs_per_row[t] for t in on_host[host])
         for r in range(setup.ranks):
             load = chosen[host][1] if host in chosen else None
-            rank = RankLoad(load.row_bytes[r] if load else 0.0,
-                            macs * rows_per_rank if load else 0.0,
-                            COLLECTIVES * (setup.ranks - 1) if load else 0.0,
-                            intra_bytes(setup, load, r) if load else 0.0,
-                            messages, cross)
-            terms = rank.breakdown(setup.tiers, setup.hardware)
+            intra = _intra_load(setup, load, r) if load else TierLoad()
+            rank = StepLoad(setup.hardware.compute_s, load.row_bytes[r] if load else 0.0,
+                            macs * rows_per_rank if load else 0.0, intra=intra,
+                            cross=TierLoad(messages, cross, peer), collectives=intra.collectives + peer)
+            terms = step_terms(rank, setup.tiers, setup.hardware, setup.params)
             if best is None or terms["total"] > best[0]:
-                best = (terms["total"], host * setup.ranks + r, terms, rank)
+                best = (terms["total"], host * setup.ranks + r, terms, cross)
     assert best is not None
     memory = max(max(load.memory) for _, load, _ in chosen.values())
     kept = _kept(setup, groups)
     if not refused:
         refused = _refusal(setup, list(chosen.values()), memory, compression, kept)
     return Candidate(len(groups), compression, tower_module, tuple(tuple(g) for g in groups),
-                     tuple(chosen[h][0] for h in tower_host), best[0], best[2], best[1], memory, best[3].cross_bytes,
+                     tuple(chosen[h][0] for h in tower_host), best[0], best[2], best[1], memory, best[3],
                      kept, refused, towers_per_domain, tuple(tower_host))
 
 

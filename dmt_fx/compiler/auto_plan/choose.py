@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 from dmt_fx.compiler.affinity import interaction_affinity
 from dmt_fx.compiler.auto_plan.candidates import Candidate, Setup, evaluate
 from dmt_fx.compiler.auto_plan.shardings import SHARDING_MODELS
-from dmt_fx.compiler.auto_plan.steptime import Hardware, tiers_of
 from dmt_fx.compiler.interactions import interaction_kind
 from dmt_fx.compiler.partitioners.learned import learned_plan
 from dmt_fx.compiler.partitioners.units import (
@@ -45,6 +45,9 @@ from dmt_fx.compiler.partitioners.units import (
 )
 from dmt_fx.compiler.plans import balance_domains, build_plan, domain_hosts, tower_loads
 from dmt_fx.compiler.tower_modules import TowerModuleKind, out_width
+from dmt_fx.cost.links import tiers_of
+from dmt_fx.cost.params import CostParams, load_params
+from dmt_fx.cost.steptime import Hardware
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.plan import TowerPlan
 from dmt_fx.ir.sites import ModelSites
@@ -67,10 +70,14 @@ class AutoOptions:
         compressions: the c > 1 to try with a compressing tower module.
         hardware: the embedding-row bandwidth and tower-module FLOP rate assumed.
         towers_per_domain: the k towers per host to try (None: 1, 2, ...).
+        cost_params: the step model's parameters: None (the model at face value), a
+            `dmt_fx.cost.CostParams`, or the path of the JSON file
+            `benchmarks/cost_sweep.py --save-params` writes (read when the options are built).
 
     Raises:
-        DMTError: an option out of range (checked when built); from `transform`, no candidate
-            fits `memory_per_rank` (found the least bytes any needs, expected the limit).
+        DMTError: an option out of range or a malformed cost_params file (checked when built);
+            from `transform`, no candidate fits `memory_per_rank` (found the least bytes any
+            needs, expected the limit).
 
     Example:
         >>> import dmt_fx
@@ -90,8 +97,11 @@ class AutoOptions:
     # k towers per host to try (tower t on host t // k); None: 1, 2, ... while H x k <= units
     # (at most MAX_TOWERS_PER_DOMAIN). k = 1 also tries fewer towers than hosts.
     towers_per_domain: tuple[int, ...] | None = None
+    # the step model's parameters: a CostParams, or a fitted file's path (loaded here, once)
+    cost_params: CostParams | str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cost_params", load_params(self.cost_params))  # frozen: set once, here
         if self.towers_per_domain is not None and (not self.towers_per_domain
                                                    or min(self.towers_per_domain) < 1):
             raise DMTError(f"towers_per_domain={self.towers_per_domain!r}", "k values >= 1, e.g. (1, 2), or None",
@@ -102,6 +112,12 @@ class AutoOptions:
         if self.memory_per_rank is not None and self.memory_per_rank < 1:
             raise DMTError(f"memory_per_rank={self.memory_per_rank!r}", "a positive number of bytes",
                            ["pass e.g. memory_per_rank=40e9 for 40 GB of tables per rank"])
+
+    @property
+    def params(self) -> CostParams:
+        """`cost_params` as loaded (a CostParams, whatever was passed)."""
+        assert isinstance(self.cost_params, CostParams)
+        return self.cost_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +147,7 @@ class AutoPlan:
                 "notes": list(self.notes), "quality_budget": self.options.quality_budget,
                 "memory_per_rank": self.options.memory_per_rank, "batch_size": self.options.batch_size,
                 "hardware": dataclasses.asdict(self.options.hardware), "links": dict(self.links),
+                "cost_params": self.options.params.to_dict(),
                 "candidates": [c.to_dict() for c in self.candidates]}
 
 
@@ -218,8 +235,10 @@ def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float
     compressions, notes = _compressions(sites, kind, example_inputs, options)
     affinity = (interaction_affinity(model, sites, example_inputs)
                 if model is not None and example_inputs is not None and len(sites.features) > 1 else None)
+    params = options.params
+    tiers = params.tiers or tiers_of(topology)  # fitted links, when the parameters carry them
     setup = Setup(sites, pooling, topology.num_hosts, topology.local_world_size, options.batch_size,
-                  tiers_of(topology), options.hardware, options.memory_per_rank, options.quality_budget, affinity)
+                  tiers, options.hardware, options.memory_per_rank, options.quality_budget, affinity, params=params)
     vector_dim = _vector_dim(sites) if max(compressions) > 1 else None
     candidates = []
     for towers, k in _layouts(topology.num_hosts, len(table_units(sites)), options):
@@ -230,7 +249,7 @@ def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float
     chosen = candidates[winner]
     plan = _plan(sites, topology, pooling, chosen)
     return AutoPlan(plan, chosen.compression, chosen.tower_module, chosen.shardings, tuple(candidates), winner,
-                    options, tiers_of(topology).to_dict(), _why(candidates, winner, options), tuple(notes),
+                    options, tiers.to_dict(), _why(candidates, winner, options), tuple(notes),
                     _uniform_sharding(setup, chosen, kind, vector_dim), chosen.towers_per_domain)
 
 

@@ -25,7 +25,7 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-from dmt_fx.compiler.auto_plan.steptime import EMBEDDING_BYTES, kjt_bytes
+from dmt_fx.cost.wire import EMBEDDING_BYTES, kjt_bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.utils import _pytree as pytree
 
+from dmt_fx._compat import pytree
 from dmt_fx.compiler.tower_modules.base import TowerSpec
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.graph import tag

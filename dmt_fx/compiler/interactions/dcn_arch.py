@@ -8,6 +8,7 @@ import torch.nn as nn
 from torchrec.models.dlrm import InteractionDCNArch
 from torchrec.modules.crossnet import LowRankCrossNet
 
+from dmt_fx._compat import crossnet_shape
 from dmt_fx.compiler.interactions.base import module_matcher, register_interaction
 from dmt_fx.compiler.interactions.context import InteractionContext
 from dmt_fx.compiler.interactions.torchrec_style import child_names, has_arch_interface, replace_arch
@@ -16,14 +17,14 @@ from dmt_fx.compiler.interactions.torchrec_style import child_names, has_arch_in
 def is_dcn_arch(module: nn.Module) -> bool:
     if not has_arch_interface(module) or child_names(module) != {"crossnet"}:
         return False
-    net = module.crossnet
-    return isinstance(getattr(net, "_num_layers", None), int) and isinstance(getattr(net, "_low_rank", None), int)
+    return crossnet_shape(module.crossnet) is not None
 
 
 def rewrite_dcn_arch(ctx: InteractionContext) -> None:
     net = ctx.gm.get_submodule(ctx.node.target).crossnet
     k, d = ctx.num_vectors, ctx.vector_dim
-    replace_arch(ctx, InteractionDCNArch(k, LowRankCrossNet((k + 1) * d, net._num_layers, net._low_rank)))
+    layers, rank = crossnet_shape(net) or (0, 0)  # is_dcn_arch matched it: never (0, 0)
+    replace_arch(ctx, InteractionDCNArch(k, LowRankCrossNet((k + 1) * d, layers, rank)))
     # Cross layers keep their input (x_{l+1} = x0 * (W x_l + b) + x_l): the towers' outputs
     # reach the over-arch already.
     ctx.rebuild_next_linear()

@@ -55,18 +55,22 @@ class TowerModuleKind:
     name: str
     factory: TowerModuleFactory
     changes_model: bool = True
+    # A sequence kind reduces the tower's sequence features inside the host (sequence.py);
+    # its spec lists those features only and the tower's pooled features stay as they are.
+    sequences: bool = False
 
     def build(self, spec: TowerSpec) -> nn.Module:
         """The module the graph calls for one tower (compressing kinds are wrapped)."""
         module = self.factory(spec)
-        return CompressingTowerModule(module, spec) if self.changes_model else module
+        return CompressingTowerModule(module, spec) if self.changes_model and not self.sequences else module
 
 
 TOWER_MODULES: Registry[TowerModuleKind] = Registry(
     "tower-module kind", "dmt_fx.compiler.tower_modules.register_tower_module(name, factory)")
 
 
-def register_tower_module(name: str, factory: TowerModuleFactory, *, changes_model: bool = True) -> TowerModuleFactory:
+def register_tower_module(name: str, factory: TowerModuleFactory, *, changes_model: bool = True,
+                          sequences: bool = False) -> TowerModuleFactory:
     """Teach dmt_fx a tower-module kind; `transform(tower_module=name)` then builds it.
 
     `factory(spec)` returns one module per tower mapping (B, spec.in_width) to
@@ -78,6 +82,9 @@ def register_tower_module(name: str, factory: TowerModuleFactory, *, changes_mod
         name: the kind's name for `transform(tower_module=name)` and `--tower-module`.
         factory: `(TowerSpec) -> nn.Module`, called once per tower.
         changes_model: False only for numerics-preserving modules, as above.
+        sequences: True for a sequence kind (docs/runtime.md, "Sequence tower modules"):
+            `factory(spec)` then gets the tower's sequence features and returns a module
+            mapping their Dict[str, JaggedTensor] to a KeyedTensor of (B, ceil(d / c)) each.
 
     Returns:
         `factory`, so the function can be used as a decorator.
@@ -97,7 +104,7 @@ def register_tower_module(name: str, factory: TowerModuleFactory, *, changes_mod
     if not callable(factory):
         raise DMTError(f"a tower-module factory of type {type(factory).__name__}",
                        "a callable (TowerSpec) -> nn.Module", ["pass a class or a function taking a TowerSpec"])
-    TOWER_MODULES.register(name, TowerModuleKind(name, factory, changes_model))
+    TOWER_MODULES.register(name, TowerModuleKind(name, factory, changes_model, sequences))
     return factory
 
 

@@ -1,7 +1,7 @@
 """The one byte model: what TorchRec's exchanges carry, as the traffic meter measures it.
 
-Used by the plan report (`dmt-fx plan`), the analytic traffic of the cost model and the
-tests that hold the meter to it. Read from torchrec 1.8 (`torchrec/distributed/dist_data.py`):
+Used by the plan report (`dmt-fx plan`), plan="auto"'s candidates, the analytic traffic of
+the cost model (`dmt_fx.cost.traffic`) and the tests that hold the meter to it. Read from torchrec 1.8 (`torchrec/distributed/dist_data.py`):
 
 * `KJTAllToAll` sends, to every destination, three tensors in three collectives:
   1. a split-size handshake: one int64 per tensor that follows (lengths, values, and
@@ -19,6 +19,10 @@ tests that hold the meter to it. Read from torchrec 1.8 (`torchrec/distributed/d
   the same payload bytes (`kjt_bytes`). Inside the host TorchRec's KJTAllToAll still runs
   (`ID_COLLECTIVES`, with its handshake); flat plans keep theirs everywhere.
 
+* With qcomms (`dmt_fx.runtime.qcomms`), the pooled embeddings travel in 2 bytes per element
+  (FP16 / BF16) instead of 4: `PRECISION_BYTES` (forward, backward) per comm precision, the
+  runtime's `wire_bytes` reads it from here.
+
 A KJT whose lengths are int32 sends 4 bytes per length: pass `length_bytes=4` (the meter
 counts what the tensors hold; `tests/test_traffic.py` checks both against it).
 """
@@ -32,9 +36,13 @@ EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
 SPLIT_BYTES = 8  # int64 split sizes of the handshake
 ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values (weights ride a 4th when weighted)
 PEER_ID_COLLECTIVES = 2  # DMT's peer id exchange: lengths, values (weights a 3rd); no handshake
+EMBEDDING_COLLECTIVES = 2  # pooled all-to-all forward, its gradient backward
+# bytes per pooled-embedding element on the wire, (forward, backward), per comm precision
+PRECISION_BYTES: dict[str, tuple[int, int]] = {"fp32": (4, 4), "fp16": (2, 2), "bf16": (2, 2)}
 
-__all__ = ["EMBEDDING_BYTES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES", "PEER_ID_COLLECTIVES", "SPLIT_BYTES",
-           "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes", "peer_id_collectives", "pooled_bytes"]
+__all__ = ["EMBEDDING_BYTES", "EMBEDDING_COLLECTIVES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES",
+           "PEER_ID_COLLECTIVES", "PRECISION_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes",
+           "peer_id_collectives", "pooled_bytes", "precision_scale"]
 
 
 def handshake_bytes(*, weighted: bool = False) -> int:
@@ -57,3 +65,8 @@ def kjt_bytes(samples: float, features: float, ids: float, *, weighted: bool = F
 def pooled_bytes(samples: float, width: float, *, elem_bytes: int = EMBEDDING_BYTES) -> float:
     """Bytes of `samples` pooled embedding rows `width` elements wide (one direction)."""
     return samples * width * elem_bytes
+
+
+def precision_scale(precision: str) -> float:
+    """Pooled-embedding bytes of `precision` against fp32, both directions together."""
+    return sum(PRECISION_BYTES[precision]) / (2 * EMBEDDING_BYTES)
