@@ -5,13 +5,20 @@ reproducible) is loaded by default. Override the number of examples with the
 environment variable DMT_HYPOTHESIS_EXAMPLES (e.g. 20 for a quick local run, 2000 for a
 long soak), or pick another registered profile with HYPOTHESIS_PROFILE ("dev" runs 20
 random, non-derandomized examples).
+
+Markers (pyproject.toml): `slow` tests are opt-in (`-m slow`); `distributed` marks every test
+that starts a process (torchrun worlds, torch.multiprocessing, dmt-fx subprocesses), enforced
+by tests/harness/processes.py, so `pytest -m "not distributed"` is a quick single-process run.
 """
 
 from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.harness import processes
 
 _SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large]
 
@@ -39,3 +46,40 @@ if _examples:
     )
     _profile = f"{_profile}-examples-{int(_examples)}"
 settings.load_profile(_profile)
+
+
+# ---------------------------------------------------------------- markers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.install()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests are opt-in: deselected unless the -m expression names them (`-m slow`,
+    `-m "slow and distributed"`), so `-m "not distributed"` leaves them out too."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    processes.enter(item)
+    try:
+        yield
+    finally:
+        processes.leave()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    started = processes.unmarked(item.nodeid)
+    if started and report.passed and report.when == "call":
+        report.outcome = "failed"
+        report.longrepr = f"started a process ({started}) without @pytest.mark.{processes.MARKER}"

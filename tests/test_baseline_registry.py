@@ -83,6 +83,7 @@ def test_run_help_lists_the_registry(capsys):
         assert name in help_text
 
 
+@pytest.mark.distributed
 def test_run_a_baseline_registered_in_the_target_file(target, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()

@@ -25,7 +25,10 @@ import torch
 from dmt_fx.baselines import BASELINES
 from dmt_fx.bench.variants import of_precision
 from examples import torchrec_dlrm as ex
-from tests.spawn_world import run_world
+from tests.harness.launch import run_world
+from tests.harness.training import train_steps
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 H, L = 2, 2
 N = H * L
@@ -104,14 +107,7 @@ def reference():
     model, _ = ex.build(0)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    outputs = []
-    for step in range(STEPS):
-        out = model(*ex.make_inputs(B * N, step))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out, labels(B * N, step))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        outputs.append(out.detach())
+    outputs = train_steps(model, optimizer, ex.make_inputs, B * N, STEPS, labels=lambda _, step: labels(B * N, step))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     tables = {_table_of(k): v for k, v in state.items() if _table_of(k)}
     initial_tables = {_table_of(k): v for k, v in initial.items() if _table_of(k)}

@@ -1,6 +1,6 @@
 """The fp32 flat baselines shard EmbeddingCollections too, and train like one process.
 
-A pooled + sequence model (tests/corpus/sequences.py `PooledSequenceDLRM`, sequence width 8:
+A pooled + sequence model (tests/harness/corpus/sequences.py `PooledSequenceDLRM`, sequence width 8:
 TorchRec shards a width of a multiple of 4 without padding; its pooled features read by key:
 a sharded EmbeddingBagCollection returns its columns in its sharding's order, so a model
 reading `kt.values()` computes something else under DMP) on a real 2x2 gloo world: 4
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.corpus import sequences as corpus
-from tests.spawn_world import run_world
+from tests.harness.corpus import sequences as corpus
+from tests.harness.launch import run_world
 
 H, L = 2, 2
 N = H * L
@@ -141,6 +141,7 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(N)]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", NAMES)
 def test_sequence_collection_is_sharded(name, ranks):
     for r in range(N):
@@ -148,6 +149,7 @@ def test_sequence_collection_is_sharded(name, ranks):
         assert kinds == {"s_history": SEQUENCE_SHARDING[name], "s_searches": SEQUENCE_SHARDING[name]}, (name, kinds)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", NAMES)
 def test_outputs_match_single_process_every_step(name, ranks, reference):
     for step in range(STEPS):
@@ -156,6 +158,7 @@ def test_outputs_match_single_process_every_step(name, ranks, reference):
         assert diff <= TOL, f"{name} step {step}: max |diff| {diff}"
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", NAMES)
 def test_dense_parameters_match_after_training(name, ranks, reference):
     expected = {k: v for k, v in reference["state"].items() if not table_of(k)}
@@ -166,6 +169,7 @@ def test_dense_parameters_match_after_training(name, ranks, reference):
             assert torch.allclose(value, expected[key], atol=TOL, rtol=0), f"{name} rank {r} {key}"
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", NAMES)
 def test_table_shards_match_and_trained(name, ranks, reference):
     covered = {table: 0 for table in reference["tables"]}

@@ -19,7 +19,7 @@ from torch.utils import _pytree as pytree
 
 import dmt_fx
 from dmt_fx.compiler.capture import capture
-from tests.corpus.ctr_inputs import (
+from tests.harness.corpus.ctr_inputs import (
     MappingBatchModel,
     dict_batch_model,
     features,

@@ -114,6 +114,7 @@ def test_analytic_traffic_equals_the_measured_bench(key):
     assert found == MEASURED[key]
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_traffic_bench_2x2(tmp_path):
     from dmt_fx.bench.traffic import traffic_bench

@@ -42,7 +42,7 @@ def test_embedding_on_fields_counts_one_lookup_per_field() -> None:
 
 
 def _qr_model() -> tuple[nn.Module, tuple]:
-    from tests.corpus.composite import COMPOSITE_ENTRIES
+    from tests.harness.corpus.composite import COMPOSITE_ENTRIES
     return next(e for e in COMPOSITE_ENTRIES if e.name == "QR DLRM (mult)").build(0)
 
 
@@ -74,7 +74,7 @@ def test_a_plan_splitting_a_quotient_remainder_pair_is_refused() -> None:
 
 
 def test_functional_lookups_without_example_inputs_say_how_to_capture_them() -> None:
-    from tests.corpus.composite import COMPOSITE_ENTRIES
+    from tests.harness.corpus.composite import COMPOSITE_ENTRIES
     model, _ = next(e for e in COMPOSITE_ENTRIES if e.name == "QR fields (mult)").build(0)
     with pytest.raises(CaptureError, match="functional embedding lookups") as info:
         dmt_fx.transform(model, "2x2")

@@ -17,8 +17,8 @@ import pytest
 
 from dmt_fx import DMTError, Topology
 from dmt_fx.jobs.faults import ENV
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime import resume
+from tests.harness.launch import launch_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
@@ -35,7 +35,7 @@ def _job(out: str, ckpt: str) -> list[str]:
 def straight(tmp_path_factory) -> list[float]:
     """The uninterrupted run's losses, every step."""
     out = str(tmp_path_factory.mktemp("straight"))
-    result = launch(Topology(2, 2), _job(out, os.path.join(out, "ckpt")), out, deadline_s=300)
+    result = launch_job(Topology(2, 2), _job(out, os.path.join(out, "ckpt")), out, deadline_s=300)
     assert result.ok, result.log_tail()
     return result.ranks()[0]["losses"]
 
@@ -44,13 +44,13 @@ def kill_trial(base: str, straight: list[float], monkeypatch, *, rank: str, step
     """Kill `rank` (or `all`) `delay_ms` into the save of step `step`, resume, check; the outcome."""
     out, ckpt = os.path.join(base, "run"), os.path.join(base, "ckpt")
     monkeypatch.setenv(ENV, f"rank={rank},step={step},delay_ms={delay_ms}")
-    crashed = launch(Topology(2, 2), _job(out, ckpt), out, deadline_s=300, grace_s=30)
+    crashed = launch_job(Topology(2, 2), _job(out, ckpt), out, deadline_s=300, grace_s=30)
     monkeypatch.delenv(ENV)
     assert not crashed.ok and not crashed.timed_out, crashed.log_tail()
     where = open(os.path.join(ckpt, "faults.log")).read().strip()
     complete = resume.latest(ckpt)
     partial = resume.partial_saves(ckpt, complete)
-    resumed = launch(Topology(2, 2), _job(out, ckpt), out, deadline_s=300)  # the very same command
+    resumed = launch_job(Topology(2, 2), _job(out, ckpt), out, deadline_s=300)  # the very same command
     assert resumed.ok, resumed.log_tail()
     first, losses = resumed.ranks()[0]["first_step"], resumed.ranks()[0]["losses"]
     expected_first = resume._step_of(complete) + 1 if complete else 0
@@ -63,12 +63,14 @@ def kill_trial(base: str, straight: list[float], monkeypatch, *, rank: str, step
             "first": first}
 
 
+@pytest.mark.distributed
 def test_kill_one_rank_during_a_save(tmp_path, straight, monkeypatch) -> None:
     outcome = kill_trial(str(tmp_path), straight, monkeypatch, rank="1", step=2, delay_ms=20)
     print(outcome)
     assert outcome["first"] in (2, 3)
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_kill_trials(tmp_path, straight, monkeypatch) -> None:
     """20 trials: the killed ranks, the step and the point in the save drawn at random (seeded)."""

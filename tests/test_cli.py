@@ -214,6 +214,7 @@ def test_missing_topology_is_a_usage_error(capsys):
 # ---------------------------------------------------------------- the installed command
 
 
+@pytest.mark.distributed
 def test_subprocess_plan_json():
     proc = subprocess.run(
         [sys.executable, "-m", "dmt_fx.cli.main", "plan", "examples/torchrec_dlrm.py:build",

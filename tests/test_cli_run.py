@@ -17,6 +17,7 @@ FIELDS = {"variant", "topology", "first_loss", "final_loss", "cross_host_id_byte
           "cross_host_messages", "intra_host_bytes", "step_time_median_s", "step_time_iqr_s"}
 
 
+@pytest.mark.distributed
 def test_run_prints_dmt_and_the_baseline_side_by_side(tmp_path, capsys) -> None:
     code = main(["run", "--steps", "4", "--topology", "2x2", "--format", "json", "--out", str(tmp_path)])
     assert code == 0
@@ -29,6 +30,7 @@ def test_run_prints_dmt_and_the_baseline_side_by_side(tmp_path, capsys) -> None:
     assert (tmp_path / "summary.json").exists()
 
 
+@pytest.mark.distributed
 def test_demo_main_job(tmp_path, capsys) -> None:
     """The default demo compares on 2x1 first (one core per rank), then on 2x2 (the hierarchy)."""
     code = main(["demo", "--steps", "3", "--network", "loopback", "--out", str(tmp_path)])
@@ -45,6 +47,7 @@ def test_demo_main_job(tmp_path, capsys) -> None:
     assert all((tmp_path / shape / "breakdown.png").stat().st_size > 0 for shape in ("2x1", "2x2"))
 
 
+@pytest.mark.distributed
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"),
                     reason="needs root and iproute2 (ip, tc)")
 @pytest.mark.slow

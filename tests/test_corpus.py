@@ -1,6 +1,6 @@
 """Issue 11: real models as their authors wrote them transform and stay exactly equivalent.
 
-For every corpus entry (tests/corpus: torchrec's shipped models, each also as a user's copy,
+For every corpus entry (tests/harness/corpus: torchrec's shipped models, each also as a user's copy,
 and one small model per input style): transform on 2x2 with the example batch, then
   - outputs and parameter gradients equal the original's (bitwise; 1e-6 where kernels differ),
   - the state dict has the original's keys in the original's order,
@@ -22,8 +22,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 import dmt_fx
 from dmt_fx.compiler.partitioners.user_towers import user_tower_paths
-from tests.corpus import CORPUS, Entry
-from tests.mode_equivalence import check_equivalence, float_leaves, max_diff
+from tests.harness.corpus import CORPUS, Entry
+from tests.harness.equivalence import check_equivalence, float_leaves, max_diff
 
 TOPOLOGY = "2x2"
 

@@ -1,6 +1,6 @@
 """Issue 11: `dmt-fx diff` and `dmt-fx plan` work on every corpus model, in process.
 
-For each entry (as `tests.corpus.targets:<slug>`): `plan --format json` describes every
+For each entry (as `tests.harness.corpus.targets:<slug>`): `plan --format json` describes every
 feature once, lists the quotient-remainder pairs and the joint tables split by field (row
 ranges covering the weight), and the warnings; `diff` renders. The rich `plan` rendering is
 checked on the models whose plan has composites, joint splits or warnings."""
@@ -12,14 +12,14 @@ import json
 import pytest
 
 from dmt_fx.cli.main import main
-from tests.corpus import CORPUS, Entry
-from tests.corpus.targets import slug
+from tests.harness.corpus import CORPUS, Entry
+from tests.harness.corpus.targets import slug
 
 TOPOLOGY = "2x2"
 
 
 def _target(entry: Entry) -> str:
-    return f"tests.corpus.targets:{slug(entry.name)}"
+    return f"tests.harness.corpus.targets:{slug(entry.name)}"
 
 
 def _plan_json(capsys: pytest.CaptureFixture, entry: Entry) -> dict:

@@ -8,62 +8,17 @@ final parameters (read back from the DMT job's torch.distributed.checkpoint) wit
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import Topology
-from dmt_fx.jobs.data import clicks
-from dmt_fx.jobs.launch import launch
+from tests.harness.launch import launch_job
+from tests.harness.zoo import STEPS, B, gathered_outputs, load_checkpoint_into_original, reference, run_example, target
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-B, STEPS, LR = 4, 5, 0.1
-
-
-def target(name: str) -> str:
-    return f"{ROOT}/examples/{name}.py:build"
-
-
-def run_dmt(tmp_path, name: str, topology: str, *extra: str, worker_topology: str | None = None):
-    out = str(tmp_path / f"{name}-{topology}")
-    args = ["--target", target(name), "--topology", worker_topology or topology, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", *extra]
-    return launch(Topology.parse(topology), args, out, deadline_s=240, grace_s=60)
-
-
-def reference(name: str, world: int, steps: int = STEPS, model=None):
-    """Single-process training of the original model on the global batches."""
-    module = importlib.import_module(f"examples.{name}")
-    model = model if model is not None else module.build()[0]
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    outputs = []
-    for step in range(steps):
-        inputs = module.make_inputs(B * world, step)
-        out = model(*inputs)
-        outputs.append(out.detach())
-        loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return outputs, model
-
-
-def gathered_outputs(out_dir: str, world: int) -> list[torch.Tensor]:
-    per_rank = [torch.load(os.path.join(out_dir, f"outputs_rank{r}.pt")) for r in range(world)]
-    return [torch.cat([per_rank[r][s] for r in range(world)]) for s in range(len(per_rank[0]))]
-
-
-def load_checkpoint_into_original(name: str, path: str):
-    module = importlib.import_module(f"examples.{name}")
-    model = module.build(seed=123)[0]  # different weights: everything must come from the checkpoint
-    state = model.state_dict()
-    dcp.load(state, checkpoint_id=path)
-    model.load_state_dict(state)
-    return model
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 
 @pytest.mark.parametrize("name, topology, sharding", [
@@ -78,7 +33,7 @@ def load_checkpoint_into_original(name: str, path: str):
 def test_dmt_training_equals_single_process(tmp_path, name: str, topology: str, sharding: str) -> None:
     world = Topology.parse(topology).world_size
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--save-checkpoint", ckpt, "--sharding", sharding)
+    result = run_example(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--save-checkpoint", ckpt, "--sharding", sharding)
     assert result.ok, result.log_tail()
     expected, trained = reference(name, world)
     got = gathered_outputs(result.out_dir, world)
@@ -100,7 +55,7 @@ def test_checkpoint_from_single_process_loads_into_dmt(tmp_path) -> None:
     _, trained = reference("torchrec_dlrm", 4, steps=3)
     ckpt = str(tmp_path / "original")
     dcp.save(trained.state_dict(), checkpoint_id=ckpt)
-    result = run_dmt(tmp_path, "torchrec_dlrm", "2x2", "--record-outputs", "--profile-steps", "0", "--load-checkpoint", ckpt)
+    result = run_example(tmp_path, "torchrec_dlrm", "2x2", "--record-outputs", "--profile-steps", "0", "--load-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     module = importlib.import_module("examples.torchrec_dlrm")
     expected = trained(*module.make_inputs(B * 4, 0)).detach()
@@ -109,7 +64,7 @@ def test_checkpoint_from_single_process_loads_into_dmt(tmp_path) -> None:
 
 
 def test_topology_mismatch_fails_on_every_rank_before_any_collective(tmp_path) -> None:
-    result = run_dmt(tmp_path, "torchrec_dlrm", "1x4", worker_topology="2x2")
+    result = run_example(tmp_path, "torchrec_dlrm", "1x4", worker_topology="2x2")
     assert not result.ok and not result.timed_out
     log = result.log_tail(200)
     assert log.count("expected: topology 2x2: 2 hosts x 2 ranks = 4 ranks with LOCAL_WORLD_SIZE 2") == 4
@@ -117,7 +72,7 @@ def test_topology_mismatch_fails_on_every_rank_before_any_collective(tmp_path) -
 
 
 def test_a_dead_rank_makes_the_others_exit_with_a_message(tmp_path) -> None:
-    result = run_dmt(tmp_path, "torchrec_dlrm", "2x2", "--kill-rank", "3", "--kill-step", "2")
+    result = run_example(tmp_path, "torchrec_dlrm", "2x2", "--kill-rank", "3", "--kill-step", "2")
     assert not result.timed_out, "the launcher had to kill a hung job"
     assert all(code != 0 for code in result.returncodes), result.returncodes
     assert result.seconds < 120
@@ -143,7 +98,7 @@ def test_tower_modules_distributed_equal_the_logical_model(tmp_path, name, topol
     equals the same logical model trained in one process."""
     world = Topology.parse(topology).world_size
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--tower-module", kind,
+    result = run_example(tmp_path, name, topology, "--record-outputs", "--profile-steps", "0", "--tower-module", kind,
                      "--compression", str(c), "--save-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     expected, trained = _reference_dmt_tm(name, topology, kind, c, world)
@@ -167,7 +122,7 @@ def test_tower_modules_cut_cross_host_embedding_bytes_by_c(tmp_path) -> None:
     bytes_by_c = {}
     for c in (1, 4):
         extra = ("--tower-module", "linear", "--compression", str(c)) if c > 1 else ()
-        result = run_dmt(tmp_path / f"c{c}", "two_collections", "2x2", *extra)
+        result = run_example(tmp_path / f"c{c}", "two_collections", "2x2", *extra)
         assert result.ok, result.log_tail()
         bytes_by_c[c] = sum(r["traffic"]["cross_host_embedding_bytes"] for r in result.ranks())
     assert bytes_by_c[4] == pytest.approx(bytes_by_c[1] / 4, rel=0.05), bytes_by_c
@@ -180,7 +135,7 @@ def test_a_rank_that_stops_answering_is_named(tmp_path, monkeypatch) -> None:
     out = str(tmp_path / "stop")
     args = ["--target", target("torchrec_dlrm"), "--topology", "2x2", "--steps", "6", "--batch-size", str(B),
             "--out", out, "--timeout-s", "10"]
-    result = launch(Topology.parse("2x2"), args, out, deadline_s=120, grace_s=30)
+    result = launch_job("2x2", args, out, deadline_s=120, grace_s=30)
     assert not result.ok and not result.timed_out
     assert result.unresponsive_ranks == [3], result.unresponsive_ranks
     assert "dmt-fx worker rank" in result.log_tail(300)

@@ -5,16 +5,17 @@ training of the original: every step's outputs and the final parameters within 1
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from dmt_fx import Topology
-from tests import dist_composite
-from tests.corpus.composite import CompositeDLRM, make_inputs
-from tests.dist_cases import Case, check_case, run_cases
+from tests.harness.cases import Case, check_case
+from tests.harness.corpus.composite import CompositeDLRM, make_inputs
+from tests.harness.launch import run_cases
+from tests.harness.targets import dist_composite
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_composite.py")
+pytestmark = pytest.mark.distributed  # every test here starts processes
+
+TARGET = dist_composite.__file__
 STEPS = 5
 CASES = [
     Case("qr-mult", f"{TARGET}:qr_mult", lambda: CompositeDLRM(dist_composite.SEED, "qr", "mult"), make_inputs),

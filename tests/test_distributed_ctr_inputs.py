@@ -14,8 +14,6 @@ zero in the job's checkpoint, and the original's checkpoint starts a DMT job."""
 from __future__ import annotations
 
 import copy
-import json
-import os
 
 import pytest
 import torch
@@ -23,21 +21,19 @@ import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 
 import dmt_fx
-from dmt_fx import Topology
 from dmt_fx.compiler.batch_classes import register_batch_classes
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_ctr_batches, dist_ctr_inputs, dist_ctr_padding
-from tests.corpus.joint import FIELD_ROWS
-from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import job_diffs, train_steps
+from tests.harness import training
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.corpus.joint import FIELD_ROWS
+from tests.harness.launch import launch_cases
+from tests.harness.targets import dist_ctr_batches, dist_ctr_inputs, dist_ctr_padding
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TARGET = os.path.join(HERE, "dist_ctr_inputs.py")
-PADDED = os.path.join(HERE, "dist_ctr_padding.py")
-BATCHES = os.path.join(HERE, "dist_ctr_batches.py")
-TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+TARGET = dist_ctr_inputs.__file__
+PADDED = dist_ctr_padding.__file__
+BATCHES = dist_ctr_batches.__file__
+TOPOLOGY, B, STEPS, TOLERANCE = "2x2", 4, 5, 1e-5
 CASES = [("sparse_joint", "sgd"), ("sparse_joint", "adagrad"), ("padded", "sgd"), ("padded", "adagrad"),
          ("dict_batch", "adagrad")]
 SLOW = "adagrad"  # its cases (and the dict batch) launch a second world, slow (default tests <= 60 s)
@@ -55,8 +51,7 @@ def _build(factory: str, seed: int = dist_ctr_inputs.SEED) -> nn.Module:
 def train_original(factory: str, optimizer: str, steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     model = _build(factory)
     register_batch_classes(MODULES[factory][0].make_inputs(1, 0))  # as capture does: labels read its leaves
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    return train_steps(model, opt, MODULES[factory][0].make_inputs, B * 4, steps), model
+    return training.train_original(model, MODULES[factory][0].make_inputs, B * 4, steps, optimizer)
 
 
 def test_the_sparse_joint_table_splits_by_field_exactly() -> None:
@@ -111,13 +106,8 @@ def _launch(tmp, optimizers: set[str], load: bool):
         dcp.save(trained.state_dict(), checkpoint_id=str(tmp / "original"))
         cases.append({"name": LOAD, "args": ["--target", f"{PADDED}:padded", "--steps", "1",
                                              "--load-checkpoint", str(tmp / "original")]})
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(cases, handle)
-    out = str(tmp / "out")
-    args = ["--target", f"{TARGET}:sparse_joint", "--topology", TOPOLOGY, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
-            "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse(TOPOLOGY), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(cases, str(tmp / "cases.json"), str(tmp / "out"), TOPOLOGY, target=f"{TARGET}:sparse_joint",
+                          steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
 
 
@@ -144,6 +134,7 @@ def launched_slow(tmp_path_factory):
     _report()
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("factory, optimizer", [
     pytest.param(f, o, id=f"{f}-{o}", marks=[pytest.mark.slow] if o == SLOW else []) for f, o in CASES])
 def test_training_equals_single_process(request, factory: str, optimizer: str) -> None:
@@ -164,6 +155,7 @@ def test_padded_tables_distribute() -> None:
     check_distributable(dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs))
 
 
+@pytest.mark.distributed
 def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     _, trained = train_original("padded", "sgd", steps=3)
     expected = trained(*dist_ctr_padding.make_inputs(B * 4, 0)).detach()

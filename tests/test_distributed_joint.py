@@ -7,26 +7,22 @@ the original, and the original's checkpoint starts a DMT job."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 
 import dmt_fx
-from dmt_fx import Topology
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_joint
-from tests.corpus.joint import make_inputs
-from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import job_diffs, train_steps
+from tests.harness import training
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.corpus.joint import make_inputs
+from tests.harness.launch import launch_cases
+from tests.harness.targets import dist_joint
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_joint.py")
-TOPOLOGY, B, STEPS, LR, TOLERANCE = "2x2", 4, 5, 0.1, 1e-5
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+TARGET = dist_joint.__file__
+TOPOLOGY, B, STEPS, TOLERANCE = "2x2", 4, 5, 1e-5
 CASES = [("nvidia_joint", "sgd"), ("nvidia_joint", "adagrad"), ("symbolic_joint", "sgd"),
          ("symbolic_joint", "adagrad")]
 LOAD = "nvidia_joint-load"  # the original's checkpoint (3 steps of SGD) loaded by a 1-step job
@@ -40,8 +36,7 @@ def _build(factory: str, seed: int = dist_joint.SEED) -> nn.Module:
 def train_original(factory: str, optimizer: str, steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     """Single-process training of the original on the global batches the job sees."""
     model = _build(factory)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    return train_steps(model, opt, make_inputs, B * 4, steps), model
+    return training.train_original(model, make_inputs, B * 4, steps, optimizer)
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +49,8 @@ def launched(tmp_path_factory):
                                           "--save-checkpoint", str(tmp / f"{f}-{o}.ckpt")]} for f, o in CASES]
     cases.append({"name": LOAD, "args": ["--target", f"{TARGET}:nvidia_joint", "--steps", "1",
                                          "--load-checkpoint", str(tmp / "original")]})
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(cases, handle)
-    out = str(tmp / "out")
-    args = ["--target", f"{TARGET}:nvidia_joint", "--topology", TOPOLOGY, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
-            "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse(TOPOLOGY), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(cases, str(tmp / "cases.json"), str(tmp / "out"), TOPOLOGY, target=f"{TARGET}:nvidia_joint",
+                          steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
     yield tmp
     for case, (outputs, params) in MAX_DIFFS.items():
@@ -79,6 +69,7 @@ def test_the_joint_table_is_split_over_both_hosts() -> None:
         assert {t.host for t in result.plan.towers if t.features} == {0, 1}
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("factory, optimizer", CASES, ids=[f"{f}-{o}" for f, o in CASES])
 def test_joint_training_equals_single_process(launched, factory: str, optimizer: str) -> None:
     expected, trained = train_original(factory, optimizer)
@@ -91,6 +82,7 @@ def test_joint_training_equals_single_process(launched, factory: str, optimizer:
     assert outputs <= TOLERANCE and params <= TOLERANCE, (outputs, params)
 
 
+@pytest.mark.distributed
 def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     _, trained = train_original("nvidia_joint", "sgd", steps=3)
     expected = trained(*make_inputs(B * 4, 0)).detach()

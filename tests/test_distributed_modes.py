@@ -8,15 +8,18 @@ each rank's batch-norm buffers and dense weights, and the DCP checkpoint."""
 
 from __future__ import annotations
 
-import os
+import pytest
 
 from dmt_fx import Topology
-from tests import dist_modes
-from tests.corpus import dcn
-from tests.corpus.modes import make_inputs
-from tests.dist_cases import Case, check_modes_case, run_cases
+from tests.harness.cases import Case, check_modes_case
+from tests.harness.corpus import dcn
+from tests.harness.corpus.modes import make_inputs
+from tests.harness.launch import run_cases
+from tests.harness.targets import dist_modes
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_modes.py")
+pytestmark = pytest.mark.distributed  # every test here starts processes
+
+TARGET = dist_modes.__file__
 STEPS, EVAL_STEPS = 3, 2
 FLAGS = ("--step-seed", "--eval-steps", str(EVAL_STEPS))
 

@@ -31,20 +31,26 @@ import torch
 import torch.distributed.checkpoint as dcp
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx import Topology
 from dmt_fx.ir.errors import DMTError
-from dmt_fx.jobs.data import clicks
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
 from dmt_fx.runtime.plain import PlainKJT, plain_groups, plain_lookups
-from tests.random_models import CollectionSpec, TableSpec, TorchRecSpec, build_torchrec_model, make_torchrec_inputs
+from tests.harness import training
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.launch import launch_cases, launch_job
+from tests.harness.random_models import (
+    CollectionSpec,
+    TableSpec,
+    TorchRecSpec,
+    build_torchrec_model,
+    make_torchrec_inputs,
+)
+from tests.harness.training import LR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-B, STEPS, LR = 4, 5, 0.1
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+B, STEPS = 4, 5
 TOLERANCE = 1e-5
 MAX_DIFFS: dict[str, tuple[float, float]] = {}  # "topology case" -> (outputs, parameters)
 
@@ -106,23 +112,7 @@ def train_original(model_name: str, optimizer: str, world: int, model: nn.Module
                    steps: int = STEPS) -> tuple[list[torch.Tensor], nn.Module]:
     """Single-process training of the original model on the global batches the job sees."""
     model = model if model is not None else factory(model_name)[1]()[0]
-    make = make_inputs(model_name)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    outputs = []
-    for step in range(steps):
-        inputs = make(B * world, step)
-        out = model(*inputs)
-        outputs.append(out.detach())
-        loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return outputs, model
-
-
-def gathered(out_dir: str, world: int) -> list[torch.Tensor]:
-    per_rank = [torch.load(os.path.join(out_dir, f"outputs_rank{r}.pt")) for r in range(world)]
-    return [torch.cat([per_rank[r][s] for r in range(world)]) for s in range(len(per_rank[0]))]
+    return training.train_original(model, make_inputs(model_name), B * world, steps, optimizer)
 
 
 def max_diff(expected: list[torch.Tensor], got: list[torch.Tensor]) -> float:
@@ -160,13 +150,8 @@ def run_launch(topology: str, tmp) -> None:
             _, trained = train_original(model, "sgd", 4, steps=3)
             dcp.save(trained.state_dict(), checkpoint_id=str(tmp / f"{model}.original"))
         cases += extra_cases(tmp)
-    with open(tmp / f"cases-{topology}.json", "w") as handle:
-        json.dump(cases, handle)
-    out = str(tmp / f"out-{topology}")
-    args = ["--target", f"{ROOT}/examples/{REF.split(':')[0]}.py:build", "--topology", topology,
-            "--steps", str(STEPS), "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60",
-            "--record-outputs", "--profile-steps", "0", "--cases", str(tmp / f"cases-{topology}.json")]
-    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(cases, str(tmp / f"cases-{topology}.json"), str(tmp / f"out-{topology}"), topology,
+                          target=f"{ROOT}/examples/{REF.split(':')[0]}.py:build", steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
 
 
@@ -188,6 +173,7 @@ def jobs(tmp_path_factory):
             print(f"  {case:45s} {outputs:9.3g} {params:9.3g}")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("topology, job", CASES)
 def test_plain_training_equals_single_process(jobs, topology: str, job: Job) -> None:
     tmp, world = jobs(topology), Topology.parse(topology).world_size
@@ -214,6 +200,7 @@ def test_plans_of_the_4x1_and_2x1_cases() -> None:
     assert hosts(MIXED, "2x1", JOBS["2x1"][0].plan_json("2x1"))[0] == ("user",)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("model", [REF, NVIDIA])
 def test_checkpoint_of_the_original_starts_a_dmt_job(jobs, model: str) -> None:
     """The reverse direction: the single-process original's DCP checkpoint, loaded by the job."""
@@ -226,6 +213,7 @@ def test_checkpoint_of_the_original_starts_a_dmt_job(jobs, model: str) -> None:
     assert diff <= 1e-6, diff
 
 
+@pytest.mark.distributed
 def test_tower_modules_on_a_plain_model(jobs) -> None:
     """Linear tower modules (c = 2) on the reference DLRM: the job equals the logical DMT-TM
     model trained in one process."""
@@ -377,6 +365,7 @@ def test_dims_not_a_multiple_of_4_are_accepted(dim: int) -> None:
                                          example_inputs=make_torchrec_inputs(spec, 4, 0)))
 
 
+@pytest.mark.distributed
 def test_models_one_after_another_in_one_process_group(tmp_path) -> None:
     """`--variants` trains models one after the other in the SAME default group (no fresh
     group per model, unlike `--cases`). The first model's plan leaves host 1 without tables:
@@ -388,7 +377,7 @@ def test_models_one_after_another_in_one_process_group(tmp_path) -> None:
     args = ["--target", f"{ROOT}/examples/plain_mixed.py:build_small", "--topology", topology,
             "--variants", "dmt,dmt-identity", "--steps", "2", "--batch-size", str(B), "--lr", str(LR),
             "--out", out, "--timeout-s", "30", "--plan", json.dumps(plan)]
-    result = launch(Topology.parse(topology), args, out, deadline_s=240, grace_s=30)
+    result = launch_job(topology, args, out, deadline_s=240, grace_s=30)
     assert result.ok, result.log_tail(40)
     for variant in ("dmt", "dmt-identity"):
         losses = [json.load(open(os.path.join(out, variant, f"rank{r}.json")))["losses"] for r in range(2)]

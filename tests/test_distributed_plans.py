@@ -1,6 +1,6 @@
 """Issue 12, item 3: any valid plan trains on a real world, equal to single-process training.
 
-The issue's model (tests/dist_models.py: a user collection of 3 tables, an item collection
+The issue's model (tests/harness/targets/dist_models.py: a user collection of 3 tables, an item collection
 of 2, a hand-written dot interaction) hung on 2x2 with the balanced plan: the item
 collection has no table on host 1, that host sent the pooled all-to-all a tensor that did
 not require grad, and TorchRec runs the all-to-all's backward only where its input
@@ -19,11 +19,12 @@ import os
 import pytest
 
 from dmt_fx import Topology
-from tests import dist_models
-from tests.dist_cases import Case, check_case, run_cases
+from tests.harness.cases import Case, check_case
+from tests.harness.launch import run_cases
+from tests.harness.targets import dist_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = f"{ROOT}/tests/dist_models.py"
+MODELS = f"{ROOT}/tests/harness/targets/dist_models.py"
 STEPS = 5
 
 
@@ -62,6 +63,7 @@ CASES = {
 }
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("topology", sorted(CASES))
 def test_any_plan_trains_equal_to_single_process(tmp_path, topology: str) -> None:
     cases, world = CASES[topology], Topology.parse(topology).world_size

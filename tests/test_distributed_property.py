@@ -1,6 +1,6 @@
 """Issue 12, item 4: distributed property test.
 
-Generated models (tests/random_models.py: TorchRec models with shared tables, weighted
+Generated models (tests/harness/random_models.py: TorchRec models with shared tables, weighted
 features, one or two collections; plain nn.EmbeddingBag models when `distribute` accepts
 them) x random valid plans (each table on a random host, hosts may hold none) x topologies
 {2x2, 4x1, 1x4, 2x1}: DMT trained 3 steps on the world equals single-process training of
@@ -15,7 +15,7 @@ regressions the slow suite found (`REGRESSIONS`); the slow suite
 (-m slow): 26 per topology, 104 in all
 (DMT_DIST_PROPERTY_EXAMPLES overrides the per-topology count).
 
-The corpus's styles (tests/random_styles.py: batch dataclasses, dicts, float columns, QR bags,
+The corpus's styles (tests/harness/random_styles.py: batch dataclasses, dicts, float columns, QR bags,
 attention, joint tables; heads with BatchNorm and Dropout; captured in train or eval mode, by
 symbolic tracing or torch.export), each trained in a drawn mode (as built, train() or eval())
 and then evaluated in eval mode on 2x2 and 4x1, against single-process training that runs each
@@ -31,9 +31,12 @@ import os
 import pytest
 
 from dmt_fx import Topology
-from tests.dist_cases import check_case, check_modes_case, run_cases
-from tests.dist_property import STYLE_EVAL_STEPS, draw_cases, draw_style_cases, spec_case
-from tests.random_models import PlainSpec, PlainTable
+from tests.harness.cases import check_case, check_modes_case
+from tests.harness.launch import run_cases
+from tests.harness.property import STYLE_EVAL_STEPS, draw_cases, draw_style_cases, spec_case
+from tests.harness.random_models import PlainSpec, PlainTable
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 STEPS = 3
 TOPOLOGIES = ("2x2", "4x1", "1x4", "2x1")

@@ -2,8 +2,8 @@
 and nn.Embedding read as [B, L] ids, on TorchRec's sharded EmbeddingCollection inside the
 host, ids through the one peer id exchange, rows back through one jagged peer all-to-all.
 
-One torchrun launch per topology (tests/dist_sequences.py: the models of
-tests/corpus/sequences.py; every sequence batch has empty sequences) trains
+One torchrun launch per topology (tests/harness/targets/dist_sequences.py: the models of
+tests/harness/corpus/sequences.py; every sequence batch has empty sequences) trains
   - `pooled_sequence`: a pooled EmbeddingBagCollection + an EmbeddingCollection (width 6,
     padded to 8 inside the host), sequences mean-pooled in the model;
   - `bert4rec`: the sequence-only BERT4Rec shape (one table read by two features, so one
@@ -18,24 +18,21 @@ sequence, plain [B, L]) in CI; every case on 2x2 and 4x1 under `slow`."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
-import torch
 import torch.distributed.checkpoint as dcp
-import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_sequences
-from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import job_diffs, train_steps
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.launch import launch_cases
+from tests.harness.sequence_jobs import STEPS, TARGET, B, _build, expected_embedding_bytes, train_original
+from tests.harness.targets import dist_sequences
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_sequences.py")
-B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+TOLERANCE = 1e-5
+OPTIMIZERS = ("sgd", "adagrad")
 MODELS = ("pooled_sequence", "bert4rec", "plain_sequence")
 # No Adam: on the CPU it needs TorchRec's DENSE kernel, whose sequence lookup fails (refused)
 ALL_CASES = [(m, o, "table_wise") for m in MODELS for o in OPTIMIZERS] + [
@@ -52,16 +49,6 @@ def _name(model: str, optimizer: str, sharding: str) -> str:
     return f"{model}-{optimizer}" + ("" if sharding == "table_wise" else f"-{sharding}")
 
 
-def _build(factory: str, seed: int = 0) -> nn.Module:
-    return getattr(dist_sequences, factory)(seed)[0]
-
-
-def train_original(factory: str, optimizer: str, world: int, steps: int = STEPS) -> tuple[list, nn.Module]:
-    model = _build(factory)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
-    return train_steps(model, opt, getattr(dist_sequences, factory).make_inputs, B * world, steps), model
-
-
 def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
     world = Topology.parse(topology).world_size
     _, trained = train_original("pooled_sequence", "sgd", world, steps=2)
@@ -71,13 +58,8 @@ def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
              for m, o, s in cases]
     specs.append({"name": LOAD, "args": ["--target", f"{TARGET}:pooled_sequence", "--steps", "1",
                                          "--load-checkpoint", str(tmp / "original")]})
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(specs, handle)
-    out = str(tmp / "out")
-    args = ["--target", f"{TARGET}:pooled_sequence", "--topology", topology, "--steps", str(STEPS),
-            "--batch-size", str(B), "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
-            "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(specs, str(tmp / "cases.json"), str(tmp / "out"), topology,
+                          target=f"{TARGET}:pooled_sequence", steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
 
 
@@ -106,6 +88,7 @@ def test_sequence_models_are_distributable_and_spread() -> None:
         assert hosts == ({0} if factory == "bert4rec" else {0, 1}), hosts
 
 
+@pytest.mark.distributed
 def test_training_equals_single_process(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -123,6 +106,7 @@ def test_training_equals_single_process(launched) -> None:
     assert not failed, failed
 
 
+@pytest.mark.distributed
 def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -134,34 +118,7 @@ def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     assert diff <= 1e-6, diff
 
 
-def _rank_batches(factory: str, world: int, step: int) -> list[tuple]:
-    """Each rank's local batch of step `step` (rows [r*B, (r+1)*B) of the global batch)."""
-    from dmt_fx.jobs.data import slice_batch
-
-    batch = getattr(dist_sequences, factory).make_inputs(B * world, step)
-    return [slice_batch(batch, r * B, (r + 1) * B) for r in range(world)]
-
-
-def expected_embedding_bytes(factory: str, topology: str, steps: range) -> float:
-    """An independent count of the cross-host float bytes per step, all ranks together: every
-    rank receives, from the other hosts, B pooled rows of their pooled tables and one row per
-    id of its samples' sequence features they hold (forward), and sends the same bytes of
-    gradients back (backward); fp32."""
-    topo = Topology.parse(topology)
-    model, inputs = getattr(dist_sequences, factory)()
-    result = dmt_fx.dmt_result(dmt_fx.transform(model, topology, example_inputs=inputs))
-    host_of = {f: t.host for t in result.plan.towers for f in t.features}
-    total = 0.0
-    for step in steps:
-        for rank, local in enumerate(_rank_batches(factory, topo.world_size, step)):
-            host = topo.host_of(rank)
-            counts = {k: n for kjt in local[1:] for k, n in zip(kjt.keys(), kjt.length_per_key())}
-            for f in result.sites.features:
-                if host_of[f.name] != host:
-                    total += 2 * 4 * f.dim * (counts[f.key] if f.sequence else B)
-    return total / len(steps)
-
-
+@pytest.mark.distributed
 def test_traffic_counts_the_jagged_exchange(launched) -> None:
     """The meter's cross-host embedding bytes (the pooled and the jagged peer all-to-all,
     forward and backward) equal the independent count of `expected_embedding_bytes`; for

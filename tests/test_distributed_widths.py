@@ -14,23 +14,23 @@ import json
 import os
 
 import pytest
-import torch
 import torch.distributed.checkpoint as dcp
 import torch.nn as nn
 
 import dmt_fx
 from dmt_fx import Topology
 from dmt_fx.ir.widths import wire_widths
-from dmt_fx.jobs.launch import launch
 from dmt_fx.runtime.distribute import check_distributable
-from tests import dist_widths
-from tests.corpus.fm_family import make_inputs
-from tests.dist_cases import gathered_outputs as gathered
-from tests.dist_cases import job_diffs, train_steps
+from tests.harness import training
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.corpus.fm_family import make_inputs
+from tests.harness.launch import launch_cases
+from tests.harness.targets import dist_widths
 
-TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_widths.py")
-B, STEPS, LR, TOLERANCE = 4, 4, 0.1, 1e-5
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}
+TARGET = dist_widths.__file__
+B, STEPS, TOLERANCE = 4, 4, 1e-5
+OPTIMIZERS = ("sgd", "adagrad", "adam")
 MODELS = ("fm", "deepfm", "wide_deep", "collections_fm", "qr_fm")
 # Adam: fused into FBGEMM's backward on a GPU; on the CPU, where FBGEMM has no fused Adam,
 # the tables take TorchRec's DENSE kernel and the dense Adam (runtime/optim.table_kernel).
@@ -55,9 +55,8 @@ def _build(factory: str, seed: int = 0) -> nn.Module:
 
 def train_original(factory: str, optimizer: str, world: int, steps: int = STEPS) -> tuple[list, nn.Module]:
     model = _build(factory)
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=LR)
     batches = getattr(getattr(dist_widths, factory), "make_inputs", make_inputs)  # the worker's choice too
-    return train_steps(model, opt, batches, B * world, steps), model
+    return training.train_original(model, batches, B * world, steps, optimizer)
 
 
 def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
@@ -69,12 +68,8 @@ def _launch(tmp, topology: str, cases: list[tuple[str, str, str]]) -> None:
              for m, o, s in cases]
     cases.append({"name": LOAD, "args": ["--target", f"{TARGET}:deepfm", "--steps", "1",
                                          "--load-checkpoint", str(tmp / "original")]})
-    with open(tmp / "cases.json", "w") as handle:
-        json.dump(cases, handle)
-    out = str(tmp / "out")
-    args = ["--target", f"{TARGET}:fm", "--topology", topology, "--steps", str(STEPS), "--batch-size", str(B),
-            "--lr", str(LR), "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0", "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse(topology), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(cases, str(tmp / "cases.json"), str(tmp / "out"), topology, target=f"{TARGET}:fm",
+                          steps=STEPS, batch_size=B)
     assert result.ok, result.log_tail(80)
 
 
@@ -100,6 +95,7 @@ def test_narrow_tables_are_accepted_and_spread() -> None:
         assert {t.host for t in result.plan.towers if t.features} == {0, 1}
 
 
+@pytest.mark.distributed
 def test_training_equals_single_process(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -118,6 +114,7 @@ def test_training_equals_single_process(launched) -> None:
     assert not failed, failed
 
 
+@pytest.mark.distributed
 def test_checkpoint_of_the_original_starts_a_dmt_job(launched) -> None:
     launch_name, tmp = launched
     world = Topology.parse(launch_name.split("-")[0]).world_size
@@ -145,6 +142,7 @@ def traffic(out: str, name: str) -> dict[str, float]:
     return {k: sum(t[k] for t in per_rank) for k in ("intra_host_embedding_bytes", "cross_host_embedding_bytes")}
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_traffic_counts_include_the_padding(tmp_path) -> None:
     """Measured traffic (the TrafficMeter) of the narrow FM / DeepFM against the same models
@@ -152,12 +150,9 @@ def test_traffic_counts_include_the_padding(tmp_path) -> None:
     tables) the bytes are the padded ones; the peer exchange carries the real widths only."""
     names = [*TRAFFIC_MODELS, *TRAFFIC_MODELS.values()]
     cases = [{"name": n, "args": ["--target", f"{TARGET}:{n}"]} for n in names]
-    with open(tmp_path / "cases.json", "w") as handle:
-        json.dump(cases, handle)
     out = str(tmp_path / "out")
-    args = ["--target", f"{TARGET}:fm", "--topology", "2x2", "--steps", "4", "--batch-size", str(B), "--lr", str(LR),
-            "--out", out, "--timeout-s", "60", "--cases", str(tmp_path / "cases.json")]
-    result = launch(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=60)
+    result = launch_cases(cases, str(tmp_path / "cases.json"), out, "2x2", target=f"{TARGET}:fm", steps=4,
+                          batch_size=B, record=False)
     assert result.ok, result.log_tail(80)
     for narrow, aligned in TRAFFIC_MODELS.items():
         got, base = traffic(out, narrow), traffic(out, aligned)

@@ -16,18 +16,19 @@ from dmt_fx import Topology
 from dmt_fx.bench.traffic import traffic_bench
 from dmt_fx.cli.main import main, parser
 from dmt_fx.cli.options import topology_of
-from dmt_fx.jobs.launch import launch
-from tests.test_distributed import STEPS, B, gathered_outputs, load_checkpoint_into_original, reference, target
+from tests.harness.launch import launch_job
+from tests.harness.zoo import STEPS, B, gathered_outputs, load_checkpoint_into_original, reference, target
 
 DOMAINS = Topology.parse("2x2", ranks_per_host=1)
 
 
+@pytest.mark.distributed
 def test_two_domains_of_two_hosts_train_like_one_process(tmp_path) -> None:
     out, ckpt = str(tmp_path / "domains"), str(tmp_path / "ckpt")
     args = ["--target", target("torchrec_dlrm"), "--topology", str(DOMAINS), "--steps", str(STEPS),
             "--batch-size", str(B), "--lr", "0.1", "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0",
             "--save-checkpoint", ckpt]
-    result = launch(DOMAINS, args, out, deadline_s=240, grace_s=60)
+    result = launch_job(DOMAINS, args, out, deadline_s=240, grace_s=60)
     assert result.ok, result.log_tail()
     assert len(result.returncodes) == 4  # one agent (torchrun host) per rank
     expected, trained = reference("torchrec_dlrm", DOMAINS.world_size)
@@ -49,6 +50,7 @@ def test_two_domains_of_two_hosts_train_like_one_process(tmp_path) -> None:
         assert traffic["cross_host_embedding_bytes"] == 2 * B * 32 * (2 - 1) / 2 * 4, traffic  # D = 32
 
 
+@pytest.mark.distributed
 def test_bench_traffic_counts_cross_domain_bytes_as_a_two_host_job_sends_across_hosts(tmp_path) -> None:
     kwargs = dict(variants=["dmt-identity"], steps=2, warmup=1, batch_size=8, deadline_s=240)
     (domains,) = traffic_bench(["2x2"], ranks_per_host=1, out=str(tmp_path / "domains"), **kwargs)

@@ -46,6 +46,7 @@ def test_missing_iproute2_is_a_clear_error(monkeypatch) -> None:
         netns.check_requirements()
 
 
+@pytest.mark.distributed
 @needs_root
 def test_setup_and_teardown_even_when_the_body_raises() -> None:
     before = namespaces()
@@ -72,6 +73,7 @@ def test_setup_and_teardown_even_when_the_body_raises() -> None:
                    (os.listdir(netns.NETNS_ETC) if os.path.isdir(netns.NETNS_ETC) else []))
 
 
+@pytest.mark.distributed
 @needs_root
 def test_stale_namespaces_of_dead_runs_are_removed() -> None:
     dead = 2 ** 22 + 7  # above pid_max's default: no such process
@@ -84,6 +86,7 @@ def test_stale_namespaces_of_dead_runs_are_removed() -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
+@pytest.mark.distributed
 @needs_root
 @pytest.mark.slow
 def test_short_benchmark_run(tmp_path) -> None:

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 
 import dmt_fx
 from examples import ZOO
-from tests.random_models import assert_grads_equal, grads_by_key
+from tests.harness.equivalence import (
+    assert_grads_equal,
+    assert_same_outputs,
+    assert_state_dicts_equal,
+    grads_by_key,
+    tensor_leaves,
+)
 
 TOPOLOGIES = ["1x1", "2x2", "2x4", "4x1"]
 NAMES = sorted(ZOO)
@@ -64,25 +70,6 @@ def case(name: str, topology: str, seed: int = 0) -> Case:
     c = _transformed(name, topology, seed)
     c.reset()
     return c
-
-
-def _outputs(out: Any) -> list[torch.Tensor]:
-    leaves = torch.utils._pytree.tree_leaves(out)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
-
-
-def assert_same_outputs(expected: Any, got: Any) -> None:
-    e, g = _outputs(expected), _outputs(got)
-    assert len(e) == len(g) and e, "different output structure"
-    for a, b in zip(e, g):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        assert torch.equal(a, b), f"outputs differ (max abs diff {(a - b).abs().max().item():.3g})"
-
-
-def assert_state_dicts_equal(expected: dict, got: dict) -> None:
-    assert list(got) == list(expected), "state_dict keys (or their order) differ"
-    for k, v in expected.items():
-        assert torch.equal(v, got[k]), f"state_dict[{k!r}] differs"
 
 
 def _loss(out: torch.Tensor, seed: int) -> torch.Tensor:
@@ -178,7 +165,7 @@ def test_original_loads_dmt_checkpoint(name: str, topology: str) -> None:
     fresh_ref.load_state_dict(c.gm.state_dict(), strict=True)
     x = c.module.make_inputs(6, 401)
     assert_same_outputs(fresh_ref(*x), c.gm(*x))
-    assert not torch.equal(_outputs(c.pristine(*x))[0], _outputs(fresh_ref(*x))[0])
+    assert not torch.equal(tensor_leaves(c.pristine(*x))[0], tensor_leaves(fresh_ref(*x))[0])
 
 
 @pytest.mark.parametrize("name,topology", CASES)
@@ -187,7 +174,7 @@ def test_dmt_loads_original_checkpoint(name: str, topology: str) -> None:
     other = case(name, topology, seed=1)  # a differently-seeded build, transformed
     ref = c.fresh_ref()
     x = c.module.make_inputs(6, 402)
-    assert not torch.equal(_outputs(ref(*x))[0], _outputs(other.gm(*x))[0]), "seeds 0 and 1 build equal models"
+    assert not torch.equal(tensor_leaves(ref(*x))[0], tensor_leaves(other.gm(*x))[0]), "seeds 0 and 1 build equal models"
     other.gm.load_state_dict(ref.state_dict(), strict=True)
     assert_same_outputs(ref(*x), other.gm(*x))
     assert_state_dicts_equal(ref.state_dict(), other.gm.state_dict())
@@ -229,11 +216,11 @@ def test_shares_the_models_parameters(name: str, topology: str) -> None:
     assert sum(p.numel() for p in gm_params) == sum(p.numel() for p in c.model.parameters())
     # Writing through the model is seen by gm (no copies).
     x = c.module.make_inputs(4, 501)
-    before = _outputs(c.gm(*x))[0]
+    before = tensor_leaves(c.gm(*x))[0]
     with torch.no_grad():
         for p in c.model.parameters():
             p.mul_(0.5)
-    assert not torch.equal(before, _outputs(c.gm(*x))[0])
+    assert not torch.equal(before, tensor_leaves(c.gm(*x))[0])
 
 
 def test_state_dict_hook_leaves_a_parents_other_keys_in_place() -> None:

@@ -1,9 +1,9 @@
-"""A job always ends: the user-style 2x2 job (`tests/user_job.py`: transform, distribute,
+"""A job always ends: the user-style 2x2 job (`tests/harness/user_job.py`: transform, distribute,
 6 steps, all_reduce, barrier, destroy_process_group, return from main) launched again and
 again under a competing CPU load; no rank may outlive its last step by more than 10 s.
 
 Before the fix (runtime/shutdown.py) a rank could stay in `ProcessGroupGloo`'s destructor
-forever at exit; the soak records the stacks of any rank past the limit (`tests/exit_soak.py`).
+forever at exit; the soak records the stacks of any rank past the limit (`tests/harness/exit_soak.py`).
 One launch of the user's ending in the default suite; 50 of it under load, and two ended by
 `dmt_fx.shutdown(module)`, under `-m slow`.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.exit_soak import soak
+from tests.harness.exit_soak import soak
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 
 def _check(result, launches: int) -> None:

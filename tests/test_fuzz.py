@@ -1,322 +1,60 @@
-"""Fuzz test: dmt_fx.transform on random models either gives an equivalent model or a DMTError.
+"""The fuzzer: dmt_fx.transform on generated models gives an equivalent model (or, for the
+odd inputs, a DMTError), checked by the one equivalence checker (tests/harness/equivalence.py).
 
-Each example draws one case (a frozen, printable `Case`; Hypothesis shows it on failure):
+* `test_fuzz_transform`: the fuzz cases of tests/harness/random_dlrms.py (random TorchRec
+  concat models, torchrec.models.dlrm / DLRM_DCN / DLRM_Projection, reference-DLRM-style
+  plain models on the export route, odd inputs). `transform(..., verify=True)` raises a
+  DMTError (allowed, and required for the odd inputs; any other exception fails the test),
+  or the result's outputs on a fresh batch are bitwise equal to an untouched copy of the
+  original and so is every parameter gradient. 200 examples in CI; `-m slow` runs 2,000.
+* `test_random_torchrec_model`, `test_random_plain_model` (tests/harness/random_models.py):
+  transform with example inputs (verify=True) succeeds; outputs and every parameter gradient
+  bitwise equal on a fresh batch; every feature is in exactly one tower; the features of a
+  shared table are in one tower; there are min(num_hosts, num_tables) towers. The plain
+  family goes through torch.export (~0.5 s per example), so it runs a fifth of the examples.
+* `test_random_style_model` (tests/harness/random_styles.py): the input styles of the corpus,
+  in both modes when the head is mode-dependent; a tenth of the examples in CI and at least
+  2,000 with -m slow (`test_random_style_model_soak`).
 
-* "concat": the random TorchRec concat models of tests/random_models.py (one or two
-  EBCs, mixed dims, shared tables, weighted collections, SUM/MEAN, read by key).
-* "dlrm" / "dlrm_dcn" / "dlrm_projection": torchrec.models.dlrm over a random EBC
-  (1-12 features, equal dim 4 or 8, shared tables, SUM/MEAN, KJT keys in random order).
-* "ref_dot": a plain-PyTorch reference-DLRM-style model (Python loops over lists of
-  offsets/ids, ints from shapes, pairwise-dot interaction with or without self terms),
-  captured through torch.export (~0.4 s each, so ~9% of the examples).
-* Odd inputs: a user plan naming an unknown feature, a topology string that is not
-  valid ("0x2", "2y4", "1x0", "x"), a model whose embeddings never meet a dense input
-  (these three must raise a DMTError), and a random user plan over the model's
-  features (shared tables possibly split, hosts possibly repeated): either way allowed.
-
-Topology: 1..4 hosts x 1..2. The property: `transform(..., verify=True)` raises a
-DMTError (allowed; any other exception fails the test), or the result's outputs on a
-fresh batch are bitwise equal to an untouched copy of the original and so is every
-parameter gradient.
-
-200 examples in CI (the "ci" profile, tests/conftest.py); `pytest -m slow
-tests/test_fuzz.py` runs 2,000.
+Example counts come from the Hypothesis profile (tests/conftest.py: 200 in CI,
+DMT_HYPOTHESIS_EXAMPLES overrides).
 """
 
 from __future__ import annotations
 
+import collections
 import copy
-import dataclasses
-from typing import Any
 
 import pytest
 import torch
-import torch.nn as nn
 from hypothesis import event, given, note, settings
-from hypothesis import strategies as st
-from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import dmt_fx
-from tests.random_models import (
-    _split,
-    assert_grads_equal,
+from dmt_fx import Topology
+from tests.harness.equivalence import assert_bitwise_equivalent, check_equivalence
+from tests.harness.random_dlrms import Case, build_case, cases, plan_dict
+from tests.harness.random_models import (
+    PlainSpec,
+    TorchRecSpec,
+    build_plain_model,
     build_torchrec_model,
+    make_plain_inputs,
     make_torchrec_inputs,
-    set_seed_params,
+    plain_specs,
     torchrec_specs,
 )
+from tests.harness.random_styles import StyleSpec, build_style_model, make_style_inputs, style_specs
 
-# ---------------------------------------------------------------- torchrec.models.dlrm family
-
-
-@dataclasses.dataclass(frozen=True)
-class EBCSpec:
-    dim: int
-    tables: tuple[tuple[int, str, tuple[str, ...]], ...]  # (rows, "sum"|"mean", features)
-    kjt_keys: tuple[str, ...]
-    max_length: int
-
-    @property
-    def features(self) -> tuple[str, ...]:
-        return tuple(f for _, _, fs in self.tables for f in fs)
-
-    def rows_of(self, key: str) -> int:
-        return next(n for n, _, fs in self.tables if key in fs)
-
-
-@st.composite
-def ebc_specs(draw, max_features: int = 12) -> EBCSpec:
-    n = draw(st.integers(1, max_features))
-    dim = draw(st.sampled_from([4, 8]))
-    keys = [f"f{i}" for i in range(n)]
-    tables, cursor = [], 0
-    for size in _split(draw, n, 1, 3):
-        tables.append((draw(st.integers(1, 40)), draw(st.sampled_from(["sum", "mean"])),
-                       tuple(keys[cursor:cursor + size])))
-        cursor += size
-    return EBCSpec(dim, tuple(tables), tuple(draw(st.permutations(keys))), draw(st.integers(0, 3)))
-
-
-def make_ebc(spec: EBCSpec) -> EmbeddingBagCollection:
-    return EmbeddingBagCollection(tables=[
-        EmbeddingBagConfig(name=f"t{i}", embedding_dim=spec.dim, num_embeddings=rows, feature_names=list(fs),
-                           pooling=PoolingType.SUM if pooling == "sum" else PoolingType.MEAN)
-        for i, (rows, pooling, fs) in enumerate(spec.tables)
-    ])
-
-
-def make_kjt(spec: EBCSpec, batch_size: int, g: torch.Generator) -> KeyedJaggedTensor:
-    lengths = torch.randint(0, spec.max_length + 1, (len(spec.kjt_keys), batch_size), generator=g)
-    values = torch.cat([torch.randint(0, spec.rows_of(k), (int(lengths[i].sum()),), generator=g)
-                        for i, k in enumerate(spec.kjt_keys)])
-    return KeyedJaggedTensor.from_lengths_sync(keys=list(spec.kjt_keys), values=values, lengths=lengths.reshape(-1))
-
-
-@dataclasses.dataclass(frozen=True)
-class DLRMSpec:
-    kind: str  # "dlrm" | "dlrm_dcn" | "dlrm_projection" | "embeddings_only"
-    ebc: EBCSpec
-    dense_in: int
-    hidden: int
-    dcn_layers: int
-    dcn_rank: int
-    branch: tuple[int, int]  # projection branch sizes in multiples of dim
-
-
-@st.composite
-def dlrm_specs(draw, kind: str) -> DLRMSpec:
-    return DLRMSpec(kind, draw(ebc_specs()), draw(st.integers(1, 6)), draw(st.integers(1, 8)),
-                    draw(st.integers(1, 3)), draw(st.integers(1, 4)),
-                    (draw(st.integers(1, 3)), draw(st.integers(1, 3))))
-
-
-class EmbeddingsOnly(nn.Module):
-    """Pooled embeddings straight into a linear: they never meet the dense input."""
-
-    def __init__(self, spec: DLRMSpec) -> None:
-        super().__init__()
-        self.ebc = make_ebc(spec.ebc)
-        self.dense_arch = nn.Linear(spec.dense_in, 2)
-        self.over_arch = nn.Linear(spec.ebc.dim * len(spec.ebc.features), 1)
-
-    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.over_arch(self.ebc(kjt).values()), self.dense_arch(dense)
-
-
-def build_dlrm(spec: DLRMSpec, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    d, h = spec.ebc.dim, spec.hidden
-    common = dict(embedding_bag_collection=make_ebc(spec.ebc), dense_in_features=spec.dense_in,
-                  dense_arch_layer_sizes=[h, d], over_arch_layer_sizes=[h, 1])
-    if spec.kind == "dlrm":
-        model = DLRM(**common)
-    elif spec.kind == "dlrm_dcn":
-        model = DLRM_DCN(**common, dcn_num_layers=spec.dcn_layers, dcn_low_rank_dim=spec.dcn_rank)
-    elif spec.kind == "dlrm_projection":
-        model = DLRM_Projection(**common, interaction_branch1_layer_sizes=[h, spec.branch[0] * d],
-                                interaction_branch2_layer_sizes=[h, spec.branch[1] * d])
-    else:
-        model = EmbeddingsOnly(spec)
-    set_seed_params(model, seed)
-    return model
-
-
-def dlrm_inputs(spec: DLRMSpec, batch_size: int, seed: int) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.rand(batch_size, spec.dense_in, generator=g)
-    return dense, make_kjt(spec.ebc, batch_size, g)
-
-
-# ---------------------------------------------------------------- plain PyTorch pairwise-dot family
-
-
-@dataclasses.dataclass(frozen=True)
-class RefDotSpec:
-    dim: int
-    tables: tuple[int, ...]  # rows per table (all sum pooling, like the reference)
-    feature_table: tuple[int, ...]  # feature k (list position) -> table index
-    itself: bool  # arch_interaction_itself
-    max_length: int
-
-
-@st.composite
-def ref_dot_specs(draw) -> RefDotSpec:
-    n = draw(st.integers(1, 8))
-    sizes = _split(draw, n, 1, 2)
-    return RefDotSpec(
-        dim=draw(st.sampled_from([4, 8])),
-        tables=tuple(draw(st.integers(1, 40)) for _ in sizes),
-        feature_table=tuple(draw(st.permutations([t for t, k in enumerate(sizes) for _ in range(k)]))),
-        itself=draw(st.booleans()),
-        max_length=draw(st.integers(0, 3)),
-    )
-
-
-class RefDotModel(nn.Module):
-    """Reference DLRM style: lists of offsets/ids iterated in Python, shapes unpacked,
-    index tensors rebuilt from Python loops over Z.shape on every call."""
-
-    def __init__(self, spec: RefDotSpec) -> None:
-        super().__init__()
-        self.feature_table = list(spec.feature_table)
-        self.itself = spec.itself
-        self.emb_l = nn.ModuleList(nn.EmbeddingBag(n, spec.dim, mode="sum") for n in spec.tables)
-        self.bot_l = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, spec.dim), nn.ReLU())
-        f = len(spec.feature_table) + 1
-        pairs = f * (f + 1) // 2 if spec.itself else f * (f - 1) // 2
-        self.top_l = nn.Sequential(nn.Linear(spec.dim + pairs, 8), nn.ReLU(), nn.Linear(8, 1), nn.Sigmoid())
-
-    def forward(self, dense_x: torch.Tensor, lS_o: list[torch.Tensor], lS_i: list[torch.Tensor]) -> torch.Tensor:
-        x = self.bot_l(dense_x)
-        ly = []
-        for k, ids in enumerate(lS_i):
-            ly.append(self.emb_l[self.feature_table[k]](ids, lS_o[k], per_sample_weights=None))
-        (batch_size, d) = x.shape
-        T = torch.cat([x] + ly, dim=1).view((batch_size, -1, d))
-        Z = torch.bmm(T, torch.transpose(T, 1, 2))
-        _, ni, nj = Z.shape
-        offset = 1 if self.itself else 0
-        li = torch.tensor([i for i in range(ni) for j in range(i + offset)])
-        lj = torch.tensor([j for i in range(nj) for j in range(i + offset)])
-        return self.top_l(torch.cat([x, Z[:, li, lj]], dim=1))
-
-
-def ref_dot_inputs(spec: RefDotSpec, batch_size: int, seed: int, min_length: int = 0) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    dense = torch.rand(batch_size, 5, generator=g)
-    offsets, ids = [], []
-    for t in spec.feature_table:
-        lengths = torch.randint(min_length, max(spec.max_length, min_length) + 1, (batch_size,), generator=g)
-        offsets.append(torch.cumsum(lengths, 0) - lengths)
-        ids.append(torch.randint(0, spec.tables[t], (int(lengths.sum()),), generator=g))
-    return dense, offsets, ids
-
-
-def ref_dot_feature_names(spec: RefDotSpec) -> list[str]:
-    calls: dict[int, int] = {}
-    out = []
-    for t in spec.feature_table:
-        k = calls[t] = calls.get(t, -1) + 1
-        out.append(f"emb_l.{t}" + (f"@{k}" if k else ""))
-    return out
-
-
-# ---------------------------------------------------------------- cases
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    family: str  # "concat" | "dlrm" | "dlrm_dcn" | "dlrm_projection" | "ref_dot" | "embeddings_only"
-    spec: Any
-    topology: str
-    plan: str  # "auto" | "random_plan" | "unknown_feature"
-    plan_towers: tuple[tuple[int, tuple[int, ...]], ...]  # random plan: (host, feature indices)
-    batch_size: int
-    example_batch_size: int
-    seed: int
-    must_fail: bool  # a deliberately odd input: transform must raise a DMTError
-
-
-@st.composite
-def cases(draw) -> Case:
-    # Weighted by repetition (st.integers(0, 99) would cluster near its shrink target).
-    kind = draw(st.sampled_from(["concat"] * 7 + ["dlrm", "dlrm_dcn", "dlrm_projection"] * 3 + ["ref_dot"] * 2
-                                + ["unknown_feature", "bad_topology", "embeddings_only"] + ["random_plan"] * 2))
-    hosts, local = draw(st.integers(1, 4)), draw(st.integers(1, 2))
-    topology = f"{hosts}x{local}"
-    plan, must_fail = "auto", False
-    if kind == "concat":
-        family, spec = "concat", draw(torchrec_specs(max_features=32))
-        topology = spec.topology
-    elif kind.startswith("dlrm"):
-        family, spec = kind, draw(dlrm_specs(kind))
-    elif kind == "ref_dot":  # torch.export route, ~0.4 s: 2 in 23 (~9%) of the examples
-        family, spec = "ref_dot", draw(ref_dot_specs())
-    else:  # odd inputs on a torchrec DLRM
-        family = draw(st.sampled_from(["dlrm", "dlrm_dcn", "dlrm_projection"]))
-        spec = draw(dlrm_specs(family))
-        # A model of embeddings only has no interaction site; the identity rewrite needs none
-        # (issue 11, class 2), so it must transform and stay equivalent.
-        must_fail = kind not in ("random_plan", "embeddings_only")
-        if kind == "bad_topology":
-            topology = draw(st.sampled_from(["0x2", "2y4", "1x0", "x", "-1x2", "2x", ""]))
-        elif kind == "embeddings_only":
-            family = "embeddings_only"
-            spec = dataclasses.replace(spec, kind="embeddings_only")
-        else:
-            plan = kind
-    plan_towers: tuple = ()
-    if plan in ("random_plan", "unknown_feature"):
-        n = len(spec.ebc.features)
-        num_towers = draw(st.integers(1, hosts))
-        assign = [draw(st.integers(0, num_towers - 1)) for _ in range(n)]
-        tower_hosts = [draw(st.integers(0, hosts - 1)) for _ in range(num_towers)]
-        plan_towers = tuple((tower_hosts[t], tuple(i for i in range(n) if assign[i] == t)) for t in range(num_towers))
-    return Case(family, spec, topology, plan, plan_towers, draw(st.integers(1, 6)), draw(st.integers(1, 6)),
-                draw(st.integers(0, 2**16)), must_fail)
-
-
-def _plan_dict(case: Case) -> dict | None:
-    if case.plan == "auto":
-        return None
-    features = case.spec.ebc.features
-    towers = [{"host": h, "features": [features[i] for i in ix]} for h, ix in case.plan_towers]
-    if case.plan == "unknown_feature":
-        towers[0]["features"].append("no_such_feature")
-    return {"topology": case.topology, "towers": towers}
-
-
-def _build(case: Case) -> tuple[nn.Module, tuple, tuple]:
-    """(model, example inputs, fresh batch)."""
-    spec = case.spec
-    if case.family == "concat":
-        return (build_torchrec_model(spec), make_torchrec_inputs(spec, spec.example_batch_size, spec.seed),
-                make_torchrec_inputs(spec, spec.batch_size, spec.seed + 1))
-    if case.family == "ref_dot":
-        torch.manual_seed(case.seed)
-        model = RefDotModel(spec)
-        set_seed_params(model, case.seed)
-        # >= 2 samples and >= 1 id per bag: torch.export specialises dimensions of size 0 or 1.
-        return (model, ref_dot_inputs(spec, 4, case.seed, min_length=1),
-                ref_dot_inputs(spec, case.batch_size, case.seed + 1))
-    return (build_dlrm(spec, case.seed), dlrm_inputs(spec, case.example_batch_size, case.seed),
-            dlrm_inputs(spec, case.batch_size, case.seed + 1))
-
-
-def _outputs(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, (tuple, list)) else [out]
+# ---------------------------------------------------------------- fuzz cases (odd inputs included)
 
 
 def check_case(case: Case) -> None:
     event(f"family {case.family}" + (" (must fail)" if case.must_fail else "") +
           (f", plan {case.plan}" if case.plan != "auto" else ""))
-    model, example, batch = _build(case)
+    model, example, batch = build_case(case)
     ref = copy.deepcopy(model)  # before transform: the result shares the model's parameters
     try:
-        gm = dmt_fx.transform(model, case.topology, example_inputs=example, plan=_plan_dict(case), verify=True)
+        gm = dmt_fx.transform(model, case.topology, example_inputs=example, plan=plan_dict(case), verify=True)
     except dmt_fx.DMTError as exc:
         note(f"DMTError: {exc}")
         event(f"DMTError {type(exc).__name__}")
@@ -324,15 +62,7 @@ def check_case(case: Case) -> None:
     assert not case.must_fail, f"odd input transformed without a DMTError: {case}"
     event("transformed")
     note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
-    expected, got = _outputs(ref(*batch)), _outputs(gm(*batch))
-    assert len(expected) == len(got)
-    for e, g in zip(expected, got):
-        # Bitwise: with identity towers the rewrite only re-routes ids and slices /
-        # concatenates pooled outputs, so every kernel sees the same numbers in the same order.
-        assert torch.equal(e, g), f"outputs differ (max abs diff {(e - g).abs().max().item():.3g})"
-    sum(e.sum() for e in expected).backward()
-    sum(g.sum() for g in got).backward()
-    assert_grads_equal(ref, gm)
+    assert_bitwise_equivalent(ref, gm, batch)
 
 
 @given(case=cases())
@@ -345,3 +75,170 @@ def test_fuzz_transform(case: Case) -> None:
 @given(case=cases())
 def test_fuzz_transform_2000(case: Case) -> None:
     check_case(case)
+
+
+# ---------------------------------------------------------------- random TorchRec and plain models
+
+PLAIN_EXAMPLES = max(1, settings.default.max_examples // 5)
+
+
+def _check_plan(gm, names: list[str], table_of: dict[str, str], num_hosts: int, num_tables: int) -> None:
+    plan = dmt_fx.tower_plan(gm)
+    planned = [f for t in plan.towers for f in t.features]
+    counts = collections.Counter(planned)
+    assert sorted(counts) == sorted(names), "plan features differ from the model's"
+    assert all(c == 1 for c in counts.values()), f"features in several towers: {counts}"
+    assert len(plan.towers) == min(num_hosts, num_tables)
+    assert all(t.features for t in plan.towers), "empty tower"
+    hosts = [t.host for t in plan.towers]
+    assert len(set(hosts)) == len(hosts) and all(0 <= h < num_hosts for h in hosts)
+    tower_of = plan.tower_of()
+    towers_of_table: dict[str, set[int]] = {}
+    for f in names:
+        towers_of_table.setdefault(table_of[f], set()).add(tower_of[f])
+    split = {t: s for t, s in towers_of_table.items() if len(s) > 1}
+    assert not split, f"shared tables spread over towers: {split}"
+
+
+def _torchrec_events(spec: TorchRecSpec) -> None:
+    """Coverage of the generator (pytest --hypothesis-show-statistics)."""
+    tables = [t for c in spec.collections for t in c.tables]
+    event(f"batch size {spec.batch_size}")
+    event(f"{len(spec.collections)} collection(s)")
+    event(f"largest table serves {max(len(t.features) for t in tables)} feature(s)")
+    event(f"towers {min(spec.num_hosts, spec.num_tables)}")
+    event("features: 1-8" if spec.num_features <= 8 else "features: 9-32" if spec.num_features <= 32 else "features: 33-64")
+    if any(c.weighted for c in spec.collections):
+        event("weighted collection")
+    if any(t.pooling == "mean" for t in tables):
+        event("mean pooling")
+    if any(c.read_order is not None for c in spec.collections):
+        event("read by key")
+    if len(spec.collections) == 2 and spec.collections[0].kjt_keys[0] in spec.collections[1].kjt_keys:
+        event("same keys in both collections")
+    if any(0 in m for m in spec.max_lengths):
+        event("a feature with no ids")
+
+
+def _plain_events(spec: PlainSpec) -> None:
+    event(f"batch size {spec.batch_size}")
+    event(f"largest table serves {max(spec.feature_table.count(t) for t in range(spec.num_tables))} feature(s)")
+    if any(spec.feature_weighted):
+        event("per-sample weights")
+    if any(t.mode == "mean" for t in spec.tables):
+        event("mean pooling")
+    if 0 in spec.max_lengths:
+        event("a feature with no ids")
+
+
+@given(spec=torchrec_specs())
+def test_random_torchrec_model(spec: TorchRecSpec) -> None:
+    model = build_torchrec_model(spec)
+    ref = copy.deepcopy(model)  # before transform: gm shares the model's parameters
+    example = make_torchrec_inputs(spec, spec.example_batch_size, spec.seed)
+    gm = dmt_fx.transform(model, Topology(spec.num_hosts, spec.local_world_size), example_inputs=example)
+    note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
+    _torchrec_events(spec)
+    assert dmt_fx.dmt_result(gm).route == "symbolic"
+    assert_bitwise_equivalent(ref, gm, make_torchrec_inputs(spec, spec.batch_size, spec.seed + 1))
+    names = spec.feature_names()
+    _check_plan(gm, [n for n, _, _ in names], {n: t for n, _, t in names}, spec.num_hosts, spec.num_tables)
+
+
+@settings(max_examples=PLAIN_EXAMPLES)
+@given(spec=plain_specs())
+def test_random_plain_model(spec: PlainSpec) -> None:
+    model = build_plain_model(spec)
+    ref = copy.deepcopy(model)
+    # Example batch: >= 2 samples and >= 1 id per bag, so torch.export keeps every
+    # dimension symbolic (it specialises dimensions of size 0 or 1).
+    example = make_plain_inputs(spec, 4, spec.seed, min_length=1)
+    gm = dmt_fx.transform(model, Topology(spec.num_hosts, spec.local_world_size), example_inputs=example)
+    note(f"plan: {[t.features for t in dmt_fx.tower_plan(gm).towers]}")
+    _plain_events(spec)
+    assert dmt_fx.dmt_result(gm).route == "export"
+    assert_bitwise_equivalent(ref, gm, make_plain_inputs(spec, spec.batch_size, spec.seed + 1))
+    names = spec.feature_names()
+    _check_plan(gm, [n for n, _ in names], dict(names), spec.num_hosts, spec.num_tables)
+
+
+# ---------------------------------------------------------------- known bug
+
+
+class _KeyInTwoTables(torch.nn.Module):
+    """One KJT key looked up in two tables (legal in TorchRec: outputs "a@t0", "a@t1")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchrec.modules.embedding_configs import EmbeddingBagConfig
+        from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+        self.ebc = EmbeddingBagCollection([
+            EmbeddingBagConfig(name="t0", embedding_dim=4, num_embeddings=5, feature_names=["a"]),
+            EmbeddingBagConfig(name="t1", embedding_dim=2, num_embeddings=5, feature_names=["a", "b"]),
+        ])
+        self.dense_arch = torch.nn.Linear(3, 2)
+        self.over_arch = torch.nn.Linear(2 + 4 + 2 + 2, 1)
+
+    def forward(self, dense, kjt):
+        return self.over_arch(torch.cat([self.dense_arch(dense), self.ebc(kjt).values()], dim=1))
+
+
+def test_key_looked_up_in_two_tables() -> None:
+    """A KJT key read by two tables of different towers (torchrec names the outputs a@t0, a@t1)."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    torch.manual_seed(0)
+    model = _KeyInTwoTables()
+    ref = copy.deepcopy(model)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a", "b"], values=torch.tensor([1, 2, 3]),
+                                              lengths=torch.tensor([1, 0, 1, 1]))
+    x = (torch.rand(2, 3), kjt)
+    gm = dmt_fx.transform(model, "2x1", example_inputs=x)
+    plan = dmt_fx.tower_plan(gm)
+    assert len(plan.towers) == 2
+    assert_bitwise_equivalent(ref, gm, x)
+    towers = [gm.get_submodule(f"dmt_towers.tower_{t.index}.ebc") for t in plan.towers]
+    assert sorted(n for t in towers for n in t.embedding_bags) == ["t0", "t1"]
+
+
+# ---------------------------------------------------------------- input styles (issue 11)
+
+STYLE_EXAMPLES = max(1, settings.default.max_examples // 10)
+SOAK_EXAMPLES = max(2000, settings.default.max_examples)
+
+
+def _check_style(spec: StyleSpec) -> None:
+    """Transform succeeds (no exception at all: every style is valid), outputs and gradients
+    are bitwise equal on a fresh batch, every table is in one tower and QR pairs share one;
+    a joint table is one table per field with constant offsets, else whole with a warning."""
+    model = build_style_model(spec)
+    pristine = copy.deepcopy(model)
+    gm = dmt_fx.transform(model, spec.topology, example_inputs=make_style_inputs(spec, 4, spec.seed))
+    event(f"style {spec.style}{'' if spec.has_dense else ', no dense input'}")
+    event(f"route {dmt_fx.dmt_result(gm).route}")
+    event(f"head {spec.head}, captured in {'train' if spec.training else 'eval'} mode")
+    # both modes when the head is mode-dependent: outputs, gradients and running statistics
+    check_equivalence(model, pristine, gm, make_style_inputs(spec, spec.batch_size, spec.seed + 1))
+    result = dmt_fx.dmt_result(gm)
+    assert len(result.sites.tables) == spec.num_tables, "a physical table is missing from the analysis"
+    tower_of = result.plan.tower_of()
+    for f in result.sites.features:
+        partners = [g.name for g in result.sites.features if g.table == f.table or (f.unit and g.unit == f.unit)]
+        assert len({tower_of[g] for g in partners}) == 1, f"{f.name}'s table or composite spans towers"
+    assert len(result.plan.towers) == min(spec.num_hosts, spec.num_units)
+    assert bool(result.plan.warnings) == spec.warns, result.plan.warnings
+
+
+@settings(max_examples=STYLE_EXAMPLES)
+@given(spec=style_specs())
+def test_random_style_model(spec: StyleSpec) -> None:
+    _check_style(spec)
+
+
+@pytest.mark.slow
+@settings(max_examples=SOAK_EXAMPLES)
+@given(spec=style_specs())
+def test_random_style_model_soak(spec: StyleSpec) -> None:
+    """Opt-in (-m slow): at least 2,000 examples of the styles."""
+    _check_style(spec)

@@ -17,7 +17,7 @@ import dmt_fx
 from dmt_fx.cli.report import plan_report
 from dmt_fx.cli.tables import plan_extras
 from dmt_fx.ir.plan import TowerPlan
-from tests.corpus.joint import FIELD_ROWS, field_ids
+from tests.harness.corpus.joint import FIELD_ROWS, field_ids
 
 ROWS = sum(FIELD_ROWS)
 STARTS = [sum(FIELD_ROWS[:i]) for i in range(len(FIELD_ROWS))]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import dmt_fx
 from dmt_fx.ir.errors import ModeError
-from tests.corpus.modes import ExportBNDropoutMLP, make_inputs
+from tests.harness.corpus.modes import ExportBNDropoutMLP, make_inputs
 
 
 class FunctionalBatchNorm(nn.Module):

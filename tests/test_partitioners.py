@@ -21,7 +21,7 @@ from dmt_fx.compiler.partitioners.learned import DEFAULT_BALANCE_SLACK, learned_
 from dmt_fx.compiler.partitioners.random import random_plan
 from dmt_fx.compiler.partitioners.search import Assignment
 from examples import reference_dlrm, torchrec_dlrm, two_collections, weighted_shared
-from tests.random_models import (
+from tests.harness.random_models import (
     CollectionSpec,
     PlainSpec,
     PlainTable,

@@ -13,6 +13,7 @@ import os
 import warnings
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 from torchrec.distributed.dist_data import KJTAllToAll
@@ -23,7 +24,7 @@ from dmt_fx.ir.topology import Topology
 from dmt_fx.runtime.groups import RankInfo
 from dmt_fx.runtime.peer_ids import PeerIdExchange, runs
 from dmt_fx.runtime.traffic import TrafficMeter
-from tests.spawn_world import run_world
+from tests.harness.launch import run_world
 
 H, B = 3, 4
 TOPOLOGY = Topology(H, 1)
@@ -80,6 +81,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_one_exchange_for_all_collections_equals_torchrec_per_collection(tmp_path) -> None:
     run_world(_worker, tmp_path, nprocs=H, timeout_s=400)
     for rank in range(H):

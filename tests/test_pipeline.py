@@ -25,8 +25,8 @@ from dmt_fx.bench.emulated import best_flat_per_mode
 from dmt_fx.cli.demo import emulated_args
 from dmt_fx.cli.main import parser
 from dmt_fx.cli.run import job_spec
-from dmt_fx.jobs.launch import launch
 from dmt_fx.jobs.steps import PIPELINED, pipelined_variants, split_variant
+from tests.harness.launch import launch_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = f"{ROOT}/examples/torchrec_dlrm.py:build"
@@ -63,7 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
         json.dump(cases, handle)
     args = ["--target", TARGET, "--topology", "2x2", "--steps", str(STEPS), "--batch-size", "8", "--lr", "0.1",
             "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0", "--cases", os.path.join(out, "cases.json")]
-    result = launch(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=30)
+    result = launch_job(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=30)
     assert result.ok, result.log_tail(30)
     return out
 
@@ -79,6 +79,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_pipelined_training_equals_unpipelined(trained: str, variant: str, optimizer: str) -> None:

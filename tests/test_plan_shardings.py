@@ -17,11 +17,12 @@ import torch.distributed.checkpoint as dcp
 
 import dmt_fx
 from dmt_fx import PlanError, Topology, TowerPlan
-from tests import dist_models
-from tests.dist_cases import Case, check_case, run_cases
+from tests.harness.cases import Case, check_case
+from tests.harness.launch import run_cases
+from tests.harness.targets import dist_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = f"{ROOT}/tests/dist_models.py"
+MODELS = f"{ROOT}/tests/harness/targets/dist_models.py"
 STEPS = 3
 USER, ITEM = ("u0", "u1", "u2"), ("i0", "i1")
 
@@ -74,6 +75,7 @@ def auto_k2_plan() -> dict:
     return plan.to_dict()
 
 
+@pytest.mark.distributed
 def test_per_host_sharding_trains_equal_to_single_process(tmp_path) -> None:
     cases = [Case("tw-host0-rw-host1", f"{MODELS}:build", lambda: dist_models.build()[0], dist_models.make_inputs,
                   mixed_plan()),

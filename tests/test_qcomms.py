@@ -34,10 +34,10 @@ from dmt_fx.bench import emulated, traffic
 from dmt_fx.bench.variants import DMT, FLAT, OTHER, Variant, is_dmt, parse, with_qcomms
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.topology import Topology
-from dmt_fx.jobs.launch import launch
 from dmt_fx.models.wide import DIM, NUM_FEATURES
 from dmt_fx.models.zoo import default_dlrm
 from dmt_fx.runtime.qcomms import check_precision, codecs, qcomm_codecs_registry, wire_bytes
+from tests.harness.launch import launch_job
 
 TOLERANCE = 2.0 ** -8  # of max |output|: BF16's relative precision, the coarser codec
 
@@ -132,7 +132,7 @@ def _train(tmp_path, variants: tuple[str, ...], steps: int) -> dict[str, tuple[d
     args = ["--target", "dmt_fx.models.wide:wide_model", "--topology", "2x2", "--variants", ",".join(variants),
             "--steps", str(steps), "--warmup", "1", "--traffic-steps", "2", "--profile-steps", "0",
             "--batch-size", str(B), "--lr", "0.05", "--record-outputs", "--profile-steps", "0", "--out", out, "--timeout-s", "60"]
-    result = launch(Topology.parse("2x2"), args, out, deadline_s=400, grace_s=30)
+    result = launch_job(Topology.parse("2x2"), args, out, deadline_s=400, grace_s=30)
     assert result.ok, result.log_tail(40)
     runs = {}
     for v in variants:
@@ -150,6 +150,7 @@ def _check_close(runs: dict, fp32: str, other: str) -> float:
     return diff
 
 
+@pytest.mark.distributed
 def test_qcomms_halve_the_cross_host_embedding_bytes_on_2x2(tmp_path) -> None:
     runs = _train(tmp_path, tuple(v for pair in PAIRS for v in pair), steps=3)
     for fp32, fp16 in PAIRS:
@@ -164,6 +165,7 @@ def test_qcomms_halve_the_cross_host_embedding_bytes_on_2x2(tmp_path) -> None:
     assert all(r["traffic"]["cross_host_embedding_bytes"] == expected for r in runs["dmt-identity+fp16"][0])
 
 
+@pytest.mark.distributed
 @pytest.mark.slow
 def test_twenty_steps_with_qcomms_stay_close_to_fp32(tmp_path) -> None:
     """The numeric effect over 20 steps, for both precisions and a compressing tower (~80 s)."""

@@ -11,10 +11,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("flat", "dmt-identity", "dmt-tm-learned", "dmt-tm-random")
 
 
+@pytest.mark.distributed
 def test_quality_quick(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--quick",

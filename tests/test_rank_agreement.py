@@ -2,7 +2,7 @@
 
 * One bad rank (dmt_fx/runtime/rank_status.py): `dmt-fx run` on 2x2 where rank 2's batch at
   step 1 is bad (an id equal to its table's size; slow: a negative length, a dense input one
-  feature short; `tests/dist_bad_batch.py`). Rank 2 raises InputValidationError naming its
+  feature short; `tests/harness/targets/dist_bad_batch.py`). Rank 2 raises InputValidationError naming its
   rank, the feature, the value and the table size; every other rank exits within 60 s of
   the fault with ONE line naming rank 2 and no gloo timeout; the CLI exits 2 and its last
   line names rank 2 and why. Each rank's exit is timed from its pid (the workers' pid files).
@@ -30,7 +30,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.spawn_world import run_world
+from tests.harness.launch import run_world
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_RANK, BAD_STEP, EXIT_WITHIN_S = 2, 1, 60
@@ -54,7 +56,7 @@ def _run_bad_job(tmp_path: Path, kind: str) -> tuple[int, str, dict[int, float],
     out, stamp = tmp_path / "run", tmp_path / "fault_time"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DMT_FX_TIMEOUT_S": "120",
            "DMT_TEST_BAD_BATCH": f"rank={BAD_RANK},step={BAD_STEP},kind={kind}", "DMT_TEST_BAD_BATCH_STAMP": str(stamp)}
-    command = [sys.executable, "-m", "dmt_fx.cli.main", "run", "tests/dist_bad_batch.py:build", "--topology", "2x2",
+    command = [sys.executable, "-m", "dmt_fx.cli.main", "run", "tests/harness/targets/dist_bad_batch.py:build", "--topology", "2x2",
                "--steps", "3", "--baseline", "none", "--optimizer", "sgd", "--out", str(out), "--format", "json"]
     job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids, gone = {}, {}

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from dmt_fx import Topology
-from dmt_fx.jobs.launch import launch
+from tests.harness.launch import launch_job
+
+pytestmark = pytest.mark.distributed  # every test here starts processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 8, 2
@@ -26,24 +30,24 @@ def _losses(result) -> tuple[int, list[float]]:
 
 
 def test_same_seed_same_topology_bitwise_equal_losses(tmp_path) -> None:
-    runs = [launch(Topology(2, 2), _job(str(tmp_path / f"run{i}")), str(tmp_path / f"run{i}"), deadline_s=240)
+    runs = [launch_job(Topology(2, 2), _job(str(tmp_path / f"run{i}")), str(tmp_path / f"run{i}"), deadline_s=240)
             for i in range(2)]
     assert all(r.ok for r in runs), runs[0].log_tail()
     assert _losses(runs[0]) == _losses(runs[1])  # bitwise: == on the floats
 
 
 def test_resume_after_a_killed_rank(tmp_path, monkeypatch) -> None:
-    straight = launch(Topology(2, 2), _job(str(tmp_path / "straight"), str(tmp_path / "ckpt_a")),
+    straight = launch_job(Topology(2, 2), _job(str(tmp_path / "straight"), str(tmp_path / "ckpt_a")),
                       str(tmp_path / "straight"), deadline_s=240)
     assert straight.ok, straight.log_tail()
     _, expected = _losses(straight)
     out, ckpt = str(tmp_path / "crash"), str(tmp_path / "ckpt_b")
     monkeypatch.setenv("DMT_FX_FAULT", "rank=1,step=5")  # SIGKILL rank 1 at the start of step 5
-    crashed = launch(Topology(2, 2), _job(out, ckpt), out, deadline_s=240)
+    crashed = launch_job(Topology(2, 2), _job(out, ckpt), out, deadline_s=240)
     assert not crashed.ok and not crashed.timed_out
     assert open(os.path.join(ckpt, "latest")).read() == "step_00000003"  # steps 0-3 saved; 4 lost in the crash
     monkeypatch.delenv("DMT_FX_FAULT")
-    resumed = launch(Topology(2, 2), _job(out, ckpt), out, deadline_s=240)  # the very same command
+    resumed = launch_job(Topology(2, 2), _job(out, ckpt), out, deadline_s=240)  # the very same command
     assert resumed.ok, resumed.log_tail()
     first, losses = _losses(resumed)
     assert first == 4 and losses == expected[4:], (first, losses, expected)
@@ -58,13 +62,13 @@ def test_adam_on_cpu_tables_resumes_exactly(tmp_path) -> None:
         args[args.index("--steps") + 1], args[args.index("--optimizer") + 1] = str(steps), "adam"
         return args
 
-    straight = launch(Topology(2, 2), job(str(tmp_path / "a"), str(tmp_path / "ca"), 4), str(tmp_path / "a"),
+    straight = launch_job(Topology(2, 2), job(str(tmp_path / "a"), str(tmp_path / "ca"), 4), str(tmp_path / "a"),
                       deadline_s=240)
     assert straight.ok, straight.log_tail()
     out, ckpt = str(tmp_path / "b"), str(tmp_path / "cb")
-    first = launch(Topology(2, 2), job(out, ckpt, 2), out, deadline_s=240)  # saves after step 1
+    first = launch_job(Topology(2, 2), job(out, ckpt, 2), out, deadline_s=240)  # saves after step 1
     assert first.ok, first.log_tail()
-    resumed = launch(Topology(2, 2), job(out, ckpt, 4), out, deadline_s=240)
+    resumed = launch_job(Topology(2, 2), job(out, ckpt, 4), out, deadline_s=240)
     assert resumed.ok, resumed.log_tail()
     start, losses = _losses(resumed)
     assert start == 2 and losses == _losses(straight)[1][2:], (start, losses, _losses(straight))

@@ -6,7 +6,7 @@ In one process: seq_mean at c = 1 (no projection) is the model's own masked mean
 rewritten model equals the original (outputs, gradients, a short SGD trajectory);
 seq_attention starts as seq_mean (a zero query) and learns; c > 1 sends ceil(d / c) per
 feature and expands it back to d for the model; `dmt-fx plan`'s verdicts; the refusals.
-On a 2x2 gloo world (one torchrun launch, tests/dist_sequences.py; `slow`): seq_mean c = 1 trains
+On a 2x2 gloo world (one torchrun launch, tests/harness/targets/dist_sequences.py; `slow`): seq_mean c = 1 trains
 exactly like the original in one process (every step's outputs and the DCP checkpoint,
 1e-5); seq_attention c = 4 trains (its query and projections move) and the traffic meter's
 cross-host embedding bytes equal an independent count of fixed-width rows, below the
@@ -23,19 +23,14 @@ import torch.distributed.checkpoint as dcp
 import dmt_fx
 from dmt_fx import Topology
 from dmt_fx.cli.report import plan_report
-from dmt_fx.jobs.launch import launch
 from dmt_fx.models.zoo import default_dlrm
-from tests import dist_sequences
-from tests.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
-from tests.dist_cases import gathered_outputs as gathered
-from tests.test_distributed_sequences import (
-    LR,
-    TARGET,
-    B,
-    expected_embedding_bytes,
-    job_diffs,
-    train_original,
-)
+from tests.harness.cases import gathered_outputs as gathered
+from tests.harness.cases import job_diffs
+from tests.harness.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
+from tests.harness.launch import launch_job
+from tests.harness.sequence_jobs import TARGET, B, expected_embedding_bytes, train_original
+from tests.harness.targets import dist_sequences
+from tests.harness.training import LR
 
 STEPS = 4
 
@@ -168,11 +163,12 @@ def launched(tmp_path_factory):
     args = ["--target", f"{TARGET}:pooled_sequence", "--topology", "2x2", "--steps", str(STEPS), "--batch-size",
             str(B), "--lr", str(LR), "--optimizer", "sgd", "--out", out, "--timeout-s", "60", "--record-outputs",
             "--profile-steps", "0", "--cases", str(tmp / "cases.json")]
-    result = launch(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=60)
+    result = launch_job(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=60)
     assert result.ok, result.log_tail(80)
     return tmp
 
 
+@pytest.mark.distributed
 @pytest.mark.slow  # one 2x2 torchrun launch: ~60-100 s on this machine
 def test_seq_mean_c1_trains_like_the_original_on_2x2(launched) -> None:
     expected, trained = train_original("pooled_sequence", "sgd", 4, steps=STEPS)
@@ -202,6 +198,7 @@ def fixed_width_bytes(c: int) -> float:
                      for f in result.sites.features if host_of[f.name] != topo.host_of(rank)))
 
 
+@pytest.mark.distributed
 @pytest.mark.slow  # one 2x2 torchrun launch: ~60-100 s on this machine
 def test_reduced_exchange_is_fixed_width_on_2x2(launched) -> None:
     got, _ = _metered(launched, "seq_attention-c4")
@@ -213,6 +210,7 @@ def test_reduced_exchange_is_fixed_width_on_2x2(launched) -> None:
     assert got == want and got < jagged
 
 
+@pytest.mark.distributed
 @pytest.mark.slow  # one 2x2 torchrun launch: ~60-100 s on this machine
 def test_seq_attention_learns_on_2x2(launched) -> None:
     """The job's checkpoint holds the tower modules' trained query and projections: moved
@@ -223,6 +221,7 @@ def test_seq_attention_learns_on_2x2(launched) -> None:
     assert all(torch.isfinite(q).all() and q.abs().sum() > 0 for q in state.values()), state
 
 
+@pytest.mark.distributed
 @pytest.mark.slow  # the same launch
 def test_bert4rec_trains_with_its_encoder_bypassed_on_2x2(launched) -> None:
     """The rewrite leaves the encoder's parameters unread: the world's DDP must not wait for

@@ -35,8 +35,8 @@ import torch
 import dmt_fx
 from dmt_fx.ir.topology import Topology
 from dmt_fx.jobs.data import slice_batch
-from dmt_fx.jobs.launch import launch
 from dmt_fx.models import sequences as target
+from tests.harness.launch import launch_job
 
 TOPOLOGY = Topology(2, 2)
 H, L, N = 2, 2, 4
@@ -54,7 +54,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[list[dict], torch.Tensor]]:
     args = ["--target", TARGET, "--topology", str(TOPOLOGY), "--variants", ",".join(VARIANTS),
             "--steps", str(STEPS), "--warmup", str(WARMUP), "--traffic-steps", "2", "--profile-steps", "0",
             "--batch-size", str(B), "--lr", "0.05", "--record-outputs", "--out", out, "--timeout-s", "60"]
-    result = launch(TOPOLOGY, args, out, deadline_s=400, grace_s=30)
+    result = launch_job(TOPOLOGY, args, out, deadline_s=400, grace_s=30)
     assert result.ok, result.log_tail(40)
     found = {}
     for v in VARIANTS:
@@ -177,6 +177,7 @@ def counted(batch: int) -> dict[str, tuple[float, float]]:
         B = saved
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cross_host_embedding_bytes_equal_the_count_from_the_batch(variant, runs) -> None:
     ranks, _ = runs[variant]
@@ -184,6 +185,7 @@ def test_cross_host_embedding_bytes_equal_the_count_from_the_batch(variant, runs
         assert record["traffic"]["cross_host_embedding_bytes"] == _expected(variant, rank), (variant, rank)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("fp32", ["flat-table_wise", "dmt-identity"])
 def test_fp16_halves_rows_and_gradients_and_trains_close(fp32, runs) -> None:
     (a_ranks, ref), (b_ranks, got) = runs[fp32], runs[f"{fp32}+fp16"]

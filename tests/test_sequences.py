@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
@@ -17,27 +16,17 @@ from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingColle
 import dmt_fx
 from dmt_fx.ir import ops
 from dmt_fx.ir.errors import DMTError, UnsupportedEmbeddingError
-from dmt_fx.jobs.data import clicks
 from dmt_fx.runtime.distribute import check_distributable
 from dmt_fx.runtime.plain import PlainKJT, plain_groups, plain_lookups
-from tests.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
+from tests.harness.corpus.sequences import bert4rec, plain_sequence, pooled_sequence
+from tests.harness.training import train_original
 
 FACTORIES = {"pooled_sequence": pooled_sequence, "bert4rec": bert4rec, "plain_sequence": plain_sequence}
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}
+OPTIMIZERS = ("sgd", "adagrad")
 
 
 def _train(model: nn.Module, make, optimizer: str, steps: int = 3) -> list[torch.Tensor]:
-    opt = OPTIMIZERS[optimizer](model.parameters(), lr=0.1)
-    outs = []
-    for step in range(steps):
-        inputs = make(8, step)
-        out = model(*inputs)
-        outs.append(out.detach())
-        loss = F.binary_cross_entropy_with_logits(out, clicks(inputs, step))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return outs
+    return train_original(model, make, 8, steps, optimizer, lr=0.1)[0]
 
 
 @pytest.mark.parametrize("name", FACTORIES)

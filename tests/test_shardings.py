@@ -27,7 +27,7 @@ from dmt_fx.runtime import shardings
 from dmt_fx.runtime.optim import fused_params
 from dmt_fx.runtime.shardings import SHARDINGS, host_sharding_plan, register_sharding
 from examples import torchrec_dlrm as ex
-from tests.spawn_world import run_world
+from tests.harness.launch import run_world
 
 TABLES = ("t_f0", "t_f1", "t_f2", "t_f3")
 
@@ -112,6 +112,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         {"shards": shards, "max_diff": (got - expected).abs().max().item()}))
 
 
+@pytest.mark.distributed
 def test_a_sharding_registered_in_a_test_file_is_used_by_distribute(tmp_path) -> None:
     run_world(_worker, tmp_path, nprocs=WORLD, timeout_s=120)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]

@@ -20,7 +20,7 @@ import dmt_fx
 from dmt_fx.compiler.tower_modules import TOWER_MODULES
 from dmt_fx.ir.errors import DMTError, NoInteractionError, PassError
 from dmt_fx.runtime.distribute import check_distributable
-from tests.corpus import CORPUS
+from tests.harness.corpus import CORPUS
 
 COMPRESSING = sorted(name for name, kind in TOWER_MODULES.items() if kind.changes_model and not kind.sequences)
 

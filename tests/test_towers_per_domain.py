@@ -20,12 +20,13 @@ from dmt_fx.compiler.partitioners import PARTITIONERS, make_partition
 from dmt_fx.compiler.plans import balance_domains, tower_loads
 from dmt_fx.ir.result import dmt_result
 from dmt_fx.jobs.data import clicks
-from tests import dist_models
-from tests.dist_cases import Case, check_case, run_cases
-from tests.random_models import assert_grads_equal
+from tests.harness.cases import Case, check_case
+from tests.harness.equivalence import assert_grads_equal
+from tests.harness.launch import run_cases
+from tests.harness.targets import dist_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = f"{ROOT}/tests/dist_models.py"
+MODELS = f"{ROOT}/tests/harness/targets/dist_models.py"
 
 
 def _dlrm():
@@ -136,6 +137,7 @@ def test_compressing_towers_k2_each_their_own_module() -> None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
 
+@pytest.mark.distributed
 def test_identity_towers_k2_on_2x2_train_equal_to_single_process(tmp_path) -> None:
     model, inputs = dist_models.build()
     plan = dmt_fx.tower_plan(dmt_fx.transform(model, "2x2", example_inputs=inputs, towers_per_domain=2))
@@ -149,6 +151,7 @@ def test_identity_towers_k2_on_2x2_train_equal_to_single_process(tmp_path) -> No
     print(f"2x2 k=2 identity: max |output diff| {out_diff:.3g}, max |param diff| {param_diff:.3g}")
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", ["torchrec_dlrm", "two_collections"])
 def test_compressing_towers_k2_on_2x2_equal_the_logical_model(tmp_path, name: str) -> None:
     """Two linear towers per host run in the host's one HostTowerBlock (each module on its own
@@ -158,7 +161,7 @@ def test_compressing_towers_k2_on_2x2_equal_the_logical_model(tmp_path, name: st
 
     import torch.distributed.checkpoint as dcp
 
-    from tests.test_distributed import gathered_outputs, reference, run_dmt
+    from tests.harness.zoo import gathered_outputs, reference, run_example
 
     module = importlib.import_module(f"examples.{name}")
     model, inputs = module.build()
@@ -168,7 +171,7 @@ def test_compressing_towers_k2_on_2x2_equal_the_logical_model(tmp_path, name: st
     plan = dmt_fx.tower_plan(gm)
     assert [t.host for t in plan.towers] == [0, 0, 1, 1]
     ckpt = str(tmp_path / "ckpt")
-    result = run_dmt(tmp_path, name, "2x2", "--record-outputs", "--profile-steps", "0", "--tower-module", "linear", "--compression", "2",
+    result = run_example(tmp_path, name, "2x2", "--record-outputs", "--profile-steps", "0", "--tower-module", "linear", "--compression", "2",
                      "--plan", plan.to_json(), "--save-checkpoint", ckpt)
     assert result.ok, result.log_tail()
     expected, trained = reference(name, 4, model=gm)

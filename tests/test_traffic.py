@@ -41,7 +41,7 @@ import dmt_fx
 from dmt_fx.cost import wire
 from dmt_fx.runtime.traffic import TrafficMeter, ddp_allreduce_bytes, ddp_param_bytes
 from examples import torchrec_dlrm as ex
-from tests.spawn_world import run_world
+from tests.harness.launch import run_world
 
 H, L = 2, 2
 N = H * L
@@ -240,6 +240,7 @@ def _exchanges(result: dict) -> list[dict]:
 # ---------------------------------------------------------------- DMT
 
 
+@pytest.mark.distributed
 def test_dmt_cross_host_collectives_are_peer_messages(measured):
     for rank, result in enumerate(measured):
         crossing = [r for r in _exchanges(result["dmt"]) if _tiers(r, rank)[0] > 0]
@@ -256,6 +257,7 @@ def test_dmt_cross_host_collectives_are_peer_messages(measured):
         assert set(result["dmt"]["summary"]["by_group"]) == {"peer", "intra_host", "mixed"}
 
 
+@pytest.mark.distributed
 def test_dmt_cross_host_embedding_bytes_match_formula(measured):
     forward = B * D * (H - 1) / H * 4  # DMT.md: B*D*(H-1)/H, fp32
     for result in measured:
@@ -265,6 +267,7 @@ def test_dmt_cross_host_embedding_bytes_match_formula(measured):
         assert result["dmt"]["summary"]["steps"] == STEPS - SKIP
 
 
+@pytest.mark.distributed
 def test_pooled_all_to_all_is_seen_forward_and_backward(measured):
     # TorchRec's PooledEmbeddingsAllToAll: one forward call per step on the peer group, and
     # its backward (run by the autograd engine) sends the gradient: the same bytes.
@@ -278,6 +281,7 @@ def test_pooled_all_to_all_is_seen_forward_and_backward(measured):
         assert len(ids) == 2 * STEPS and {r["phase"] for r in ids} == {"forward"}
 
 
+@pytest.mark.distributed
 def test_dmt_ids_cross_hosts_once(measured):
     hosts = _dmt_features_by_host()
     for rank, result in enumerate(measured):
@@ -293,6 +297,7 @@ def test_dmt_ids_cross_hosts_once(measured):
 # ---------------------------------------------------------------- flat table-wise
 
 
+@pytest.mark.distributed
 def test_flat_table_wise_all_to_alls_span_the_world(measured):
     for rank, result in enumerate(measured):
         records = _exchanges(result["flat-table_wise"])
@@ -306,6 +311,7 @@ def test_flat_table_wise_all_to_alls_span_the_world(measured):
             assert row["intra_host_messages"] == row["collectives"] * (L - 1)
 
 
+@pytest.mark.distributed
 def test_flat_table_wise_bytes(measured):
     # One table of width D/N on every rank: each destination gets B*(D/N) floats, N-L of
     # them on the other hosts: B*D*(N-L)/N = B*D*(H-1)/H, the same bytes as DMT.
@@ -331,6 +337,7 @@ def test_flat_table_wise_bytes(measured):
 # ---------------------------------------------------------------- the dense all-reduce (DDP, C++)
 
 
+@pytest.mark.distributed
 def test_ddp_allreduce_is_measured(measured):
     dense = _dense_param_bytes()
     for rank, result in enumerate(measured):
@@ -356,6 +363,7 @@ def test_ddp_allreduce_is_measured(measured):
 # ---------------------------------------------------------------- accounting rules
 
 
+@pytest.mark.distributed
 def test_known_collectives_are_counted(measured):
     for rank, result in enumerate(measured):
         synthetic = result["synthetic"]
