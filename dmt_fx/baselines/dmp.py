@@ -50,8 +50,10 @@ def embedding_collections(model: nn.Module) -> list[tuple[str, EmbeddingBagColle
 
 
 def table_weights(ebc: nn.Module) -> dict[str, torch.Tensor]:
-    """The collection's full tables by state_dict key, referenced (no copy)."""
-    return {k: v for k, v in ebc.state_dict(keep_vars=True).items() if k.startswith("embedding_bags.")}
+    """The collection's full tables by state_dict key, referenced (no copy). Meta tables are
+    left out: DMP allocates only this rank's shards of them and initialises those with the
+    table's init_fn (ShardedEmbeddingBagCollection.reset_parameters), never the whole table."""
+    return {k: v for k, v in ebc.state_dict(keep_vars=True).items() if k.startswith("embedding_bags.") and not v.is_meta}
 
 
 def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder,
@@ -62,7 +64,8 @@ def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder,
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(torch.distributed.group.WORLD),
                                    device=runtime_device(), plan=ShardingPlan(dict(plan)), sharders=[sharder])
     for path, weights in tables.items():
-        copy_into_shards(dmp.module.get_submodule(path).state_dict(), weights)
+        state = dmp.module.get_submodule(path).state_dict()
+        copy_into_shards({k: v for k, v in state.items() if k in weights}, weights)  # meta tables: init_fn
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     optimizer = CombinedOptimizer([("fused", dmp.fused_optimizer),
                                    ("dense", KeyedOptimizerWrapper(

@@ -35,6 +35,7 @@ from dmt_fx.runtime.fingerprint import one_model
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
+from dmt_fx.runtime.meta_init import materialise_dense, move_real_tensors, refuse_rank0_weights
 from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
@@ -130,6 +131,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     for name in {sharding, *result.plan.host_shardings().values()}:  # the plan's per-host ones too
         SHARDINGS.get(name)  # an unknown name fails here, on every rank, before any collective
     check_precision(comm_precision)
+    refuse_rank0_weights(module, weights_from_rank0)  # a meta model: rank 0 has nothing to send
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     dense_tables = table_kernel(optimizer_class, runtime_device()) == DENSE
@@ -140,6 +142,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
+    materialise_dense(lowered.module, runtime_device())  # a meta model's dense layers (meta_init.py)
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
     agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
@@ -162,8 +165,9 @@ def place_on(module: fx.GraphModule, device: torch.device) -> None:
     """Under NCCL the runtime runs on this rank's GPU: move the transformed model there first
     (parameters, buffers and the graph's tensor constants, which `Module.to` skips), so the
     shards, the tower modules' DDP and the world's DDP all see one device. A no-op on CPU.
-    (Seen on an H200: DDP refused `device_ids=[cuda:0]` over parameters left on the CPU.)"""
-    module.to(device)
+    (Seen on an H200: DDP refused `device_ids=[cuda:0]` over parameters left on the CPU.)
+    Meta tensors stay: the lowering shards meta tables, `materialise_dense` the rest."""
+    move_real_tensors(module, device)
     for node in module.graph.nodes:
         if node.op != "get_attr":
             continue
