@@ -122,6 +122,18 @@ def allocated_table_bytes(module: nn.Module) -> int:
     return sum(seen.values())
 
 
+def init_stats(state: dict) -> dict[str, list[float]]:
+    """Per table key, over this rank's shards before training: [max |w|, std, max |row 0|]."""
+    stats = {}
+    for key, value in state.items():
+        if isinstance(value, ShardedTensor) and value.local_shards():
+            shards = [s.tensor for s in value.local_shards()]
+            flat = torch.cat([t.reshape(-1) for t in shards])
+            first = [t[0] for s, t in zip(value.local_shards(), shards) if s.metadata.shard_offsets[0] == 0]
+            stats[key] = [float(flat.abs().max()), float(flat.std()), float(first[0].abs().max()) if first else -1.0]
+    return stats
+
+
 def memory_kb(field: str) -> int:
     """VmRSS (now) or VmHWM (peak) of this process, in kB."""
     with open("/proc/self/status") as handle:
@@ -139,7 +151,7 @@ def run_rank(factory: str, topology: str, out: str) -> dict:
     peaks = {"distribute": memory_kb("VmHWM")}
     state = module.state_dict()
     shards, allocated = own_shard_bytes(state), allocated_table_bytes(module)
-    padded = own_shard_bytes(state, padded=True)
+    padded, init = own_shard_bytes(state, padded=True), init_stats(state)
     losses = []
     for step in range(STEPS):
         inputs = build.make_inputs(BATCH, step * world + rank)
@@ -155,7 +167,7 @@ def run_rank(factory: str, topology: str, out: str) -> dict:
     return {"rank": rank, "model_table_bytes": whole, "own_shard_bytes": shards, "own_padded_shard_bytes": padded,
             "allocated_table_bytes": allocated,
             "rss_before_distribute_kb": rss_before, "peak_rss_kb": memory_kb("VmHWM"),
-            "peak_rss_kb_after": peaks, "losses": losses,
+            "peak_rss_kb_after": peaks, "init": init, "losses": losses,
             "meta_left": [k for k, v in state.items() if isinstance(v, torch.Tensor) and not isinstance(v, ShardedTensor)
                           and v.is_meta]}
 

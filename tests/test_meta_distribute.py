@@ -69,6 +69,18 @@ def test_meta_dlrm_trains_and_saves(job, dlrm_ranks) -> None:
     assert os.path.isfile(job["out"] / "meta_dlrm" / "checkpoint" / ".metadata")
 
 
+def test_shards_start_from_the_tables_initialisers(job) -> None:
+    """TorchRec tables: their EmbeddingBagConfig.init_fn, uniform(+-sqrt(1 / rows)); plain
+    nn.Embedding tables: their reset_parameters, normal(0, 1), the padding_idx row zero."""
+    bound = (1 / dist_meta.model_config()["rows"]) ** 0.5
+    stats = [s for r in job["meta_dlrm"] for s in r["init"].values()]
+    assert len(stats) == 26 and all(m <= bound * (1 + 1e-6) and abs(std - bound / 3 ** 0.5) < bound * 0.01
+                                    for m, std, _ in stats), stats
+    plain = {k: v for r in job["meta_plain"] for k, v in r["init"].items()}
+    assert len(plain) == 8 and all(abs(std - 1) < 0.05 for _, std, _ in plain.values()), plain
+    assert plain["deep.0.weight"][2] == 0 and plain["deep.1.weight"][2] > 0, plain  # padding_idx=0 on deep.0
+
+
 def test_meta_plain_model(job) -> None:
     ranks = job["meta_plain"]
     whole = ranks[0]["model_table_bytes"]
