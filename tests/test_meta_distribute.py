@@ -16,6 +16,7 @@ import math
 import os
 
 import pytest
+import torch
 import torch.distributed as dist
 
 import dmt_fx
@@ -23,6 +24,8 @@ from dmt_fx import Topology
 from dmt_fx.cli.main import main as cli_main
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.jobs.launch import launch
+from dmt_fx.jobs.meta_build import skip_meta_init
+from dmt_fx.jobs.target import load_target
 from tests import dist_meta
 
 TARGET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dist_meta.py") + ":meta_dlrm"
@@ -117,3 +120,19 @@ def test_weights_from_rank0_refused_for_meta() -> None:
             dmt_fx.distribute(gm, weights_from_rank0=True)
     finally:
         dist.destroy_process_group()
+
+
+def test_target_build_skips_only_meta_initialisers() -> None:
+    """load_target's mode: meta tables skip their init (no values to write); real tensors are
+    initialised exactly as without it, and metadata ops still reach meta tensors."""
+    with skip_meta_init() as mode:
+        table = torch.nn.EmbeddingBag(1000, 8, device="meta")
+        torch.manual_seed(3)
+        real = torch.nn.Linear(4, 3)
+        frozen = torch.nn.Linear(4, 3, device="meta").requires_grad_(False)
+    torch.manual_seed(3)
+    assert torch.equal(real.weight, torch.nn.Linear(4, 3).weight)
+    assert mode.skipped >= 1 and table.weight.is_meta and table.weight.shape == (1000, 8)
+    assert not frozen.weight.requires_grad
+    model, _ = load_target(TARGET)
+    assert dist_meta.table_bytes(model) == 26 * 250_000 * 64 * 4 and all(p.is_meta for p in model.parameters())
