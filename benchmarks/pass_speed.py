@@ -100,9 +100,11 @@ def measure_one(num_features: int, topology: str, device: str, plan: str | None,
                 form: str = "dlrm") -> dict:
     """One size, in this process: build, transform once timed, once under tracemalloc."""
     import dmt_fx
+    from dmt_fx.jobs.meta_build import skip_meta_init
 
     start = time.perf_counter()
-    model = build_model(num_features, device, form)
+    with skip_meta_init():  # as `dmt-fx` builds a TARGET: meta tables are not initialised
+        model = build_model(num_features, device, form)
     build_s = time.perf_counter() - start
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds: dict[str, float] = {}
