@@ -15,6 +15,7 @@ Algorithm (`evaluate`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Sequence
 
 from dmt_fx.compiler.affinity import within_tower_affinity
@@ -52,6 +53,11 @@ class Setup:
     quality_budget: float
     affinity: Mapping[tuple[str, str], float] | None
     shardings: tuple[str, ...] = tuple(SHARDING_MODELS)  # the ones a tower may get
+
+    @functools.cached_property
+    def any_weighted(self) -> bool:
+        """Some feature has per-sample weights (computed once: cross_load asks per host and candidate)."""
+        return any(f.weighted for f in self.sites.features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +142,7 @@ def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float],
             sent += (setup.hosts - 1) * setup.batch * out[t] * EMBEDDING_BYTES
         else:  # its samples' ids to the tower, the gradient of the tower's output back
             sent += ids[t] + setup.batch * out[t] * EMBEDDING_BYTES
-    weighted = any(f.weighted for f in setup.sites.features)
-    return float((PEER_ID_COLLECTIVES + weighted + EMBEDDING_COLLECTIVES) * (setup.hosts - 1)), sent
+    return float((PEER_ID_COLLECTIVES + setup.any_weighted + EMBEDDING_COLLECTIVES) * (setup.hosts - 1)), sent
 
 
 def _peer_id_bytes(setup: Setup, features: Sequence[str]) -> float:
