@@ -13,6 +13,7 @@ allocations during a second transform run under tracemalloc; --no-tracemalloc sk
 
   python benchmarks/pass_speed.py                                  # 1,000..50,000 features, 8x8
   python benchmarks/pass_speed.py --features 1000 10000 --out /tmp/ps  # two sizes
+  python benchmarks/pass_speed.py --features 50000 --model concat       # no InteractionArch
 writes OUT/pass_speed.json and OUT/pass_speed.png (time per stage against F, log-log).
 """
 
@@ -31,7 +32,10 @@ from contextlib import contextmanager
 STAGES = ("capture", "analyses", "partition", "plan", "passes", "verify")
 
 
-def build_model(num_features: int, device: str):
+def build_model(num_features: int, device: str, form: str = "dlrm"):
+    """torchrec's DLRM (`form` "dlrm"), or "concat": the same tables, the pooled embeddings and
+    the dense features concatenated into an MLP (no InteractionArch, whose F x F index buffer
+    does not fit at 50,000 features: 8 F (F + 1) bytes on the CPU whatever the device)."""
     import torch
     from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
     from torchrec.models.dlrm import DLRM
@@ -39,10 +43,27 @@ def build_model(num_features: int, device: str):
     tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=100, feature_names=[f"f{i}"])
               for i in range(num_features)]
     ebc = EmbeddingBagCollection(tables=tables, device=torch.device(device))
+    if form == "concat":
+        return _concat(ebc, 16 * num_features + 13, torch.device(device))
     # dense on the same device: DLRM's pairwise interaction makes the over arch's input
     # F(F+1)/2 + 16 wide (6.4 GB of weights at 10,000 features on the CPU)
     return DLRM(embedding_bag_collection=ebc, dense_in_features=13, dense_arch_layer_sizes=[32, 16],
                 over_arch_layer_sizes=[32, 1], dense_device=torch.device(device))
+
+
+def _concat(ebc, width: int, device):
+    import torch
+    import torch.nn as nn
+
+    class ConcatModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ebc = ebc
+            self.over = nn.Sequential(nn.Linear(width, 32, device=device), nn.ReLU(), nn.Linear(32, 1, device=device))
+
+        def forward(self, dense, kjt):
+            return self.over(torch.cat([dense, self.ebc(kjt).values()], dim=1))
+    return ConcatModel()
 
 
 @contextmanager
@@ -75,21 +96,25 @@ def stage_timers(seconds: dict[str, float]):
         tr.DMTResult.of = result_of
 
 
-def measure_one(num_features: int, topology: str, device: str, plan: str | None, use_tracemalloc: bool) -> dict:
+def measure_one(num_features: int, topology: str, device: str, plan: str | None, use_tracemalloc: bool,
+                form: str = "dlrm") -> dict:
     """One size, in this process: build, transform once timed, once under tracemalloc."""
     import dmt_fx
+    from dmt_fx.jobs.meta_build import skip_meta_init
 
     start = time.perf_counter()
-    model = build_model(num_features, device)
+    with skip_meta_init():  # as `dmt-fx` builds a TARGET: meta tables are not initialised
+        model = build_model(num_features, device, form)
     build_s = time.perf_counter() - start
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds: dict[str, float] = {}
     with stage_timers(seconds):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         gm = dmt_fx.transform(model, topology, plan=plan)
-        total = time.perf_counter() - start
-    record = {"num_features": num_features, "topology": topology, "device": device, "plan": plan,
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+    record = {"num_features": num_features, "topology": topology, "device": device, "plan": plan, "model": form,
               "build_model_s": round(build_s, 3), "transform_s": round(total, 3),
+              "transform_cpu_s": round(cpu, 3),  # what the stage costs on a machine shared with others
               "stages_s": {s: round(seconds.get(s, 0.0), 3) for s in STAGES},
               "num_nodes": len(gm.graph.nodes), "towers": len(dmt_fx.dmt_result(gm).plan.towers)}
     record["stages_s"]["other"] = round(total - sum(seconds.values()), 3)
@@ -107,7 +132,7 @@ def measure_one(num_features: int, topology: str, device: str, plan: str | None,
 def measure(num_features: int, args: argparse.Namespace) -> dict:
     """One size in a fresh subprocess (its ru_maxrss is its own)."""
     cmd = [sys.executable, __file__, "--child", str(num_features), "--topology", args.topology,
-           "--device", args.device] + (["--plan", args.plan] if args.plan else []) + (
+           "--device", args.device, "--model", args.model] + (["--plan", args.plan] if args.plan else []) + (
            [] if args.tracemalloc else ["--no-tracemalloc"])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,11 +168,14 @@ def main() -> None:
     parser.add_argument("--device", default="meta", help="where the tables live (meta: nothing allocated)")
     parser.add_argument("--plan", default=None, help="e.g. 'auto' to time plan='auto'")
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false")
+    parser.add_argument("--model", choices=("dlrm", "concat"), default="dlrm",
+                        help="concat: no pairwise interaction (fits at 50,000 features; see build_model)")
     parser.add_argument("--out", default="results")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(measure_one(args.child, args.topology, args.device, args.plan, args.tracemalloc)))
+        print(json.dumps(measure_one(args.child, args.topology, args.device, args.plan, args.tracemalloc,
+                                     args.model)))
         return
     os.makedirs(args.out, exist_ok=True)
     records = []

@@ -65,9 +65,11 @@ def sharded_collections(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def table_weights(collection: nn.Module) -> dict[str, torch.Tensor]:
     """The collection's full tables by state_dict key, referenced (no copy): `embedding_bags.*`
-    of an EmbeddingBagCollection, `embeddings.*` of an EmbeddingCollection."""
+    of an EmbeddingBagCollection, `embeddings.*` of an EmbeddingCollection. Meta tables are
+    left out: DMP allocates only this rank's shards of them and initialises those with the
+    table's init_fn (the sharded collection's reset_parameters), never the whole table."""
     prefix = "embeddings." if isinstance(collection, EmbeddingCollection) else "embedding_bags."
-    return {k: v for k, v in collection.state_dict(keep_vars=True).items() if k.startswith(prefix)}
+    return {k: v for k, v in collection.state_dict(keep_vars=True).items() if k.startswith(prefix) and not v.is_meta}
 
 
 def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder | Sequence[ModuleSharder],
@@ -80,7 +82,8 @@ def shard(model: nn.Module, plan: Mapping[str, Any], sharder: ModuleSharder | Se
     dmp = DistributedModelParallel(model, env=ShardingEnv.from_process_group(torch.distributed.group.WORLD),
                                    device=runtime_device(), plan=ShardingPlan(dict(plan)), sharders=sharders)
     for path, weights in tables.items():
-        copy_into_shards(dmp.module.get_submodule(path).state_dict(), weights)
+        state = dmp.module.get_submodule(path).state_dict()
+        copy_into_shards({k: v for k, v in state.items() if k in weights}, weights)  # meta tables: init_fn
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     optimizer = CombinedOptimizer([("fused", dmp.fused_optimizer),
                                    ("dense", KeyedOptimizerWrapper(

@@ -131,6 +131,8 @@ def copy_into_local_shards(state: Mapping[str, Any], full: Mapping[str, torch.Te
     """Start this rank's shards from the original tables (DMP made new ones)."""
     with torch.no_grad():
         for key, value in state.items():
+            if key not in full:  # a meta table (dmp.table_weights): DMP's init_fn started its shards
+                continue
             for (row, col), shard in local_shards(value):
                 shard.copy_(full[key][row:row + shard.shape[0], col:col + shard.shape[1]])
 

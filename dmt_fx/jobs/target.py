@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from dmt_fx.ir.errors import DMTError
+from dmt_fx.jobs.meta_build import skip_meta_init
 
 
 class TargetError(DMTError):
@@ -123,7 +124,8 @@ def _attribute(module: Any, attr: str, spec: str) -> Any:
 
 def _call_factory(factory: Any, spec: str) -> tuple[nn.Module, tuple | None]:
     try:
-        made = factory()
+        with skip_meta_init():  # meta tensors have no values to initialise (meta_build.py)
+            made = factory()
     except Exception as exc:
         raise TargetError(f"{spec}() raises {_one_line(exc)}", "a factory that runs with no arguments",
                           ["give every factory argument a default", "call the factory yourself to debug it"]) from None

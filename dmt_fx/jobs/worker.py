@@ -137,10 +137,12 @@ def batch_slicer(spec: str) -> Callable[[Any, int, int], Any]:
 
 
 def broadcast_model(model: torch.nn.Module) -> None:
-    """Every rank starts from rank 0's weights, whatever the factory's randomness."""
+    """Every rank starts from rank 0's weights, whatever the factory's randomness (meta
+    tensors have none: distribute or DMP initialise this rank's shards of them)."""
     with torch.no_grad():
         for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
+            if not tensor.is_meta:
+                dist.broadcast(tensor, src=0)
 
 
 def build(args: argparse.Namespace, topology: Topology):

@@ -36,6 +36,7 @@ from dmt_fx.runtime.fingerprint import one_model
 from dmt_fx.runtime.groups import DEFAULT_TIMEOUT, RankInfo, build_groups, check_world, ddp_device_ids, runtime_device
 from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
+from dmt_fx.runtime.meta_init import materialise_dense, move_real_tensors, refuse_rank0_weights
 from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
@@ -132,6 +133,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     for name in {sharding, *result.plan.host_shardings().values()}:  # the plan's per-host ones too
         SHARDINGS.get(name)  # an unknown name fails here, on every rank, before any collective
     check_precision(comm_precision)
+    refuse_rank0_weights(module, weights_from_rank0)  # a meta model: rank 0 has nothing to send
     kwargs = dict(optimizer_kwargs or {})
     fused = fused_params(optimizer_class, kwargs)
     dense_tables = table_kernel(optimizer_class, runtime_device()) == DENSE
@@ -142,6 +144,7 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     joints = joint_tables(module, plain_lookups(module, result))
     lowered = lower(module, result, me, groups, sharding=sharding, fused_params=None if dense_tables else fused)
     _drop_joint_weights(lowered.module, joints)
+    materialise_dense(lowered.module, runtime_device())  # a meta model's dense layers (meta_init.py)
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
     if result.plan.changes_model:  # layers the rewrite bypassed get no gradient (runtime/sequence_towers.py)
         freeze_unread(lowered.module, module)
@@ -166,8 +169,9 @@ def place_on(module: fx.GraphModule, device: torch.device) -> None:
     """Under NCCL the runtime runs on this rank's GPU: move the transformed model there first
     (parameters, buffers and the graph's tensor constants, which `Module.to` skips), so the
     shards, the tower modules' DDP and the world's DDP all see one device. A no-op on CPU.
-    (Seen on an H200: DDP refused `device_ids=[cuda:0]` over parameters left on the CPU.)"""
-    module.to(device)
+    (Seen on an H200: DDP refused `device_ids=[cuda:0]` over parameters left on the CPU.)
+    Meta tensors stay: the lowering shards meta tables, `materialise_dense` the rest."""
+    move_real_tensors(module, device)
     for node in module.graph.nodes:
         if node.op != "get_attr":
             continue

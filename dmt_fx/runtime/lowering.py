@@ -58,7 +58,8 @@ from dmt_fx.ir.sites import EmbeddingSite
 from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange, HostTowers, tower_columns
 from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
-from dmt_fx.runtime.optim import DENSE, FUSED, copy_into_shards
+from dmt_fx.runtime.meta_init import ShardInit, fill_shards, plain_inits
+from dmt_fx.runtime.optim import DENSE, FUSED
 from dmt_fx.runtime.padded import TrimmedState, pad_collection, pad_weights, table_dims
 from dmt_fx.runtime.plain import (
     PlainKJT,
@@ -156,8 +157,9 @@ class _Lowering:
             self.sharded[id(lookup)] = (lookup, {n: table_path(site.module, n) for n in host_ebc.embedding_bags})
         return HostLookup(slices, lookup, self.me)
 
-    def shard(self, index: int, host_ebc: EmbeddingBagCollection, weights: dict[str, Any]) -> nn.Module:
-        """`host_ebc` sharded over the host's ranks, starting from `weights` (its state-dict keys)."""
+    def shard(self, index: int, host_ebc: EmbeddingBagCollection, weights: dict[str, Any],
+              inits: dict[str, ShardInit] | None = None) -> nn.Module:
+        """`host_ebc` sharded over the host's ranks from `weights` (state-dict keys; meta ones: meta_init.py)."""
         sharder = EmbeddingBagCollectionSharder(fused_params=self.fused_params)
         dims, padded = table_dims(host_ebc), pad_collection(host_ebc)  # widths FBGEMM takes
         kernel = DENSE if self.fused_params is None else FUSED
@@ -165,7 +167,7 @@ class _Lowering:
         # The sharder itself, as TorchRec's tower sharding does: DMP cannot be a submodule
         # (its state_dict re-prefixes every key of a shared destination).
         lookup = sharder.shard(padded, plan, self.env, runtime_device())
-        copy_into_shards(lookup.state_dict(), pad_weights(weights, dims))
+        fill_shards(lookup.state_dict(), pad_weights(weights, dims), dims, inits)
         trim = TrimmedState(lookup, dims)
         if trim:
             self.trims.append(trim)
@@ -180,7 +182,7 @@ class _Lowering:
                             tuple(lk.dim for lk in mine)) for mine in per_host]
         mine, lookup = per_host[self.me.host], None
         if mine:
-            lookup = self.shard(index, host_collection(mine), original_weights(self.gm, mine))
+            lookup = self.shard(index, host_collection(mine), original_weights(self.gm, mine), plain_inits(self.gm, mine))
             # Whole keys: the original weight's name, which for a module with several tables is
             # not `<module>.weight`.
             self.sharded[id(lookup)] = (lookup, {f"{table_attr(lk.table)}.weight": lk.param for lk in mine})

@@ -16,6 +16,7 @@ Algorithm (`evaluate`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, Sequence
 
 from dmt_fx.compiler.affinity import within_tower_affinity
@@ -54,6 +55,11 @@ class Setup:
     affinity: Mapping[tuple[str, str], float] | None
     shardings: tuple[str, ...] = tuple(SHARDING_MODELS)  # the ones a tower may get
     params: CostParams = DEFAULT_PARAMS  # the step model's parameters (AutoOptions.cost_params)
+
+    @functools.cached_property
+    def any_weighted(self) -> bool:
+        """Some feature has per-sample weights (computed once: cross_load asks per host and candidate)."""
+        return any(f.weighted for f in self.sites.features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +142,7 @@ def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostL
 
 def cross_collectives(setup: Setup) -> int:
     """The peer exchange's collectives per step: ids (lengths, values[, weights]), pooled both ways."""
-    weighted = any(f.weighted for f in setup.sites.features)
-    return (PEER_ID_COLLECTIVES + weighted + EMBEDDING_COLLECTIVES) if setup.hosts > 1 else 0
+    return (PEER_ID_COLLECTIVES + setup.any_weighted + EMBEDDING_COLLECTIVES) if setup.hosts > 1 else 0
 
 
 def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float], out: list[int]) -> tuple[float, float]:

@@ -81,7 +81,8 @@ def _whole_tables(slots: list[list[TableLoad]], tables: Sequence[TableLoad], sam
     sent = []
     for own in slots:
         own_width = sum(t.dim * t.features for t in own)
-        others = [t for t in tables if t not in own]
+        mine = {t.name for t in own}  # names are unique: `t not in own` compared dataclasses, O(n^2) a host
+        others = [t for t in tables if t.name not in mine]
         pooled = samples * EMBEDDING_BYTES * (own_width * (ranks - 1) + (width - own_width))
         sent.append((_ids(others, samples) + pooled) if ranks > 1 else 0.0)
     return HostLoad(tuple(sum(t.memory_bytes for t in s) for s in slots),

@@ -14,6 +14,7 @@ partitioners guarantee.
 
 from __future__ import annotations
 
+import heapq
 from typing import Mapping
 
 from dmt_fx.ir.sites import ModelSites
@@ -54,13 +55,18 @@ def balance_bound(num_towers: int, cost_shares: list[float], mem_shares: list[fl
 
 def greedy_placement(order: list[int], cost: list[float], mem: list[float], num_towers: int) -> list[list[int]]:
     """Units in `order`, each onto the tower whose max(cost share, memory share) is smallest."""
+    # A heap of (max share, tower): the same choice as a scan for the smallest (load, index)
+    # pair, in O(log T) a unit instead of O(T) (plan="auto" places 10,000 units for every
+    # tower count up to 64 x k: the scan was F x sum(T) lambda calls).
     loads = [[0.0, 0.0] for _ in range(num_towers)]
     placed: list[list[int]] = [[] for _ in range(num_towers)]
+    heap = [(0.0, t) for t in range(num_towers)]
     for i in order:
-        tower = min(range(num_towers), key=lambda t: (max(loads[t]), t))
+        _, tower = heapq.heappop(heap)
         loads[tower][0] += cost[i]
         loads[tower][1] += mem[i]
         placed[tower].append(i)
+        heapq.heappush(heap, (max(loads[tower]), tower))
     return placed
 
 
