@@ -1,4 +1,4 @@
-"""The cost model's sweep (issue 13 item 6): measure, fit on part, predict the rest.
+"""The cost model's sweep: measure, fit on part, predict the rest.
 
     python benchmarks/cost_sweep.py                      # run the sweep, then fit and predict
     python benchmarks/cost_sweep.py --from-json benchmarks/recorded/cost_sweep.json   # refit offline
@@ -92,7 +92,7 @@ def refresh(sweep: dict, work: str) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> dict:
-    sweep = {"what": "issue 13 item 6: bench emulated over topologies x rates x batches", "variants": args.variants,
+    sweep = {"what": "bench emulated over topologies x rates x batches", "variants": args.variants,
              "steps": {"2x2": [args.warmup, args.steps], "4x2": [args.warmup_4x2, args.steps_4x2]},
              "points": []}
     done = {}

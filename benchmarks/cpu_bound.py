@@ -15,7 +15,7 @@ and how busy the job kept the machine's cores (`busy`: ranks x CPU of the slowes
 (cores x step); an upper bound of `cpu_busy_share`, which older reports lack). Reported:
 the mean absolute relative error of each predictor against the measured speedups, the
 correlation of their logarithms, and, for DMT identity and c = 4, the runs that met the
-issue's targets (1.0x, 1.5x). Writes JSON and a two-panel scatter plot.
+project's targets (1.0x, 1.5x). Writes JSON and a two-panel scatter plot.
 
 Why it matters: with no delay on the emulated links (no netem on this kernel) and 4 ranks
 on 2 cores, a step is mostly the CPU's; the better predictor tells which one the ratio
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dmt_fx.bench.breakdown_plot import add_cpu_bound, add_ideal_speedups  # noqa: E402
 from dmt_fx.bench.emulated import best_flat  # noqa: E402
 
-TARGETS = {"dmt-identity": 1.0, "dmt-c4": 1.5}  # issue 13 item 3
+TARGETS = {"dmt-identity": 1.0, "dmt-c4": 1.5}
 
 
 def runs_of(path: str) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
@@ -83,7 +83,7 @@ def log_correlation(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def targets(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per DMT variant of the issue's targets: runs, how many met it, the median of each speedup."""
+    """Per DMT variant of the targets: runs, how many met it, the median of each speedup."""
     out = {}
     for variant, goal in TARGETS.items():
         mine = [r for r in rows if r["variant"] == variant]

@@ -1,4 +1,4 @@
-"""GPU check (issue 13 item 7): the single-GPU path, and flat against DMT on one GPU.
+"""GPU check: the single-GPU path, and flat against DMT on one GPU.
 
     python benchmarks/gpu_check.py --out results/gpu [--batch-sizes 4096,65536] [--steps 30]
 

@@ -1,4 +1,4 @@
-"""A meta-device DLRM on a 2x2 torchrun world: what each rank allocates (issue 22, item 2).
+"""A meta-device DLRM on a 2x2 torchrun world: what each rank allocates.
 
 torchrec's DLRM with every table and layer on the meta device (default 26 tables of
 1,000,000 x 64, 6.66 GB fp32), transformed, distributed, trained 3 steps and checkpointed

@@ -14,7 +14,7 @@ could not (this made the overhead look about 4 points larger, at batch 128 and 1
 The measurements are interleaved in blocks (A block, B block, B block, A block, ...: ABBA, so drift hits both
 alike), `steps` timed steps each after a warm-up. Reported: per-model median and IQR of
 the step time, the ratio of medians, and the median of the per-block-pair ratios with its
-IQR. The issue's target: overhead <= 3 %. Writes results/overhead.json.
+IQR. The target: overhead <= 3 %. Writes results/overhead.json.
 
 `validation` records how the DMT model checks each batch: 'lookups' (the default in one
 process on the CPU: id ranges left to the lookups, which refuse a bad id, the rest up

@@ -1,4 +1,4 @@
-"""How the learned Tower Partitioner scales with the number of features (issue 14, item 1).
+"""How the learned Tower Partitioner scales with the number of features.
 
 Model: a TorchRec DLRM with F one-table features (50 rows, dim 8) and G = 8 planted groups,
 interleaved in model order (feature k is in group k % G, so the balanced placement, which

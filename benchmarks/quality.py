@@ -55,7 +55,7 @@ one canonical tower order first, so two plans with the same towers give the same
   dmt-tm-planted  the same with the planted groups as the plan (an oracle: the best a
                   partitioner could do; tells whether the TM itself costs quality).
 
---towers-per-domain k (issue 14 item 3): every partitioner makes 4 x k towers (k per host) and
+--towers-per-domain k: every partitioner makes 4 x k towers (k per host) and
 the planted plan cuts each group into k towers in model order. Recorded (1 seed, 1,000 steps,
 dot c = 2; benchmarks/recorded/towers_per_domain/): NE vs flat, learned +0.92% at k = 1 and
 +4.17% at k = 2 (planted halves +6.18%, random +9.7% both): k > 1 splits interacting features.
@@ -312,7 +312,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes for the smoke test")
     p.add_argument("--towers-per-domain", type=int, default=1,
                    help="k towers per host (transform towers_per_domain): 4 x k towers; planted: each group "
-                        "cut into k towers in model order (issue 14 item 3)")
+                        "cut into k towers in model order")
     args = p.parse_args(argv)
     defaults = ({"steps": 60, "batch_size": 128, "heldout_size": 2000, "calib_size": 512, "eval_every": 20,
                  "seeds": 1}

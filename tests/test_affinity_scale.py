@@ -1,4 +1,4 @@
-"""The learned partitioner at scale (issue 14 item 1): the sampled interaction affinity.
+"""The learned partitioner at scale: the sampled interaction affinity.
 
 A DLRM whose over-arch reads only within-group dot products (benchmarks/partition_scale.py)
 must have its 8 planted groups recovered (ARI >= 0.9) at 64 features in CI, 256 and 1,000

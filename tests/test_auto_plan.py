@@ -1,4 +1,4 @@
-"""plan="auto" (issue 14 item 4): towers, compression and shardings chosen by the cost model.
+"""plan="auto": towers, compression and shardings chosen by the cost model.
 
 The traffic the candidates are timed on is held to MEASURED bytes (the traffic meter's
 figures of `dmt-fx bench traffic` in the README), the sharding model to the runtime's own

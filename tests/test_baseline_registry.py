@@ -57,8 +57,8 @@ def target(tmp_path) -> str:
 def test_built_ins_register_through_the_registry():
     qcomms = tuple(f"flat-{s}+{p}" for p in ("fp16", "bf16") for s in ("table_wise", "row_wise", "table_row_wise"))
     assert baseline_names("flat") == ("flat-table_wise", "flat-row_wise", "flat-table_row_wise", *qcomms,
-                                      "flat-grid_shard", "torchrec-2d")  # grid and 2D count in "best flat" (issue 13
-    # item 4), and so do the flat plans with TorchRec's qcomms (issue 24 item 3)
+                                      "flat-grid_shard", "torchrec-2d")  # grid and 2D count in "best flat",
+    # and so do the flat plans with TorchRec's qcomms
     assert "torchrec-towers" in BASELINES and "torchrec-towers" not in baseline_names("flat")
     # every module of the package was imported by the package itself: a new file is picked up
     package = Path(dmt_fx.baselines.__file__).parent

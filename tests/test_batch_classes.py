@@ -1,4 +1,4 @@
-"""Issue 27: batch classes that are not pytree nodes (a dict subclass, a Mapping, a dataclass).
+"""Batch classes that are not pytree nodes (a dict subclass, a Mapping, a dataclass).
 
 Each model takes an int from a shape, so symbolic tracing fails and torch.export captures
 it; dmt_fx registers the batch class as a pytree node first. Checked: the route, bitwise

@@ -1,4 +1,4 @@
-"""The step breakdown (issue 13 item 1, collector side): real torch.profiler events of nested ranges.
+"""The step breakdown: real torch.profiler events of nested ranges.
 
 Each range sleeps a known time; the collector must give every key its exclusive time (the
 nested ranges taken out of their parent), leave TorchRec names inside a runtime stage to

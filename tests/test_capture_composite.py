@@ -1,4 +1,4 @@
-"""Issue 11, classes 6, 4 and 5: lookup counts, composite embeddings (quotient-remainder,
+"""Lookup counts, composite embeddings (quotient-remainder,
 mixed dimensions) and joint tables are analysed table by table and stay exact."""
 
 from __future__ import annotations

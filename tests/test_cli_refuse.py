@@ -1,5 +1,5 @@
 """`dmt-fx run` / `dmt-fx demo` refuse a model `distribute` cannot run BEFORE torchrun starts:
-the whole DMTError (found, expected, fixes) printed once, exit code 2 (issue 12, item 5)."""
+the whole DMTError (found, expected, fixes) printed once, exit code 2."""
 
 from __future__ import annotations
 

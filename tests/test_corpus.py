@@ -1,4 +1,4 @@
-"""Issue 11: real models as their authors wrote them transform and stay exactly equivalent.
+"""Real models as their authors wrote them transform and stay exactly equivalent.
 
 For every corpus entry (tests/harness/corpus: torchrec's shipped models, each also as a user's copy,
 and one small model per input style): transform on 2x2 with the example batch, then
@@ -148,7 +148,7 @@ if __name__ == "__main__":
 
 
 def test_user_towers_are_the_default_plan_and_can_be_overridden() -> None:
-    """Issue 11, class 9: an already-towered model keeps its author's towers by default."""
+    """An already-towered model keeps its author's towers by default."""
     entry = next(e for e in CORPUS if e.name == "TestTowerSparseNN")
     model, inputs = entry.build(0)
     default = dmt_fx.tower_plan(dmt_fx.transform(model, TOPOLOGY, example_inputs=inputs))

@@ -1,4 +1,4 @@
-"""Issue 11: `dmt-fx diff` and `dmt-fx plan` work on every corpus model, in process.
+"""`dmt-fx diff` and `dmt-fx plan` work on every corpus model, in process.
 
 For each entry (as `tests.harness.corpus.targets:<slug>`): `plan --format json` describes every
 feature once, lists the quotient-remainder pairs and the joint tables split by field (row

@@ -1,4 +1,4 @@
-"""The cost model's fitting code (issue 13 item 6) on synthetic and recorded data: no network."""
+"""The cost model's fitting code on synthetic and recorded data: no network."""
 
 from __future__ import annotations
 

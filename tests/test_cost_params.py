@@ -1,5 +1,5 @@
-"""The one step model's parameters: fitted by the sweep, saved as JSON, loaded by plan="auto"
-(issue 24 item 4); and the cost package's place below the compiler."""
+"""The one step model's parameters: fitted by the sweep, saved as JSON, loaded by plan="auto";
+and the cost package's place below the compiler."""
 
 from __future__ import annotations
 

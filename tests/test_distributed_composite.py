@@ -1,4 +1,4 @@
-"""Composite embeddings on a real world (issue 12 item 1, the forms the capture work adds): a
+"""Composite embeddings on a real world: a
 quotient-remainder bag (two physical tables per feature, combined by multiply or concatenation)
 and mixed-dimension bags (a projection after the lookup), trained on 2x2 equal to single-process
 training of the original: every step's outputs and the final parameters within 1e-5."""

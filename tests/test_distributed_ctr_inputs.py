@@ -1,4 +1,4 @@
-"""Issue 27 on a real world: NVIDIA DLRM's joint mode, its joint nn.Embedding built with
+"""NVIDIA DLRM's joint mode, its joint nn.Embedding built with
 `sparse=True` gradients, is split by field like the other joint tables (it stayed whole:
 `sparse` was counted among the options a per-field row range would not keep).
 

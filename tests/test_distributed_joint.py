@@ -1,4 +1,4 @@
-"""Joint tables split by field on a real world (issue 12 item 1): each field's row range is a
+"""Joint tables split by field on a real world: each field's row range is a
 TorchRec table on its tower's host (ids minus the field's offset, the original rows), and
 training on 2x2 equals single-process training of the original (SGD and Adagrad, 5 steps,
 every step's outputs and the final parameters within 1e-5). Checkpoints both ways: the DMT

@@ -1,4 +1,4 @@
-"""train() / eval() on a real world (issue 20): BatchNorm / Dropout models trained on 2x2,
+"""train() / eval() on a real world: BatchNorm / Dropout models trained on 2x2,
 each captured in train or eval mode, switched with module.train() / module.eval() on the
 distributed model, against single-process training that runs each rank's batch as the rank
 does (`per_rank_reference`: per-rank running statistics, per-(step, rank) dropout seeds).

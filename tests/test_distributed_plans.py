@@ -1,6 +1,6 @@
-"""Issue 12, item 3: any valid plan trains on a real world, equal to single-process training.
+"""Any valid plan trains on a real world, equal to single-process training.
 
-The issue's model (tests/harness/targets/dist_models.py: a user collection of 3 tables, an item collection
+The two-sided model (tests/harness/targets/dist_models.py: a user collection of 3 tables, an item collection
 of 2, a hand-written dot interaction) hung on 2x2 with the balanced plan: the item
 collection has no table on host 1, that host sent the pooled all-to-all a tensor that did
 not require grad, and TorchRec runs the all-to-all's backward only where its input
@@ -75,7 +75,7 @@ def test_any_plan_trains_equal_to_single_process(tmp_path, topology: str) -> Non
 
 
 def test_the_issue_plan_leaves_the_item_collection_off_one_host() -> None:
-    """The 2x2 case above is the issue's configuration (guards against a partitioner change)."""
+    """The 2x2 case above is the reference configuration (guards against a partitioner change)."""
     import dmt_fx
 
     model, inputs = dist_models.build()

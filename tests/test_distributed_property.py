@@ -1,12 +1,11 @@
-"""Issue 12, item 4: distributed property test.
+"""Distributed property test.
 
 Generated models (tests/harness/random_models.py: TorchRec models with shared tables, weighted
 features, one or two collections; plain nn.EmbeddingBag models when `distribute` accepts
 them) x random valid plans (each table on a random host, hosts may hold none) x topologies
 {2x2, 4x1, 1x4, 2x1}: DMT trained 3 steps on the world equals single-process training of
 the original (every step's outputs and the final parameters within 1e-5). Dims are drawn as
-generated (2, 4, 8, 16): a dim that is not a multiple of 4 runs padded (dmt_fx.runtime.padded,
-issue 26); check_distributable refuses a table read with and without per-sample weights; each
+generated (2, 4, 8, 16): a dim that is not a multiple of 4 runs padded (dmt_fx.runtime.padded); check_distributable refuses a table read with and without per-sample weights; each
 refusal is counted by reason, then another model is drawn.
 
 Every topology's examples run in ONE torchrun launch (the worker's --cases). CI: 2 examples

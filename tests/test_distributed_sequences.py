@@ -1,4 +1,4 @@
-"""Sequence (unpooled) embeddings on a real world (issue 23): torchrec EmbeddingCollection
+"""Sequence (unpooled) embeddings on a real world: torchrec EmbeddingCollection
 and nn.Embedding read as [B, L] ids, on TorchRec's sharded EmbeddingCollection inside the
 host, ids through the one peer id exchange, rows back through one jagged peer all-to-all.
 

@@ -1,4 +1,4 @@
-"""Tables of any width on a real world (issue 26): width 1 (the FM family's linear part), 3
+"""Tables of any width on a real world: width 1 (the FM family's linear part), 3
 and 10 are sharded padded to a multiple of 4 and sliced back (dmt_fx.runtime.padded).
 
 One torchrun launch per topology (2x2, 4x1; every case on both under `slow`) trains an FM

@@ -1,4 +1,4 @@
-"""Fast domains wider than a host (issue 14 item 2) on the emulated cluster.
+"""Fast domains wider than a host on the emulated cluster.
 
 `Topology.parse("2x2", ranks_per_host=1)`: 2 fast domains of 2 ranks, launched as 4
 torchrun agents of 1 rank each (LOCAL_WORLD_SIZE 1). Towers map to the domains, the

@@ -51,7 +51,7 @@ class _SequenceModel(nn.Module):
 
 
 def test_an_embedding_collection_is_a_sequence_site() -> None:
-    """Issue 23: an EmbeddingCollection (unpooled) is no longer refused: its features are
+    """An EmbeddingCollection (unpooled) is no longer refused: its features are
     sequence features of their towers (tests/test_sequences.py)."""
     model = _SequenceModel()
     kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.tensor([1, 2, 3, 4]), torch.tensor([3, 0, 1]))
@@ -61,7 +61,7 @@ def test_an_embedding_collection_is_a_sequence_site() -> None:
 
 
 def test_the_sequence_remedy_works() -> None:
-    """Issue 11, class 10: the first remedy for an EmbeddingCollection (same tables in an
+    """The first remedy for an EmbeddingCollection (same tables in an
     EmbeddingBagCollection with sum pooling) transforms and computes the summed sequences."""
     sequence = _SequenceModel()
     config = EmbeddingBagConfig(name="t", embedding_dim=4, num_embeddings=10, feature_names=["f"],
@@ -118,7 +118,7 @@ class _Attention(nn.Module):
 
 
 def test_attention_is_not_quantization() -> None:
-    """Issue 11, class 3."""
+    """Attention over embeddings is not taken for a quantization: it transforms and stays equal."""
     model = _Attention()
     inputs = (torch.randn(4, 5), torch.randint(0, 10, (4, 3)))
     gm = dmt_fx.transform(model, "2x2", example_inputs=inputs)
@@ -138,7 +138,7 @@ class _EmbeddingsOnly(nn.Module):
 
 
 def test_no_dense_input_transforms_and_only_compressing_towers_refuse() -> None:
-    """Issue 11, class 2: the identity rewrite needs no interaction site."""
+    """The identity rewrite needs no interaction site."""
     model = _EmbeddingsOnly()
     ids, off = torch.randint(0, 10, (6,)), torch.tensor([0, 2, 4])
     inputs = (ids, off, ids.flip(0), off)

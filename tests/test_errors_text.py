@@ -1,4 +1,4 @@
-"""Error texts read as written: numbered alternatives, one line without "or or" (issue 27)."""
+"""Error texts read as written: numbered alternatives, one line without "or or"."""
 
 from __future__ import annotations
 

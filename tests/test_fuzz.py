@@ -202,7 +202,7 @@ def test_key_looked_up_in_two_tables() -> None:
     assert sorted(n for t in towers for n in t.embedding_bags) == ["t0", "t1"]
 
 
-# ---------------------------------------------------------------- input styles (issue 11)
+# ---------------------------------------------------------------- input styles
 
 STYLE_EXAMPLES = max(1, settings.default.max_examples // 10)
 SOAK_EXAMPLES = max(2000, settings.default.max_examples)

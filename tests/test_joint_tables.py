@@ -1,4 +1,4 @@
-"""Joint tables (issue 11, class 5): which offsets split a table by field, and why one stays whole.
+"""Joint tables: which offsets split a table by field, and why one stays whole.
 
 Each model here reads one weight for all fields with per-field offsets added to a [B, F]
 id tensor; the test checks the analysis (one table per field, row ranges, or a warning

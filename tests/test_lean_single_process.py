@@ -1,4 +1,4 @@
-"""The single-process identity DMT model does no more than the original (issue 13 item 2):
+"""The single-process identity DMT model does no more than the original:
 the tower KJTs are gathered only if read, the tower collections' pooled columns and the
 merged KeyedTensor are concatenated only if read, and input validation is a few kernels per KJT (in one process on the CPU: the least
 length; the lookups refuse bad ids, LookupGuard names them). Counted in aten/fbgemm ops (what a

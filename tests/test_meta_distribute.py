@@ -1,4 +1,4 @@
-"""Meta-device models end to end on a real 2x2 world (issue 22, item 2).
+"""Meta-device models end to end on a real 2x2 world.
 
 A TorchRec DLRM whose tables and dense layers are all on the meta device (26 tables of
 250,000 x 64, 1.66 GB fp32 in all: more than a rank may allocate here) and a plain PyTorch
@@ -105,7 +105,7 @@ def _rss_bytes() -> int:
 
 
 def test_production_size_compiles_without_allocating(monkeypatch, capsys) -> None:
-    """The issue's size: 26 tables of 10M x 128 (133 GB): transform, `dmt-fx plan` and `diff`."""
+    """A production size: 26 tables of 10M x 128 (133 GB): transform, `dmt-fx plan` and `diff`."""
     monkeypatch.setenv(dist_meta.MODEL_ENV, "tables=26,rows=10000000,dim=128")
     assert dist_meta.table_bytes(dist_meta.meta_dlrm()) == 26 * 10_000_000 * 128 * 4
     before = _rss_bytes()

@@ -1,4 +1,4 @@
-"""Train pipelines (issue 13 item 2, "Overlap"): pipelined training equals unpipelined training.
+"""Train pipelines: pipelined training equals unpipelined training.
 
 One torchrun launch on 2x2 (gloo) runs every case of the worker's `--cases` twice, without
 and with `--pipeline`: DMT identity and DMT c4 through `dmt_fx.runtime.pipeline` (batch

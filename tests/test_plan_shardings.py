@@ -1,4 +1,4 @@
-"""Per-tower sharding (issue 14 item 4): a plan's `Tower.sharding` is executed, not just reported.
+"""Per-tower sharding: a plan's `Tower.sharding` is executed, not just reported.
 
 A host's towers share one sharded lookup, so a host takes the sharding its towers name
 (towers naming none take it too; two different names on one host are refused when the plan

@@ -1,4 +1,4 @@
-"""Sequence tower modules (issue 23 item 3): `seq_mean` and `seq_attention` reduce each
+"""Sequence tower modules: `seq_mean` and `seq_attention` reduce each
 EmbeddingCollection sequence feature inside its host; the model reads the reduced vector
 where its own code reduced the rows (docs/runtime.md, "Sequence tower modules").
 

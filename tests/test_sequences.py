@@ -1,4 +1,4 @@
-"""Sequence (unpooled) embeddings in one process (issue 23): torchrec EmbeddingCollection
+"""Sequence (unpooled) embeddings in one process: torchrec EmbeddingCollection
 and nn.Embedding read as [B, L] ids are tower units; the rewritten model returns what the
 original returns (the same Dict[str, JaggedTensor], the same [B, L, D] rows), with equal
 gradients, training trajectories (SGD and Adagrad) and checkpoints (original keys, both

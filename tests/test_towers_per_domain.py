@@ -1,4 +1,4 @@
-"""Issue 14 item 3: more towers than hosts (k towers per domain, each with its own tower module).
+"""More towers than hosts (k towers per domain, each with its own tower module).
 
 Single process: the partitioners make H x k towers, tower t on domain t // k, with the
 domains' loads balanced; a user plan with a repeated host is valid; identity towers keep

@@ -87,7 +87,7 @@ def _with_unread_key(batch: KeyedJaggedTensor) -> KeyedJaggedTensor:
 
 
 def test_a_key_the_model_never_reads_is_accepted_as_the_original_accepts_it(dlrm) -> None:
-    """Issue 11, class 8: validation is no stricter than the model."""
+    """Validation is no stricter than the model."""
     model, gm = dlrm
     dense, sparse = torchrec_dlrm.make_inputs(6, 9)
     extra = _with_unread_key(sparse)

@@ -1,4 +1,4 @@
-"""Flat baselines under TorchRec's own `TrainPipelineSparseDist` (issue 13 item 2, "Overlap").
+"""Flat baselines under TorchRec's own `TrainPipelineSparseDist`.
 
 TorchRec's pipeline calls `model(batch)` on a `Pipelineable` batch and expects (losses,
 output); it traces the model under DMP and pipelines every sharded module whose input is

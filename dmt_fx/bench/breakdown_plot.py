@@ -1,6 +1,6 @@
 """The step breakdown in the reports: the ideal speedups of `bench emulated` and a stacked-bar PNG.
 
-Ideal (issue 13 item 3): a variant's cross-host bytes need `bytes / rate` seconds on the
+Ideal: a variant's cross-host bytes need `bytes / rate` seconds on the
 shaped inter-host link (per rank, per step). Replacing the best flat plan's wire time by a
 DMT variant's, all else equal, gives the speedup its bytes allow:
 

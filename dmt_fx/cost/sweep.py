@@ -1,4 +1,4 @@
-"""The sweep's step model (issue 13 item 6): the one model (`dmt_fx.cost.steptime`) fitted on
+"""The sweep's step model: the one model (`dmt_fx.cost.steptime`) fitted on
 part of a sweep of `dmt-fx bench emulated` runs (benchmarks/cost_sweep.py), predicted on
 every point, with the error held out and in sample.
 

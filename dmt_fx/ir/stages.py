@@ -1,4 +1,4 @@
-"""The stages of one training step, as `torch.profiler` ranges (issue 13 item 1).
+"""The stages of one training step, as `torch.profiler` ranges.
 
 The runtime opens a `record_function(stage_range(Stage.X))` around each stage; the
 benchmark's collector reads these ranges back from the profiler and reports the median

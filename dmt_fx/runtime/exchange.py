@@ -69,7 +69,7 @@ def empty_rows(num_rows: int, device: torch.device) -> torch.Tensor:
     """What a host without tables (or without a tower module) sends: no columns, but a tensor
     that requires grad. TorchRec's pooled all-to-all runs its backward collective only where
     its input requires grad; a rank whose input did not would skip the backward all-to-all
-    that its peers wait in, and the job would hang (issue 12: a collection with no table on
+    that its peers wait in, and the job would hang (a collection with no table on
     some host)."""
     return torch.zeros(num_rows, 0, device=device, requires_grad=True)
 

@@ -1,6 +1,6 @@
 """Ending a DMT job so that it cannot hang at interpreter exit.
 
-The hang (issue 25, 2 launches in 13 on a loaded machine): a rank's main thread ran
+The hang: a rank's main thread ran
 `ProcessGroupGloo`'s destructor, reached from DDP's `Reducer` being freed as `main`
 returned or at interpreter exit. The destructor joins the group's gloo worker threads while
 holding the GIL; a worker still finishing its last collective dropped the last reference to

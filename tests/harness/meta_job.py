@@ -1,4 +1,4 @@
-"""Models built on the meta device (issue 22), and the per-rank job of tests/test_meta_distribute.py.
+"""Models built on the meta device, and the per-rank job of tests/test_meta_distribute.py.
 
 Factories (TARGETs for `dmt-fx run` too; every rank imports this file):
 - `meta_dlrm`: TorchRec's DLRM, every table and every dense layer on the meta device;

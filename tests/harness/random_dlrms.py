@@ -248,8 +248,8 @@ def cases(draw) -> Case:
     else:  # odd inputs on a torchrec DLRM
         family = draw(st.sampled_from(["dlrm", "dlrm_dcn", "dlrm_projection"]))
         spec = draw(dlrm_specs(family))
-        # A model of embeddings only has no interaction site; the identity rewrite needs none
-        # (issue 11, class 2), so it must transform and stay equivalent.
+        # A model of embeddings only has no interaction site; the identity rewrite needs
+        # none, so it must transform and stay equivalent.
         must_fail = kind not in ("random_plan", "embeddings_only")
         if kind == "bad_topology":
             topology = draw(st.sampled_from(["0x2", "2y4", "1x0", "x", "-1x2", "2x", ""]))

@@ -1,4 +1,4 @@
-"""Random models in the input styles real code uses (issue 11), for property tests.
+"""Random models in the input styles real code uses, for property tests.
 
 `StyleSpec` draws one of: a batch dataclass, a dict, one float tensor holding dense values
 and id columns, id-only fields (a LongTensor [B, F], no dense input), quotient-remainder
@@ -9,7 +9,7 @@ offsets: constant ones, split by field, or ones computed from the batch, kept wh
 warning). Otherwise each field has its own table (nn.Embedding on one id column, or a QR
 pair); fields share one dim so attention can stack them.
 
-Orthogonal to the style (issue 20): the head before the top layer (none, BatchNorm1d, Dropout
+Orthogonal to the style: the head before the top layer (none, BatchNorm1d, Dropout
 or both, as CTR libraries' MLPs), the mode the model is in at capture (train or eval), and for
 the tensor-input styles whether forward reads an int from a shape, which symbolic tracing
 cannot follow, so the model is captured by torch.export.

@@ -1,4 +1,4 @@
-"""A DMT job as a user writes it (issue 25's script), run by torchrun in the exit soak.
+"""A DMT job as a user writes it, run by torchrun in the exit soak.
 
 transform, distribute, train 6 steps on 2x2 (gloo), all_reduce a metric, barrier,
 destroy_process_group, return from main: nothing of the job's teardown is dmt_fx's, so a

@@ -1,4 +1,4 @@
-"""The capture corpus of issue 11: real models as their authors wrote them.
+"""The capture corpus: real models as their authors wrote them.
 
 `CORPUS` lists entries (name, style, build); `build(seed)` returns (model, example_inputs).
 torchrec_models.py: the models shipped in the installed torchrec, each also as a user's copy

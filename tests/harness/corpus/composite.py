@@ -1,4 +1,4 @@
-"""Composite embeddings in the reference DLRM's style (facebookresearch/dlrm, issue 11 class 4):
+"""Composite embeddings in the reference DLRM's style (facebookresearch/dlrm):
 quotient-remainder bags (`qr_flag`: two tables per feature, `weight_q` read at id // c and
 `weight_r` at id % c, combined by multiply or concatenation, functional `F.embedding_bag`
 calls) and mixed-dimension bags (`md_flag`: a narrow table projected by a Linear after the

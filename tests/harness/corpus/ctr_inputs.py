@@ -1,4 +1,4 @@
-"""What CTR libraries hand us (issue 27): batch objects of their own that are not pytree nodes.
+"""What CTR libraries hand us: batch objects of their own that are not pytree nodes.
 
 - `DictBatchModel`: the batch a dict subclass with methods of its own (`batch.to(device)`),
   forward taking an int from a shape (symbolic tracing fails, torch.export captures it once

@@ -1,4 +1,4 @@
-"""DCN-v2 as CTR libraries write it (issue 20): per-field nn.Embedding tables and a dense
+"""DCN-v2 as CTR libraries write it: per-field nn.Embedding tables and a dense
 input concatenated into x0, a cross network and a deep MLP side by side on x0, their outputs
 concatenated into the logit layer.
 

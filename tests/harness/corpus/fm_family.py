@@ -1,4 +1,4 @@
-"""The factorization-machine family as CTR libraries write it (issue 26): narrow tables.
+"""The factorization-machine family as CTR libraries write it: narrow tables.
 
 - `FMModel` (DeepCTR-Torch's shape): per-field linear tables of width 1 and per-field
   factor tables of width 10, a factorization-machine interaction, a dense linear part;

@@ -1,4 +1,4 @@
-"""Joint tables (issue 11, class 5): one embedding weight for all fields, indexed with
+"""Joint tables: one embedding weight for all fields, indexed with
 per-field row offsets added in forward.
 
 - `TorchFMModel`: torchfm's FeaturesLinear + FeaturesEmbedding + a factorization machine,

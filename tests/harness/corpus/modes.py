@@ -1,4 +1,4 @@
-"""Mode-dependent models (issue 20): BatchNorm and Dropout after the embeddings, the way CTR
+"""Mode-dependent models: BatchNorm and Dropout after the embeddings, the way CTR
 libraries write their MLPs, captured by each route and in each mode.
 
 - `BNDropoutMLP`: per-field nn.Embedding, an nn.Sequential of Linear / BatchNorm1d / ReLU /

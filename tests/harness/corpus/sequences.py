@@ -1,4 +1,4 @@
-"""Sequence (unpooled) embedding models (issue 23): lookups that return one row per id.
+"""Sequence (unpooled) embedding models: lookups that return one row per id.
 
 - `PooledSequenceDLRM`: a pooled torchrec EmbeddingBagCollection (user, item) next to an
   EmbeddingCollection of a watch history and recent searches (width 6: padded to 8 inside

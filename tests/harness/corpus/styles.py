@@ -1,4 +1,4 @@
-"""Small models written here, one per input style real code uses (issue 11): a batch
+"""Small models written here, one per input style real code uses: a batch
 dataclass, a dict, one float tensor with id columns next to dense ones, self-attention over
 the embeddings (AutoInt style), and models without any dense input (a factorization machine
 on a LongTensor [B, F], two-tower retrieval on a KJT alone)."""

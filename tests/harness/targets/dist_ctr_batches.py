@@ -1,4 +1,4 @@
-"""torchrun target for tests/test_distributed_ctr_inputs.py (issue 27): a model whose batch is
+"""torchrun target for tests/test_distributed_ctr_inputs.py: a model whose batch is
 a dict subclass that is not a pytree node (dmt_fx registers it at capture), and its batches
 (`make_inputs`, the worker's hook). Every rank imports this file."""
 

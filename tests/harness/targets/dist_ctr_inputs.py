@@ -1,4 +1,4 @@
-"""torchrun targets for tests/test_distributed_ctr_inputs.py (issue 27): every rank imports
+"""torchrun targets for tests/test_distributed_ctr_inputs.py: every rank imports
 this file. NVIDIA DLRM's joint mode with `sparse=True` gradients, and its batches
 (`make_inputs`, the worker's hook)."""
 

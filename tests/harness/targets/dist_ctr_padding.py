@@ -1,4 +1,4 @@
-"""torchrun target for tests/test_distributed_ctr_inputs.py (issue 27): tables built with
+"""torchrun target for tests/test_distributed_ctr_inputs.py: tables built with
 padding_idx=0 (a sum bag, a mean bag, an nn.Embedding), and their batches (`make_inputs`,
 the worker's hook). Every rank imports this file."""
 

@@ -1,10 +1,10 @@
 """Models for the distributed plan tests (tests/test_distributed_plans.py).
 
-`TwoSidedModel` is the model of issue 12: a user-side EmbeddingBagCollection and an
+`TwoSidedModel` is a two-sided model: a user-side EmbeddingBagCollection and an
 item-side one, each fed by its own KJT, and a hand-written DLRM dot interaction (no
-torchrec arch classes). `build` (3 user tables, 2 item tables) is the issue's model: on
+torchrec arch classes). `build` (3 user tables, 2 item tables) is the default model: on
 2x2 the balanced plan puts u2 with both item tables on host 0 and u0, u1 on host 1, so the
-item collection has no table on host 1 (the hang of issue 12, fixed in 38c1f90).
+item collection has no table on host 1.
 `build_small` (2 user tables, 1 item table) has a collection with a single
 table, and fewer tables than the 4x1 world has hosts. Both are worker targets
 (`tests/harness/targets/dist_models.py:build`); `build_small.make_inputs` makes its batches.
