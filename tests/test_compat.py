@@ -326,6 +326,26 @@ def _staged_pipeline() -> None:
     assert entered == ["backward"] and torch.equal(x.grad, torch.full((2,), 3.0))
 
 
+def _dmp_collection() -> None:
+    """CpuDMPCollection reruns DMPCollection.__init__: the members it sets and the methods it calls."""
+    import inspect as _inspect
+
+    from torchrec.distributed.model_parallel import DMPCollection
+
+    init = _inspect.getsource(DMPCollection.__init__)
+    for member in ("_device", "_pg", "_global_rank", "_custom_all_reduce", "_sharder_map", "_default_ctx",
+                   "_submodule_ctxs", "_ctxs", "_use_sharded_relay", "_sharded_relay_state"):
+        assert f"self.{member}" in init, member
+    calls = {"_create_process_groups": ["self", "global_rank", "world_size", "local_size", "use_inter_host_allreduce"],
+             "_remap_sharding_plan": ["self", "plan", "rank", "step", "sharding_group_size", "use_inter_host_allreduce"],
+             "_group_sharded_modules": None, "_cache_sync_tensors": None}
+    for name, params in calls.items():
+        method = getattr(DMPCollection, name)
+        if params is not None:
+            assert list(_inspect.signature(method).parameters)[:len(params)] == params, name
+    assert "_custom_all_reduce" in _inspect.getsource(DMPCollection), "sync() no longer takes the custom all-reduce"
+
+
 def _tower_features() -> None:
     """The lazy tower KJT: what permute returns, through every field KJT's methods read."""
     assert set(compat.torchrec_lazy.KJT_LAZY_FIELDS) <= set(vars(_kjt()))
@@ -429,6 +449,9 @@ CHECKS = [
           _pipeline),
     Check("StagedTrainPipeline", "torchrec", "TrainPipelineSparseDist._backward/_optimizer_step",
           "the flat baselines' stage times", _staged_pipeline),
+    Check("CpuDMPCollection", "torchrec", "DMPCollection.__init__'s members and _create_process_groups/"
+          "_remap_sharding_plan/_group_sharded_modules/_cache_sync_tensors", "the torchrec-2d baseline on CPU",
+          _dmp_collection),
     Check("tower_features", "torchrec", "KeyedJaggedTensor._values/_lengths/_weights/_jt_dict", "lazy tower KJTs",
           _tower_features),
     Check("merged_keyed_tensor", "torchrec", "KeyedTensor._values/_keys", "the lazy merge", _lazy_keyed),

@@ -10,7 +10,7 @@ How to upgrade torch or TorchRec: docs/compat.md.
 
 One module per library: torch_core (nn.Module internals, aten ops, dispatch, pytree),
 torch_fx, torch_distributed, torchrec (collection fields), torchrec_lazy (the lazy KJT and
-KeyedTensor subclasses) and python (the standard library).
+KeyedTensor subclasses), torchrec_2d (DMPCollection on CPU) and python (the standard library).
 """
 
 from dmt_fx._compat.python import exit_now
@@ -69,10 +69,11 @@ from dmt_fx._compat.torchrec import (
     set_ebc_fields,
     set_ec_fields,
 )
+from dmt_fx._compat.torchrec_2d import CpuDMPCollection
 from dmt_fx._compat.torchrec_lazy import merged_keyed_tensor, pooled_keyed_tensor, tower_features
 
 __all__ = [
-    "ASSERT_OPS", "BATCH_NORM_LEGIT_OPS", "EMBEDDING_BAG_OP", "ConvNd", "DropoutNd", "NormBase",
+    "ASSERT_OPS", "BATCH_NORM_LEGIT_OPS", "EMBEDDING_BAG_OP", "ConvNd", "CpuDMPCollection", "DropoutNd", "NormBase",
     "Shard", "ShardMetadata", "ShardedTensor", "ShardedTensorMetadata", "StagedTrainPipeline", "TensorProperties",
     "TorchDispatchMode", "all_process_groups", "collection_device", "copy_attr", "copy_codegen",
     "crossnet_shape", "ddp_ignore", "ebc_embedding_names", "ebc_feature_names",
