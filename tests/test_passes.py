@@ -5,7 +5,9 @@ tower_modules, [interaction], cleanup, validate_inputs) on `Tiny`: a dense Linea
 TorchRec EmbeddingBagCollection of two tables (f0 -> t0, f1 -> t1) concatenated into a
 Linear, split over 2x1 with the plan f0 -> host 0, f1 -> host 1. Each test runs its pass
 alone and asserts the node list after it (op, target, the `dmt` role the pass tags), plus
-the edges the pass rewires. cleanup runs on a hand-built fx graph.
+the edges the pass rewires. cleanup runs on a hand-built fx graph; sequence_towers (which
+replaces tower_modules and interaction for seq_mean / seq_attention) on the corpus's pooled +
+sequence model, recorded inside transform.
 """
 
 from __future__ import annotations
@@ -164,3 +166,51 @@ def test_validate_inputs_checks_every_input_right_after_the_last_one() -> None:
                              "call_module dmt_input_validator [validate_inputs]", *_split(module=True)[2:]]
     (check,) = node(gm, "call_module", "dmt_input_validator")
     assert [a.name for a in check.args] == ["kjt", "dense"] and not check.users
+
+
+def _sequence_tower(t: int, module: bool) -> list[str]:
+    return ["call_function select_features [select_features]"] * 2 + [
+        "call_function peer_input_exchange [peer_input_exchange]", *["call_function getitem [received_ids]"] * 2,
+        f"call_module dmt_towers.tower_{t}.pooled [tower_lookup]", f"call_module dmt_towers.tower_{t}.sequences [tower_lookup]",
+        *([f"call_module dmt_tower_modules.tower_{t} [tower_module]"] if module else []),
+        "call_function peer_output_exchange [peer_output_exchange]", *["call_function getitem [received_embeddings]"] * 2]
+
+
+def test_sequence_towers_feed_the_models_reads_with_the_reduced_columns(monkeypatch) -> None:
+    """On the corpus's pooled + sequence model (a masked mean per sequence feature), 2x1,
+    seq_mean: each tower reduces its sequences before its exchange, the towers' parts merge
+    as KeyedTensors, and each masked mean becomes one reduced column."""
+    import dmt_fx
+    import dmt_fx.compiler.transform as transform_module
+    from tests.harness.corpus.sequences import pooled_sequence
+
+    seen: dict[str, list[str]] = {}
+    run_passes = transform_module.run_passes
+
+    def recording(gm, passes, **kwargs):
+        def wrap(run):
+            def run_and_record(graph_module):
+                seen["before"] = structure(graph_module)
+                out = run(graph_module)
+                seen["after"], seen["cat"] = structure(out), [
+                    _target(a) for a in node(out, "call_function", "cat")[0].args[0]]
+                return out
+            return run_and_record
+        return run_passes(gm, [(n, wrap(r) if n == "sequence_towers" else r, c) for n, r, c in passes], **kwargs)
+
+    monkeypatch.setattr(transform_module, "run_passes", recording)
+    model, inputs = pooled_sequence()
+    dmt_fx.transform(model, "2x1", example_inputs=inputs, tower_module="seq_mean")
+    head = ["placeholder dense", "placeholder pooled", "placeholder sequences"]
+    tail = ["call_module dense", "call_method values", "call_function cat", "call_module over.0", "call_module over.1",
+            "call_module over.2", "output output"]
+    before = seen["before"]
+    assert before[:len(head) + 20] == head + _sequence_tower(0, False) + _sequence_tower(1, False)
+    assert before[len(head) + 20:len(head) + 22] == ["call_function merge_keyed_tensors [merge]",
+                                                     "call_function merge_jagged_dicts [merge]"]
+    assert before.count("call_method to_padded_dense") == 2 and before.count("call_function truediv") == 2
+    assert before[-len(tail):] == tail
+    assert seen["after"] == head + _sequence_tower(0, True) + _sequence_tower(1, True) + [
+        "call_function merge_keyed_tensors [merge]", "call_function merge_keyed_tensors [merge]",
+        "call_function reduced_column", "call_function reduced_column", *tail]
+    assert seen["cat"] == ["dense", "values", "reduced_column", "reduced_column"]
