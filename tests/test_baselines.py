@@ -26,7 +26,7 @@ from dmt_fx.baselines import BASELINES
 from dmt_fx.bench.variants import of_precision
 from examples import torchrec_dlrm as ex
 from tests.harness.launch import run_world
-from tests.harness.training import train_steps
+from tests.harness.training import train_rank_steps, train_steps
 
 pytestmark = pytest.mark.distributed  # every test here starts processes
 
@@ -64,7 +64,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import dmt_fx
     from dmt_fx.baselines import build_baseline
     from dmt_fx.baselines.two_d import local_shards
-    from dmt_fx.jobs.data import labels, slice_batch
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     topology = dmt_fx.Topology(H, L)
@@ -73,16 +72,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         started = time.monotonic()
         model, _ = ex.build(0)
         module, optimizer = build_baseline(name, model, topology=topology, optimizer_kwargs={"lr": LR})
-        outputs = []
-        for step in range(STEPS):
-            inputs = slice_batch(ex.make_inputs(B * N, step), rank * B, (rank + 1) * B)
-            target = labels(B * N, step)[rank * B:(rank + 1) * B]
-            out = module(*inputs)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            outputs.append(out.detach().clone())
+        outputs = train_rank_steps(module, optimizer, ex.make_inputs, rank, N, B, STEPS)
         dense, shards = {}, []
         for key, value in module.state_dict().items():
             table = _table_of(key)

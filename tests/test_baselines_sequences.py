@@ -79,23 +79,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     import dmt_fx
     from dmt_fx.baselines import build_baseline
     from dmt_fx.baselines.two_d import local_shards
-    from dmt_fx.jobs.data import labels, slice_batch
+    from tests.harness.training import train_rank_steps
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     topology = dmt_fx.Topology(H, L)
     result = {}
     for name in NAMES:
         module, optimizer = build_baseline(name, build(0), topology=topology, optimizer_kwargs={"lr": LR})
-        outputs = []
-        for step in range(STEPS):
-            inputs = slice_batch(corpus.pooled_sequence_inputs(B * N, step), rank * B, (rank + 1) * B)
-            target = labels(B * N, step)[rank * B:(rank + 1) * B]
-            out = module(*inputs)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            outputs.append(out.detach().clone())
+        outputs = train_rank_steps(module, optimizer, corpus.pooled_sequence_inputs, rank, N, B, STEPS)
         dense, shards = {}, []
         for key, value in module.state_dict().items():
             table = table_of(key)

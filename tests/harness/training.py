@@ -97,3 +97,21 @@ def _use_buffers(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
     for name, tensor in buffers.items():
         owner, _, leaf = name.rpartition(".")
         model.get_submodule(owner)._buffers[leaf] = tensor
+
+
+def train_rank_steps(module: nn.Module, optimizer: Any, make_inputs: Callable[[int, int], Any], rank: int,
+                     world: int, local_batch: int, steps: int) -> list[torch.Tensor]:
+    """One rank of a distributed module trained on its slice of the job's global batches
+    (the worker's `labels`); each step's local outputs."""
+    from dmt_fx.jobs.data import labels
+
+    outputs = []
+    lo, hi = rank * local_batch, (rank + 1) * local_batch
+    for step in range(steps):
+        out = module(*slice_batch(make_inputs(local_batch * world, step), lo, hi))
+        loss = F.binary_cross_entropy_with_logits(out, labels(local_batch * world, step)[lo:hi])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        outputs.append(out.detach().clone())
+    return outputs
