@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -105,6 +106,24 @@ def test_a_bad_id_on_one_rank_stops_every_rank_naming_it(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["length", "dense"])
 def test_a_bad_length_or_dense_width_on_one_rank_stops_every_rank(tmp_path, kind) -> None:
     _check_bad_job(tmp_path, kind)
+
+
+def test_ranks_writing_one_log_at_once_keep_their_lines_whole(tmp_path) -> None:
+    """Two ranks of a host share their agent's log: each `say` must land as one whole line.
+    (`print` writes the text and the newline apart, and two refusing ranks interleaved: the
+    cause of a rank's line missing from the log in the bad-batch test above.)"""
+    code = ("import pathlib, sys, time; from dmt_fx.jobs.worker import say\n"  # importing torch takes seconds:
+            "ready = pathlib.Path(sys.argv[2]); (ready / sys.argv[1]).touch()\n"  # so start together
+            "while len(list(ready.iterdir())) < 2: time.sleep(0.01)\n"
+            "for i in range(2000): say(f'dmt-fx worker rank {sys.argv[1]}: error: ' + 'x' * 400)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    (tmp_path / "ready").mkdir()
+    with open(tmp_path / "agent0.log", "w") as log:
+        writers = [subprocess.Popen([sys.executable, "-c", code, str(rank), str(tmp_path / "ready")], cwd=ROOT,
+                                    env=env, stderr=log) for rank in (0, 1)]
+        assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    lines = (tmp_path / "agent0.log").read_text().splitlines()
+    assert len(lines) == 4000 and all(re.fullmatch(r"dmt-fx worker rank [01]: error: x{400}", line) for line in lines)
 
 
 # ---------------------------------------------------------------- different models

@@ -285,6 +285,16 @@ def _progress(args: argparse.Namespace, rank: int, step: int) -> None:
             handle.write(f"{step + 1} {args.steps}\n")
 
 
+def say(text: str) -> None:
+    """Write `text` and its newline to stderr in ONE write.
+
+    The ranks of a host share their agent's log file, and `print` writes the text and the
+    newline apart: under PYTHONUNBUFFERED two ranks refusing at once then interleave, and a
+    rank's line starts in the middle of another's."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -302,15 +312,15 @@ def main(argv: list[str] | None = None) -> int:
             return _train_variants(args, topology)
         result = train(args, topology)
     except DMTError as exc:
-        print(f"dmt-fx worker rank {rank}: error: {exc}", file=sys.stderr, flush=True)
+        say(f"dmt-fx worker rank {rank}: error: {exc}")
         settle_refusal(exc)  # a refusal every rank raised: let every rank say why before any exits
         return 2
     except Exception as exc:  # a peer died or stopped answering: say so, exit non-zero, no hang
         where = f"at step {args.current_step}" if hasattr(args, "current_step") else "during setup"
         if args.variants or args.cases:
             where += f" of {'case' if args.cases else 'variant'} {getattr(args, 'case', args.variant)}"
-        print(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
-              f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
+        say(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
+            f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}")
         traceback.print_exc()
         settle_refusal(exc)
         exit_now(1)  # skip teardown: a collective with a dead peer could block it
