@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,10 +23,11 @@ from benchmarks.partition_scale import (
 )
 from dmt_fx import DMTError, Topology
 from dmt_fx.bench.metrics import adjusted_rand_index
-from dmt_fx.compiler.affinity import EXACT_MAX_FEATURES, interaction_affinity, interaction_matrix
+from dmt_fx.compiler.affinity import EXACT_MAX_FEATURES, interaction_affinity, interaction_matrix, sampled_probes
 from dmt_fx.compiler.analysis import analyze
 from dmt_fx.compiler.capture import capture
-from dmt_fx.compiler.partitioners.learned import learned_plan
+from dmt_fx.compiler.partitioners.learned import _unit_weights, learned_plan
+from dmt_fx.compiler.partitioners.search import SWAP_POOL, SWAP_POOL_ABOVE, Assignment
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +103,62 @@ def test_progress_bar_only_when_asked(capfd) -> None:
     assert capfd.readouterr().err == ""  # stderr is not a terminal under pytest: no bar
     interaction_matrix(model, sites, inputs, method="sampled", probes=2, progress=True)
     assert "affinity (sampled)" in capfd.readouterr().err
+
+
+def test_default_probes_grow_with_features_over_batch() -> None:
+    """32 up to F = 16 B (every figure measured before the rule stays as it was), then ~sqrt(F / B)."""
+    assert sampled_probes(64, 64) == sampled_probes(1000, 64) == sampled_probes(1024, 64) == 32
+    assert sampled_probes(10_000, 64) == 100 and sampled_probes(3000, 64) == 55
+    assert sampled_probes(10_000, 10_000) == 32
+
+
+def test_unit_weights_sum_the_affinity_of_each_units_features() -> None:
+    """index_add sums equal the dense membership product, with a unit of several features and a
+    feature the matrix does not name."""
+    g = torch.Generator().manual_seed(0)
+    names = [f"f{i}" for i in range(7)]
+    matrix = torch.rand(7, 7, generator=g, dtype=torch.float64)
+    matrix = ((matrix + matrix.T) / 2).fill_diagonal_(0.0).numpy()
+    units = [["f0", "f3"], ["f1"], ["f2", "f4", "f6"], ["f5", "unnamed"]]
+    member = np.zeros((len(units), len(names)))
+    for u, unit in enumerate(units):
+        for f in unit:
+            if f in names:
+                member[u, names.index(f)] = 1.0
+    dense = member @ matrix @ member.T
+    np.fill_diagonal(dense, 0.0)
+    np.testing.assert_allclose(_unit_weights(units, names, matrix), dense, rtol=0, atol=1e-12)
+
+
+def _blocks(n: int, groups: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    group = np.arange(n) % groups
+    w = (group[:, None] == group[None, :]) + 0.3 * rng.random((n, n))
+    w = (w + w.T) / 2
+    np.fill_diagonal(w, 0.0)
+    return w
+
+
+def test_swaps_above_the_pool_size_are_scored_among_the_pool_only() -> None:
+    """Above SWAP_POOL_ABOVE units a step scores n x T moves and at most SWAP_POOL^2 swaps (not
+    n^2), and the local search still finds planted blocks from an interleaved start within tight
+    limits (a pool of the best movers overall, not per tower pair, stops at ARI 0.17 here)."""
+    n, groups = SWAP_POOL_ABOVE + 48, 4
+    share = [1.0 / n] * n
+    start = [(u // groups) % groups for u in range(n)]  # every tower mixes every group
+    state = Assignment(start, groups, share, share, _blocks(n, groups), (1.05, 1.05))
+    gain, delta = state.steps()
+    m = len(state.pool)
+    assert 0 < m <= SWAP_POOL and len(gain) == len(delta) == n * groups + m * m
+    assert list(state.pool) == sorted(set(state.pool))
+    state.improve(8 * n * groups)
+    found = [[u for u in range(n) if state.where[u] == t] for t in range(groups)]
+    assert adjusted_rand_index([u % groups for u in range(n)], list(state.where)) == 1.0, [len(f) for f in found]
+
+
+def test_swaps_up_to_the_pool_size_score_every_pair() -> None:
+    n, groups = 40, 4
+    share = [1.0 / n] * n
+    state = Assignment([u % groups for u in range(n)], groups, share, share, _blocks(n, groups), (1.2, 1.2))
+    gain, _ = state.steps()
+    assert len(gain) == n * groups + n * n and list(state.pool) == list(range(n))

@@ -24,7 +24,7 @@ independently; on the quality benchmark CKA was ~0 for every pair (towers ARI 0.
 
 Two estimators (method=; "auto" picks exact up to EXACT_MAX_FEATURES = 24 features):
 * exact: 1 + F + F(F-1)/2 no-grad runs (F = 16, 4096 samples: ~1 s; O(F^2)), no noise.
-* sampled: 2K runs with gradients (K = probes, default 32), whatever F. Each sample's
+* sampled: 2K runs with gradients (K = probes, default `sampled_probes`). Each sample's
   embeddings become e_i + x_i (e_i' - e_i), x in [0,1]^F (x_i = 1 is the swap above); for
   random signs s in {-1,1}^F (per sample and probe) one backward at x = (1+s)/2 and one at
   its complement give D_j = dF/dx_j(x) - dF/dx_j(1-x). If F is bilinear in the x's (a dot
@@ -41,8 +41,7 @@ Two estimators (method=; "auto" picks exact up to EXACT_MAX_FEATURES = 24 featur
   at x_j strictly between 0 and 1 (the slope is read at the swap's end points, not
   integrated along it); interactions of three or more features are spread over their
   pairs; a model that is not differentiable in its pooled embeddings is refused (use
-  method="exact").
-An example batch of one sample gives every pair 0 (with a warning).
+  method="exact"). An example batch of one sample gives every pair 0 (with a warning).
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -63,6 +63,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from dmt_fx._compat import ebc_embedding_names, pytree
 from dmt_fx.compiler.cka import feature_affinity as feature_affinity  # re-exported: its old home
 from dmt_fx.compiler.eager import eval_mode, hooked_runs, run_with_hooks
+from dmt_fx.compiler.kept_affinity import within_tower_affinity as within_tower_affinity  # re-exported
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.sites import ModelSites
 
@@ -197,11 +198,17 @@ def _output_columns(output: Any, batch: int) -> torch.Tensor:
 
 
 EXACT_MAX_FEATURES = 24  # method="auto": the exact pairs up to here (<= 301 runs, no sampling noise)
-DEFAULT_PROBES = 32  # sampled: 2 x 32 forward + backward passes, whatever F
+DEFAULT_PROBES = 32  # sampled: at least 2 x 32 forward + backward passes
+
+
+def sampled_probes(num_features: int, batch: int) -> int:
+    """The default K: summed over a tower of g features, a feature's planted signal is ~g and
+    its noise ~g sqrt(F) / (K sqrt(B)); K keeps that ratio >= 8 (32 up to F = 16 B)."""
+    return max(DEFAULT_PROBES, math.ceil(8 * math.sqrt(num_features / max(batch, 1))))
 
 
 def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: Iterable[Any], *,
-                         method: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
+                         method: str = "auto", probes: int | None = None, seed: int = 0,
                          progress: bool | None = None) -> dict[tuple[str, str], float]:
     """How strongly the trained model combines features i and j NON-additively: the learned
     Tower Partitioner's affinity (see the module docstring). Symmetric, in [0, 1] (divided by
@@ -217,7 +224,7 @@ def interaction_affinity(model: nn.Module, sites: ModelSites, example_inputs: It
 
 
 def interaction_matrix(model: nn.Module, sites: ModelSites, example_inputs: Iterable[Any], *,
-                       method: str = "auto", probes: int = DEFAULT_PROBES, seed: int = 0,
+                       method: str = "auto", probes: int | None = None, seed: int = 0,
                        progress: bool | None = None) -> tuple[list[str], torch.Tensor]:
     """interaction_affinity as (feature names, F x F float64 matrix, zero diagonal)."""
     names = [f.name for f in sites.features]
@@ -300,12 +307,13 @@ def _exact(model: nn.Module, sites: ModelSites, inputs: tuple, bar: Callable) ->
     return strength
 
 
-def _sampled(model: nn.Module, sites: ModelSites, inputs: tuple, probes: int, seed: int,
+def _sampled(model: nn.Module, sites: ModelSites, inputs: tuple, probes: int | None, seed: int,
              bar: Callable) -> torch.Tensor:
     """Randomised antithetic design on the mixing weights (module docstring): 2 x probes runs with
     gradients; returns the unbiased estimate of mean delta_ij^2 (symmetrised, may dip below 0)."""
     n = len(sites.features)
     batch = _batch_of(model, sites, inputs)
+    probes = sampled_probes(n, batch) if probes is None else probes
     if _too_small(batch) or probes < 2:
         return torch.zeros(n, n, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
@@ -324,10 +332,11 @@ def _sampled(model: nn.Module, sites: ModelSites, inputs: tuple, probes: int, se
     return _pair_strength(torch.stack(diffs), torch.stack(signs))
 
 
-def _pair_strength(diffs: torch.Tensor, signs: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """U-statistic of beta_ji^2 from z_k = D_kj s_ki over the K probes, summed over samples and
-    output columns: (sum_k z)^2 - sum_k z^2 over K(K-1) (s^2 = 1, so sum_k z^2 = sum_k D_kj^2)."""
+def _pair_strength(diffs: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """U-statistic of beta_ji^2 from z_k = D_kj s_ki over the K probes, summed over samples (8 at
+    a time, fewer above 1,448 features) and output columns: (sum_k z)^2 - sum_k z^2 over K(K-1)."""
     probes, columns, batch, n = diffs.shape
+    chunk = max(1, min(8, 2 ** 24 // max(1, n * n)))
     total = torch.zeros(n, n, dtype=torch.float64)
     for c in range(columns):
         for lo in range(0, batch, chunk):
@@ -387,14 +396,3 @@ class _Mixer:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def within_tower_affinity(groups: Iterable[Iterable[str]], affinity: Mapping[tuple[str, str], float]) -> float:
-    """Share of the total pairwise affinity that stays inside towers (1.0 when there is none)."""
-    tower = {f: t for t, g in enumerate(groups) for f in g}
-    total = inside = 0.0
-    for (a, b), value in affinity.items():
-        if a < b and a in tower and b in tower:
-            total += value
-            inside += value if tower[a] == tower[b] else 0.0
-    return inside / total if total > 0 else 1.0

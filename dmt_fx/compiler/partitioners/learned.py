@@ -5,7 +5,8 @@ Algorithm:
   2. Affinity: how strongly the trained model combines two features non-additively, measured
      on example_inputs by swapping their pooled embeddings with another sample's
      (dmt_fx.compiler.affinity.interaction_matrix: exact pairs up to 24 features, above that
-     a sampled estimate from 2 x 32 gradient runs whatever F). A networkx graph has the units
+     a sampled estimate from 2 x K gradient runs, K = max(32, 8 sqrt(F / batch)): the noise on
+     a feature's tower grows with F). A networkx graph has the units
      as nodes, edges weighted by the summed affinity of their features (above 64 units only
      each unit's 16 strongest edges: the sampled noise floor would make it dense).
   3. Objective: maximise the affinity kept inside towers (= minimise the cut), subject to
@@ -19,7 +20,9 @@ Algorithm:
      moves/swaps (dropped if that fails). Each candidate is improved by best-improvement
      local search over unit moves and pairwise swaps that keep the limits; the candidate
      keeping the most affinity wins (ties: the balanced one). Deterministic for a seed.
-     Steps are scored with numpy (search.Assignment): 1,000 units plan in seconds.
+     Steps are scored with numpy (search.Assignment): 1,000 units plan in seconds; above
+     2,000 units swaps are scored within a pool of the best movers, so 10,000 units fit in
+     memory (every pair of units is an 800 MB array per step there).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from dmt_fx.compiler.affinity import interaction_matrix
 from dmt_fx.compiler.partitioners.base import PartitionRequest, register_partitioner
@@ -47,16 +51,17 @@ from dmt_fx.ir.topology import Topology
 
 
 def _unit_weights(units: list[list[str]], names: list[str], matrix: np.ndarray) -> np.ndarray:
-    """Units x units: the summed affinity of their features (zero diagonal)."""
+    """Units x units: the summed affinity of their features (zero diagonal). Rows, then
+    columns, are summed by unit with index_add (a dense membership product is F^3 work)."""
     index = {f: i for i, f in enumerate(names)}
-    member = np.zeros((len(units), len(names)))
-    for u, unit in enumerate(units):
-        for f in unit:
-            if f in index:
-                member[u, index[f]] = 1.0
-    w = member @ matrix @ member.T
-    np.fill_diagonal(w, 0.0)
-    return w
+    pairs = [(u, index[f]) for u, unit in enumerate(units) for f in unit if f in index]
+    unit_of = torch.tensor([u for u, _ in pairs], dtype=torch.long)
+    feature = torch.tensor([i for _, i in pairs], dtype=torch.long)
+    full = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float64))
+    rows = torch.zeros(len(units), full.shape[1], dtype=torch.float64).index_add_(0, unit_of, full[feature])
+    w = torch.zeros(len(units), len(units), dtype=torch.float64).index_add_(1, unit_of, rows[:, feature])
+    w.fill_diagonal_(0.0)
+    return w.numpy()
 
 
 def _as_matrix(names: list[str], affinity: Mapping[tuple[str, str], float]) -> np.ndarray:
@@ -75,21 +80,29 @@ Limits = tuple[float, float]
 def _merge_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: np.ndarray,
               limits: Limits) -> None:
     """Merge the most affine pair of parts that fits the limits (else the lightest pair) until T remain."""
+    if len(parts) <= num_towers:
+        return
+    member = np.zeros((len(parts), len(weights)))
+    for i, p in enumerate(parts):
+        member[i, p] = 1.0
+    between = member @ (member @ weights).T  # parts x parts, kept up to date as parts merge
+    loads = [_load(p, cost, mem) for p in parts]
     while len(parts) > num_towers:
-        member = np.zeros((len(parts), len(weights)))
-        for i, p in enumerate(parts):
-            member[i, p] = 1.0
-        between = member @ weights @ member.T
         best = None
         for i in range(len(parts)):
             for j in range(i + 1, len(parts)):
-                c, m = _load(parts[i] + parts[j], cost, mem)
+                c, m = loads[i][0] + loads[j][0], loads[i][1] + loads[j][1]
                 fits = num_towers * c <= limits[0] + TOL and num_towers * m <= limits[1] + TOL
                 key = (fits, float(between[i, j]), -max(c, m))
                 if best is None or key > best[0]:
                     best = (key, i, j)
         _, i, j = best
         parts[i] = sorted(parts[i] + parts.pop(j))
+        loads[i] = _load(parts[i], cost, mem)
+        loads.pop(j)
+        between[i] += between[j]
+        between[:, i] += between[:, j]
+        between = np.delete(np.delete(between, j, axis=0), j, axis=1)
 
 
 def _split_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, weights: np.ndarray) -> None:
