@@ -106,9 +106,10 @@ def test_progress_bar_only_when_asked(capfd) -> None:
 
 
 def test_default_probes_grow_with_features_over_batch() -> None:
-    """32 up to F = 16 B (every figure measured before the rule stays as it was), then ~sqrt(F / B)."""
-    assert sampled_probes(64, 64) == sampled_probes(1000, 64) == sampled_probes(1024, 64) == 32
-    assert sampled_probes(10_000, 64) == 100 and sampled_probes(3000, 64) == 55
+    """32 up to F = 213 sqrt(B) (every figure measured before the rule stays as it was), then
+    0.15 F / sqrt(B)."""
+    assert sampled_probes(64, 64) == sampled_probes(1000, 64) == sampled_probes(1706, 64) == 32
+    assert sampled_probes(10_000, 64) == 188 and sampled_probes(3000, 64) == 57
     assert sampled_probes(10_000, 10_000) == 32
 
 

@@ -5,8 +5,8 @@ Algorithm:
   2. Affinity: how strongly the trained model combines two features non-additively, measured
      on example_inputs by swapping their pooled embeddings with another sample's
      (dmt_fx.compiler.affinity.interaction_matrix: exact pairs up to 24 features, above that
-     a sampled estimate from 2 x K gradient runs, K = max(32, 8 sqrt(F / batch)): the noise on
-     a feature's tower grows with F). A networkx graph has the units
+     a sampled estimate from 2 x K gradient runs, K = max(32, 0.15 F / sqrt(batch)): the noise
+     on a feature's tower grows with F). A networkx graph has the units
      as nodes, edges weighted by the summed affinity of their features (above 64 units only
      each unit's 16 strongest edges: the sampled noise floor would make it dense).
   3. Objective: maximise the affinity kept inside towers (= minimise the cut), subject to
@@ -160,7 +160,9 @@ def _affinity(sites: ModelSites, model: Any, example_inputs: Sequence[Any] | Non
                        "the learned partitioner needs example_inputs: one batch to measure how features interact",
                        ["pass example_inputs=(...) (one batch the model accepts)",
                         "or use partitioner='balanced', which needs no inputs"])
-    _, matrix = interaction_matrix(model, sites, example_inputs, progress=progress)
+    # unclipped: clipping the noise at 0 adds a floor to every pair, and the kept affinity then
+    # favours lopsided towers (sum of n_t^2 grows); the unbiased noise sums to ~0 instead
+    _, matrix = interaction_matrix(model, sites, example_inputs, progress=progress, clip=False)
     return matrix.numpy()
 
 
