@@ -12,6 +12,7 @@ import torch.nn as nn
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import dmt_fx
 from dmt_fx.ir import ops
@@ -238,3 +239,28 @@ def test_an_untraceable_sequence_model_is_refused_not_exported() -> None:
     with pytest.raises(CaptureError) as info:
         dmt_fx.transform(Loop(), "2x1", example_inputs=(kjt,))
     assert "EmbeddingCollection" in info.value.expected and info.value.fixes
+
+
+def test_an_embedding_collection_key_read_by_two_tables_is_refused_by_name() -> None:
+    """One process runs it; distribute cannot (the sequence exchange returns one jagged tensor per
+    key): check_distributable names the collection, the key and the fix before any process starts."""
+    class SharedKey(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ec = EmbeddingCollection(tables=[
+                EmbeddingConfig(name=t, embedding_dim=4, num_embeddings=10, feature_names=[k])
+                for t, k in (("t1", "f"), ("t2", "f"), ("t3", "g"))])
+
+        def forward(self, kjt):
+            out = self.ec(kjt)
+            return out["f@t1"].values().sum() + 2 * out["f@t2"].values().sum() + out["g"].values().sum()
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["f", "g"], values=torch.tensor([1, 2, 3, 4, 5]),
+                                              lengths=torch.tensor([2, 0, 1, 2]))
+    model = SharedKey()
+    gm = dmt_fx.transform(model, "2x1", example_inputs=(kjt,))
+    assert torch.equal(gm(kjt), model(kjt))
+    with pytest.raises(DMTError) as info:
+        check_distributable(gm)
+    assert "EmbeddingCollection 'ec'" in info.value.found and "['f']" in info.value.found
+    assert any("its own feature names" in fix for fix in info.value.fixes)

@@ -82,12 +82,12 @@ def sequence_parts(lowering: Any) -> SequenceParts:
     exchanges = [n for s in sites for n in lowering.input_exchanges(s)] + [lk.exchange for lk in lookups]
     parts = SequenceParts(sites, list(by_width.values()), exchanges)
     if parts and lowering.fused_params is None:  # on every rank, before any table is sharded
-        raise DMTError("sequence tables on TorchRec's DENSE kernel (the optimizer FBGEMM cannot fuse here, "
-                       "e.g. Adam on the CPU)",
+        modules = sorted({s.module for s in sites} | {lk.table for lk in lookups})
+        raise DMTError(f"sequence tables of {modules} on TorchRec's DENSE kernel (the optimizer FBGEMM "
+                       "cannot fuse here, e.g. Adam on the CPU)",
                        "a fused optimizer for sequence tables: TorchRec's DENSE sequence lookup on the CPU "
                        "returns rows that do not match its lengths (construct_jagged_tensors fails)",
-                       ["train with torch.optim.SGD or torch.optim.Adagrad (fused on the CPU)",
-                        "or run on GPUs, where FBGEMM fuses Adam"])
+                       ["train with torch.optim.SGD or torch.optim.Adagrad (fused on the CPU)"])
     return parts
 
 
@@ -96,6 +96,17 @@ def check_sequences(gm: fx.GraphModule, result: Any) -> None:
     plain lookups' own checks); no process group needed (the CLI runs it before torchrun,
     through `check_distributable`)."""
     plain_lookups(gm, result, sequence=True)
+    for site in result.sites.sites:  # an EmbeddingCollection key read by two tables of one host
+        if site.kind != SEQUENCE_KIND:
+            continue
+        per_host: list[list[nn.Module]] = [[] for _ in range(result.topology.num_hosts)]
+        for tower in result.plan.towers:
+            path = result.tower_modules(tower.index).collections.get(site.module)
+            if path is not None:
+                per_host[tower.host].append(gm.get_submodule(path))
+        for ecs in per_host:
+            if ecs and all(hasattr(ec, "embedding_names_by_table") for ec in ecs):
+                ec_slice(ecs, site.module)
 
 
 # ---------------------------------------------------------------- step 2
@@ -117,21 +128,25 @@ def shard_sequences(lowering: Any, index: int, ec: nn.Module, weights: dict[str,
     return lookup
 
 
-def ec_slice(ecs: Sequence[Any]) -> HostSlice:
+def ec_slice(ecs: Sequence[Any], module: str = "") -> HostSlice:
     keys = tuple(k for ec in ecs for c in ec.embedding_configs() for k in c.feature_names)
     names = tuple(n for ec in ecs for names in ec.embedding_names_by_table() for n in names)
     widths = tuple(c.embedding_dim for ec in ecs for c in ec.embedding_configs() for _ in c.feature_names)
     if keys != names:  # a key read by two tables of one collection is named `key@table`
-        raise DMTError(f"an EmbeddingCollection whose outputs {list(names)} are not its keys {list(keys)}",
-                       "each KJT key read by one table of the EmbeddingCollection",
-                       ["give each table its own feature names (one table per key)"])
+        shared = sorted({k for k in keys if keys.count(k) > 1})
+        raise DMTError(f"EmbeddingCollection {module!r} reads KJT key(s) {shared} with two or more tables "
+                       f"(outputs {list(names)})",
+                       "each KJT key read by one table of an EmbeddingCollection: the sequence exchange "
+                       "returns one jagged tensor per key",
+                       [f"give each table of {module!r} its own feature names, sending the ids under each "
+                        "name (one table per key)"])
     return HostSlice(keys, names, widths)
 
 
 def site_lookup(lowering: Any, index: int, site: EmbeddingSite) -> SequenceLookup:
     """This host's tables of the EmbeddingCollection `site`, sharded over the host's ranks."""
     per_host = lowering.tower_collections(site)
-    slices = [ec_slice(ecs) for ecs in per_host]
+    slices = [ec_slice(ecs, site.module) for ecs in per_host]
     mine, lookup = per_host[lowering.me.host], None
     if mine:
         host_ec = sub_sequence_collection(mine)
