@@ -85,7 +85,7 @@ def _merge_to(parts: list[list[int]], num_towers: int, cost: Loads, mem: Loads, 
     member = np.zeros((len(parts), len(weights)))
     for i, p in enumerate(parts):
         member[i, p] = 1.0
-    between = member @ (member @ weights).T  # parts x parts, kept up to date as parts merge
+    between = (member @ weights) @ member.T  # parts x parts, kept up to date as parts merge
     loads = [_load(p, cost, mem) for p in parts]
     while len(parts) > num_towers:
         best = None
