@@ -15,12 +15,24 @@ sharded modules may be freed at any time, the gloo threads sit idle until the op
 system ends the process. `shutdown(module)` is the documented end of a job: a barrier over
 the world (every rank's outstanding collectives are done), the module's DDP reducer and
 sharded tables released while the interpreter is whole, then `destroy_process_group`.
+
+The same race has a second face once the groups are kept: a gloo worker marks its last
+collective done, the main thread goes on to exit, and only then does the worker drop its
+reference to the collective's tensors. When the tensor's Python object died first, that drop
+frees the object and needs the GIL; if the interpreter is already finalizing, Python ends the
+thread with `pthread_exit`, whose unwinding through a `noexcept` C++ frame calls
+`std::terminate` ("terminate called without an active exception", SIGABRT, after a job that
+trained correctly). `wait_for_idle_workers`, run at exit by an `atexit` hook that `distribute`
+registers (and by `shutdown`), lets the workers finish while the interpreter is still whole.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import gc
+import os
+import time
 from typing import Any
 
 import torch.distributed as dist
@@ -28,9 +40,10 @@ import torch.nn as nn
 
 from dmt_fx._compat import all_process_groups, module_children
 
-__all__ = ["keep_until_exit", "live_groups", "shutdown"]
+__all__ = ["keep_until_exit", "live_groups", "shutdown", "wait_for_idle_workers"]
 
 _KEPT: set[int] = set()  # ids of the groups given an extra reference (never freed, so never reused)
+_GLOO_WORKER = "pt_gloo_runloop"  # the name ProcessGroupGloo gives its worker threads
 
 
 def live_groups() -> list[Any]:
@@ -47,8 +60,51 @@ def keep_until_exit(groups: list[Any] | None = None) -> None:
     process. A Python list would not do: interpreter teardown clears module globals."""
     for group in live_groups() if groups is None else groups:
         if id(group) not in _KEPT:
+            if not _KEPT:
+                atexit.register(wait_for_idle_workers)
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(group))
             _KEPT.add(id(group))
+
+
+def wait_for_idle_workers(timeout_s: float = 5.0, interval_s: float = 0.02) -> bool:
+    """Wait until every gloo worker thread of this process is idle, with the GIL released.
+
+    Idle: asleep (state S) in two samples `interval_s` apart with no context switch between
+    them. The main thread sleeps between the samples, so the GIL is free: a worker waiting for
+    it would have been woken and switched. Linux only (reads /proc); elsewhere returns at once.
+
+    Returns:
+        True when the workers are idle (or there are none), False after `timeout_s`.
+    """
+    deadline, previous = time.monotonic() + timeout_s, None
+    while True:
+        time.sleep(interval_s)
+        states = _worker_states()
+        if states is None or (states == previous and all(state == "S" for state, _ in states.values())):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        previous = states
+
+
+def _worker_states() -> dict[int, tuple[str, str]] | None:
+    """{thread id: (state, context switches)} of the gloo workers; None without /proc."""
+    tasks, states = "/proc/self/task", {}
+    if not os.path.isdir(tasks):
+        return None
+    for tid in os.listdir(tasks):
+        try:
+            with open(f"{tasks}/{tid}/comm") as handle:
+                if handle.read().strip() != _GLOO_WORKER:
+                    continue
+            with open(f"{tasks}/{tid}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:  # the thread ended meanwhile
+            continue
+        switches = fields.get("voluntary_ctxt_switches", "").strip() + "/" + \
+            fields.get("nonvoluntary_ctxt_switches", "").strip()
+        states[int(tid)] = (fields.get("State", "?").strip()[:1], switches)
+    return states
 
 
 def shutdown(module: Any = None) -> None:
@@ -84,6 +140,7 @@ def shutdown(module: Any = None) -> None:
     if dist.is_initialized():
         dist.barrier()
         keep_until_exit()
+        wait_for_idle_workers()
     _release(module)
     gc.collect()  # DDP and TorchRec objects in reference cycles go now, not at interpreter exit
     if dist.is_initialized():
