@@ -142,8 +142,44 @@ def test_refusals_name_the_reason() -> None:
     model, inputs = pooled_sequence()
     with pytest.raises(dmt_fx.DMTError, match="seq_mean"):  # the kinds that cannot take sequences say which can
         dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="linear", compression=2)
-    with pytest.raises(dmt_fx.DMTError, match="plan='auto'"):
-        dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="seq_mean", plan="auto")
+
+
+def test_plan_auto_prices_the_sequence_kind(monkeypatch) -> None:
+    """plan="auto" with tower_module="seq_mean": identity candidates send d x mean length
+    floats per sample for each sequence feature, the kind's ceil(d / c); pooled features send
+    d in both; c > 1 is refused for quality; the model built is the winner's (kind and c)."""
+    from dmt_fx.compiler.auto_plan import choose
+
+    model, inputs = pooled_sequence()
+    priced: list[tuple[str, int, tuple, list]] = []
+    evaluate = choose.evaluate
+
+    def spy(setup, groups, c, kind, widths, *args, **kwargs):
+        priced.append((kind, c, tuple(tuple(g) for g in groups), list(widths)))
+        return evaluate(setup, groups, c, kind, widths, *args, **kwargs)
+
+    monkeypatch.setattr(choose, "evaluate", spy)
+    gm = dmt_fx.transform(model, "2x2", example_inputs=inputs, tower_module="seq_mean", plan="auto")
+    sites = gm.meta["dmt"].sites
+    sequences = {f.name: (f.dim, f.mean_length) for f in sites.features if f.sequence}
+    assert sequences and all(length > 1 for _, length in sequences.values())
+    for kind, c, groups, widths in priced:
+        for group, width in zip(groups, widths):
+            pooled = sum(sites.feature(f).dim for f in group if f not in sequences)
+            if kind == "identity":
+                expected = pooled + sum(d * n for f, (d, n) in sequences.items() if f in group)
+            else:
+                expected = pooled + sum(-(-d // c) for f, (d, _) in sequences.items() if f in group)
+            assert width == pytest.approx(expected), (kind, c, group)
+    assert {(kind, c) for kind, c, _, _ in priced} >= {("identity", 1), ("seq_mean", 1), ("seq_mean", 8)}
+    auto = gm.meta["dmt_auto"]
+    winner = auto.candidates[auto.winner]
+    assert (auto.tower_module, auto.compression) == (winner.tower_module, winner.compression)
+    assert (auto.tower_module, auto.compression) == ("seq_mean", 1)  # fewer bytes across hosts: the kind wins
+    assert all(c.refused.startswith("quality") for c in auto.candidates if c.compression > 1)  # measured NE loss
+    seq_towers = [m for m in gm.modules() if type(m).__name__ == "SequenceTower"]
+    assert seq_towers and all(m.spec.compression == auto.compression for m in seq_towers)
+    assert gm(*inputs).shape == model(*inputs).shape
 
 
 # ---------------------------------------------------------------- 2x2 gloo world

@@ -6,7 +6,8 @@ the reduced vector to the model where the model's own code reduced the rows
 (`dmt_fx.compiler.sequence_reductions`, the `sequence_towers` pass); the pooled features
 keep their exact path. Refused, naming the feature and a fix: a model without sequence
 features, nn.Embedding read as [B, L] sequences, a feature whose rows reach the model by more
-than one (B, D) reduction, no example inputs, and plan="auto".
+than one (B, D) reduction, and no example inputs. plan="auto" prices the kind
+(compiler/auto_plan/choose.py) and may choose it or identity.
 """
 
 from __future__ import annotations
@@ -36,13 +37,9 @@ def reductions_of(gm: fx.GraphModule, sites: ModelSites, inputs: tuple | None, r
 
 
 def check_sequence_kind(kind: TowerModuleKind, sites: ModelSites, reductions: Mapping[str, SequenceReduction],
-                        inputs: tuple | None, auto: bool) -> None:
+                        inputs: tuple | None) -> None:
     name = f"tower_module={kind.name!r}"
     sequences = [f for f in sites.features if f.sequence]
-    if auto:
-        raise DMTError(f"plan='auto' with {name}", "a plan or a partitioner for a sequence tower module "
-                       "(the cost model does not price reduced sequences yet)",
-                       ["pass partitioner='balanced' (the default) and compression=c yourself"])
     if inputs is None:
         raise DMTError(f"{name} without example_inputs", "example_inputs: one batch, on which the model's own "
                        "reduction of each sequence is found", ["pass example_inputs=(...) to transform"])
@@ -55,8 +52,8 @@ def check_sequence_kind(kind: TowerModuleKind, sites: ModelSites, reductions: Ma
     if plain:
         raise DMTError(f"{name} on nn.Embedding read as [B, L] sequences {plain}",
                        "sequence features of a torchrec EmbeddingCollection (the kind reduces its JaggedTensor "
-                       "rows; plain lookups drop padding_idx ids on the hosts, so their rows are not the [B, L] "
-                       "the model reads)",
+                       "rows; neither the search for the model's own reduction nor the hosts' reduction is "
+                       "built for an nn.Embedding's [B, L, D] output, padding rows included)",
                        ["keep tower_module='identity' (the default): plain sequences run exact, distributed too",
                         "or read the sequence through a torchrec EmbeddingCollection"])
     for f in sequences:

@@ -118,6 +118,9 @@ def transform(
     pooling = pooling_by_feature(sites, pooling)
     sites = with_sequences(sites, pooling)  # unpooled lookups, marked with their mean lengths
     kind = tower_module_kind(tower_module)
+    reductions = reductions_of(gm, sites, inputs, route)  # the model's own reductions of its sequences
+    if kind.sequences:  # the sequences reduced in their towers feed the model's reductions
+        check_sequence_kind(kind, sites, reductions, inputs)
     auto = None
     if plan == "auto" or isinstance(plan, AutoOptions):  # the cost model picks towers, c and shardings
         if partitioner is not None or compression != 1:
@@ -131,10 +134,7 @@ def transform(
         plan, compression, kind = auto.plan, auto.compression, tower_module_kind(auto.tower_module)
         towers_per_domain = 1  # the chosen plan places its towers itself
     changes_model = kind.changes_model
-    reductions = reductions_of(gm, sites, inputs, route)  # the model's own reductions of its sequences
-    if kind.sequences:  # the sequences reduced in their towers feed the model's reductions
-        check_sequence_kind(kind, sites, reductions, inputs, auto is not None)
-    elif changes_model:  # compressed towers feed the interaction: a model must have one
+    if changes_model and not kind.sequences:  # compressed towers feed the interaction: a model must have one
         require_interaction(sites, f"tower_module={kind.name!r}")
     made = _make_plan(plan, partitioner, sites, topology, pooling, model, inputs, seed, towers_per_domain)
     tower_plan_ = dataclasses.replace(made, changes_model=changes_model)

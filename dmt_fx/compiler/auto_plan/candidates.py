@@ -81,7 +81,7 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        kind = "identity" if self.compression == 1 else f"{self.tower_module} c={self.compression}"
+        kind = "identity" if self.tower_module == "identity" else f"{self.tower_module} c={self.compression}"
         per = f" ({self.towers_per_domain} per host)" if self.towers_per_domain > 1 else ""
         return (f"{self.towers} tower{'s' if self.towers > 1 else ''}{per}, {kind}, "
                 f"{'/'.join(sorted(set(self.shardings)))}")

@@ -20,7 +20,12 @@ Algorithm (`auto_plan`):
      carries each tower's sharding (`Tower.sharding`), which `distribute` runs.
 
 The quality budget only binds compressing candidates: identity towers compute the original
-model whatever the split. DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen
+model whatever the split. A sequence tower-module kind (`seq_mean`, `seq_attention`) is
+priced per c in 1, 2, 4, 8 on the balanced partition: each sequence feature sends ceil(d / c)
+floats per sample instead of d x its mean length, its pooled features their rows. The
+affinity budget does not apply (each sequence is reduced by itself, whatever shares its
+tower); c > 1 is listed but refused for quality (SEQUENCE_QUALITY), and identity (c = 1,
+the model unchanged) is a candidate beside the kind's c = 1. DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen
 for you") from benchmarks/quality_budget.py.
 """
 
@@ -45,6 +50,7 @@ from dmt_fx.compiler.partitioners.units import (
 )
 from dmt_fx.compiler.plans import balance_domains, build_plan, domain_hosts, tower_loads
 from dmt_fx.compiler.tower_modules import TowerModuleKind, out_width
+from dmt_fx.compiler.tower_modules.sequence import reduced_width
 from dmt_fx.cost.links import tiers_of
 from dmt_fx.cost.params import CostParams, load_params
 from dmt_fx.cost.steptime import Hardware
@@ -56,6 +62,9 @@ from dmt_fx.ir.topology import Topology
 DEFAULT_QUALITY_BUDGET = 0.9
 COMPRESSIONS = (1, 2, 4, 8)
 MAX_TOWERS_PER_DOMAIN = 8  # k tried up to this (and units // hosts) unless AutoOptions names the k
+# why a sequence kind's c > 1 is not chosen for the user (benchmarks/quality_sequences.py)
+SEQUENCE_QUALITY = ("quality: a sequence kind at c > 1 (+1.3% to +1.8% NE at c = 4, quality.py --task "
+                    "sequences); pass compression=c without plan='auto'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +135,7 @@ class AutoPlan:
 
     plan: TowerPlan
     compression: int
-    tower_module: str  # the kind to build ("identity" when c = 1)
+    tower_module: str  # the kind to build ("identity" for c = 1, except a sequence kind's own c = 1)
     shardings: tuple[str, ...]  # per tower: the intra-host sharding chosen
     candidates: tuple[Candidate, ...]
     winner: int  # index into candidates
@@ -165,6 +174,8 @@ def _compressions(sites: ModelSites, kind: TowerModuleKind, inputs: tuple | None
     if not kind.changes_model:
         return [1], [f"c > 1 not considered: tower_module={kind.name!r} keeps the model "
                      "(pass tower_module='dot', 'linear' or 'dcn' to let plan='auto' compress)"]
+    if kind.sequences:  # reduces the sequences where the model does: no interaction site needed
+        return sorted({1, *options.compressions}), []
     if not sites.interaction.found or inputs is None:
         why = "the model has no interaction site" if not sites.interaction.found else "no example_inputs"
         return [1], [f"c > 1 not considered: {why} (compressing towers need both)"]
@@ -227,6 +238,32 @@ def _candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleK
     return evaluate(setup, groups, c, kind.name, widths, macs, refused, k)
 
 
+def _sequence_candidate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleKind,
+                        k: int = 1) -> Candidate:
+    """A sequence kind at c: each sequence feature sends its reduction, ceil(d / c) floats per
+    sample, the pooled features their rows; the MACs are the pooling and the projection."""
+    features = [[setup.sites.feature(f) for f in g] for g in groups]
+    widths = [sum(reduced_width(f.dim, c) if f.sequence else f.dim for f in g) for g in features]
+    macs = [sum(_sequence_macs(kind.name, f.dim, f.mean_length, c) for f in g if f.sequence) for g in features]
+    refused = SEQUENCE_QUALITY if c > 1 else ""
+    return evaluate(dataclasses.replace(setup, affinity=None), groups, c, kind.name, widths, macs, refused, k)
+
+
+def _sequence_macs(kind: str, dim: int, mean_length: float, c: int) -> float:
+    """Per sample: the pooling over its rows (attention: scores, weights and the weighted sum)
+    and the projection to ceil(d / c) (none at c = 1)."""
+    width = reduced_width(dim, c)
+    return (3.0 if kind == "seq_attention" else 1.0) * mean_length * dim + (dim * width if width != dim else 0)
+
+
+def _evaluate(setup: Setup, groups: list[list[str]], c: int, kind: TowerModuleKind, vector_dim: int | None,
+              k: int, tower_module: str) -> Candidate:
+    """The candidate of `tower_module` at c (identity, a sequence kind, or a compressing kind)."""
+    if kind.sequences and tower_module == kind.name:
+        return _sequence_candidate(setup, groups, c, kind, k)
+    return _candidate(setup, groups, c, kind, vector_dim, k)
+
+
 def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float], *, kind: TowerModuleKind,
               model: Any = None, example_inputs: tuple | None = None, options: AutoOptions | None = None,
               seed: int = 0) -> AutoPlan:
@@ -239,10 +276,14 @@ def auto_plan(sites: ModelSites, topology: Topology, pooling: Mapping[str, float
     tiers = params.tiers or tiers_of(topology)  # fitted links, when the parameters carry them
     setup = Setup(sites, pooling, topology.num_hosts, topology.local_world_size, options.batch_size,
                   tiers, options.hardware, options.memory_per_rank, options.quality_budget, affinity, params=params)
-    vector_dim = _vector_dim(sites) if max(compressions) > 1 else None
+    vector_dim = _vector_dim(sites) if max(compressions) > 1 and not kind.sequences else None
     candidates = []
     for towers, k in _layouts(topology.num_hosts, len(table_units(sites)), options):
         plain = _groups(setup, towers, k, False, seed)
+        if kind.sequences:  # identity, then the kind at every c, on the balanced partition
+            candidates.append(_candidate(setup, plain, 1, kind, None, k))
+            candidates += [_sequence_candidate(setup, plain, c, kind, k) for c in compressions]
+            continue
         learned = _groups(setup, towers, k, True, seed) if max(compressions) > 1 else plain
         candidates += [_candidate(setup, plain if c == 1 else learned, c, kind, vector_dim, k) for c in compressions]
     winner = _winner(candidates, options)
@@ -259,8 +300,8 @@ def _uniform_sharding(setup: Setup, chosen: Candidate, kind: TowerModuleKind, ve
         return chosen.shardings[0]
     timed = {}
     for name in SHARDING_MODELS:
-        one = _candidate(dataclasses.replace(setup, shardings=(name,)), [list(g) for g in chosen.groups],
-                         chosen.compression, kind, vector_dim, chosen.towers_per_domain)
+        one = _evaluate(dataclasses.replace(setup, shardings=(name,)), [list(g) for g in chosen.groups],
+                        chosen.compression, kind, vector_dim, chosen.towers_per_domain, chosen.tower_module)
         if not one.refused.startswith("memory"):
             timed[name] = one.step_s
     order = list(SHARDING_MODELS)
@@ -314,7 +355,9 @@ def _why(candidates: Sequence[Candidate], winner: int, options: AutoOptions) -> 
         runner = others[0]
         text += f"; runner-up {runner.label} {_ms(runner.step_s)} ({runner.step_s / chosen.step_s:.4f}x)"
     refused = {k: sum(c.refused.startswith(k) for c in candidates) for k in ("memory", "quality", "kind")}
-    said = [f"{n} for {k}" + (f" (kept affinity < {options.quality_budget:g})" if k == "quality" else "")
+    sequence = any(c.refused == SEQUENCE_QUALITY for c in candidates)
+    said = [f"{n} for {k}" + ((" (a sequence kind at c > 1)" if sequence else
+                               f" (kept affinity < {options.quality_budget:g})") if k == "quality" else "")
             for k, n in refused.items() if n]
     if said:
         text += f"; refused: {', '.join(said)}"
