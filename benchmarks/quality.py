@@ -79,6 +79,12 @@ Targets (reported, met or not; the generator is not tuned to them):
 
   python benchmarks/quality.py                  # writes results/quality.json, results/quality_curves.png (10-14 min here)
   python benchmarks/quality.py --quick          # tiny sizes (smoke test)
+
+--task sequences runs the sequence task instead (benchmarks/quality_sequences.py: a user,
+a candidate and a jagged history read by an EmbeddingCollection; NE of the sequence tower
+modules seq_mean / seq_attention at c = 1 and 4 against flat, 3 seeds); every other
+argument goes to that benchmark:
+  python benchmarks/quality.py --task sequences  # benchmarks/recorded/quality_sequences.json (25 min here)
 """
 
 from __future__ import annotations
@@ -290,8 +296,14 @@ def summarize(curves: dict[str, list]) -> dict[str, dict]:
 # ---------------------------------------------------------------- main
 
 
+TASKS = ("planted", "sequences")  # the planted-interaction CTR task (this file); the sequence task
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task", choices=TASKS, default="planted",
+                   help="planted (default): this benchmark; sequences: benchmarks/quality_sequences.py, "
+                        "which takes the other arguments")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 6000; quick 60)")
     p.add_argument("--seeds", type=int, default=None,
                    help="initial-weight seeds per variant, --seed, --seed+1, ... (default 3; quick 1)")
@@ -527,6 +539,13 @@ def balance_of(plans: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv=None) -> dict:
+    task = argparse.ArgumentParser(add_help=False)
+    task.add_argument("--task", choices=TASKS, default="planted")
+    chosen, rest = task.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if chosen.task == "sequences":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import quality_sequences
+        return quality_sequences.main(rest)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("dmt_fx").setLevel(logging.ERROR)  # the "changes the model" warning is expected

@@ -48,6 +48,22 @@ def test_quality_quick(tmp_path):
         assert set(target) >= {"value", "target", "met"} and isinstance(target["met"], bool)
 
 
+@pytest.mark.distributed
+def test_quality_sequence_task(tmp_path):
+    """`--task sequences`: the sequence task, its NE against flat per variant."""
+    out = tmp_path / "quality_sequences.json"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "quality.py"), "--task", "sequences",
+                           "--steps", "20", "--seeds", "1", "--heldout", "1000", "--eval-every", "10",
+                           "--variants", "dmt-seqmean-c1,dmt-seqattn-c4", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == {"flat", "dmt-seqmean-c1", "dmt-seqattn-c4"}
+    for name, v in result["variants"].items():
+        assert math.isfinite(v["ne_mean"]) and v["ne_mean"] > 0, name
+    assert abs(result["variants"]["dmt-seqmean-c1"]["ne_vs_flat_mean"]) < 1e-4  # the model's own mean: exact
+
+
 def test_ari_auc_and_ne_from_the_libraries():
     """The benchmarks' metrics (dmt_fx.bench.metrics): AUC from torchmetrics, NE from TorchRec."""
     import numpy as np
