@@ -264,3 +264,45 @@ def test_an_embedding_collection_key_read_by_two_tables_is_refused_by_name() -> 
         check_distributable(gm)
     assert "EmbeddingCollection 'ec'" in info.value.found and "['f']" in info.value.found
     assert any("its own feature names" in fix for fix in info.value.fixes)
+
+
+@pytest.fixture
+def world_of_one():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_adam_on_the_cpu_and_the_train_pipeline_are_refused_with_fixes_that_work(world_of_one) -> None:
+    """Sequence tables on TorchRec's DENSE kernel (CPU Adam) and DMTTrainPipeline over a
+    sequence exchange are refused before any step, naming the modules; the fixes named
+    (Adagrad, no pipeline) then train exactly like the original."""
+    import torch.nn.functional as F
+
+    from dmt_fx.runtime.pipeline import DMTTrainPipeline
+
+    model, batch = pooled_sequence()
+    gm = dmt_fx.transform(model, "1x1", example_inputs=batch)
+    with pytest.raises(DMTError) as info:
+        dmt_fx.distribute(gm, optimizer_class=torch.optim.Adam, optimizer_kwargs={"lr": 0.01})
+    assert "DENSE kernel" in info.value.found and "'sequences'" in info.value.found, info.value.found
+    assert any("Adagrad" in fix for fix in info.value.fixes)
+    module, optimizer = dmt_fx.distribute(gm, optimizer_class=torch.optim.Adagrad, optimizer_kwargs={"lr": 0.1})
+    with pytest.raises(DMTError) as info:
+        DMTTrainPipeline(module, optimizer)
+    assert "sequence (unpooled) features, read by ['sequences']" in info.value.found, info.value.found
+    assert "--pipeline" in info.value.found
+    assert any("leave out --pipeline" in fix for fix in info.value.fixes)
+    twin, _ = pooled_sequence()
+    reference = torch.optim.Adagrad(twin.parameters(), lr=0.1)
+    for _ in range(2):  # the fix: the module and the optimizer, called directly
+        labels = torch.zeros(module(*batch).shape)
+        for net, opt in ((module, optimizer), (twin, reference)):
+            opt.zero_grad()
+            F.binary_cross_entropy_with_logits(net(*batch), labels).backward()
+            opt.step()
+    assert torch.allclose(module(*batch), twin(*batch), atol=1e-5)

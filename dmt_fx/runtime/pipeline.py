@@ -105,6 +105,8 @@ class DMTTrainPipeline:
         physical = getattr(module, "physical", module)
         node = exchange_node(physical.graph)
         self.exchange = physical.get_submodule(str(node.target))
+        if hasattr(self.exchange, "pipeline_refusal"):  # an exchange without stages: refused before any step
+            raise self.exchange.pipeline_refusal()
         self.prologue = sparse_prologue(physical, node)
         self.model_fwd = model_fwd or bce_forward
         self.current: Any = None

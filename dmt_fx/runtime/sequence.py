@@ -226,6 +226,7 @@ class HostSequenceExchange(nn.Module):
         self.outputs = list(outputs)
         self.back = JaggedReturn([lk.slices for lk in sequences], group, me)
         self.pooled_back = self.pooled_layout(pooled, pooled_keys, group) if pooled else None
+        self.sequence_modules: list[str] = []  # the model's sequence modules, named by the lowering
 
     def pooled_layout(self, pooled: Sequence[HostLookup], keys: Sequence[Sequence[str]],
                       group: dist.ProcessGroup) -> nn.Module:
@@ -239,11 +240,18 @@ class HostSequenceExchange(nn.Module):
         self.picks = [[position[(c, n)] for n in names] for c, names in enumerate(self.keys)]
         return output_dist(group, per_host)
 
+    def pipeline_refusal(self) -> DMTError:
+        """Why `DMTTrainPipeline` refuses this exchange (checked when the pipeline is built)."""
+        modules = self.sequence_modules
+        return DMTError("a train pipeline (DMTTrainPipeline, `dmt-fx run --pipeline`) over a model with sequence "
+                        f"(unpooled) features, read by {modules}", "pooled features only in DMTTrainPipeline (its stages are the "
+                        "pooled exchange's; the jagged sequence exchange has no split into stages)",
+                        ["train without the pipeline (leave out --pipeline; in your own loop call the module "
+                         "and the optimizer): every step runs the same exchanges, exactly"])
+
     def dist_start(self, kjts: Sequence[KeyedJaggedTensor]) -> Any:
         """The train pipeline's first stage (`dmt_fx.runtime.pipeline`): not for sequences yet."""
-        raise DMTError("a train pipeline (--pipeline) over a model with sequence (unpooled) features",
-                       "pooled features only in DMTTrainPipeline (its stages are the pooled exchange's)",
-                       ["train without the pipeline (--pipeline off): every step runs the same exchanges"])
+        raise self.pipeline_refusal()
 
     def forward(self, *kjts: KeyedJaggedTensor) -> tuple[Any, ...]:
         with record_function(stage_range(Stage.PEER_INPUT)):

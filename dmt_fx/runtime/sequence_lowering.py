@@ -235,9 +235,10 @@ def lower_with_sequences(lowering: Any, parts: SequenceParts, sites: list[Embedd
                for m, s in zip(seq_merges, parts.sites)]
     outputs += [SequenceOutput(tuple(lk.feature for lk in group)) for group in parts.plain]
     path = host_exchange_path(0)
-    lowering.physical.add_submodule(path, exchange(
-        lookups, weighted, keys, seq_lookups, outputs, lowering.groups.of(id_group), lowering.groups.of(out_group),
-        lowering.me))
+    host_exchange = exchange(lookups, weighted, keys, seq_lookups, outputs, lowering.groups.of(id_group),
+                             lowering.groups.of(out_group), lowering.me)
+    host_exchange.sequence_modules = sorted({s.module for s in parts.sites} | {lk.table for g in parts.plain for lk in g})
+    lowering.physical.add_submodule(path, host_exchange)
     users = set(merges + seq_merges) | {n for nodes in pooled_received + seq_received for n in nodes}
     first = next(n for n in graph.nodes if n in users)
     with graph.inserting_before(first):
