@@ -11,8 +11,13 @@ Algorithm:
      from shapes, index lists built in forward) and `example_inputs` are given,
      non-strict `torch.export` with every input dimension `Dim.AUTO`, then `.module()`.
      Embedding lookups become aten ops tagged with their module path in `nn_module_stack`.
-  4. Otherwise raise a CaptureError naming the user's line that broke tracing.
-  5. Buffers that are not in the model's state dict (constants) become non-persistent.
+  4. A torchrec model whose forward() iterates over a KeyedJaggedTensor argument's keys
+     (`for key in kjt.keys()`: torchrec's own BERT4Rec example does) is traced again with
+     those keys fixed to the example batch's (`kjt.keys()` returns them as a list); the
+     graph then checks every call's keys (`StaticKeys`), so a batch with other keys is
+     refused rather than read wrongly.
+  5. Otherwise raise a CaptureError naming the user's line that broke tracing.
+  6. Buffers that are not in the model's state dict (constants) become non-persistent.
 Functional lookups (`F.embedding_bag(ids, self.weight_q, ...)`, the reference DLRM's
 quotient-remainder bags) are not modules a tracer can keep whole: a symbolic graph that
 calls them is captured again by torch.export, whose aten ops name each table's parameter.
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from torch.export import Dim
 from torchrec.fx.tracer import Tracer
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dmt_fx._compat import ConvNd, pytree
 from dmt_fx.compiler.batch_classes import is_user_node, register_batch_classes
@@ -54,9 +60,16 @@ class _DMTTracer(Tracer):
     """Embedding modules stay whole (the analysis finds them as calls), and so do the modules
     an interaction kind recognises by structure (e.g. torchrec's arches, or copies of them)."""
 
-    def __init__(self, whole: set[int]) -> None:
+    def __init__(self, whole: set[int], static_keys: dict[str, tuple[str, ...]] | None = None) -> None:
         super().__init__()
         self.whole = whole  # ids of the modules interaction kinds keep whole
+        self.static_keys = static_keys or {}  # forward argument -> its KJT keys, fixed (step 4)
+
+    def keys(self, obj: torch.fx.Proxy) -> Any:
+        node = obj.node
+        if node.op == "placeholder" and node.target in self.static_keys:
+            return list(self.static_keys[str(node.target)])
+        return super().keys(obj)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (isinstance(m, EMBEDDING_TYPES) or id(m) in self.whole
@@ -72,16 +85,53 @@ class _DMTTracer(Tracer):
         return super().create_arg(a)
 
 
-def symbolic_capture(model: nn.Module) -> torch.fx.GraphModule:
+def symbolic_capture(model: nn.Module, static_keys: dict[str, tuple[str, ...]] | None = None) -> torch.fx.GraphModule:
     # Decided before tracing: while it traces, torch.fx answers parameter reads with proxies,
     # which a structural test of the module would not recognise. Mode-dependent modules stay
     # whole too, so train()/eval() switch them (a traced `if self.training:` would be fixed).
     whole = {id(m) for m in model.modules() if keeps_whole(m)}
     whole |= {id(model.get_submodule(path)) for path in mode_modules(model)}
-    graph = _DMTTracer(whole).trace(model)
+    graph = _DMTTracer(whole, static_keys).trace(model)
     gm = torch.fx.GraphModule(model, graph, class_name=f"DMT{type(model).__name__}")
     _switch_modes(model, gm)
+    if static_keys:
+        placeholders = [str(n.target) for n in graph.nodes if n.op == "placeholder"]
+        gm.register_forward_pre_hook(StaticKeys({placeholders.index(a): k for a, k in static_keys.items()}))
+        gm.meta["dmt_static_keys"] = dict(static_keys)
     return gm
+
+
+class StaticKeys:
+    """A forward pre-hook: each KeyedJaggedTensor argument whose keys the graph fixed (step 4)
+    must come with exactly those keys."""
+
+    def __init__(self, keys: dict[int, tuple[str, ...]]) -> None:
+        self.keys = keys  # argument position -> keys
+
+    def __call__(self, module: nn.Module, args: tuple) -> None:
+        for position, keys in self.keys.items():
+            value = args[position] if position < len(args) else None
+            if isinstance(value, KeyedJaggedTensor) and tuple(value.keys()) != keys:
+                from dmt_fx.compiler.validation import InputValidationError
+
+                raise InputValidationError(
+                    f"a KeyedJaggedTensor (argument {position}) with keys {list(value.keys())}",
+                    f"keys {list(keys)}: forward() iterates over them, so the graph was traced with "
+                    "the example batch's keys fixed",
+                    ["build every batch with the example batch's keys, in its order",
+                     "or transform again with an example batch of these keys"])
+
+
+def _kjt_arguments(model: nn.Module, example_inputs: tuple | None) -> dict[str, tuple[str, ...]]:
+    """forward()'s KeyedJaggedTensor arguments in the example batch: name -> keys."""
+    if not example_inputs:
+        return {}
+    try:
+        bound = inspect.signature(model.forward).bind(*example_inputs)
+    except TypeError:
+        return {}
+    return {name: tuple(value.keys()) for name, value in bound.arguments.items()
+            if isinstance(value, KeyedJaggedTensor)}
 
 
 def _switch_modes(model: nn.Module, gm: torch.fx.GraphModule) -> None:
@@ -220,6 +270,21 @@ def functional_lookups(gm: torch.fx.GraphModule) -> list[str]:
     return [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target in FUNCTIONAL_LOOKUPS]
 
 
+def _with_static_keys(model: nn.Module, example_inputs: tuple | None) -> torch.fx.GraphModule | None:
+    """Step 4: the symbolic capture with the example's KJT keys fixed, or None when it fails
+    too (or there are no KJT arguments); the first failure is then the one reported."""
+    static_keys = _kjt_arguments(model, example_inputs)
+    if not static_keys:
+        return None
+    try:
+        gm = symbolic_capture(model, static_keys)
+    except ModeError:
+        raise
+    except Exception:  # noqa: BLE001 - the first failure names the user's line
+        return None
+    return None if functional_lookups(gm) else gm
+
+
 def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.GraphModule, str]:
     try:
         gm = symbolic_capture(model)
@@ -227,6 +292,9 @@ def _capture(model: nn.Module, example_inputs: tuple | None) -> tuple[torch.fx.G
         raise
     except Exception as exc:  # tracing failures come as many exception types
         symbolic_error = exc
+        gm = _with_static_keys(model, example_inputs)
+        if gm is not None:
+            return gm, "symbolic"
     else:
         calls = functional_lookups(gm)
         if not calls:
