@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             where += f" of {'case' if args.cases else 'variant'} {getattr(args, 'case', args.variant)}"
         say(f"dmt-fx worker rank {rank}: failed {where} (a peer rank died or stopped answering, or see "
             f"below): {type(exc).__name__}: {str(exc).splitlines()[0]}")
-        traceback.print_exc()
+        say(traceback.format_exc().rstrip())  # one write: the host's other ranks share this log
         settle_refusal(exc)
         exit_now(1)  # skip teardown: a collective with a dead peer could block it
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as handle:
