@@ -48,6 +48,21 @@ if _examples:
 settings.load_profile(_profile)
 
 
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def world_of_one():
+    """A real gloo world of this one process, for tests that call `distribute` in-process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield dist.group.WORLD
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------- markers
 
 

@@ -25,7 +25,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 
 import dmt_fx
@@ -96,15 +95,6 @@ def test_the_codecs_send_16_bits(precision, forward, backward) -> None:
         wire = codec.encode(x)  # the cost model's bytes per element (dmt_fx.cost.wire) are the codec's
         assert wire.dtype == dtype and wire.element_size() == nbytes == 2
         assert torch.equal(codec.decode(wire), x.to(dtype).float()) and not torch.equal(codec.decode(wire), x)
-
-
-@pytest.fixture
-def world_of_one():
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distribute_puts_the_codecs_on_the_peer_exchange_only(world_of_one) -> None:

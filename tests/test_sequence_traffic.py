@@ -201,17 +201,6 @@ def test_fp16_halves_rows_and_gradients_and_trains_close(fp32, runs) -> None:
 # ---------------------------------------------------------------- where the codecs go (one process)
 
 
-@pytest.fixture
-def world_of_one():
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.parametrize("tower_module,compression", [("identity", 1), ("seq_attention", 4)])
 def test_comm_precision_reaches_every_peer_exchange_of_a_sequence_model(world_of_one, tower_module,
                                                                         compression) -> None:

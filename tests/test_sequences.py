@@ -266,17 +266,6 @@ def test_an_embedding_collection_key_read_by_two_tables_is_refused_by_name() -> 
     assert any("its own feature names" in fix for fix in info.value.fixes)
 
 
-@pytest.fixture
-def world_of_one():
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def test_adam_on_the_cpu_and_the_train_pipeline_are_refused_with_fixes_that_work(world_of_one) -> None:
     """Sequence tables on TorchRec's DENSE kernel (CPU Adam) and DMTTrainPipeline over a
     sequence exchange are refused before any step, naming the modules; the fixes named
