@@ -50,6 +50,7 @@ from dmt_fx.compiler.modes import (
     switch_dropout_calls,
 )
 from dmt_fx.compiler.support import EMBEDDING_TYPES, check_supported
+from dmt_fx.compiler.validation import InputValidationError
 from dmt_fx.ir.errors import CaptureError, DMTError, ModeError, NoEmbeddingError
 
 # Lookups written as functions on a parameter: torch.fx records them as call_function nodes.
@@ -112,8 +113,6 @@ class StaticKeys:
         for position, keys in self.keys.items():
             value = args[position] if position < len(args) else None
             if isinstance(value, KeyedJaggedTensor) and tuple(value.keys()) != keys:
-                from dmt_fx.compiler.validation import InputValidationError
-
                 raise InputValidationError(
                     f"a KeyedJaggedTensor (argument {position}) with keys {list(value.keys())}",
                     f"keys {list(keys)}: forward() iterates over them, so the graph was traced with "

@@ -25,8 +25,10 @@ priced per c in 1, 2, 4, 8 on the balanced partition: each sequence feature send
 floats per sample instead of d x its mean length, its pooled features their rows. The
 affinity budget does not apply (each sequence is reduced by itself, whatever shares its
 tower); c > 1 is listed but refused for quality (SEQUENCE_QUALITY), and identity (c = 1,
-the model unchanged) is a candidate beside the kind's c = 1. DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen
-for you") from benchmarks/quality_budget.py.
+the model unchanged) is a candidate beside the kind's c = 1.
+
+DEFAULT_QUALITY_BUDGET is justified in the README ("Plans chosen for you") from
+benchmarks/quality_budget.py.
 """
 
 from __future__ import annotations
