@@ -38,11 +38,10 @@ def wide_sites():
 
 # Measured by the traffic meter in real gloo runs (README, "Exact traffic": bytes one rank sends
 # per step, mean over ranks, wide_model, local batch 32): topology -> (x-host id B, x-host
-# embedding B at c = 1, intra-host B). The id bytes are the table's less KJTAllToAll's 24-byte
-# handshake per peer, which the lean peer id exchange no longer sends (tests/test_traffic.py
-# holds the meter to the payload alone).
-MEASURED = {"2x2": (4_120 - 24, 32_768, 36_888), "2x4": (4_120 - 24, 32_768, 55_368),
-            "4x2": (6_216 - 3 * 24, 49_152, 36_888)}
+# embedding B at c = 1, intra-host B). The id bytes are the payload alone: the lean peer id
+# exchange sends no KJTAllToAll handshake, and its lengths and ids cross as int32, half the
+# KJT's int64 bytes (tests/test_traffic.py holds the meter to both).
+MEASURED = {"2x2": (2_048, 32_768, 36_888), "2x4": (2_048, 32_768, 55_368), "4x2": (3_072, 49_152, 36_888)}
 
 
 @pytest.mark.parametrize("topology", sorted(MEASURED))
@@ -56,7 +55,7 @@ def test_candidate_traffic_matches_the_measured_bytes(wide_sites, topology, c):
     widths = [16 * len(g) // c for g in groups]  # concat interaction: W_t / c exactly
     candidate = evaluate(setup, groups, c, "linear", widths, [0.0] * len(groups))
     ids, embedding, intra = MEASURED[topology]
-    id_bytes = [wire.kjt_bytes(32, len(g), 32 * len(g)) for g in groups]  # no weighted features here
+    id_bytes = [wire.peer_id_bytes(32, len(g), 32 * len(g)) for g in groups]  # no weighted features here
     cross = [cross_load(setup, h, list(range(len(groups))), id_bytes, widths)[1] for h in range(topo.num_hosts)]
     assert sum(cross) / len(cross) == ids + embedding // c  # the meter's figure is the mean over ranks
     assert candidate.cross_bytes == max(cross)
@@ -100,9 +99,10 @@ def test_transform_auto_identity_keeps_the_model_and_explains(built_in):
     assert [(c.towers, c.towers_per_domain) for c in auto.candidates] == [(1, 1), (2, 1), (4, 2), (6, 3)]
     admissible = [c for c in auto.candidates if not c.refused]
     assert auto.candidates[auto.winner].step_s == min(c.step_s for c in admissible)
-    # the step times before the step model moved to dmt_fx.cost (a pure move: the same bits)
-    assert [c.step_s for c in auto.candidates] == [0.0001633195911111111, 0.0001626346488888889,
-                                                   0.00016270007111111114, 0.00016270007111111114]
+    # the step times pinned when the step model moved to dmt_fx.cost (a pure move: the same
+    # bits), then with the peer ids priced as int32: one tower (no peer exchange) unchanged
+    assert [c.step_s for c in auto.candidates] == [0.0001633195911111111, 0.0001624400888888889,
+                                                   0.00016236983111111113, 0.00016236983111111113]
     assert len(plan.towers) == auto.candidates[auto.winner].towers
     assert all(0.0 <= c.kept_affinity <= 1.0 for c in auto.candidates)
     assert auto.candidates[0].kept_affinity == 1.0  # one tower keeps every pair
@@ -200,7 +200,7 @@ def test_auto_without_example_inputs_plans_identity_towers(built_in):
 
 def test_k_towers_per_host_sends_the_measured_bytes(wide_sites):
     """k = 2 on 2x2 (4 towers, hosts [0, 0, 1, 1]) sends across hosts what `bench traffic`
-    measured for it (6da17ac: 36,864 B per rank per step, the same as k = 1), and the cost
+    measured for it (34,816 B per rank per step with int32 peer ids, the same as k = 1), and the cost
     model sees it so: the same cross bytes as the 2-tower plan."""
     topo = dmt_fx.Topology.parse("2x2")
     pooling = {f.name: 1.0 for f in wide_sites.features}
@@ -210,9 +210,9 @@ def test_k_towers_per_host_sends_the_measured_bytes(wide_sites):
     widths = [16 * len(g) for g in four]
     k2 = evaluate(setup, four, 1, "identity", widths, [0.0] * 4, towers_per_domain=2)
     assert k2.tower_hosts == (0, 0, 1, 1) and k2.towers_per_domain == 2 and "2 per host" in k2.label
-    ids = [wire.kjt_bytes(32, len(g), 32 * len(g)) for g in four]
+    ids = [wire.peer_id_bytes(32, len(g), 32 * len(g)) for g in four]
     cross = [cross_load(setup, h, [0, 0, 1, 1], ids, widths)[1] for h in range(2)]
-    assert sum(cross) / 2 == 36_864 == k2.cross_bytes
+    assert sum(cross) / 2 == 34_816 == k2.cross_bytes  # int32 peer ids: 2,048 B less
     two = [four[0] + four[1], four[2] + four[3]]
     k1 = evaluate(setup, two, 1, "identity", [16 * len(g) for g in two], [0.0] * 2)
     assert k1.cross_bytes == k2.cross_bytes

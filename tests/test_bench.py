@@ -67,8 +67,10 @@ def test_analytic_traffic_relations():
     c4 = analytic_traffic("dmt-c4", H, L, batch=B, width=D, features=F)
     assert c4["cross_host_embedding_bytes"] == pytest.approx(ident["cross_host_embedding_bytes"] / 4)
     assert c4["cross_host_id_bytes"] == ident["cross_host_id_bytes"]
-    # the same ids cross hosts as flat's, less flat's split handshake
-    assert ident["cross_host_id_bytes"] == flat["cross_host_id_bytes"] - 24 * (N - L)
+    # the same ids cross hosts as flat's, less flat's split handshake, as int32 (half the bytes)
+    assert ident["cross_host_id_bytes"] == (flat["cross_host_id_bytes"] - 24 * (N - L)) / 2
+    wide = analytic_traffic("dmt-identity", H, L, batch=B, width=D, features=F, narrow_peer_ids=False)
+    assert wide["cross_host_id_bytes"] == flat["cross_host_id_bytes"] - 24 * (N - L)  # validate_inputs=False
     one = analytic_traffic("flat-table_wise", 1, 4, batch=B, width=D, features=F)
     assert one["cross_host_messages"] == 0 and one["cross_host_embedding_bytes"] == 0
     with pytest.raises(ValueError):
@@ -78,21 +80,21 @@ def test_analytic_traffic_relations():
 # What the traffic meter measured for the bench model (16 features of dim 16, one id per
 # bag, local batch 32) in real gloo runs (README, "Exact traffic"): per rank per step,
 # x-host id bytes, x-host embedding bytes, x-host messages, intra-host bytes. DMT's rows are
-# the lean runtime's (one peer id exchange, no split handshake: 2x2 measured by `dmt-fx bench
-# traffic` after 92920d9; 2x4 and 4x2 are the earlier measurements less the 24-byte handshake
-# and one collective per peer: not rerun; test_traffic.py measures the lean exchange live).
+# the lean runtime's: one peer id exchange, no split handshake, int32 lengths and ids (every
+# DMT row and the 2x2 / 2x4 / 4x2 flat-table_wise rows measured again by `dmt-fx bench
+# traffic` on 2026-12-07; test_traffic.py measures the lean exchange live).
 MEASURED = {
     ("2x2", "flat-table_wise"): (4_144, 32_768, 10, 18_456),
-    ("2x2", "dmt-identity"): (4_096, 32_768, 4, 36_888),
-    ("2x2", "dmt-c4"): (4_096, 8_192, 4, 36_888),
+    ("2x2", "dmt-identity"): (2_048, 32_768, 4, 36_888),
+    ("2x2", "dmt-c4"): (2_048, 8_192, 4, 36_888),
     ("2x4", "flat-table_wise"): (4_192, 32_768, 20, 27_720),
-    ("2x4", "dmt-identity"): (4_096, 32_768, 4, 55_368),
+    ("2x4", "dmt-identity"): (2_048, 32_768, 4, 55_368),
     ("4x2", "flat-table_wise"): (6_288, 49_152, 30, 9_240),
-    ("4x2", "dmt-c8"): (6_144, 6_144, 12, 36_888),
-    # qcomms (+fp16: FP16 forward, BF16 backward), `dmt-fx bench traffic --topologies 2x2` on 2026-12-06
+    ("4x2", "dmt-c8"): (3_072, 6_144, 12, 36_888),
+    # qcomms (+fp16: FP16 forward, BF16 backward), `dmt-fx bench traffic --topologies 2x2`
     ("2x2", "flat-table_wise+fp16"): (4_144, 16_384, 10, 10_264),
-    ("2x2", "dmt-identity+fp16"): (4_096, 16_384, 4, 36_888),
-    ("2x2", "dmt-c4+fp16"): (4_096, 4_096, 4, 36_888),
+    ("2x2", "dmt-identity+fp16"): (2_048, 16_384, 4, 36_888),
+    ("2x2", "dmt-c4+fp16"): (2_048, 4_096, 4, 36_888),
 }
 
 
@@ -107,7 +109,7 @@ def _bench_analytic(topology: str, variant: str) -> dict[str, float]:
 @pytest.mark.parametrize("key", sorted(MEASURED))
 def test_analytic_traffic_equals_the_measured_bench(key):
     # one byte model (int64 ids and lengths, fp32 embeddings, the split-size handshake of
-    # TorchRec's KJT all-to-alls, none in DMT's peer id exchange)
+    # TorchRec's KJT all-to-alls; DMT's peer id exchange: no handshake, int32 ids and lengths)
     t = _bench_analytic(*key)
     found = (t["cross_host_id_bytes"], t["cross_host_embedding_bytes"], t["cross_host_messages"],
              t["intra_host_bytes"])

@@ -4,7 +4,9 @@ Three ranks, one per host, exchange two collections (one with per-sample weights
 shared between collections, a host without keys of one collection, empty bags) in ONE
 lengths and ONE values (+ one weights) all-to-all, no split handshake; each received KJT
 must equal, bit for bit, what TorchRec's KJTAllToAll of that collection alone delivers,
-permuted into the receiver's order. The collectives are counted by the traffic meter.
+permuted into the receiver's order. The collectives are counted by the traffic meter. The
+same holds with int32 on the wire (`wire_ids`, what `distribute` sets for validated ids):
+the received KJTs keep the batch's int64 dtypes and the lengths and ids send half the bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from dmt_fx.ir import ops
 from dmt_fx.ir.topology import Topology
 from dmt_fx.runtime.groups import RankInfo
-from dmt_fx.runtime.peer_ids import PeerIdExchange, runs
+from dmt_fx.runtime.peer_ids import PeerIdExchange, narrow_peer_ids, runs
 from dmt_fx.runtime.traffic import TrafficMeter
 from tests.harness.launch import run_world
 
@@ -66,17 +68,22 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     warnings.filterwarnings("ignore")
     dist.init_process_group("gloo", timeout=timedelta(seconds=300))
     exchange = PeerIdExchange(KEYS, ORDERS[rank], WEIGHTED, dist.group.WORLD, RankInfo(rank, TOPOLOGY))
-    results = []
+    narrow = PeerIdExchange(KEYS, ORDERS[rank], WEIGHTED, dist.group.WORLD, RankInfo(rank, TOPOLOGY))
+    narrow.wire_ids = torch.int32
+    results, sent = [], []
     for step in range(2):
         kjts = _inputs(rank, step)
-        with TrafficMeter(TOPOLOGY, rank) as meter:
-            got = exchange(kjts)
-        counted = [r.op for r in meter.records]
-        results.append((got, _reference(kjts, rank), counted))
+        reference = _reference(kjts, rank)
+        for module in (exchange, narrow):
+            with TrafficMeter(TOPOLOGY, rank) as meter:
+                got = module(kjts)
+            counted = [r.op for r in meter.records]
+            results.append((got, reference, counted))
+            sent.append([sum(b for _, _, b in r.sent) for r in meter.records])
     torch.save([[(None if g is None else (g.keys(), g.stride(), g.lengths(), g.values(), g.weights_or_none())),
                  (None if r is None else (r.keys(), r.stride(), r.lengths(), r.values(), r.weights_or_none())),
-                 ] for got, ref, _ in results for g, r in zip(got, ref)] + [counted for *_, counted in results],
-               os.path.join(out_dir, f"rank{rank}.pt"))
+                 ] for got, ref, _ in results for g, r in zip(got, ref)] + [counted for *_, counted in results]
+               + [sent], os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -86,20 +93,40 @@ def test_one_exchange_for_all_collections_equals_torchrec_per_collection(tmp_pat
     run_world(_worker, tmp_path, nprocs=H, timeout_s=400)
     for rank in range(H):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
-        pairs, counts = saved[:-2], saved[-2:]
+        pairs, counts, sent = saved[:-5], saved[-5:-1], saved[-1]
         for got, ref in pairs:
             assert (got is None) == (ref is None), rank
             if got is None:
                 continue
             assert got[0] == ref[0] and got[1] == ref[1] == H * B
+            assert got[2].dtype == ref[2].dtype == got[3].dtype == ref[3].dtype == torch.int64
             assert torch.equal(got[2], ref[2]) and torch.equal(got[3], ref[3])
             assert (got[4] is None) == (ref[4] is None)
             if got[4] is not None:
                 assert torch.equal(got[4], ref[4])
         for counted in counts:  # lengths, then values and weights: no handshake, one for all collections
             assert counted == ["all_to_all_single"] * 3, counted
+        for wide, narrow in zip(sent[0::2], sent[1::2]):  # per step: int64, then int32 on the wire
+            assert narrow[:2] == [b / 2 for b in wide[:2]] and narrow[2] == wide[2], (wide, narrow)  # fp32 weights
 
 
 def test_runs_coalesce_consecutive_indices() -> None:
     assert runs([3, 4, 5, 0, 2, 3]) == [(3, 6), (0, 1), (2, 4)]
     assert runs([]) == []
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_distribute_narrows_the_ids_of_a_validated_model_only(world_of_one, validate) -> None:
+    import dmt_fx
+    from dmt_fx.models.zoo import default_dlrm
+
+    model, _ = default_dlrm()
+    module, _ = dmt_fx.distribute(dmt_fx.transform(model, "1x1", validate_inputs=validate))
+    exchanges = [m for m in module.modules() if isinstance(m, PeerIdExchange)]
+    assert exchanges and {m.wire_ids for m in exchanges} == {torch.int32 if validate else None}
+
+
+def test_a_table_an_int32_cannot_index_keeps_the_batch_dtypes() -> None:
+    exchange = PeerIdExchange(KEYS, ORDERS[0], WEIGHTED, None, RankInfo(0, TOPOLOGY))
+    assert narrow_peer_ids(exchange, 2**31) == 0 and exchange.wire_ids is None
+    assert narrow_peer_ids(exchange, 2**31 - 1) == 1 and exchange.wire_ids == torch.int32

@@ -181,6 +181,17 @@ def _model_bytes(kjt, features) -> float:
     return wire.kjt_bytes(B, len(features), sum(jts[f].values().numel() for f in features))
 
 
+def _local_ids(kjt, features) -> int:
+    jts = kjt.to_dict()
+    return sum(jts[f].values().numel() for f in features)
+
+
+def _peer_bytes(kjt, features) -> int:
+    """What DMT's peer exchange sends of them: int32 lengths and ids (validated ids)."""
+    jts = kjt.to_dict()
+    return sum((jts[f].lengths().numel() + jts[f].values().numel()) * 4 for f in features)
+
+
 def _dense_param_bytes() -> int:
     """Bytes of the original model's dense parameters (what DDP all-reduces)."""
     model, _ = ex.build(0)
@@ -288,10 +299,13 @@ def test_dmt_ids_cross_hosts_once(measured):
         me = TOPOLOGY.host_of(rank)
         for step, row in enumerate(result["dmt"]["per_step"]):
             kjt = _local_kjt(rank, step)
-            payload = sum(_id_bytes(kjt, hosts[h]) for h in range(H) if h != me)
-            # the payload only: the peer id exchange sends no split-size handshake
+            payload = sum(_peer_bytes(kjt, hosts[h]) for h in range(H) if h != me)
+            # the payload only: the peer id exchange sends no split-size handshake, and its
+            # int64 lengths and ids cross as int32 (validated ids: dmt_fx.runtime.peer_ids)
             assert row["cross_host_id_bytes"] == payload, (rank, step)
-            assert payload == sum(_model_bytes(kjt, hosts[h]) for h in range(H) if h != me)  # the byte model
+            assert 2 * payload == sum(_id_bytes(kjt, hosts[h]) for h in range(H) if h != me)
+            assert payload == sum(wire.peer_id_bytes(B, len(hosts[h]), _local_ids(kjt, hosts[h]))
+                                  for h in range(H) if h != me)  # the byte model
 
 
 # ---------------------------------------------------------------- flat table-wise

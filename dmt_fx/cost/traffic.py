@@ -27,7 +27,7 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
                      id_bytes: int = wire.ID_BYTES, length_bytes: int = wire.LENGTH_BYTES,
                      id_collectives: int = wire.ID_COLLECTIVES, compression: int = 1, precision: str = "fp32",
                      handshake: bool = True, peer_id_collectives: int = wire.PEER_ID_COLLECTIVES,
-                     intra_width: int | None = None) -> dict[str, float]:
+                     intra_width: int | None = None, narrow_peer_ids: bool = True) -> dict[str, float]:
     """Traffic ONE rank sends per step (forward + backward), `layout` "flat-table_wise" or "dmt".
 
     batch B = local batch, width D = total pooled width (elements), features F, ids per
@@ -35,8 +35,10 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
     Ids: a rank's KJT is B F lengths and B F k ids; the id exchange is `id_collectives`
     collectives (TorchRec: handshake, lengths, values), and `handshake` adds the split sizes
     each KJT all-to-all sends to every destination. DMT's ids cross hosts in its own peer
-    exchange instead: `peer_id_collectives` collectives (lengths, values), no handshake;
-    inside the host they still go through TorchRec's KJT all-to-all. Embeddings: one forward
+    exchange instead: `peer_id_collectives` collectives (lengths, values), no handshake, int32
+    lengths and ids (`narrow_peer_ids`; False: the KJT's own `length_bytes` / `id_bytes`, as
+    a model transformed with validate_inputs=False sends them); inside the host they still
+    go through TorchRec's KJT all-to-all. Embeddings: one forward
     all-to-all of pooled outputs and one backward all-to-all of their gradients, same bytes.
 
     * flat table-wise: all-to-all over N = H L ranks: a fraction (H-1)/H of a rank's
@@ -75,7 +77,10 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
                 "intra_host_bytes": (ids + 2 * emb * scale) * (L - 1) / N + split * (L - 1), **counts}
     if layout == DMT:
         peer_colls = peer_id_collectives + 2  # the lean peer exchange: no split handshake
-        return {"cross_host_id_bytes": ids * (H - 1) / H,
+        peer_ids = (wire.kjt_bytes(batch, features, batch * features * ids_per_feature,
+                                   length_bytes=wire.PEER_ID_BYTES, id_bytes=wire.PEER_ID_BYTES)
+                    if narrow_peer_ids else ids)
+        return {"cross_host_id_bytes": peer_ids * (H - 1) / H,
                 "cross_host_embedding_bytes": 2 * emb * scale * (H - 1) / H / compression,
                 "cross_host_messages": peer_colls * (H - 1),
                 "intra_host_bytes": (ids + 2 * intra_emb) * (L - 1) / L + split * (L - 1),
@@ -106,7 +111,8 @@ def scale_traffic(layout: str, H: int, L: int, m: Mapping[str, Any], sync_every:
         return [("inter", H, idc + 2, (ids + 2 * emb) * (H - 1) / H),
                 ("intra", L, 1 / sync_every, 2 * shard * (L - 1) / L / sync_every)]
     if layout == DMT:
-        return [("inter", H, pc + 2, ids * (H - 1) / H + 2 * emb * (H - 1) / H / compression),
+        peer_ids = wire.peer_id_bytes(B, m["features"], B * m["features"] * m["ids_per_feature"])
+        return [("inter", H, pc + 2, peer_ids * (H - 1) / H + 2 * emb * (H - 1) / H / compression),
                 ("intra", L, idc + 2, (ids + 2 * emb) * (L - 1) / L)]
     raise ValueError(f"no scale traffic for layout {layout!r} (one of {SCALE_LAYOUTS})")
 

@@ -15,9 +15,12 @@ the cost model (`dmt_fx.cost.traffic`) and the tests that hold the meter to it. 
 * DMT's peer id exchange across hosts (`dmt_fx/runtime/peer_ids.py`, the lean runtime) is
   not a KJTAllToAll: one exchange for all collections, lengths in one all-to-all and ids in
   a second (per-id weights in a third when a collection is weighted), and no handshake
-  (every rank sends the same local batch, so the splits are known): `PEER_ID_COLLECTIVES`,
-  the same payload bytes (`kjt_bytes`). Inside the host TorchRec's KJTAllToAll still runs
-  (`ID_COLLECTIVES`, with its handshake); flat plans keep theirs everywhere.
+  (every rank sends the same local batch, so the splits are known): `PEER_ID_COLLECTIVES`.
+  Its lengths and ids cross as int32 when the model validates its inputs and no table has
+  more than 2**31 - 1 rows (the default: `PEER_ID_BYTES`, `peer_id_bytes`), else as the
+  KJT holds them (`kjt_bytes`). Inside the host TorchRec's KJTAllToAll still runs
+  (`ID_COLLECTIVES`, with its handshake, on the KJT's own dtypes); flat plans keep theirs
+  everywhere.
 
 * With qcomms (`dmt_fx.runtime.qcomms`), the pooled embeddings travel in 2 bytes per element
   (FP16 / BF16) instead of 4: `PRECISION_BYTES` (forward, backward) per comm precision, the
@@ -36,13 +39,14 @@ EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
 SPLIT_BYTES = 8  # int64 split sizes of the handshake
 ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values (weights ride a 4th when weighted)
 PEER_ID_COLLECTIVES = 2  # DMT's peer id exchange: lengths, values (weights a 3rd); no handshake
+PEER_ID_BYTES = 4  # DMT's peer id exchange: int32 lengths and ids (validated ids; see above)
 EMBEDDING_COLLECTIVES = 2  # pooled all-to-all forward, its gradient backward
 # bytes per pooled-embedding element on the wire, (forward, backward), per comm precision
 PRECISION_BYTES: dict[str, tuple[int, int]] = {"fp32": (4, 4), "fp16": (2, 2), "bf16": (2, 2)}
 
 __all__ = ["EMBEDDING_BYTES", "EMBEDDING_COLLECTIVES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES",
-           "PEER_ID_COLLECTIVES", "PRECISION_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes",
-           "peer_id_collectives", "pooled_bytes", "precision_scale"]
+           "PEER_ID_BYTES", "PEER_ID_COLLECTIVES", "PRECISION_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes",
+           "peer_id_bytes", "peer_id_collectives", "pooled_bytes", "precision_scale"]
 
 
 def handshake_bytes(*, weighted: bool = False) -> int:
@@ -60,6 +64,15 @@ def kjt_bytes(samples: float, features: float, ids: float, *, weighted: bool = F
               length_bytes: int = LENGTH_BYTES, id_bytes: int = ID_BYTES) -> float:
     """Bytes of a KJT's payload: `samples` x `features` lengths and `ids` ids (+ weights)."""
     return samples * features * length_bytes + ids * (id_bytes + (WEIGHT_BYTES if weighted else 0))
+
+
+def peer_id_bytes(samples: float, features: float, ids: float, *, weighted: bool = False,
+                  narrow: bool = True) -> float:
+    """Bytes of DMT's peer id exchange for a KJT (`kjt_bytes` of int32 lengths and ids when
+    `narrow`, the default; `narrow=False`: a model transformed with validate_inputs=False)."""
+    if not narrow:
+        return kjt_bytes(samples, features, ids, weighted=weighted)
+    return kjt_bytes(samples, features, ids, weighted=weighted, length_bytes=PEER_ID_BYTES, id_bytes=PEER_ID_BYTES)
 
 
 def pooled_bytes(samples: float, width: float, *, elem_bytes: int = EMBEDDING_BYTES) -> float:

@@ -38,6 +38,7 @@ from dmt_fx.runtime.joint_state import JointState, JointTable, joint_tables
 from dmt_fx.runtime.lowering import lower
 from dmt_fx.runtime.meta_init import materialise_dense, move_real_tensors, refuse_rank0_weights
 from dmt_fx.runtime.optim import DENSE, combined_optimizer, fused_params, table_kernel
+from dmt_fx.runtime.peer_ids import narrow_peer_ids
 from dmt_fx.runtime.plain import plain_groups, plain_lookups
 from dmt_fx.runtime.qcomms import FP32, check_precision, compress_exchanges
 from dmt_fx.runtime.rank_status import agree_on_inputs
@@ -148,7 +149,8 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     compress_exchanges(lowered.module, comm_precision)  # before DDP and the pipeline see the module
     if result.plan.changes_model:  # layers the rewrite bypassed get no gradient (runtime/sequence_towers.py)
         freeze_unread(lowered.module, module)
-    agree_on_inputs(lowered.module, me, timeout)  # a refused batch stops every rank, by name (rank_status.py)
+    if agree_on_inputs(lowered.module, me, timeout):  # a refused batch stops every rank, by name (rank_status.py)
+        narrow_peer_ids(lowered.module, largest_table(result))  # validated ids cross as int32 (peer_ids.py)
     # The runtime's modules sync inside their own groups (sharded tables, the host's tower
     # module); DDP over the world covers the rest.
     ignored = [n for n, _ in list(lowered.module.named_parameters()) + list(lowered.module.named_buffers())
@@ -163,6 +165,11 @@ def distribute(module: fx.GraphModule, *, optimizer_class: type = torch.optim.SG
     joint = JointState.gather(lowered.module, joints, order) if joints else None  # on every rank
     keep_until_exit()  # no gloo destructor may join its threads under the GIL (runtime/shutdown.py)
     return DistributedDMT(ddp, me, joint), optimizer
+
+
+def largest_table(result: DMTResult) -> int:
+    """The most rows any table of the model has (a joint field counts its whole weight's)."""
+    return max((t.row_offset + t.num_embeddings for t in result.sites.tables), default=0)
 
 
 def place_on(module: fx.GraphModule, device: torch.device) -> None:

@@ -14,6 +14,14 @@ pooled all-to-all back already assumes it):
      permute them again.
 Collections that do not use per-sample weights send ones as weights when another collection
 of the model does (one weights all-to-all for all); their received KJTs drop them.
+
+Narrow ids (`wire_ids`, set by `narrow_peer_ids`): when the model validates its inputs and
+every table has at most 2**31 - 1 rows, each validated id fits an int32, and so does each
+length of a batch of fewer than 2**31 ids. The lengths and values then cross as int32 and
+are cast back to the batch's own dtype on arrival: the lookups read exactly what they read
+before, and int64 batches send half the id bytes. A batch's ids are validated before they
+are looked up (a pipeline may send them first, but its step refuses the batch before any
+result is read), so an id that an int32 would wrap is never looked up.
 """
 
 from __future__ import annotations
@@ -26,9 +34,23 @@ import torch.distributed as dist
 import torch.nn as nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from dmt_fx.ir.errors import DMTError
 from dmt_fx.runtime.groups import RankInfo
 
 Span = tuple[int, int]
+INT32_MAX = 2**31 - 1
+
+
+def narrow_peer_ids(module: nn.Module, largest_table: int) -> int:
+    """Let every peer id exchange in `module` send int32 ids and lengths (module doc); call
+    only for a model whose inputs are validated. `largest_table`: the most rows of any table.
+    Returns how many exchanges were narrowed (0 when a table has more rows than an int32 holds)."""
+    if largest_table > INT32_MAX:
+        return 0
+    exchanges = [m for m in module.modules() if isinstance(m, PeerIdExchange)]
+    for exchange in exchanges:
+        exchange.wire_ids = torch.int32
+    return len(exchanges)
 
 
 @dataclasses.dataclass
@@ -38,6 +60,7 @@ class PendingIds:
 
     batch: int
     width: int  # lengths this host receives from each source
+    dtypes: tuple[torch.dtype, torch.dtype]  # the batch's lengths and values dtypes (arrival casts back)
     values: torch.Tensor
     weights: torch.Tensor | None
     value_splits: list[int]
@@ -76,6 +99,7 @@ class PeerIdExchange(nn.Module):
         self.group, self.me = group, me
         self.num_hosts = me.topology.num_hosts
         self.spans: dict[tuple[int, tuple[str, ...]], list[list[Span]]] = {}
+        self.wire_ids: torch.dtype | None = None  # None: lengths and values cross as given (module doc)
         self.recat = self.receive_order()
         self.sum_rows, self.sum_slots = self.size_index()
 
@@ -111,13 +135,19 @@ class PeerIdExchange(nn.Module):
         """Stage 1: pack, the lengths all-to-all in flight."""
         batch = kjts[0].stride()
         lengths, values, weights, value_splits = self.pack(kjts, batch)
+        dtypes = (lengths.dtype, values.dtype)
+        if self.wire_ids is not None and values.numel() > INT32_MAX:
+            raise DMTError(f"a batch of {values.numel()} ids on rank {self.me.rank}",
+                           f"fewer than 2**31 ids per batch, so that its lengths cross as {self.wire_ids}",
+                           ["split the batch", "transform with validate_inputs=False (ids then cross as given)"])
+        lengths, values = self.to_wire(lengths), self.to_wire(values)
         width = sum(len(per_host[self.me.host]) for per_host in self.keys) * batch
         out_splits = [width] * self.num_hosts
         got = lengths.new_empty(sum(out_splits))
         work = dist.all_to_all_single(got, lengths, out_splits,
                                       [sum(len(p[h]) for p in self.keys) * batch for h in range(self.num_hosts)],
                                       group=self.group, async_op=True)
-        return PendingIds(batch, width, values, weights, value_splits, got, [work])
+        return PendingIds(batch, width, dtypes, values, weights, value_splits, got, [work])
 
     def send_values(self, pending: PendingIds) -> PendingIds:
         """Stage 2: the lengths are in; the values (and weights) all-to-all in flight."""
@@ -137,7 +167,16 @@ class PeerIdExchange(nn.Module):
             work.wait()
         if pending.counts is None:
             return [None] * len(self.orders)
-        return self.unpack(pending.lengths, pending.got_values, pending.got_weights, pending.batch, pending.counts)
+        lengths_dtype, values_dtype = pending.dtypes
+        assert pending.got_values is not None  # set by send_values whenever ids come
+        return self.unpack(pending.lengths.to(lengths_dtype), pending.got_values.to(values_dtype),
+                           pending.got_weights, pending.batch, pending.counts)
+
+    def to_wire(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` (lengths or values) as they cross: narrowed to `wire_ids` when set."""
+        if self.wire_ids is None or ids.dtype == self.wire_ids:
+            return ids
+        return ids.to(self.wire_ids)
 
     def received_sizes(self, lengths: torch.Tensor, batch: int) -> list[int]:
         """Ids per source, then per collection after the recat: one read back."""

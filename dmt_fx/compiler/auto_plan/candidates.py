@@ -31,7 +31,7 @@ from dmt_fx.cost.wire import (
     PEER_ID_COLLECTIVES,
     WEIGHT_BYTES,
     handshake_bytes,
-    kjt_bytes,
+    peer_id_bytes,
 )
 from dmt_fx.ir.sites import ModelSites
 from dmt_fx.ir.widths import padded_dim
@@ -159,10 +159,11 @@ def cross_load(setup: Setup, host: int, tower_host: list[int], ids: list[float],
 
 
 def _peer_id_bytes(setup: Setup, features: Sequence[str]) -> float:
-    """A rank's ids for one tower: lengths and values (and fp32 weights of weighted features)."""
+    """A rank's ids for one tower: int32 lengths and values (`peer_id_bytes`: the runtime
+    narrows validated ids) and fp32 weights of weighted features."""
     ids = setup.batch * sum(setup.pooling.get(f, 1.0) for f in features)
     weighted = setup.batch * sum(setup.pooling.get(f, 1.0) for f in features if setup.sites.feature(f).weighted)
-    return kjt_bytes(setup.batch, len(features), ids) + weighted * WEIGHT_BYTES
+    return peer_id_bytes(setup.batch, len(features), ids) + weighted * WEIGHT_BYTES
 
 
 def evaluate(setup: Setup, groups: Sequence[Sequence[str]], compression: int, tower_module: str,
