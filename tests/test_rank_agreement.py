@@ -2,7 +2,8 @@
 
 * One bad rank (dmt_fx/runtime/rank_status.py): `dmt-fx run` on 2x2 where rank 2's batch at
   step 1 is bad (an id equal to its table's size; slow: a negative length, a dense input one
-  feature short; `tests/harness/targets/dist_bad_batch.py`). Rank 2 raises InputValidationError naming its
+  feature short, an id that would wrap into the table as an int32;
+  `tests/harness/targets/dist_bad_batch.py`). Rank 2 raises InputValidationError naming its
   rank, the feature, the value and the table size; every other rank exits within 60 s of
   the fault with ONE line naming rank 2 and no gloo timeout; the CLI exits 2 and its last
   line names rank 2 and why. Each rank's exit is timed from its pid (the workers' pid files).
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BAD_RANK, BAD_STEP, EXIT_WITHIN_S = 2, 1, 60
 EXPECTED = {  # kind -> words rank 2's error must hold (feature, value, table size or width)
     "id": ["feature 'user_id' id 20000", "ids in [0, 20000)"],
+    "wrapping_id": ["feature 'user_id' id 4294967296", "ids in [0, 20000)"],  # 2**32: 0 as an int32
     "length": ["feature 'user_id' length -1", "non-negative lengths"],
     "dense": ["dense input 'dense_features' of shape [32, 12]", "[batch, 13]"],
 }
@@ -103,8 +105,9 @@ def test_a_bad_id_on_one_rank_stops_every_rank_naming_it(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["length", "dense"])
-def test_a_bad_length_or_dense_width_on_one_rank_stops_every_rank(tmp_path, kind) -> None:
+@pytest.mark.parametrize("kind", ["length", "dense", "wrapping_id"])
+def test_a_bad_length_dense_width_or_wrapping_id_stops_every_rank(tmp_path, kind) -> None:
+    # wrapping_id: refused as the int64 the batch holds, before its ids cross as int32
     _check_bad_job(tmp_path, kind)
 
 

@@ -1,8 +1,10 @@
 """A TARGET whose batches turn bad on ONE rank at one step (tests/test_rank_agreement.py).
 
 The built-in DLRM and its batches; `DMT_TEST_BAD_BATCH="rank=R,step=S,kind=K"` spoils rank
-R's local batch at step S: kind `id` (an id equal to its table's rows), `length` (a negative
-length, the lengths' sum unchanged) or `dense` (12 dense features instead of 13). The moment
+R's local batch at step S: kind `id` (an id equal to its table's rows), `wrapping_id` (2**32:
+as the int32 the peer exchange sends, it would wrap to row 0),
+`length` (a negative length, the lengths' sum unchanged) or `dense` (12 dense features
+instead of 13). The moment
 of the fault goes to the file `DMT_TEST_BAD_BATCH_STAMP` names (the test times each rank's
 exit from it).
 """
@@ -48,9 +50,9 @@ def spoil(dense: torch.Tensor, kjt: KeyedJaggedTensor, kind: str):
     values, lengths = kjt.values().clone(), kjt.lengths().clone()
     if kind == "dense":
         return dense[:, :-1].contiguous(), kjt
-    if kind == "id":  # the first id: its key's table size, one beyond the last row
+    if kind in ("id", "wrapping_id"):  # the first id: its key's table size, one beyond the last row
         key = kjt.keys()[int(torch.searchsorted(torch.tensor(kjt.length_per_key()).cumsum(0), 0, right=True))]
-        values[0] = zoo.num_embeddings()[key]
+        values[0] = 2**32 if kind == "wrapping_id" else zoo.num_embeddings()[key]
     elif kind == "length":  # the first non-empty bag gets -1, the next one the rest
         i = int((lengths > 0).nonzero()[0])
         lengths[i + 1] += lengths[i] + 1
