@@ -77,9 +77,7 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
                 "intra_host_bytes": (ids + 2 * emb * scale) * (L - 1) / N + split * (L - 1), **counts}
     if layout == DMT:
         peer_colls = peer_id_collectives + 2  # the lean peer exchange: no split handshake
-        peer_ids = (wire.kjt_bytes(batch, features, batch * features * ids_per_feature,
-                                   length_bytes=wire.PEER_ID_BYTES, id_bytes=wire.PEER_ID_BYTES)
-                    if narrow_peer_ids else ids)
+        peer_ids = wire.peer_id_bytes(batch, features, batch * features * ids_per_feature) if narrow_peer_ids else ids
         return {"cross_host_id_bytes": peer_ids * (H - 1) / H,
                 "cross_host_embedding_bytes": 2 * emb * scale * (H - 1) / H / compression,
                 "cross_host_messages": peer_colls * (H - 1),
