@@ -7,6 +7,8 @@
   rank, the feature, the value and the table size; every other rank exits within 60 s of
   the fault with ONE line naming rank 2 and no gloo timeout; the CLI exits 2 and its last
   line names rank 2 and why. Each rank's exit is timed from its pid (the workers' pid files).
+  A batch one sample short on rank 2 (its own checks pass): every rank raises
+  BatchSizeMismatchError naming its batch and the range, where gloo's all-to-all aborted.
 * Different models (dmt_fx/runtime/fingerprint.py), one 2x2 world (torch.multiprocessing):
   ranks that built the DLRM with different seeds are refused on every rank, naming the 7
   tables; ranks whose partitioner saw different example batches are refused (different
@@ -109,6 +111,21 @@ def test_a_bad_id_on_one_rank_stops_every_rank_naming_it(tmp_path) -> None:
 def test_a_bad_length_dense_width_or_wrapping_id_stops_every_rank(tmp_path, kind) -> None:
     # wrapping_id: refused as the int64 the batch holds, before its ids cross as int32
     _check_bad_job(tmp_path, kind)
+
+
+def test_a_short_batch_on_one_rank_stops_every_rank_naming_the_sizes(tmp_path) -> None:
+    """Rank 2's batch has one sample fewer (consistent in itself, so its own checks pass):
+    without the agreement it aborted inside gloo's all-to-all (SIGABRT, no cause named)."""
+    code, stderr, exits, logs = _run_bad_job(tmp_path, "short")
+    assert code == 2, stderr[-3000:]
+    for rank in range(4):
+        said = [line for line in logs.splitlines() if line.startswith(f"dmt-fx worker rank {rank}:")]
+        batch = 31 if rank == BAD_RANK else 32
+        assert len(said) == 1 and f"a local batch of {batch} samples, while the ranks' batches range from 31 to 32" \
+            in said[0], said
+    assert "drop_last=True" in logs
+    assert "timed out" not in logs.lower() and "gloo" not in logs.lower() and "SIGABRT" not in logs, logs[-3000:]
+    assert sorted(exits) == [0, 1, 2, 3] and all(0 <= s < EXIT_WITHIN_S for s in exits.values()), exits
 
 
 def test_ranks_writing_one_log_at_once_keep_their_lines_whole(tmp_path) -> None:

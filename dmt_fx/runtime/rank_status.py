@@ -8,12 +8,16 @@ wraps the validator in `AgreedValidator`:
 
   1. run the rank's own checks; its `InputValidationError` (or any other error of the
      checks) is held, not raised yet;
-  2. one all-reduce (MAX) of one int64 over the world, on a group of its own (the status
+  2. one all-reduce (MAX) of three int64 over the world, on a group of its own (the status
      group, `STATUS_GROUP_DESC`): 0 when every rank's batch passed, else 1 + the highest
-     refusing rank. This is the step's first collective, so no rank has entered one that a
-     peer will never join. Cost per forward: one 8-byte all-reduce (2 (N-1) ring steps);
-     the traffic meter counts it apart, as `control_*`;
+     refusing rank; and the largest and (negated) smallest local batch, because the peer
+     exchanges assume every rank sends the same B samples (a rank with one sample fewer
+     would otherwise abort inside gloo's all-to-all). This is the step's first collective,
+     so no rank has entered one that a peer will never join. Cost per forward: one 24-byte
+     all-reduce (2 (N-1) ring steps); the traffic meter counts it apart, as `control_*`;
   3. only when some rank refused: one `all_gather_object` of each rank's one-line message;
+     (local batches that differ, on ranks whose checks passed: every rank raises
+     `BatchSizeMismatchError`, naming the smallest and largest batch and its own);
      the refusing rank raises its InputValidationError, now naming its rank, host and local
      rank; every other rank raises `PeerInputError`, whose message is ONE line naming the
      refusing rank(s) and why;
@@ -27,19 +31,20 @@ nothing is agreed, and no collective is added.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.fx as fx
 import torch.nn as nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import Role, role_of
 from dmt_fx.runtime.groups import RankInfo, runtime_device
 from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this group's collectives as control
 
-__all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "PeerInputError", "agree_on_inputs", "refusal_line",
+__all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "BatchSizeMismatchError", "PeerInputError", "agree_on_inputs", "refusal_line",
            "settle_refusal"]
 
 REFUSED = "refused its batch"  # the words every rank's message carries (the launcher looks for them)
@@ -66,7 +71,8 @@ class AgreedValidator(nn.Module):
     def __init__(self, validator: nn.Module, group: dist.ProcessGroup, me: RankInfo) -> None:
         super().__init__()
         self.validator, self.group, self.me = validator, group, me
-        self.flag = torch.zeros(1, dtype=torch.int64, device=runtime_device())  # NCCL reduces device tensors
+        # [refusing rank + 1 (0: none), local batch, -local batch]; NCCL reduces device tensors
+        self.flag = torch.zeros(3, dtype=torch.int64, device=runtime_device())
 
     def forward(self, *values: Any) -> None:
         refusal = None
@@ -74,10 +80,18 @@ class AgreedValidator(nn.Module):
             self.validator(*values)
         except Exception as error:  # held until every rank knows: raised alone, it would strand the peers
             refusal = error
-        flag = self.flag.fill_(self.me.rank + 1 if refusal is not None else 0)
+        batch = local_batch(values)
+        flag = self.flag.copy_(torch.tensor([self.me.rank + 1 if refusal is not None else 0, batch, -batch]))
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        if int(flag.item()):
+        verdict, largest, smallest = (int(x) for x in flag.tolist())  # one read back
+        if verdict:
             self.refuse(refusal)
+        if largest != -smallest:
+            raise self.agreed(BatchSizeMismatchError(
+                f"{where(self.me)}: a local batch of {batch} samples, while the ranks' batches range from "
+                f"{-smallest} to {largest}", "the same local batch size on every rank (each rank sends its B "
+                "samples to every peer in the exchanges)",
+                ["give every rank the same number of samples per step (e.g. DataLoader(drop_last=True))"]))
 
     def refuse(self, refusal: Exception | None) -> None:
         """Step 3: every rank learns every refusal; each raises its own error."""
@@ -101,6 +115,21 @@ class AgreedValidator(nn.Module):
         """Mark `error` as raised on every rank at once, so `settle_refusal` may wait for all."""
         setattr(error, AGREED_ON, self.group)
         return error
+
+
+class BatchSizeMismatchError(DMTError):
+    """The ranks' local batches differ in size (every rank raises it, at the same step)."""
+
+
+def local_batch(values: Sequence[Any]) -> int:
+    """The batch size of the validator's inputs: the first KJT's stride or tensor's first
+    dimension (the validator has checked that they agree), -1 if none has one."""
+    for value in values:
+        if isinstance(value, KeyedJaggedTensor):
+            return value.stride()
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return value.shape[0]
+    return -1
 
 
 AGREED_ON = "_dmt_agreed_on"  # attribute of an error every rank raised together: the status group

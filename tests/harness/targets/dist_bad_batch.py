@@ -3,8 +3,8 @@
 The built-in DLRM and its batches; `DMT_TEST_BAD_BATCH="rank=R,step=S,kind=K"` spoils rank
 R's local batch at step S: kind `id` (an id equal to its table's rows), `wrapping_id` (2**32:
 as the int32 the peer exchange sends, it would wrap to row 0),
-`length` (a negative length, the lengths' sum unchanged) or `dense` (12 dense features
-instead of 13). The moment
+`length` (a negative length, the lengths' sum unchanged), `dense` (12 dense features
+instead of 13) or `short` (one sample fewer than the other ranks' batches). The moment
 of the fault goes to the file `DMT_TEST_BAD_BATCH_STAMP` names (the test times each rank's
 exit from it).
 """
@@ -50,6 +50,12 @@ def spoil(dense: torch.Tensor, kjt: KeyedJaggedTensor, kind: str):
     values, lengths = kjt.values().clone(), kjt.lengths().clone()
     if kind == "dense":
         return dense[:, :-1].contiguous(), kjt
+    if kind == "short":  # one sample fewer than every other rank's local batch, consistent in itself
+        keys, batch = kjt.keys(), kjt.stride()
+        per_key = lengths.view(len(keys), batch)
+        ends = per_key.sum(1).cumsum(0)
+        kept = [values[int(end - row.sum()):int(end - row[-1])] for row, end in zip(per_key, ends)]
+        return dense[:-1], KeyedJaggedTensor(keys=keys, values=torch.cat(kept), lengths=per_key[:, :-1].reshape(-1))
     if kind in ("id", "wrapping_id"):  # the first id: its key's table size, one beyond the last row
         key = kjt.keys()[int(torch.searchsorted(torch.tensor(kjt.length_per_key()).cumsum(0), 0, right=True))]
         values[0] = 2**32 if kind == "wrapping_id" else zoo.num_embeddings()[key]
