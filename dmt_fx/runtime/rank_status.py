@@ -16,11 +16,11 @@ wraps the validator in `AgreedValidator`:
      so no rank has entered one that a peer will never join. Cost per forward: one 24-byte
      all-reduce (2 (N-1) ring steps); the traffic meter counts it apart, as `control_*`;
   3. only when some rank refused: one `all_gather_object` of each rank's one-line message;
-     (local batches that differ, on ranks whose checks passed: every rank raises
-     `BatchSizeMismatchError`, naming the smallest and largest batch and its own);
      the refusing rank raises its InputValidationError, now naming its rank, host and local
      rank; every other rank raises `PeerInputError`, whose message is ONE line naming the
-     refusing rank(s) and why;
+     refusing rank(s) and why. When every rank's checks passed but the local batches
+     differ in size, every rank raises `BatchSizeMismatchError` naming its own batch and
+     the smallest and largest;
   4. (the worker, `settle_refusal`) once a rank has printed its error, one barrier on the
      status group, so the first rank to exit cannot cut a peer's line from the logs.
 
