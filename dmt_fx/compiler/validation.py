@@ -87,6 +87,19 @@ class InputValidator(nn.Module):
             _fail(f"batch sizes {batch}", "one batch size for every dense and sparse input",
                   "give every input of forward() the same samples")
 
+    def local_batch(self, *values: Any) -> int:
+        """The batch size these inputs carry: a KJT's stride, else a dense input's first
+        dimension; -1 when neither comes (a plain lookup's flat ids say nothing of it).
+        The distributed runtime compares it across ranks (`runtime/rank_status.py`)."""
+        n_sparse, n_plain = len(self.sparse), len(self.plain)
+        for kjt in values[:n_sparse]:
+            if isinstance(kjt, KeyedJaggedTensor):
+                return kjt.stride()
+        for tensor in values[n_sparse + n_plain:]:
+            if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+                return tensor.shape[0]
+        return -1
+
     def extra_repr(self) -> str:
         return f"sparse={[s[0] for s in self.sparse]}, plain={len(self.plain)}, dense={self.dense}"
 

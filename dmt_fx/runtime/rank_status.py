@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 import torch.fx as fx
 import torch.nn as nn
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import Role, role_of
@@ -80,7 +79,7 @@ class AgreedValidator(nn.Module):
             self.validator(*values)
         except Exception as error:  # held until every rank knows: raised alone, it would strand the peers
             refusal = error
-        batch = local_batch(values)
+        batch = local_batch(self.validator, values)
         flag = self.flag.copy_(torch.tensor([self.me.rank + 1 if refusal is not None else 0, batch, -batch]))
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
         verdict, largest, smallest = (int(x) for x in flag.tolist())  # one read back
@@ -121,15 +120,12 @@ class BatchSizeMismatchError(DMTError):
     """The ranks' local batches differ in size (every rank raises it, at the same step)."""
 
 
-def local_batch(values: Sequence[Any]) -> int:
-    """The batch size of the validator's inputs: the first KJT's stride or tensor's first
-    dimension (the validator has checked that they agree), -1 if none has one."""
-    for value in values:
-        if isinstance(value, KeyedJaggedTensor):
-            return value.stride()
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            return value.shape[0]
-    return -1
+def local_batch(validator: nn.Module, values: Sequence[Any]) -> int:
+    """The batch size the validator reads off its inputs (it knows which argument is a KJT,
+    a plain lookup's ids or a dense input; it has checked that they agree); -1 when it
+    cannot tell, or for a validator saved before it could: then nothing is compared."""
+    read = getattr(validator, "local_batch", None)
+    return int(read(*values)) if callable(read) else -1
 
 
 AGREED_ON = "_dmt_agreed_on"  # attribute of an error every rank raised together: the status group
