@@ -125,3 +125,61 @@ def test_only_flat_baselines_run_under_torchrecs_pipeline() -> None:
     check_pipelinable("torchrec-2d")
     with pytest.raises(DMTError, match="torchrec-towers.* with --pipeline"):
         check_pipelinable("torchrec-towers")
+
+
+# ---------------------------------------------------------------- a bad next batch
+
+SHORT_RANK, SHORT_STEP, LOCAL_BATCH = 1, 2, 8
+
+
+def _short_batch_worker(rank: int, port: int, out_dir: str) -> None:
+    """2x1 through DMTTrainPipeline; rank 1's batch 2 is one sample short (in itself valid)."""
+    import warnings
+    from datetime import timedelta
+
+    import dmt_fx
+    from dmt_fx.jobs.data import clicks, slice_batch
+    from dmt_fx.models import zoo
+    from dmt_fx.runtime.pipeline import DMTTrainPipeline, PipelineBatch
+    from tests.harness.targets.dist_bad_batch import spoil
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    torch.distributed.init_process_group("gloo", timeout=timedelta(seconds=60))
+    model, example = zoo.default_dlrm()
+    module, optimizer = dmt_fx.distribute(dmt_fx.transform(model, "2x1", example_inputs=example),
+                                          optimizer_kwargs={"lr": 0.1})
+
+    def batches():
+        for step in range(5):
+            inputs = slice_batch(zoo.make_inputs(2 * LOCAL_BATCH, step), rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+            if rank == SHORT_RANK and step == SHORT_STEP:
+                inputs = spoil(*inputs, "short")
+            yield PipelineBatch(tuple(inputs), clicks(inputs, step))
+
+    pipeline, stopped = DMTTrainPipeline(module, optimizer), None
+    it = batches()
+    try:
+        for _ in range(5):
+            pipeline.progress(it)
+    except DMTError as error:
+        stopped = f"{type(error).__name__}: {error.one_line()}"
+    with open(os.path.join(out_dir, f"rank{rank}.txt"), "w") as handle:
+        handle.write(str(stopped))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_a_short_next_batch_stops_the_pipeline_on_every_rank_by_name(tmp_path) -> None:
+    """The pipeline starts batch i+1's peer ids during step i: it agrees on the batch first,
+    so the short batch is named on both ranks (without that, gloo's all-to-all aborts)."""
+    from tests.harness.launch import run_world
+
+    run_world(_short_batch_worker, tmp_path, nprocs=2, timeout_s=300)
+    for rank in range(2):
+        said = (tmp_path / f"rank{rank}.txt").read_text()
+        batch = LOCAL_BATCH - 1 if rank == SHORT_RANK else LOCAL_BATCH
+        assert said.startswith("BatchSizeMismatchError: ") and \
+            f"a local batch of {batch} samples, while the ranks' batches range from 7 to 8" in said, said

@@ -18,7 +18,11 @@ So this pipeline has the same API (`progress(dataloader_iter)` -> output, batche
                   optimizer.step()
                   batch i+1: stage 3 (intra-host ids all-to-all); pushed for forward i+1
 
-Every stage is issued at the same point of the step on every rank, so each process group
+Batch i+1's inputs are checked and agreed on (the rank module's `AgreedValidator`,
+`dmt_fx.runtime.rank_status`) before its stage 0, so a batch one rank refuses, or one
+sample short on one rank, stops every rank by name instead of in gloo's all-to-all; its
+forward agrees on it once more (one small all-reduce). Every stage is issued at the same
+point of the step on every rank, so each process group
 sees its collectives in one order everywhere; gloo runs async collectives on its own
 threads, so the ids travel while this thread computes. No Python thread issues a
 collective. Ids only move: parameters never enter the dist, so pipelined training
@@ -93,6 +97,18 @@ def sparse_prologue(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
     return fx.GraphModule(gm, graph, class_name="DMTSparsePrologue")
 
 
+def early_validator(gm: fx.GraphModule) -> Callable[[tuple], None] | None:
+    """The rank module's input validator as a call on a batch's positional inputs, or None
+    when the model has none (validate_inputs=False) or it reads more than the inputs."""
+    nodes = [n for n in gm.graph.nodes if role_of(n) == Role.VALIDATE_INPUTS and n.op == "call_module"]
+    placeholders = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
+    if len(nodes) != 1 or nodes[0].kwargs or not all(a in placeholders for a in nodes[0].args):
+        return None
+    validator = gm.get_submodule(str(nodes[0].target))
+    positions = [placeholders[a] for a in nodes[0].args]
+    return lambda inputs: validator(*(inputs[i] for i in positions))
+
+
 class DMTTrainPipeline:
     """`progress(iter)`: one training step of batch i with batch i+1's sparse dist overlapped.
 
@@ -108,12 +124,16 @@ class DMTTrainPipeline:
         if hasattr(self.exchange, "pipeline_refusal"):  # an exchange without stages: refused before any step
             raise self.exchange.pipeline_refusal()
         self.prologue = sparse_prologue(physical, node)
+        self.validate = early_validator(physical)
         self.model_fwd = model_fwd or bce_forward
         self.current: Any = None
         self.exhausted = False
 
     def start(self, batch: Any) -> Any:
-        """Batch's exchange inputs and its first dist stage in flight."""
+        """Batch's exchange inputs and its first dist stage in flight, once every rank has
+        agreed on the batch."""
+        if self.validate is not None:
+            self.validate(batch.inputs)
         with torch.no_grad():
             kjts = self.prologue(*batch.inputs)
         return self.exchange.dist_start(kjts)
