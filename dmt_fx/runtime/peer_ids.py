@@ -19,9 +19,9 @@ Narrow ids (`wire_ids`, set by `narrow_peer_ids`): when the model validates its 
 every table has at most 2**31 - 1 rows, each validated id fits an int32, and so does each
 length of a batch of fewer than 2**31 ids. The lengths and values then cross as int32 and
 are cast back to the batch's own dtype on arrival: the lookups read exactly what they read
-before, and int64 batches send half the id bytes. A batch's ids are validated before they
-are looked up (a pipeline may send them first, but its step refuses the batch before any
-result is read), so an id that an int32 would wrap is never looked up.
+before, and int64 batches send half the id bytes. A batch is validated and agreed on
+before its ids go out (`DMTTrainPipeline` too, for the batch it starts ahead), so an id
+that an int32 would wrap never crosses.
 """
 
 from __future__ import annotations
