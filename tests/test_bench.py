@@ -62,8 +62,8 @@ def test_analytic_traffic_relations():
     ident = analytic_traffic("dmt-identity", H, L, batch=B, width=D, features=F)
     assert ident["cross_host_embedding_bytes"] == flat["cross_host_embedding_bytes"]  # same bytes
     assert flat["cross_host_messages"] == 5 * (N - L) and flat["intra_host_messages"] == 5 * (L - 1)
-    assert ident["cross_host_messages"] == 4 * (H - 1)  # H - 1 messages per collective, not N - L
-    assert ident["cross_host_collectives"] == 4  # lengths, ids (no handshake), embeddings, gradients
+    assert ident["cross_host_messages"] == 3 * (H - 1)  # H - 1 messages per collective, not N - L
+    assert ident["cross_host_collectives"] == 3  # lengths and ids in one (no handshake), embeddings, gradients
     c4 = analytic_traffic("dmt-c4", H, L, batch=B, width=D, features=F)
     assert c4["cross_host_embedding_bytes"] == pytest.approx(ident["cross_host_embedding_bytes"] / 4)
     assert c4["cross_host_id_bytes"] == ident["cross_host_id_bytes"]
@@ -71,6 +71,7 @@ def test_analytic_traffic_relations():
     assert ident["cross_host_id_bytes"] == (flat["cross_host_id_bytes"] - 24 * (N - L)) / 2
     wide = analytic_traffic("dmt-identity", H, L, batch=B, width=D, features=F, narrow_peer_ids=False)
     assert wide["cross_host_id_bytes"] == flat["cross_host_id_bytes"] - 24 * (N - L)  # validate_inputs=False
+    assert wide["cross_host_collectives"] == 4  # no agreement to announce the counts: lengths, then ids
     one = analytic_traffic("flat-table_wise", 1, 4, batch=B, width=D, features=F)
     assert one["cross_host_messages"] == 0 and one["cross_host_embedding_bytes"] == 0
     with pytest.raises(ValueError):
@@ -82,19 +83,20 @@ def test_analytic_traffic_relations():
 # x-host id bytes, x-host embedding bytes, x-host messages, intra-host bytes. DMT's rows are
 # the lean runtime's: one peer id exchange, no split handshake, int32 lengths and ids (every
 # DMT row and the 2x2 / 2x4 / 4x2 flat-table_wise rows measured again by `dmt-fx bench
-# traffic` on 2026-12-07; test_traffic.py measures the lean exchange live).
+# traffic` on 2026-12-07, the DMT rows once more after the lengths and ids went into one
+# all-to-all; test_traffic.py measures the lean exchange live).
 MEASURED = {
     ("2x2", "flat-table_wise"): (4_144, 32_768, 10, 18_456),
-    ("2x2", "dmt-identity"): (2_048, 32_768, 4, 36_888),
-    ("2x2", "dmt-c4"): (2_048, 8_192, 4, 36_888),
+    ("2x2", "dmt-identity"): (2_048, 32_768, 3, 36_888),
+    ("2x2", "dmt-c4"): (2_048, 8_192, 3, 36_888),
     ("2x4", "flat-table_wise"): (4_192, 32_768, 20, 27_720),
-    ("2x4", "dmt-identity"): (2_048, 32_768, 4, 55_368),
+    ("2x4", "dmt-identity"): (2_048, 32_768, 3, 55_368),
     ("4x2", "flat-table_wise"): (6_288, 49_152, 30, 9_240),
-    ("4x2", "dmt-c8"): (3_072, 6_144, 12, 36_888),
+    ("4x2", "dmt-c8"): (3_072, 6_144, 9, 36_888),
     # qcomms (+fp16: FP16 forward, BF16 backward), `dmt-fx bench traffic --topologies 2x2`
     ("2x2", "flat-table_wise+fp16"): (4_144, 16_384, 10, 10_264),
-    ("2x2", "dmt-identity+fp16"): (2_048, 16_384, 4, 36_888),
-    ("2x2", "dmt-c4+fp16"): (2_048, 4_096, 4, 36_888),
+    ("2x2", "dmt-identity+fp16"): (2_048, 16_384, 3, 36_888),
+    ("2x2", "dmt-c4+fp16"): (2_048, 4_096, 3, 36_888),
 }
 
 

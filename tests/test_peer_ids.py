@@ -7,6 +7,8 @@ must equal, bit for bit, what TorchRec's KJTAllToAll of that collection alone de
 permuted into the receiver's order. The collectives are counted by the traffic meter. The
 same holds with int32 on the wire (`wire_ids`, what `distribute` sets for validated ids):
 the received KJTs keep the batch's int64 dtypes and the lengths and ids send half the bytes.
+And with the id counts announced by the batch agreement (`AgreedValidator`, as
+`distribute` wires it), the narrowed lengths and ids cross in ONE all-to-all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dmt_fx.ir import ops
 from dmt_fx.ir.topology import Topology
 from dmt_fx.runtime.groups import RankInfo
 from dmt_fx.runtime.peer_ids import PeerIdExchange, narrow_peer_ids, runs
+from dmt_fx.runtime.rank_status import AgreedValidator
 from dmt_fx.runtime.traffic import TrafficMeter
 from tests.harness.launch import run_world
 
@@ -62,6 +65,13 @@ def _reference(kjts: list[KeyedJaggedTensor], me: int) -> list[KeyedJaggedTensor
     return out
 
 
+class _Accept(torch.nn.Module):
+    """A validator that accepts every batch (the agreement still gathers the counts)."""
+
+    def forward(self, *values: object) -> None:
+        return None
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(H))
     torch.set_num_threads(1)
@@ -70,11 +80,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     exchange = PeerIdExchange(KEYS, ORDERS[rank], WEIGHTED, dist.group.WORLD, RankInfo(rank, TOPOLOGY))
     narrow = PeerIdExchange(KEYS, ORDERS[rank], WEIGHTED, dist.group.WORLD, RankInfo(rank, TOPOLOGY))
     narrow.wire_ids = torch.int32
+    fused = PeerIdExchange(KEYS, ORDERS[rank], WEIGHTED, dist.group.WORLD, RankInfo(rank, TOPOLOGY))
+    fused.wire_ids = torch.int32
+    agreement = AgreedValidator(_Accept(), dist.group.WORLD, RankInfo(rank, TOPOLOGY),
+                                [(lambda *kjts: kjts, fused)])
     results, sent = [], []
     for step in range(2):
         kjts = _inputs(rank, step)
         reference = _reference(kjts, rank)
-        for module in (exchange, narrow):
+        for module in (exchange, narrow, fused):
+            if module is fused:
+                agreement(*kjts)  # announces the id counts: the next start sends lengths and ids at once
             with TrafficMeter(TOPOLOGY, rank) as meter:
                 got = module(kjts)
             counted = [r.op for r in meter.records]
@@ -93,7 +109,7 @@ def test_one_exchange_for_all_collections_equals_torchrec_per_collection(tmp_pat
     run_world(_worker, tmp_path, nprocs=H, timeout_s=400)
     for rank in range(H):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
-        pairs, counts, sent = saved[:-5], saved[-5:-1], saved[-1]
+        pairs, counts, sent = saved[:-7], saved[-7:-1], saved[-1]
         for got, ref in pairs:
             assert (got is None) == (ref is None), rank
             if got is None:
@@ -104,10 +120,12 @@ def test_one_exchange_for_all_collections_equals_torchrec_per_collection(tmp_pat
             assert (got[4] is None) == (ref[4] is None)
             if got[4] is not None:
                 assert torch.equal(got[4], ref[4])
-        for counted in counts:  # lengths, then values and weights: no handshake, one for all collections
-            assert counted == ["all_to_all_single"] * 3, counted
-        for wide, narrow in zip(sent[0::2], sent[1::2]):  # per step: int64, then int32 on the wire
+        for i, counted in enumerate(counts):  # no handshake, one exchange for all collections
+            # lengths, then values and weights; announced: lengths and values at once, weights
+            assert counted == ["all_to_all_single"] * (2 if i % 3 == 2 else 3), (i, counted)
+        for wide, narrow, fused in zip(sent[0::3], sent[1::3], sent[2::3]):  # per step: int64, int32, announced
             assert narrow[:2] == [b / 2 for b in wide[:2]] and narrow[2] == wide[2], (wide, narrow)  # fp32 weights
+            assert fused == [narrow[0] + narrow[1], narrow[2]], (narrow, fused)
 
 
 def test_runs_coalesce_consecutive_indices() -> None:

@@ -260,10 +260,10 @@ def test_dmt_cross_host_collectives_are_peer_messages(measured):
             assert _tiers(record, rank) == (H - 1, 0), record
             assert sorted(record["group"]) == TOPOLOGY.peer_ranks(rank % L)
             assert record["group_kind"] == "peer"
-        # per step 4 collectives: lengths, ids (one peer id exchange, no split handshake:
-        # dmt_fx.runtime.peer_ids); pooled forward, backward
+        # per step 3 collectives: lengths and ids in one (the batch agreement announced the
+        # id counts: dmt_fx.runtime.peer_ids); pooled forward, backward
         for row in result["dmt"]["per_step"]:
-            assert row["cross_host_collectives"] == 4
+            assert row["cross_host_collectives"] == 3
             assert row["cross_host_messages"] == row["cross_host_collectives"] * (H - 1)
         assert set(result["dmt"]["summary"]["by_group"]) == {"peer", "intra_host", "mixed"}
 
@@ -289,7 +289,7 @@ def test_pooled_all_to_all_is_seen_forward_and_backward(measured):
             phases = sorted((r["phase"], sum(b for _, _, b in r["sent"])) for r in pooled if r["step"] == step)
             assert phases == [("backward", B * D * 4 / H), ("forward", B * D * 4 / H)], (rank, step)
         ids = [r for r in _exchanges(result["dmt"]) if r["group_kind"] == "peer" and r not in pooled]
-        assert len(ids) == 2 * STEPS and {r["phase"] for r in ids} == {"forward"}
+        assert len(ids) == STEPS and {r["phase"] for r in ids} == {"forward"}  # lengths and ids in one
 
 
 @pytest.mark.distributed
@@ -341,11 +341,11 @@ def test_flat_table_wise_bytes(measured):
             others = [d for d in range(N) if TOPOLOGY.host_of(d) != TOPOLOGY.host_of(rank)]
             expected_ids = sum(_id_bytes(kjt, features[d]) for d in others)
             assert row["cross_host_id_bytes"] == expected_ids + wire.handshake_bytes() * (N - L)
-        # one cross-host collective more than DMT (KJTAllToAll's split handshake), each with
-        # N-L messages instead of H-1: L x as many messages per collective for the same bytes
+        # two cross-host collectives more than DMT (KJTAllToAll's split handshake, and its
+        # lengths apart from the ids), each with N-L messages instead of H-1
         dmt_collectives = result["dmt"]["summary"]["cross_host_collectives"]
-        assert flat["summary"]["cross_host_collectives"] == dmt_collectives + 1
-        assert flat["summary"]["cross_host_messages"] == L * dmt_messages * (dmt_collectives + 1) / dmt_collectives
+        assert flat["summary"]["cross_host_collectives"] == dmt_collectives + 2
+        assert flat["summary"]["cross_host_messages"] == L * dmt_messages * (dmt_collectives + 2) / dmt_collectives
 
 
 # ---------------------------------------------------------------- the dense all-reduce (DDP, C++)

@@ -26,7 +26,7 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
                      features: int, ids_per_feature: float = 1.0, elem_bytes: int = wire.EMBEDDING_BYTES,
                      id_bytes: int = wire.ID_BYTES, length_bytes: int = wire.LENGTH_BYTES,
                      id_collectives: int = wire.ID_COLLECTIVES, compression: int = 1, precision: str = "fp32",
-                     handshake: bool = True, peer_id_collectives: int = wire.PEER_ID_COLLECTIVES,
+                     handshake: bool = True, peer_id_collectives: int | None = None,
                      intra_width: int | None = None, narrow_peer_ids: bool = True) -> dict[str, float]:
     """Traffic ONE rank sends per step (forward + backward), `layout` "flat-table_wise" or "dmt".
 
@@ -35,9 +35,10 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
     Ids: a rank's KJT is B F lengths and B F k ids; the id exchange is `id_collectives`
     collectives (TorchRec: handshake, lengths, values), and `handshake` adds the split sizes
     each KJT all-to-all sends to every destination. DMT's ids cross hosts in its own peer
-    exchange instead: `peer_id_collectives` collectives (lengths, values), no handshake, int32
-    lengths and ids (`narrow_peer_ids`; False: the KJT's own `length_bytes` / `id_bytes`, as
-    a model transformed with validate_inputs=False sends them); inside the host they still
+    exchange instead, no handshake: int32 lengths and ids in one all-to-all
+    (`narrow_peer_ids`; False: the KJT's own `length_bytes` / `id_bytes` in two, as a model
+    transformed with validate_inputs=False sends them; `peer_id_collectives` overrides the
+    count, `wire.peer_id_collectives` by default); inside the host they still
     go through TorchRec's KJT all-to-all. Embeddings: one forward
     all-to-all of pooled outputs and one backward all-to-all of their gradients, same bytes.
 
@@ -76,6 +77,8 @@ def analytic_traffic(layout: str, hosts: int, ranks_per_host: int, *, batch: int
                 "cross_host_messages": colls * (N - L),
                 "intra_host_bytes": (ids + 2 * emb * scale) * (L - 1) / N + split * (L - 1), **counts}
     if layout == DMT:
+        if peer_id_collectives is None:
+            peer_id_collectives = wire.peer_id_collectives(announced=narrow_peer_ids)
         peer_colls = peer_id_collectives + 2  # the lean peer exchange: no split handshake
         peer_ids = wire.peer_id_bytes(batch, features, batch * features * ids_per_feature) if narrow_peer_ids else ids
         return {"cross_host_id_bytes": peer_ids * (H - 1) / H,

@@ -13,12 +13,13 @@ the cost model (`dmt_fx.cost.traffic`) and the tests that hold the meter to it. 
 * `PooledEmbeddingsAllToAll` sends B x width fp32 pooled embeddings forward, and their
   gradient, the same bytes, backward.
 * DMT's peer id exchange across hosts (`dmt_fx/runtime/peer_ids.py`, the lean runtime) is
-  not a KJTAllToAll: one exchange for all collections, lengths in one all-to-all and ids in
-  a second (per-id weights in a third when a collection is weighted), and no handshake
-  (every rank sends the same local batch, so the splits are known): `PEER_ID_COLLECTIVES`.
-  Its lengths and ids cross as int32 when the model validates its inputs and no table has
-  more than 2**31 - 1 rows (the default: `PEER_ID_BYTES`, `peer_id_bytes`), else as the
-  KJT holds them (`kjt_bytes`). Inside the host TorchRec's KJTAllToAll still runs
+  not a KJTAllToAll: one exchange for all collections and no handshake (every rank sends
+  the same local batch, so the lengths' splits are known). When the model validates its
+  inputs and no table has more than 2**31 - 1 rows (the default), its lengths and ids cross
+  as int32 (`PEER_ID_BYTES`, `peer_id_bytes`) in ONE all-to-all, sized by the id counts the
+  batch agreement announced (`PEER_ID_COLLECTIVES`; per-id weights in a second when a
+  collection is weighted). Otherwise they cross as the KJT holds them (`kjt_bytes`), the
+  lengths in one all-to-all and the ids in a second (`UNANNOUNCED_PEER_ID_COLLECTIVES`). Inside the host TorchRec's KJTAllToAll still runs
   (`ID_COLLECTIVES`, with its handshake, on the KJT's own dtypes); flat plans keep theirs
   everywhere.
 
@@ -38,14 +39,15 @@ WEIGHT_BYTES = 4  # fp32 per-id weights of a weighted KJT
 EMBEDDING_BYTES = 4  # fp32 pooled embeddings and their gradients
 SPLIT_BYTES = 8  # int64 split sizes of the handshake
 ID_COLLECTIVES = 3  # KJTAllToAll: handshake, lengths, values (weights ride a 4th when weighted)
-PEER_ID_COLLECTIVES = 2  # DMT's peer id exchange: lengths, values (weights a 3rd); no handshake
+PEER_ID_COLLECTIVES = 1  # DMT's peer id exchange, validated ids: lengths and ids in one (weights a 2nd)
+UNANNOUNCED_PEER_ID_COLLECTIVES = 2  # validate_inputs=False: lengths, then ids (weights a 3rd)
 PEER_ID_BYTES = 4  # DMT's peer id exchange: int32 lengths and ids (validated ids; see above)
 EMBEDDING_COLLECTIVES = 2  # pooled all-to-all forward, its gradient backward
 # bytes per pooled-embedding element on the wire, (forward, backward), per comm precision
 PRECISION_BYTES: dict[str, tuple[int, int]] = {"fp32": (4, 4), "fp16": (2, 2), "bf16": (2, 2)}
 
 __all__ = ["EMBEDDING_BYTES", "EMBEDDING_COLLECTIVES", "ID_BYTES", "ID_COLLECTIVES", "LENGTH_BYTES",
-           "PEER_ID_BYTES", "PEER_ID_COLLECTIVES", "PRECISION_BYTES", "SPLIT_BYTES", "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes",
+           "PEER_ID_BYTES", "PEER_ID_COLLECTIVES", "PRECISION_BYTES", "SPLIT_BYTES", "UNANNOUNCED_PEER_ID_COLLECTIVES", "WEIGHT_BYTES", "handshake_bytes", "kjt_bytes",
            "peer_id_bytes", "peer_id_collectives", "pooled_bytes", "precision_scale"]
 
 
@@ -55,9 +57,10 @@ def handshake_bytes(*, weighted: bool = False) -> int:
     return (3 + int(weighted)) * SPLIT_BYTES
 
 
-def peer_id_collectives(*, weighted: bool = False) -> int:
-    """Collectives of DMT's peer id exchange per step (all collections together)."""
-    return PEER_ID_COLLECTIVES + int(weighted)
+def peer_id_collectives(*, weighted: bool = False, announced: bool = True) -> int:
+    """Collectives of DMT's peer id exchange per step (all collections together); `announced`:
+    the batch agreement announced the id counts (validated, int32 ids: the default)."""
+    return (PEER_ID_COLLECTIVES if announced else UNANNOUNCED_PEER_ID_COLLECTIVES) + int(weighted)
 
 
 def kjt_bytes(samples: float, features: float, ids: float, *, weighted: bool = False,

@@ -32,7 +32,7 @@ computes exactly what unpipelined training computes (tests/test_pipeline.py).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -79,21 +79,31 @@ def exchange_node(graph: fx.Graph) -> fx.Node:
     return found[0]
 
 
-def sparse_prologue(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
-    """A module with `gm`'s signature that computes only `node`'s arguments (the KJTs the
-    exchange sends): the inputs' part of the graph the next batch needs before its forward."""
+def sparse_prologue(gm: fx.GraphModule, node: fx.Node,
+                    inputs: Sequence[fx.Node] | None = None) -> fx.GraphModule | None:
+    """A module that computes only `node`'s arguments (the KJTs the exchange sends): the
+    inputs' part of the graph the next batch needs before its forward. It takes `gm`'s
+    signature, or the nodes `inputs` in their order (e.g. the validator's arguments); None
+    when the arguments need a placeholder that `inputs` lacks."""
     needed, todo = set(), list(node.all_input_nodes)
     while todo:
         n = todo.pop()
         if n not in needed:
             needed.add(n)
             todo.extend(n.all_input_nodes)
-    graph, env = fx.Graph(), {}
+    graph = fx.Graph()
+    env: dict[Any, fx.Node] = {}
+    for given in inputs or ():
+        env[given] = graph.placeholder(given.name)
     for n in gm.graph.nodes:
-        if n.op == "placeholder" or n in needed:
+        if n.op == "placeholder" and inputs is not None:
+            if n in needed and n not in env:
+                return None
+        elif n.op == "placeholder" or n in needed:
             env[n] = graph.node_copy(n, lambda x: env[x])
     graph.output(tuple(env[a] for a in node.args))
-    plain_tuple_output(gm.graph, graph)  # export route: same inputs, a plain tuple out
+    if inputs is None:
+        plain_tuple_output(gm.graph, graph)  # export route: same inputs, a plain tuple out
     return fx.GraphModule(gm, graph, class_name="DMTSparsePrologue")
 
 
@@ -123,7 +133,9 @@ class DMTTrainPipeline:
         self.exchange = physical.get_submodule(str(node.target))
         if hasattr(self.exchange, "pipeline_refusal"):  # an exchange without stages: refused before any step
             raise self.exchange.pipeline_refusal()
-        self.prologue = sparse_prologue(physical, node)
+        prologue = sparse_prologue(physical, node)
+        assert prologue is not None  # over gm's own placeholders: always built
+        self.prologue = prologue
         self.validate = early_validator(physical)
         self.model_fwd = model_fwd or bce_forward
         self.current: Any = None

@@ -8,13 +8,16 @@ wraps the validator in `AgreedValidator`:
 
   1. run the rank's own checks; its `InputValidationError` (or any other error of the
      checks) is held, not raised yet;
-  2. one all-reduce (MAX) of three int64 over the world, on a group of its own (the status
-     group, `STATUS_GROUP_DESC`): 0 when every rank's batch passed, else 1 + the highest
-     refusing rank; and the largest and (negated) smallest local batch, because the peer
-     exchanges assume every rank sends the same B samples (a rank with one sample fewer
-     would otherwise abort inside gloo's all-to-all). This is the step's first collective,
-     so no rank has entered one that a peer will never join. Cost per forward: one 24-byte
-     all-reduce (2 (N-1) ring steps); the traffic meter counts it apart, as `control_*`;
+  2. one all-gather over the world, on a group of its own (the status group,
+     `STATUS_GROUP_DESC`), of a few int64 per rank: 1 + its rank when its batch was refused
+     (else 0), its local batch, and the ids it will send each host in the peer id exchange
+     (`PeerIdExchange.announce`, on the exchange's inputs computed from the validated ones).
+     The local batches are compared because the peer exchanges assume every rank sends the
+     same B samples (a rank with one sample fewer would otherwise abort inside gloo's
+     all-to-all); the counts let that exchange send lengths and ids in one all-to-all
+     (`PeerIdExchange.expect`). This is the step's first collective, so no rank has entered
+     one that a peer will never join. Cost per forward: one all-gather of (2 + hosts) x 8
+     bytes per rank; the traffic meter counts it apart, as `control_*`;
   3. only when some rank refused: one `all_gather_object` of each rank's one-line message;
      the refusing rank raises its InputValidationError, now naming its rank, host and local
      rank; every other rank raises `PeerInputError`, whose message is ONE line naming the
@@ -31,7 +34,7 @@ nothing is agreed, and no collective is added.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,6 +44,8 @@ import torch.nn as nn
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import Role, role_of
 from dmt_fx.runtime.groups import RankInfo, runtime_device
+from dmt_fx.runtime.peer_ids import PeerIdExchange
+from dmt_fx.runtime.pipeline import sparse_prologue
 from dmt_fx.runtime.traffic import STATUS_GROUP_DESC  # the meter counts this group's collectives as control
 
 __all__ = ["STATUS_GROUP_DESC", "AgreedValidator", "BatchSizeMismatchError", "PeerInputError", "agree_on_inputs", "refusal_line",
@@ -67,11 +72,13 @@ class AgreedValidator(nn.Module):
 
     _is_impure = True  # like the validator: dead-code elimination must keep it
 
-    def __init__(self, validator: nn.Module, group: dist.ProcessGroup, me: RankInfo) -> None:
+    def __init__(self, validator: nn.Module, group: dist.ProcessGroup, me: RankInfo,
+                 announcers: Sequence[tuple[Callable[..., Any], PeerIdExchange]] = ()) -> None:
         super().__init__()
         self.validator, self.group, self.me = validator, group, me
-        # [refusing rank + 1 (0: none), local batch, -local batch]; NCCL reduces device tensors
-        self.flag = torch.zeros(3, dtype=torch.int64, device=runtime_device())
+        # (the exchange's inputs from the validator's, its id exchange): a plain list, so the
+        # prologues' modules stay out of this module's tree and state_dict
+        self.announcers = list(announcers)
 
     def forward(self, *values: Any) -> None:
         refusal = None
@@ -80,17 +87,38 @@ class AgreedValidator(nn.Module):
         except Exception as error:  # held until every rank knows: raised alone, it would strand the peers
             refusal = error
         batch = local_batch(self.validator, values)
-        flag = self.flag.copy_(torch.tensor([self.me.rank + 1 if refusal is not None else 0, batch, -batch]))
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        verdict, largest, smallest = (int(x) for x in flag.tolist())  # one read back
-        if verdict:
+        active = [(prologue, ids) for prologue, ids in self.announcers if ids.wire_ids is not None]  # same on every rank
+        counts: list[int] = []
+        if refusal is None:
+            try:
+                counts = [n for prologue, ids in active for n in ids.announce(prologue(*values))]
+            except Exception as error:  # the exchange's inputs failed on a batch the checks passed
+                refusal = error
+        hosts = self.me.topology.num_hosts
+        row = [self.me.rank + 1 if refusal is not None else 0, batch, *(counts or [0] * (hosts * len(active)))]
+        mine = torch.tensor(row, dtype=torch.int64, device=runtime_device())  # NCCL gathers device tensors
+        table = mine.new_empty(dist.get_world_size(self.group) * len(row))
+        dist.all_gather_single(table, mine, group=self.group)
+        rows = table.view(-1, len(row)).tolist()  # one read back
+        if any(r[0] for r in rows):
             self.refuse(refusal)
-        if largest != -smallest:
+        sizes = [r[1] for r in rows]
+        if max(sizes) != min(sizes):
             raise self.agreed(BatchSizeMismatchError(
                 f"{where(self.me)}: a local batch of {batch} samples, while the ranks' batches range from "
-                f"{-smallest} to {largest}", "the same local batch size on every rank (each rank sends its B "
+                f"{min(sizes)} to {max(sizes)}", "the same local batch size on every rank (each rank sends its B "
                 "samples to every peer in the exchanges)",
                 ["give every rank the same number of samples per step (e.g. DataLoader(drop_last=True))"]))
+        for index, (_, ids) in enumerate(active):
+            ids.expect(*self.counts_of(rows, index))
+
+    def counts_of(self, rows: list[list[int]], index: int) -> tuple[list[int], list[int]]:
+        """For the `index`-th announcing exchange: (ids this rank sends each host, ids each
+        host's peer of this rank sends it), read off the gathered rows."""
+        topology, hosts = self.me.topology, self.me.topology.num_hosts
+        first = 2 + index * hosts
+        peers = topology.peer_ranks(self.me.local_rank)  # one per host, in host order
+        return rows[self.me.rank][first:first + hosts], [rows[p][first + self.me.host] for p in peers]
 
     def refuse(self, refusal: Exception | None) -> None:
         """Step 3: every rank learns every refusal; each raises its own error."""
@@ -167,8 +195,24 @@ def agree_on_inputs(physical: fx.GraphModule, me: RankInfo, timeout: datetime.ti
     for node in nodes:
         owner_path, _, name = str(node.target).rpartition(".")
         owner = physical.get_submodule(owner_path) if owner_path else physical
-        setattr(owner, name, AgreedValidator(getattr(owner, name), group, me))
+        setattr(owner, name, AgreedValidator(getattr(owner, name), group, me, announcers(physical, node)))
     return bool(nodes)
+
+
+def announcers(physical: fx.GraphModule, validator: fx.Node) -> list[tuple[Callable[..., Any], PeerIdExchange]]:
+    """The host exchanges whose id counts the agreement can announce: their inputs computed
+    from the validator's arguments (`sparse_prologue`), and their peer id exchange."""
+    if validator.kwargs or not all(isinstance(a, fx.Node) and a.op == "placeholder" for a in validator.args):
+        return []
+    found: list[tuple[Callable[..., Any], PeerIdExchange]] = []
+    for node in physical.graph.nodes:
+        if role_of(node) not in (Role.HOST_TOWER_EXCHANGE, Role.HOST_TOWER_BLOCK) or node.op != "call_module":
+            continue
+        ids = getattr(physical.get_submodule(str(node.target)), "ids", None)
+        prologue = sparse_prologue(physical, node, [a for a in validator.args if isinstance(a, fx.Node)])
+        if isinstance(ids, PeerIdExchange) and prologue is not None:
+            found.append((prologue, ids))
+    return found
 
 
 def refusal_line(lines: list[str]) -> str | None:

@@ -141,7 +141,8 @@ def best_sharding(setup: Setup, tables: Sequence[TableLoad]) -> tuple[str, HostL
 
 
 def cross_collectives(setup: Setup) -> int:
-    """The peer exchange's collectives per step: ids (lengths, values[, weights]), pooled both ways."""
+    """The peer exchange's collectives per step: ids (lengths and values in one[, weights]),
+    pooled both ways."""
     return (PEER_ID_COLLECTIVES + setup.any_weighted + EMBEDDING_COLLECTIVES) if setup.hosts > 1 else 0
 
 
