@@ -7,8 +7,8 @@ pooled all-to-all back already assumes it):
   1. the lengths' split sizes are static: host h gets B lengths per key of its slices, so
      the lengths all-to-all needs no handshake;
   2. the values' (and weights') split sizes are the sums of the received lengths, per source;
-  3. every collection of the model rides the same two (three with per-sample weights)
-     all-to-alls: collections are concatenated per destination host;
+  3. every collection of the model rides the same all-to-alls (below: one, or two with
+     per-sample weights): collections are concatenated per destination host;
   4. the receiver reorders (source, key) blocks into key-major order with one FBGEMM
      permute, in the feature order its host's sharded lookup expects, so TorchRec does not
      permute them again.

@@ -25,7 +25,7 @@ steps (2 (n-1) sends per call); DDP's first steps add a few bookkeeping all-redu
 used-parameter map) that warm-up skips. The *broadcasts* fill `broadcast_*`: in training
 they are DDP's one-off bucket-order sync in its second or third step, from rank 0.
 The *control* collectives are the runtime's agreement on each batch (`rank_status.py`: one
-8-byte all-reduce per forward on the status group): they fill `control_*` only.
+small all-gather per forward on the status group): they fill `control_*` only.
 
 Threads: the mode lives in torch's thread-local state, which the autograd engine copies
 into the threads that run a backward pass (`at::ThreadLocalState`), so collectives issued
