@@ -93,8 +93,8 @@ def sparse_prologue(gm: fx.GraphModule, node: fx.Node,
             todo.extend(n.all_input_nodes)
     graph = fx.Graph()
     env: dict[Any, fx.Node] = {}
-    for given in inputs or ():
-        env[given] = graph.placeholder(given.name)
+    for position, given in enumerate(inputs or ()):  # one per position: a node may be given twice
+        env.setdefault(given, graph.placeholder(f"input_{position}"))
     for n in gm.graph.nodes:
         if n.op == "placeholder" and inputs is not None:
             if n in needed and n not in env:
