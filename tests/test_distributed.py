@@ -92,6 +92,7 @@ def _reference_dmt_tm(name: str, topology: str, kind: str, c: int, world: int):
 @pytest.mark.parametrize("name, topology, kind, c", [
     ("torchrec_dlrm", "2x2", "dot", 2),
     ("two_collections", "2x2", "linear", 4),
+    ("torchrec_dlrm", "2x1", "linear", 4),  # one rank per host: the tower module runs without DDP
 ])
 def test_tower_modules_distributed_equal_the_logical_model(tmp_path, name, topology, kind, c) -> None:
     """Tower modules run data-parallel inside their host; the DMT-TM model trained on the world

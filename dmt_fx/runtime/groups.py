@@ -18,6 +18,8 @@ from typing import Mapping
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import GroupKind
@@ -101,3 +103,13 @@ def ddp_device_ids() -> list[torch.device] | None:
     """DDP's `device_ids`: none on CPU (DDP refuses them there)."""
     device = runtime_device()
     return None if device.type == "cpu" else [device]
+
+
+def host_data_parallel(module: nn.Module, group: dist.ProcessGroup) -> nn.Module:
+    """`module` data-parallel over the ranks of one host (`group`): wrapped in DDP, except on
+    a host of one rank, where there is nothing to average and DDP would only add an
+    all-reduce on a group of one (a gloo collective per step, about a millisecond on a small
+    machine) and its hooks."""
+    if dist.get_world_size(group) == 1:
+        return module
+    return DistributedDataParallel(module, process_group=group, device_ids=ddp_device_ids())

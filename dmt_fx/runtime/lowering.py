@@ -23,7 +23,6 @@ from typing import Any, Iterable
 
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.types import ShardingEnv
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -57,7 +56,7 @@ from dmt_fx.ir.result import DMTResult
 from dmt_fx.ir.sites import EmbeddingSite
 from dmt_fx.ir.state_dict import install_state_dict_hooks
 from dmt_fx.runtime.exchange import HostLookup, HostSlice, HostTowerBlock, HostTowerExchange, HostTowers, tower_columns
-from dmt_fx.runtime.groups import ProcessGroups, RankInfo, ddp_device_ids, runtime_device
+from dmt_fx.runtime.groups import ProcessGroups, RankInfo, host_data_parallel, runtime_device
 from dmt_fx.runtime.meta_init import ShardInit, fill_shards, plain_inits
 from dmt_fx.runtime.optim import DENSE, FUSED
 from dmt_fx.runtime.padded import TrimmedState, pad_collection, pad_weights, table_dims
@@ -265,8 +264,7 @@ class _Lowering:
         runs = module
         if module is not None and any(p.requires_grad for p in module.parameters()):
             # Data-parallel inside the host: the host's ranks see different rows.
-            runs = DistributedDataParallel(module, process_group=self.groups.of(GroupKind.INTRA_HOST),
-                                           device_ids=ddp_device_ids())
+            runs = host_data_parallel(module, self.groups.of(GroupKind.INTRA_HOST))
         outputs = list(nodes_with_role(self.graph, Role.TOWER_OUTPUT))
         group = one_group(out.args[0] for out in outputs)  # each output is item 0 of its exchange
         self.physical.add_submodule(HOST_TOWER_BLOCK_PATH, HostTowerBlock(

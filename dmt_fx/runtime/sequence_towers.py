@@ -20,14 +20,13 @@ import torch.distributed as dist
 import torch.fx as fx
 import torch.nn as nn
 from torch.autograd.profiler import record_function
-from torch.nn.parallel import DistributedDataParallel
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.names import GroupKind, tower_module_path
 from dmt_fx.ir.stages import Stage, stage_range
 from dmt_fx.runtime.exchange import HostLookup, empty_rows, output_dist
-from dmt_fx.runtime.groups import RankInfo, ddp_device_ids
+from dmt_fx.runtime.groups import RankInfo, host_data_parallel
 from dmt_fx.runtime.sequence import HostSequenceExchange, SequenceLookup, SequenceOutput
 from dmt_fx.runtime.sequence_lowering import SequenceParts, lower_with_sequences
 
@@ -115,8 +114,7 @@ def lower_sequence_towers(lowering: Any, parts: SequenceParts, sites: list, look
         sequences: Sequence[SequenceLookup] = args[3]
         reducer: nn.Module = HostReducer(mine, [lk.slices[me.host].names for lk in sequences])
         if any(p.requires_grad for p in reducer.parameters()):  # the host's ranks see different rows
-            reducer = DistributedDataParallel(reducer, process_group=lowering.groups.of(GroupKind.INTRA_HOST),
-                                              device_ids=ddp_device_ids())
+            reducer = host_data_parallel(reducer, lowering.groups.of(GroupKind.INTRA_HOST))
         return ReducedSequenceExchange(*args, reducer=reducer, widths=widths)
 
     lower_with_sequences(lowering, parts, sites, lookups, kjts, weighted, id_group, exchange=exchange)

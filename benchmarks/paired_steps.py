@@ -1,0 +1,129 @@
+"""Paired step times on 2x1, unshaped: two variants built in ONE launch, chunks alternated.
+
+    python benchmarks/paired_steps.py [--variants flat-table_wise+fp16,dmt-identity+fp16]
+                                      [--reps 30] [--chunk 20] [--out results/paired_steps.json]
+
+Why paired: on a 2-core machine two launches of the same variant differ by more than the
+effects looked for here (+-1 ms per step). Both models are built in the same two processes
+(`dmt_fx.jobs.worker.build`, the bench model and batch of `dmt-fx bench emulated`), then
+trained on the same pre-built batches in `--chunk`-step chunks, one chunk of each arm in
+turn, `--reps` times after one warm-up round; each chunk is timed between barriers, in wall
+and process CPU time, on rank 0.
+
+Arms: each variant as built, and for a DMT variant also "<variant>@no-agreement": its batch
+agreement replaced by the rank's own checks alone (no collective; the peer exchange then
+sends lengths and ids in two all-to-alls, as without an agreement). That arm is not a
+product configuration: a refused batch would strand the peers. It prices the agreement's
+collective. Reported per arm: median wall and CPU ms per step, and the median of the
+per-round ratio first arm / this arm (above 1: this arm is faster).
+
+This is how the 2026-12-07 report priced one small gloo collective at about 1 ms per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+NO_AGREEMENT = "no-agreement"
+
+
+def worker(argv: list[str]) -> None:
+    import torch
+    import torch.distributed as dist
+
+    import dmt_fx.runtime.rank_status as rank_status
+    from dmt_fx import Topology
+    from dmt_fx.jobs import worker as job
+    from dmt_fx.jobs.data import slice_batch
+    from dmt_fx.jobs.steps import train_step
+
+    args = json.loads(argv[0])
+    agreed = rank_status.AgreedValidator.forward
+    skipping = {"on": False}
+
+    def forward(self: Any, *values: Any) -> None:  # the arm's switch, read at every call
+        return self.validator(*values) if skipping["on"] else agreed(self, *values)
+
+    rank_status.AgreedValidator.forward = forward  # type: ignore[method-assign]
+    dist.init_process_group("gloo")
+    rank, world, batch = dist.get_rank(), dist.get_world_size(), args["batch"]
+    torch.set_num_threads(1)
+    models = {}
+    for variant in args["variants"]:
+        parsed = job.parse_args(["--target", "dmt_fx.models.sized:bench_model", "--topology", "2x1",
+                                 "--variant", variant, "--out", args["out_dir"], "--batch-size", str(batch)])
+        models[variant] = job.build(parsed, Topology(2, 1))
+    make = next(iter(models.values()))[2]
+    batches = []
+    for step in range(args["chunk"]):
+        local = slice_batch(make(batch * world, step), rank * batch, (rank + 1) * batch)
+        batches.append((local, (local[0][:, :1] > 0).float()))
+    arms = [(v, False) for v in args["variants"]] + [(v, True) for v in args["variants"] if v.startswith("dmt")]
+    times: dict[str, tuple[list[float], list[float]]] = {label(v, s): ([], []) for v, s in arms}
+    for rep in range(args["reps"] + 1):
+        for variant, skip in arms:
+            skipping["on"] = skip
+            module, optimizer, _ = models[variant]
+            dist.barrier()
+            wall, cpu = time.perf_counter(), time.process_time()
+            for step in range(args["chunk"]):
+                train_step(module, optimizer, *batches[step])
+            dist.barrier()
+            if rep:  # round 0 warms up
+                times[label(variant, skip)][0].append((time.perf_counter() - wall) / args["chunk"] * 1e3)
+                times[label(variant, skip)][1].append((time.process_time() - cpu) / args["chunk"] * 1e3)
+    if rank == 0:
+        with open(os.path.join(args["out_dir"], "rank0.json"), "w") as f:
+            json.dump(times, f)
+    os._exit(0)  # both models' process groups: no orderly teardown needed for a measurement
+
+
+def label(variant: str, skip: bool) -> str:
+    return f"{variant}@{NO_AGREEMENT}" if skip else variant
+
+
+def summarize(times: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
+    first = next(iter(times.values()))[0]
+    return [{"arm": arm, "wall_ms_median": statistics.median(wall), "cpu_ms_median": statistics.median(cpu),
+             "first_over_this_median": statistics.median(a / b for a, b in zip(first, wall)), "rounds": len(wall)}
+            for arm, (wall, cpu) in times.items()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", default="flat-table_wise+fp16,dmt-identity+fp16")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--chunk", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--out", default="results/paired_steps.json")
+    args = parser.parse_args()
+    from dmt_fx import Topology
+    from dmt_fx.jobs.launch import launch
+
+    work = os.path.splitext(args.out)[0]
+    os.makedirs(work, exist_ok=True)
+    spec = {"variants": args.variants.split(","), "reps": args.reps, "chunk": args.chunk,
+            "batch": args.batch_size, "out_dir": os.path.abspath(work)}
+    result = launch(Topology(2, 1), [json.dumps(spec)], work, module="benchmarks.paired_steps", deadline_s=1200)
+    if not result.ok:
+        print(f"the paired run failed: logs under {work}", file=sys.stderr)
+        return 1
+    with open(os.path.join(work, "rank0.json")) as f:
+        rows = summarize(json.load(f))
+    with open(args.out, "w") as f:
+        json.dump({"topology": "2x1", "unshaped": True, **spec, "arms": rows}, f, indent=2)
+    for row in rows:
+        print(f"{row['arm']:36s} wall {row['wall_ms_median']:6.2f} ms  cpu {row['cpu_ms_median']:6.2f} ms  "
+              f"first/this {row['first_over_this_median']:.3f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1:]) if "LOCAL_RANK" in os.environ else main())
