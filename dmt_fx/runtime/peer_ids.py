@@ -28,8 +28,8 @@ One all-to-all for lengths and ids (`expect`): the batch agreement
 can carry, besides its verdict, the ids each rank sends each host (`announce`). With those
 counts known and the ids narrowed (both lengths and values int32 on every rank, so every
 rank makes the same choice), each destination gets its lengths and its ids in ONE buffer:
-two collectives fewer per step than TorchRec's KJTAllToAll (three with per-sample weights,
-which keep their own all-to-all). Without an agreement (validate_inputs=False) the lengths
+one collective where TorchRec's KJTAllToAll spends three (two against four with per-sample
+weights, which keep their own all-to-all). Without an agreement (validate_inputs=False) the lengths
 go first, as in steps 1-2.
 """
 
