@@ -162,6 +162,19 @@ def test_standalone_file_returning_bare_module(tmp_path):
     assert inputs is None and model.in_features == 2
 
 
+def test_loose_file_imports_the_working_directorys_packages(tmp_path, monkeypatch):
+    (tmp_path / "proj_dmt_pkg").mkdir()
+    (tmp_path / "proj_dmt_pkg" / "__init__.py").write_text("WIDTH = 3\n")
+    (tmp_path / "scripts").mkdir()  # no __init__.py: a loose file, not part of a package
+    script = tmp_path / "scripts" / "uses_project.py"
+    script.write_text("import torch\nfrom proj_dmt_pkg import WIDTH\n\n"
+                      "def make():\n    return torch.nn.Linear(WIDTH, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    model, _ = load_target("scripts/uses_project.py:make")
+    assert model.in_features == 3
+
+
 @pytest.mark.parametrize("target, says", [
     ("examples/torchrec_dlrm.py", "without a ':factory' part"),
     ("no/such/file.py:build", "no file"),

@@ -86,9 +86,13 @@ def _package_name(path: Path) -> str | None:
 
 
 def _load_standalone(path: Path) -> Any:
-    # Sibling modules of a loose script are importable, as when running the script.
+    # Sibling modules of a loose script are importable, as when running the script. So are
+    # the working directory's packages (a file under a project's folder that imports the
+    # project by name, run from its root); appended, so an installed package still wins.
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None, f"no loader for {path}"
     module = importlib.util.module_from_spec(spec)
