@@ -1,7 +1,14 @@
-"""Paired step times on 2x1, unshaped: two variants built in ONE launch, chunks alternated.
+"""Paired step times on 2x1: two variants built in ONE launch, chunks alternated.
 
     python benchmarks/paired_steps.py [--variants flat-table_wise+fp16,dmt-identity+fp16]
-                                      [--reps 30] [--chunk 20] [--out results/paired_steps.json]
+                                      [--reps 30] [--chunk 20] [--rate 55MB/s]
+                                      [--out results/paired_steps.json]
+
+Unshaped by default (loopback: CPU and runtime overhead decide). With `--rate` the two
+ranks run as two emulated hosts (`dmt-fx bench emulated`'s network namespaces, root and
+iproute2 needed) whose link is shaped to that rate per rank, as `bench emulated` shapes it
+after its probe: the same comparison with the network deciding, without the launch-to-launch
+noise of separate runs.
 
 Why paired: on a 2-core machine two launches of the same variant differ by more than the
 effects looked for here (+-1 ms per step). Both models are built in the same two processes
@@ -95,29 +102,48 @@ def summarize(times: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
             for arm, (wall, cpu) in times.items()]
 
 
+def run_arms(spec: dict[str, Any], work: str, rate_text: str | None) -> tuple[Any, float | None]:
+    """One launch of the two ranks: on loopback, or as two emulated hosts over a shaped link."""
+    from dmt_fx import Topology
+    from dmt_fx.jobs.launch import launch
+
+    args = (Topology(2, 1), [json.dumps(spec)], work)
+    if rate_text is None:
+        return launch(*args, module="benchmarks.paired_steps", deadline_s=1200), None
+    from dmt_fx.bench.emulated import parse_rate
+    from dmt_fx.bench.netns import EmulatedCluster
+
+    rate = parse_rate(rate_text)
+    with EmulatedCluster(2) as cluster:
+        cluster.shape(rate)  # a host of one rank: its link carries one rank's share
+        return launch(*args, module="benchmarks.paired_steps", deadline_s=1200, prefix=cluster.prefix,
+                      master_addr=cluster.address(0), host_env=cluster.host_env), rate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default="flat-table_wise+fp16,dmt-identity+fp16")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--chunk", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rate", default=None, help="shape the inter-host link to this rate per rank "
+                        "(e.g. 55MB/s, bench emulated's syntax); default: unshaped loopback")
     parser.add_argument("--out", default="results/paired_steps.json")
     args = parser.parse_args()
-    from dmt_fx import Topology
-    from dmt_fx.jobs.launch import launch
 
     work = os.path.splitext(args.out)[0]
     os.makedirs(work, exist_ok=True)
     spec = {"variants": args.variants.split(","), "reps": args.reps, "chunk": args.chunk,
             "batch": args.batch_size, "out_dir": os.path.abspath(work)}
-    result = launch(Topology(2, 1), [json.dumps(spec)], work, module="benchmarks.paired_steps", deadline_s=1200)
+    result, rate = run_arms(spec, work, args.rate)
     if not result.ok:
         print(f"the paired run failed: logs under {work}", file=sys.stderr)
         return 1
     with open(os.path.join(work, "rank0.json")) as f:
         rows = summarize(json.load(f))
     with open(args.out, "w") as f:
-        json.dump({"topology": "2x1", "unshaped": True, **spec, "arms": rows}, f, indent=2)
+        json.dump({"topology": "2x1", "unshaped": rate is None, "rate_bytes_per_s_per_rank": rate, **spec,
+                   "arms": rows}, f, indent=2)
     for row in rows:
         print(f"{row['arm']:36s} wall {row['wall_ms_median']:6.2f} ms  cpu {row['cpu_ms_median']:6.2f} ms  "
               f"first/this {row['first_over_this_median']:.3f}")
