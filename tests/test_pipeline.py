@@ -7,7 +7,8 @@ table-wise plan through TorchRec's own `TrainPipelineSparseDist`, each with SGD 
 Adagrad. Per pair: every step's loss and local outputs, and the checkpoint's final
 parameters, max |diff| <= 1e-6. Ids only move in the pipeline, so nothing but the order
 of collectives may change. The flat case also checks that TorchRec really pipelined the
-sharded collection (its `_pipelined_modules`, the record's `pipelined_modules`).
+sharded collection (its `_pipelined_modules`, the record's `pipelined_modules`), and each
+DMT case that a pipelined step agrees on one batch, as an unpipelined step does.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> str:
     with open(os.path.join(out, "cases.json"), "w") as handle:
         json.dump(cases, handle)
     args = ["--target", TARGET, "--topology", "2x2", "--steps", str(STEPS), "--batch-size", "8", "--lr", "0.1",
-            "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0", "--cases", os.path.join(out, "cases.json")]
+            "--out", out, "--timeout-s", "60", "--record-outputs", "--profile-steps", "0", "--traffic-steps", "1",
+            "--cases", os.path.join(out, "cases.json")]
     result = launch_job(Topology.parse("2x2"), args, out, deadline_s=600, grace_s=30)
     assert result.ok, result.log_tail(30)
     return out
@@ -92,6 +94,10 @@ def test_pipelined_training_equals_unpipelined(trained: str, variant: str, optim
         losses = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
         outputs = max_diff(*(torch.load(os.path.join(d, f"outputs_rank{rank}.pt")) for d in (plain, piped)))
         assert losses <= TOLERANCE and outputs <= TOLERANCE, f"rank {rank}: losses {losses:.3g}, outputs {outputs:.3g}"
+    if variant.startswith("dmt"):  # the metered step: one batch agreement, pipelined or not
+        agreements = [json.load(open(os.path.join(d, "rank0.json")))["traffic"]["control_collectives"]
+                      for d in (plain, piped)]
+        assert agreements == [1, 1], f"batch agreements per step, unpipelined and pipelined: {agreements}"
     want, got = final_parameters(plain), final_parameters(piped)
     assert list(want) == list(got)
     params = max(float((want[k] - got[k]).abs().max()) for k in want)

@@ -194,7 +194,7 @@ class SparseDist:
         collections in model order; from a pushed `InFlight` when the pipeline sent the ids."""
         if self.ready:
             flight = self.ready.popleft()
-            self.ids.expected = None  # this forward's agreement counted the batch already sent
+            self.ids.expected = None  # counts an agreement left would be for a batch already sent
             return torch.cat([lk.run(f, flight.rows, flight.device)
                               for lk, f in zip(self.host_lookups, flight.lookups)], dim=1)
         return lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)

@@ -21,7 +21,8 @@ So this pipeline has the same API (`progress(dataloader_iter)` -> output, batche
 Batch i+1's inputs are checked and agreed on (the rank module's `AgreedValidator`,
 `dmt_fx.runtime.rank_status`) before its stage 0, so a batch one rank refuses, or one
 sample short on one rank, stops every rank by name instead of in gloo's all-to-all; its
-forward agrees on it once more (one small all-reduce). Every stage is issued at the same
+forward then skips the agreement (`agreed_ahead`), so a pipelined step spends one agreement,
+as an unpipelined one does. Every stage is issued at the same
 point of the step on every rank, so each process group
 sees its collectives in one order everywhere; gloo runs async collectives on its own
 threads, so the ids travel while this thread computes. No Python thread issues a
@@ -107,16 +108,26 @@ def sparse_prologue(gm: fx.GraphModule, node: fx.Node,
     return fx.GraphModule(gm, graph, class_name="DMTSparsePrologue")
 
 
-def early_validator(gm: fx.GraphModule) -> Callable[[tuple], None] | None:
+@dataclasses.dataclass(frozen=True)
+class EarlyValidator:
+    """The rank module's input validator (`module`, an AgreedValidator once distributed) and
+    where its arguments sit among the model's positional inputs."""
+
+    module: torch.nn.Module
+    positions: tuple[int, ...]
+
+    def __call__(self, inputs: tuple) -> None:
+        self.module(*(inputs[i] for i in self.positions))
+
+
+def early_validator(gm: fx.GraphModule) -> EarlyValidator | None:
     """The rank module's input validator as a call on a batch's positional inputs, or None
     when the model has none (validate_inputs=False) or it reads more than the inputs."""
     nodes = [n for n in gm.graph.nodes if role_of(n) == Role.VALIDATE_INPUTS and n.op == "call_module"]
     placeholders = {n: i for i, n in enumerate(n for n in gm.graph.nodes if n.op == "placeholder")}
     if len(nodes) != 1 or nodes[0].kwargs or not all(a in placeholders for a in nodes[0].args):
         return None
-    validator = gm.get_submodule(str(nodes[0].target))
-    positions = [placeholders[a] for a in nodes[0].args]
-    return lambda inputs: validator(*(inputs[i] for i in positions))
+    return EarlyValidator(gm.get_submodule(str(nodes[0].target)), tuple(placeholders[a] for a in nodes[0].args))
 
 
 class DMTTrainPipeline:
@@ -164,7 +175,7 @@ class DMTTrainPipeline:
         self.exhausted = upcoming is None
         flight = self.start(upcoming) if upcoming is not None else None
         with record_function(stage_range(Stage.DENSE_FORWARD)):
-            loss, output = self.model_fwd(self.module, batch)
+            loss, output = self.forward_agreed(batch)
         self.advance(flight)
         with record_function(stage_range(Stage.BACKWARD)):
             loss.backward()
@@ -175,6 +186,18 @@ class DMTTrainPipeline:
             self.exchange.push(flight)  # stage 3 issued here; forward i+1 waits for it
             self.current = upcoming
         return output
+
+    def forward_agreed(self, batch: Any) -> tuple[torch.Tensor, Any]:
+        """model_fwd on a batch `start` checked and agreed on: the forward's own agreement is
+        skipped once (every rank runs this same code, so every rank skips it)."""
+        agreement: Any = self.validate.module if self.validate is not None else None
+        if not hasattr(agreement, "agreed_ahead"):  # not distributed (or no validator): nothing agreed
+            return self.model_fwd(self.module, batch)
+        agreement.agreed_ahead = True
+        try:
+            return self.model_fwd(self.module, batch)
+        finally:
+            agreement.agreed_ahead = False  # model_fwd may not call the module: never leave it set
 
     def advance(self, flight: Any) -> None:
         if flight is not None:

@@ -79,8 +79,14 @@ class AgreedValidator(nn.Module):
         # (the exchange's inputs from the validator's, its id exchange): a plain list, so the
         # prologues' modules stay out of this module's tree and state_dict
         self.announcers = list(announcers)
+        # set by the train pipeline (`DMTTrainPipeline.forward_agreed`) around a forward whose
+        # batch it checked and agreed on before sending its ids: that forward agrees no more
+        self.agreed_ahead = False
 
     def forward(self, *values: Any) -> None:
+        if self.agreed_ahead:
+            self.agreed_ahead = False  # once: a second call in the same model_fwd agrees again
+            return
         refusal = None
         try:
             self.validator(*values)
