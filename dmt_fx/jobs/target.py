@@ -48,10 +48,19 @@ def _is_path(where: str) -> bool:
     return where.endswith(".py") or "/" in where or os.sep in where
 
 
-def _import_name(name: str) -> Any:
-    # Like `python -m`: modules under the working directory are importable.
-    if os.getcwd() not in sys.path and "" not in sys.path:
+def _cwd_importable(*, first: bool) -> None:
+    """Let the working directory's modules be imported: ahead of everything (`first`, as
+    `python -m` does) or after it (installed packages win)."""
+    if os.getcwd() in sys.path or "" in sys.path:
+        return
+    if first:
         sys.path.insert(0, os.getcwd())
+    else:
+        sys.path.append(os.getcwd())
+
+
+def _import_name(name: str) -> Any:
+    _cwd_importable(first=True)  # like `python -m`: modules under the working directory import
     return _guarded_import(lambda: importlib.import_module(name), name)
 
 
@@ -91,8 +100,7 @@ def _load_standalone(path: Path) -> Any:
     # project by name, run from its root); appended, so an installed package still wins.
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
+    _cwd_importable(first=False)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None, f"no loader for {path}"
     module = importlib.util.module_from_spec(spec)
