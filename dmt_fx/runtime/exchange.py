@@ -195,8 +195,8 @@ class SparseDist:
         if self.ready:
             flight = self.ready.popleft()
             self.ids.expected = None  # counts an agreement left would be for a batch already sent
-            return torch.cat([lk.run(f, flight.rows, flight.device)
-                              for lk, f in zip(self.host_lookups, flight.lookups)], dim=1)
+            return side_by_side([lk.run(f, flight.rows, flight.device)
+                                 for lk, f in zip(self.host_lookups, flight.lookups)])
         return lookup_all(self.ids, self.host_lookups, kjts, self.num_hosts)
 
 
@@ -214,7 +214,13 @@ def lookup_all(ids: PeerIdExchange, lookups: Sequence[HostLookup], kjts: Sequenc
     with record_function(stage_range(Stage.PEER_INPUT)):
         received = ids(kjts)
     rows, device = kjts[0].stride() * num_hosts, kjts[0].device()
-    return torch.cat([lk(kjt, rows, device) for lk, kjt in zip(lookups, received)], dim=1)
+    return side_by_side([lk(kjt, rows, device) for lk, kjt in zip(lookups, received)])
+
+
+def side_by_side(columns: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The collections' columns in one tensor; one collection's as they are (a cat of one
+    tensor would copy it, forward and backward)."""
+    return columns[0] if len(columns) == 1 else torch.cat(list(columns), dim=1)
 
 
 class HostTowerExchange(SparseDist, nn.Module):
@@ -237,6 +243,11 @@ class HostTowerExchange(SparseDist, nn.Module):
         position = {(c, n): i for i, (c, n, _) in enumerate(arrive)}
         self.keys = [list(k) for k in keys]
         self.picks = [[position[(c, n)] for n in names] for c, names in enumerate(self.keys)]
+        # Tables of one width are picked with one index_select on a (rows, tables, width)
+        # view (a copy, exact both ways); mixed widths split and concatenate.
+        self.one_width = len(set(self.arrive_widths)) == 1
+        for c, pick in enumerate(self.picks):  # index buffers: they follow the module to the device
+            self.register_buffer(f"pick_{c}", torch.tensor(pick, dtype=torch.long), persistent=False)
 
     def host_spans(self, lookups: Sequence[HostLookup]) -> list[tuple[int, int]]:
         spans, start = [], 0
@@ -251,10 +262,20 @@ class HostTowerExchange(SparseDist, nn.Module):
         with record_function(stage_range(Stage.PEER_OUTPUT)):
             rows = self.output_dist(x).wait()
         with record_function(stage_range(Stage.MERGE)):
-            pieces = rows.split(self.arrive_widths, dim=1)
             return tuple(KeyedTensor(keys=keys, length_per_key=[self.arrive_widths[i] for i in pick],
-                                     values=torch.cat([pieces[i] for i in pick], dim=1))
-                         for keys, pick in zip(self.keys, self.picks))
+                                     values=values) for keys, pick, values in zip(self.keys, self.picks, self.merge(rows)))
+
+    def merge(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Each collection's columns out of the arrived ones, in the order the model reads them."""
+        everything = list(range(len(self.arrive_widths)))
+        if self.one_width:
+            width = self.arrive_widths[0]
+            tables = rows.reshape(rows.shape[0], len(everything), width)
+            return [rows if pick == everything else
+                    tables.index_select(1, getattr(self, f"pick_{c}")).reshape(rows.shape[0], len(pick) * width)
+                    for c, pick in enumerate(self.picks)]
+        pieces = rows.split(self.arrive_widths, dim=1)
+        return [torch.cat([pieces[i] for i in pick], dim=1) for pick in self.picks]
 
 
 def tower_columns(lookups: Sequence[HostLookup], features: Sequence[Sequence[str]]) -> list[list[int]]:
