@@ -246,6 +246,7 @@ class HostTowerExchange(SparseDist, nn.Module):
         # Tables of one width are picked with one index_select on a (rows, tables, width)
         # view (a copy, exact both ways); mixed widths split and concatenate.
         self.one_width = len(set(self.arrive_widths)) == 1
+        self.as_arrived = [pick == list(range(len(arrive))) for pick in self.picks]  # nothing to pick
         for c, pick in enumerate(self.picks):  # index buffers: they follow the module to the device
             self.register_buffer(f"pick_{c}", torch.tensor(pick, dtype=torch.long), persistent=False)
 
@@ -267,13 +268,12 @@ class HostTowerExchange(SparseDist, nn.Module):
 
     def merge(self, rows: torch.Tensor) -> list[torch.Tensor]:
         """Each collection's columns out of the arrived ones, in the order the model reads them."""
-        everything = list(range(len(self.arrive_widths)))
         if self.one_width:
             width = self.arrive_widths[0]
-            tables = rows.reshape(rows.shape[0], len(everything), width)
-            return [rows if pick == everything else
+            tables = rows.reshape(rows.shape[0], len(self.arrive_widths), width)
+            return [rows if as_arrived else
                     tables.index_select(1, getattr(self, f"pick_{c}")).reshape(rows.shape[0], len(pick) * width)
-                    for c, pick in enumerate(self.picks)]
+                    for c, (pick, as_arrived) in enumerate(zip(self.picks, self.as_arrived))]
         pieces = rows.split(self.arrive_widths, dim=1)
         return [torch.cat([pieces[i] for i in pick], dim=1) for pick in self.picks]
 
