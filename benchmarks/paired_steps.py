@@ -102,22 +102,39 @@ def summarize(times: dict[str, list[list[float]]]) -> list[dict[str, Any]]:
             for arm, (wall, cpu) in times.items()]
 
 
-def run_arms(spec: dict[str, Any], work: str, rate_text: str | None) -> tuple[Any, float | None]:
+def run_arms(spec: dict[str, Any], work: str, rate: float | None) -> Any:
     """One launch of the two ranks: on loopback, or as two emulated hosts over a shaped link."""
     from dmt_fx import Topology
     from dmt_fx.jobs.launch import launch
 
     args = (Topology(2, 1), [json.dumps(spec)], work)
-    if rate_text is None:
-        return launch(*args, module="benchmarks.paired_steps", deadline_s=1200), None
-    from dmt_fx.bench.emulated import parse_rate
+    if rate is None:
+        return launch(*args, module="benchmarks.paired_steps", deadline_s=1200)
     from dmt_fx.bench.netns import EmulatedCluster
 
-    rate = parse_rate(rate_text)
     with EmulatedCluster(2) as cluster:
         cluster.shape(rate)  # a host of one rank: its link carries one rank's share
         return launch(*args, module="benchmarks.paired_steps", deadline_s=1200, prefix=cluster.prefix,
-                      master_addr=cluster.address(0), host_env=cluster.host_env), rate
+                      master_addr=cluster.address(0), host_env=cluster.host_env)
+
+
+def checked_rate(text: str | None) -> float | None:
+    """--rate in bytes/s (None: unshaped), or a one-line refusal naming the flag."""
+    from dmt_fx.bench.emulated import parse_rate
+    from dmt_fx.bench.netns import check_requirements
+    from dmt_fx.ir.errors import DMTError
+
+    if text is None:
+        return None
+    try:
+        rate = parse_rate(text)
+    except DMTError as error:  # its own fix names bench emulated's flag
+        sys.exit(f"paired_steps.py: --rate {text!r}; expected {error.expected}, e.g. --rate 55MB/s")
+    try:
+        check_requirements()  # root and iproute2, before anything is built
+    except DMTError as error:
+        sys.exit(f"paired_steps.py --rate needs the emulated network: {error.one_line()}")
+    return rate
 
 
 def main() -> int:
@@ -130,12 +147,13 @@ def main() -> int:
                         "(e.g. 55MB/s, bench emulated's syntax); default: unshaped loopback")
     parser.add_argument("--out", default="results/paired_steps.json")
     args = parser.parse_args()
+    rate = checked_rate(args.rate)
 
     work = os.path.splitext(args.out)[0]
     os.makedirs(work, exist_ok=True)
     spec = {"variants": args.variants.split(","), "reps": args.reps, "chunk": args.chunk,
             "batch": args.batch_size, "out_dir": os.path.abspath(work)}
-    result, rate = run_arms(spec, work, args.rate)
+    result = run_arms(spec, work, rate)
     if not result.ok:
         print(f"the paired run failed: logs under {work}", file=sys.stderr)
         return 1
