@@ -68,6 +68,8 @@ from dmt_fx._compat.torchrec import (
     set_ebc_embedding_names,
     set_ebc_fields,
     set_ec_fields,
+    solo_layout,
+    solo_pooled,
 )
 from dmt_fx._compat.torchrec_2d import CpuDMPCollection
 from dmt_fx._compat.torchrec_lazy import merged_keyed_tensor, pooled_keyed_tensor, tower_features
@@ -83,6 +85,6 @@ __all__ = [
     "pipelined_modules", "plain_tuple_output", "pooled_keyed_tensor", "pytree", "qualified_name",
     "register_state_dict_post_hook", "resolve_process_group", "set_all_to_all_codecs",
     "set_ebc_embedding_names", "set_ebc_fields", "set_ec_fields", "set_graph_module_call",
-    "set_module_dicts", "sharded_from_local_shards", "sharded_group", "state_dict_hooks",
-    "tower_features",
+    "set_module_dicts", "sharded_from_local_shards", "sharded_group", "solo_layout", "solo_pooled",
+    "state_dict_hooks", "tower_features",
 ]

@@ -81,6 +81,27 @@ def embedding_shardings(lookup: Any) -> list[Any] | None:
     return getattr(lookup, "_embedding_shardings", None)
 
 
+# A host of one rank (torchrec 1.8.0): a table-wise ShardedEmbeddingBagCollection on a
+# process group of one hands its lookup the KJT as given (KJTAllToAll with one worker skips
+# the collective) and its output dist returns the lookup's tensor (alltoall_pooled on a group
+# of one), wrapped in a KeyedTensor. For such a module, whose one sharding reads each feature
+# once and pools without a mean callback, `solo_layout` gives (feature order, embedding
+# names, embedding dims) and `solo_pooled` runs its lookup alone: the same tensor, without
+# the dists' Python. None: a module the dists change something for.
+def solo_layout(lookup: Any) -> tuple[list[str], list[str], list[int]] | None:
+    if (getattr(lookup, "_sharding_types", None) != ["table_wise"] or lookup._env.world_size != 1
+            or lookup._has_mean_pooling_callback or len(lookup._lookups) != 1):
+        return None
+    features = list(lookup._embedding_shardings[0].feature_names())
+    if len(set(features)) != len(features):  # a feature two tables read: the input dist repeats it
+        return None
+    return features, list(lookup._embedding_names), list(lookup._embedding_dims)
+
+
+def solo_pooled(lookup: Any, kjt: Any) -> torch.Tensor:
+    return lookup._lookups[0](kjt)
+
+
 # The sharded modules whose input dist a TrainPipelineSparseDist pipelined (torchrec 1.8.0).
 def pipelined_modules(pipeline: Any) -> list[Any]:
     return pipeline._pipelined_modules

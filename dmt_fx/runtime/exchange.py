@@ -31,7 +31,7 @@ from torch.autograd.profiler import record_function
 from torchrec.distributed.dist_data import PooledEmbeddingsAllToAll
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from dmt_fx._compat import embedding_shardings, non_persistent_buffers
+from dmt_fx._compat import embedding_shardings, non_persistent_buffers, solo_layout, solo_pooled
 from dmt_fx.ir import ops
 from dmt_fx.ir.errors import DMTError
 from dmt_fx.ir.stages import Stage, stage_range
@@ -90,7 +90,11 @@ class HostLookup(nn.Module):
 
     TorchRec's input dist runs in two stages (`dist_start`: the splits all-to-all;
     `dist_advance`: the tensors all-to-all), so a train pipeline can run them for the next
-    batch while this one computes (`dmt_fx.runtime.pipeline`); `forward` runs both itself."""
+    batch while this one computes (`dmt_fx.runtime.pipeline`); `forward` runs both itself.
+
+    On a host of one rank, a table-wise lookup's dists send nothing and hand on what they
+    get (`dmt_fx._compat.solo_layout`): the ids, which arrive in its feature order, go
+    straight to its lookup, and its output straight to the merge (`solo`)."""
 
     def __init__(self, slices: Sequence[HostSlice], lookup: nn.Module | None, me: RankInfo) -> None:
         super().__init__()
@@ -98,19 +102,24 @@ class HostLookup(nn.Module):
         self.lookup = lookup
         self.names = list(self.slices[me.host].names)
         self.order = lookup_order(lookup, self.slices[me.host].keys)
+        layout = solo_layout(lookup) if lookup is not None else None
+        # (embedding names, dims) of a lookup whose dists change nothing (class doc), else None
+        self.solo = layout[1:] if layout is not None and layout[0] == self.order else None
 
     def dist_start(self, received: KeyedJaggedTensor | None) -> list[Any] | None:
         """Input dist, stage 1 (splits all-to-all in flight): [context, awaitable], or None
         when this host owns no table of the collection (then there is nothing to send)."""
         if self.lookup is None or received is None:
             return None
+        if self.solo is not None:
+            return [None, received]  # nothing to send: the lookup reads the ids as they came
         ctx = self.lookup.create_context()
         with record_function(stage_range(Stage.INTRA_INPUT)):
             return [ctx, self.lookup.input_dist(ctx, received)]
 
     def dist_advance(self, flight: list[Any] | None) -> None:
         """Input dist, stage 2: the splits are in; the ids' tensors all-to-all goes in flight."""
-        if flight is not None:
+        if flight is not None and self.solo is None:
             with record_function(stage_range(Stage.INTRA_INPUT)):
                 flight[1] = flight[1].wait()
 
@@ -124,17 +133,25 @@ class HostLookup(nn.Module):
         if flight is None:  # this host owns no table of the collection
             return empty_rows(num_rows, device)
         ctx, awaitable = flight
+        if self.solo is not None:
+            with record_function(stage_range(Stage.LOOKUP)):
+                pooled = KeyedTensor(*self.solo, solo_pooled(self.lookup, awaitable))
+            with record_function(stage_range(Stage.INTRA_OUTPUT)):
+                return self.canonical(pooled)
         with record_function(stage_range(Stage.INTRA_INPUT)):
             dist_input = awaitable.wait()
         with record_function(stage_range(Stage.LOOKUP)):
             output = self.lookup.compute(ctx, dist_input)
         with record_function(stage_range(Stage.INTRA_OUTPUT)):
-            pooled = self.lookup.output_dist(ctx, output).wait()
-            # The sharded lookup orders its output by shard placement; peers expect the
-            # host's canonical order. Padded tables (padded.py) keep their real columns here,
-            # so the peer exchange carries the real widths.
-            merged = ops.merge_keyed_tensors((pooled,), self.names).values()
-            return real_columns(merged, self.slices[self.me.host].widths)
+            return self.canonical(self.lookup.output_dist(ctx, output).wait())
+
+    def canonical(self, pooled: KeyedTensor) -> torch.Tensor:
+        """The lookup's output in the host's canonical order, real widths only."""
+        # The sharded lookup orders its output by shard placement; peers expect the host's
+        # canonical order. Padded tables (padded.py) keep their real columns here, so the
+        # peer exchange carries the real widths.
+        merged = ops.merge_keyed_tensors((pooled,), self.names).values()
+        return real_columns(merged, self.slices[self.me.host].widths)
 
 
 @dataclasses.dataclass
