@@ -25,6 +25,11 @@ collective. Reported per arm: median wall and CPU ms per step, and the median of
 per-round ratio first arm / this arm (above 1: this arm is faster).
 
 This is how the 2026-12-07 report priced one small gloo collective at about 1 ms per step.
+
+A variant named "<variant>@no-solo" (e.g. `--variants flat-table_wise+fp16,dmt-identity+fp16,
+dmt-identity+fp16@no-solo`) is that DMT variant built again with its one-rank hosts' lookups
+sent back through TorchRec's dists (`HostLookup.solo` off): it prices that shortcut. Not a
+product configuration either.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 from typing import Any
 
 NO_AGREEMENT = "no-agreement"
+NO_SOLO = "@no-solo"
 
 
 def worker(argv: list[str]) -> None:
@@ -64,14 +70,18 @@ def worker(argv: list[str]) -> None:
     models = {}
     for variant in args["variants"]:
         parsed = job.parse_args(["--target", "dmt_fx.models.sized:bench_model", "--topology", "2x1",
-                                 "--variant", variant, "--out", args["out_dir"], "--batch-size", str(batch)])
+                                 "--variant", variant.removesuffix(NO_SOLO), "--out", args["out_dir"],
+                                 "--batch-size", str(batch)])
         models[variant] = job.build(parsed, Topology(2, 1))
+        if variant.endswith(NO_SOLO):
+            no_solo(models[variant][0])
     make = next(iter(models.values()))[2]
     batches = []
     for step in range(args["chunk"]):
         local = slice_batch(make(batch * world, step), rank * batch, (rank + 1) * batch)
         batches.append((local, (local[0][:, :1] > 0).float()))
-    arms = [(v, False) for v in args["variants"]] + [(v, True) for v in args["variants"] if v.startswith("dmt")]
+    arms = [(v, False) for v in args["variants"]] + [(v, True) for v in args["variants"]
+                                                     if v.startswith("dmt") and not v.endswith(NO_SOLO)]
     times: dict[str, tuple[list[float], list[float]]] = {label(v, s): ([], []) for v, s in arms}
     for rep in range(args["reps"] + 1):
         for variant, skip in arms:
@@ -89,6 +99,15 @@ def worker(argv: list[str]) -> None:
         with open(os.path.join(args["out_dir"], "rank0.json"), "w") as f:
             json.dump(times, f)
     os._exit(0)  # both models' process groups: no orderly teardown needed for a measurement
+
+
+def no_solo(module: Any) -> None:
+    """The module's one-rank hosts' lookups through TorchRec's dists again (module doc)."""
+    from dmt_fx.runtime.exchange import HostLookup
+
+    for lookup in module.modules():
+        if isinstance(lookup, HostLookup):
+            lookup.solo = None
 
 
 def label(variant: str, skip: bool) -> str:
