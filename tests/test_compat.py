@@ -301,6 +301,30 @@ def _shardings() -> None:
     assert compat.embedding_shardings(nn.Linear(1, 1)) is None
 
 
+def _table_wise_on_one_rank(group, ebc: EmbeddingBagCollection) -> nn.Module:
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+    from torchrec.distributed.types import ShardingEnv
+
+    sharder = EmbeddingBagCollectionSharder()
+    plan = construct_module_sharding_plan(ebc, {t: table_wise(rank=0) for t in ebc.embedding_bags},
+                                          local_size=1, world_size=1, device_type="cpu", sharder=sharder)
+    return sharder.shard(ebc, plan, ShardingEnv.from_process_group(group), torch.device("cpu"))
+
+
+def _solo(group) -> None:
+    ebc = EmbeddingBagCollection([EmbeddingBagConfig(name="t0", embedding_dim=4, num_embeddings=10, feature_names=["f", "g"]),
+                                  EmbeddingBagConfig(name="t1", embedding_dim=2, num_embeddings=10, feature_names=["h"])])
+    sharded = _table_wise_on_one_rank(group, ebc)
+    features, names, dims = compat.solo_layout(sharded)
+    kjt = KeyedJaggedTensor.from_lengths_sync(features, torch.tensor([1, 2, 3, 4, 5, 6]),
+                                              torch.tensor([1, 0, 2, 1, 1, 1]))
+    through_dists = sharded(kjt).wait()  # TorchRec's input dist, lookup, output dist
+    assert (names, dims) == (through_dists.keys(), through_dists.length_per_key())
+    assert torch.equal(compat.solo_pooled(sharded, kjt), through_dists.values())
+    assert compat.solo_layout(_table_wise_on_one_rank(group, _ebc())) is None  # "f" read by two tables
+
+
 def _pipeline() -> None:
     assert "self._pipelined_modules" in inspect.getsource(TrainPipelineSparseDist.__init__)
     holder = type("P", (), {"_pipelined_modules": ["m"]})()
@@ -445,6 +469,9 @@ CHECKS = [
     Check("set_all_to_all_codecs", "torchrec", "PooledEmbeddingsAllToAll._codecs", "quantized comms", _codecs),
     Check("embedding_shardings", "torchrec", "ShardedEmbeddingBagCollection._embedding_shardings",
           "the lookup's feature order", _shardings),
+    Check("solo_layout", "torchrec", "ShardedEmbeddingBagCollection._sharding_types/_env/_lookups/"
+          "_has_mean_pooling_callback/_embedding_names/_embedding_dims", "hosts of one rank", _solo),
+    Check("solo_pooled", "torchrec", "ShardedEmbeddingBagCollection._lookups", "hosts of one rank", _solo),
     Check("pipelined_modules", "torchrec", "TrainPipelineSparseDist._pipelined_modules", "baseline reports",
           _pipeline),
     Check("StagedTrainPipeline", "torchrec", "TrainPipelineSparseDist._backward/_optimizer_step",
