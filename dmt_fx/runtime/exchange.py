@@ -107,8 +107,9 @@ class HostLookup(nn.Module):
         self.solo = layout[1:] if layout is not None and layout[0] == self.order else None
 
     def dist_start(self, received: KeyedJaggedTensor | None) -> list[Any] | None:
-        """Input dist, stage 1 (splits all-to-all in flight): [context, awaitable], or None
-        when this host owns no table of the collection (then there is nothing to send)."""
+        """Input dist, stage 1 (splits all-to-all in flight): [context, awaitable] ([None, the
+        received KJT] for a `solo` lookup), or None when this host owns no table of the
+        collection (then there is nothing to send)."""
         if self.lookup is None or received is None:
             return None
         if self.solo is not None:
