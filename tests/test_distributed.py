@@ -27,7 +27,6 @@ pytestmark = pytest.mark.distributed  # every test here starts processes
     ("torchrec_dlrm", "2x2", "column_wise"),
     ("torchrec_dlrm", "4x1", "table_wise"),
     # hosts of one rank with several tables: their lookups skip TorchRec's dists (exchange.py)
-    ("torchrec_dlrm", "2x1", "table_wise"),
     ("two_collections", "2x1", "table_wise"),
     ("weighted_shared", "2x1", "table_wise"),
     ("torchrec_dlrm", "1x4", "row_wise"),
