@@ -167,6 +167,10 @@ def main() -> int:
     parser.add_argument("--out", default="results/paired_steps.json")
     args = parser.parse_args()
     rate = checked_rate(args.rate)
+    flat_no_solo = [v for v in args.variants.split(",") if v.endswith(NO_SOLO) and not v.startswith("dmt")]
+    if flat_no_solo:  # a flat plan has no host lookups: the arm would be the plain variant again
+        sys.exit(f"paired_steps.py: {flat_no_solo[0]!r}; expected {NO_SOLO} on a DMT variant only, "
+                 f"e.g. dmt-identity+fp16{NO_SOLO}")
 
     work = os.path.splitext(args.out)[0]
     os.makedirs(work, exist_ok=True)
